@@ -1,0 +1,15 @@
+# Two commands set up a fresh machine and do the work: `make demo` (the main job on the embedded
+# default model) and `make test`. Both install what is missing first and are safe to repeat.
+PYTHON ?= python3
+DEMO_OUT ?= demo-out
+
+.PHONY: setup demo test
+
+setup:
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev]"
+
+demo: setup
+	$(PYTHON) -m emseg_rt models
+
+test: setup
+	$(PYTHON) -m pytest -q

@@ -1,0 +1,3 @@
+from emseg_rt.cli import main
+
+main()

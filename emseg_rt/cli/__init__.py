@@ -1,0 +1,22 @@
+"""Command-line interface: a thin typer layer over the library.
+
+One module per command registers on `app`; `main` turns an `EmsegError` into one line on stderr and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from emseg_rt.cli import models_cmd  # noqa: F401  (registers the command)
+from emseg_rt.cli.app import app
+from emseg_rt.errors import EmsegError
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except EmsegError as exc:
+        print(f"emseg-rt: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,9 @@
+"""PyTorch models: encoders, FAFM, class prompt encoder, decoders, pipelines and the registry.
+
+Knows nothing of ONNX, engines, zarr or the CLI.
+"""
+
+from emseg_rt.models.configs import PipelineConfig
+from emseg_rt.models.registry import REGISTRY, build, get_config, list_models
+
+__all__ = ["PipelineConfig", "REGISTRY", "build", "get_config", "list_models"]

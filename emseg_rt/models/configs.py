@@ -1,0 +1,145 @@
+"""Frozen configurations of every model component, with the papers' numbers as defaults.
+
+A pipeline config is a tree of these; the registry (`registry.py`) maps names to pipeline configs, and
+the same `build(name)` call builds a tiny test model and a paper-size one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM build_sam / Sam.pixel_mean
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)  # SAM build_sam / Sam.pixel_std
+DEFAULT_CLASSES = ("nucleus", "mitochondria", "granules")  # ScSAM §4.1 (BetaSeg), labels 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SamEncoderConfig:
+    """SAM's ViT image encoder (segment_anything.modeling.ImageEncoderViT)."""
+
+    img_size: int = 1024  # SAM build_sam
+    patch_size: int = 16  # SAM build_sam
+    embed_dim: int = 1280  # SAM build_sam vit_h
+    depth: int = 32  # SAM build_sam vit_h
+    num_heads: int = 16  # SAM build_sam vit_h
+    global_attn_indexes: tuple[int, ...] = (7, 15, 23, 31)  # SAM build_sam vit_h
+    window_size: int = 14  # SAM build_sam
+    mlp_ratio: float = 4.0  # SAM build_sam
+    out_chans: int = 256  # SAM build_sam prompt_embed_dim
+    pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
+
+    @property
+    def grid(self) -> int:
+        """Side of the embedding grid (64 for a 1024² input)."""
+        return self.img_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class MaeEncoderConfig:
+    """ScSAM's MAE encoder: a timm VisionTransformer over 4×4 tiles of a slice (ScSAM supp. §1.1)."""
+
+    field_of_view: int = 256  # ScSAM §4.2: FOV 256×256
+    patch_size: int = 16  # ScSAM §4.2
+    tiles_per_side: int = 4  # ScSAM supp. §1.1: a 1024² slice is cut into 4×4 tiles of 256²
+    embed_dim: int = 512  # ScSAM §4.2: embedding 64×64×512
+    depth: int = 12  # not published; DESIGN.md default
+    num_heads: int = 8  # not published; DESIGN.md default
+    mlp_ratio: float = 4.0  # MAE / timm default
+    in_chans: int = 1  # grey EM
+    # Per-tile normalisation constants on intensities scaled to [0, 1]; set them to the pretraining's.
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.25
+
+    @property
+    def tile_grid(self) -> int:
+        """Tokens per side of one tile (16 for a 256² tile with patch 16)."""
+        return self.field_of_view // self.patch_size
+
+    @property
+    def grid(self) -> int:
+        """Side of the stitched embedding grid (64 for a 1024² slice)."""
+        return self.tile_grid * self.tiles_per_side
+
+    @property
+    def img_size(self) -> int:
+        """Side of the slice the encoder takes."""
+        return self.field_of_view * self.tiles_per_side
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """Two-layer MLP projection Linear–ReLU–Linear to the prompt width (ScSAM eq. 2)."""
+
+    hidden_dim: int = 256  # not published: equal to the output width
+
+
+@dataclass(frozen=True)
+class FafmConfig:
+    """Feature Alignment and Fusion Module (ScSAM §3.2, eqs. 2–5). Widths the paper leaves open are ours."""
+
+    alignment: AlignmentConfig = AlignmentConfig()
+    gn_groups: int = 32  # not published: GroupNorm groups of the fusion convs
+    cam_reduction: int = 16  # CBAM [32] default reduction ratio
+    aux_kernel_size: int = 1  # not published: "lightweight auxiliary stream"
+
+
+@dataclass(frozen=True)
+class ClassPromptConfig:
+    """Class prompt encoder (ScSAM §3.3, SurgicalSAM)."""
+
+    similarity: str = "cosine"  # "cosine" (ScSAM eqs. 6–7) or "dot" (SurgicalSAM)
+    residual_mlp: bool = True  # ScSAM's MLP residual after activation (supp. §2.2); SurgicalSAM has none
+    tokens_per_class: int = 2  # n sparse tokens per class (SurgicalSAM default)
+    dense_hidden: int = 128  # SurgicalSAM dense branch 256→128→256
+    sparse_hidden: int = 128  # SurgicalSAM sparse branch 4096→128→n
+    residual_hidden: int = 128  # not published: width of the residual MLP
+    ntxent_temperature: float = 0.07  # not published: NT-Xent τ (pytorch-metric-learning default)
+
+
+@dataclass(frozen=True)
+class MaskDecoderConfig:
+    """SAM's two-way transformer mask decoder (segment_anything build_sam)."""
+
+    transformer_depth: int = 2  # SAM build_sam
+    mlp_dim: int = 2048  # SAM build_sam
+    num_heads: int = 8  # SAM build_sam
+    num_multimask_outputs: int = 3  # SAM build_sam
+    iou_head_depth: int = 3  # SAM build_sam
+    iou_head_hidden_dim: int = 256  # SAM build_sam
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One registry entry: which encoders, which head, and the widths that tie them together.
+
+    family:      "vanilla-sam", "sam-star", "mae-star", "surgicalsam" or "scsam" (later: his4mae, ...)
+    prompt_dim:  N, the width of the decoder's tokens and embeddings (256 in SAM and ScSAM).
+    tile:        side of the square uint8 tile the pipeline takes.
+    """
+
+    name: str
+    family: str
+    size: str
+    tile: int
+    prompt_dim: int = 256  # SAM prompt_embed_dim; ScSAM §4.2 prototype dimension 256
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    sam_encoder: SamEncoderConfig | None = None
+    mae_encoder: MaeEncoderConfig | None = None
+    fafm: FafmConfig | None = None
+    class_prompt: ClassPromptConfig | None = None
+    mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    max_points: int = 4  # vanilla-sam: padded point prompts per class
+    description: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def grid(self) -> int:
+        """Side of the embedding grid every encoder of this pipeline produces."""
+        if self.sam_encoder is not None:
+            return self.sam_encoder.grid
+        assert self.mae_encoder is not None
+        return self.mae_encoder.grid

@@ -1,0 +1,77 @@
+"""A segmentation pipeline = named encoders + one head; the per-slice graph every family shares."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emseg_rt.models.class_prompted_head import ClassPromptedHead
+from emseg_rt.models.configs import PipelineConfig
+from emseg_rt.models.mae_encoder import MaeImageEncoder
+from emseg_rt.models.sam_encoder import SamImageEncoder
+from emseg_rt.models.vanilla_sam_head import VanillaSamHead
+
+
+def embedding_name(encoder_name: str) -> str:
+    """'sam_encoder' → 'sam_embedding': the head's keyword for that encoder's output."""
+    return encoder_name.removesuffix("_encoder") + "_embedding"
+
+
+class SegmentationPipeline(nn.Module):
+    """uint8 tiles → class logits and labels, as encoders (`self.encoders`) and a head (`self.head`).
+
+    The split is the export split: each encoder and the head become a component of the model package,
+    and `forward` is the whole per-slice graph. Heads take the encoders' embeddings by keyword
+    (`sam_embedding`, `mae_embedding`) plus any prompts.
+    """
+
+    def __init__(self, config: PipelineConfig, encoders: dict[str, nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleDict(encoders)
+        self.head = head
+
+    @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """Extra forward inputs besides the tiles (empty for prompt-free pipelines)."""
+        return ("point_coords", "point_labels") if self.config.family == "vanilla-sam" else ()
+
+    def embed(self, tiles: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tiles (B, 1, T, T) uint8 → {'sam_embedding': (B, C_s, H, W), 'mae_embedding': (B, C_m, H, W), ...}."""
+        return {embedding_name(name): encoder(tiles) for name, encoder in self.encoders.items()}
+
+    def forward(self, tiles: torch.Tensor, **prompts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Segment a batch of tiles.
+
+        tiles:    (B, 1, T, T) uint8, raw EM intensities.
+        prompts:  vanilla-sam only: point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4).
+        returns   logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background).
+        """
+        return self.head(**self.embed(tiles), **prompts)
+
+    def example_inputs(self, batch: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Random inputs of the right shapes and dtypes: 'tiles' plus any prompts."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(seed)
+        inputs = {"tiles": torch.randint(0, 256, (batch, 1, cfg.tile, cfg.tile), generator=gen, dtype=torch.uint8)}
+        if cfg.family == "vanilla-sam":
+            k, p = cfg.num_classes, cfg.max_points
+            inputs["point_coords"] = torch.rand(batch, k, p, 2, generator=gen) * cfg.tile
+            labels = torch.randint(0, 2, (batch, k, p), generator=gen)
+            labels[..., -1] = -1  # last point is padding
+            inputs["point_labels"] = labels
+        return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
+def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
+    """Assemble the modules a pipeline config describes (random weights)."""
+    encoders: dict[str, nn.Module] = {}
+    if config.sam_encoder is not None:
+        encoders["sam_encoder"] = SamImageEncoder(config.sam_encoder)
+    if config.mae_encoder is not None:
+        encoders["mae_encoder"] = MaeImageEncoder(config.mae_encoder)
+    if config.sam_encoder is not None and config.mae_encoder is not None:
+        if config.sam_encoder.grid != config.mae_encoder.grid:
+            raise ValueError(f"{config.name}: SAM grid {config.sam_encoder.grid} != MAE grid {config.mae_encoder.grid}")
+    head: nn.Module = VanillaSamHead(config) if config.family == "vanilla-sam" else ClassPromptedHead(config)
+    return SegmentationPipeline(config, encoders, head)

@@ -1,0 +1,167 @@
+"""Named model configurations and the one `build(name)` call (segment-anything's build_sam, timm's way).
+
+Each family registers a builder (config → nn.Module); each named model is a config of some family.
+Later families (HiS4MAE, Prompt-DAS, SAMDA) add a builder and their configs without touching the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.models.configs import (
+    AlignmentConfig,
+    ClassPromptConfig,
+    FafmConfig,
+    MaeEncoderConfig,
+    MaskDecoderConfig,
+    PipelineConfig,
+    SamEncoderConfig,
+)
+from emseg_rt.models.pipeline import build_pipeline
+
+FamilyBuilder = Callable[[PipelineConfig], nn.Module]
+
+SAM_ENCODERS: dict[str, SamEncoderConfig] = {
+    "vit-h": SamEncoderConfig(),  # SAM build_sam_vit_h
+    "vit-b": SamEncoderConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),  # vit_b
+    # Same code as the paper sizes at test speed: 128² tiles, an 8×8 embedding grid.
+    "tiny": SamEncoderConfig(
+        img_size=128, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32
+    ),
+}
+MAE_ENCODERS: dict[str, MaeEncoderConfig] = {
+    # ScSAM's MAE is the same for both SAM sizes: FOV 256, patch 16, 512 dims (ScSAM §4.2).
+    "vit-h": MaeEncoderConfig(),
+    "vit-b": MaeEncoderConfig(),
+    "tiny": MaeEncoderConfig(field_of_view=32, embed_dim=32, depth=2, num_heads=2),
+}
+PROMPT_DIMS = {"vit-h": 256, "vit-b": 256, "tiny": 32}
+TILES = {"vit-h": 1024, "vit-b": 1024, "tiny": 128}
+DECODERS = {
+    "vit-h": MaskDecoderConfig(),
+    "vit-b": MaskDecoderConfig(),
+    "tiny": MaskDecoderConfig(mlp_dim=64, num_heads=2, iou_head_hidden_dim=32),
+}
+TINY_FAFM = FafmConfig(alignment=AlignmentConfig(hidden_dim=32), gn_groups=8, cam_reduction=4)
+TINY_PROMPT = {"dense_hidden": 16, "sparse_hidden": 16, "residual_hidden": 16}
+
+FAMILY_DESCRIPTIONS = {
+    "vanilla-sam": "SAM encoder + SAM prompt encoder + decoder; point/box prompts per class (ScSAM Table 5)",
+    "sam-star": "SAM embedding + cosine class prompt encoder + decoder (ScSAM Table 5, SAM*)",
+    "mae-star": "MAE embedding projected to 256 + cosine class prompt encoder + decoder (ScSAM Table 5, MAE*)",
+    "surgicalsam": "SAM embedding + dot-product class prototypes + decoder (SurgicalSAM)",
+    "scsam": "SAM + MAE encoders + FAFM + cosine class prompt encoder + decoder (ScSAM)",
+}
+
+
+class ModelRegistry:
+    """Family builders and named configs. The module-level `REGISTRY` is the one the tool uses."""
+
+    def __init__(self) -> None:
+        self._builders: dict[str, FamilyBuilder] = {}
+        self._configs: dict[str, PipelineConfig] = {}
+
+    def register_family(self, family: str, builder: FamilyBuilder) -> None:
+        self._builders[family] = builder
+
+    def register(self, config: PipelineConfig) -> None:
+        if config.family not in self._builders:
+            raise ValueError(f"no builder for family {config.family!r}")
+        self._configs[config.name] = config
+
+    def names(self) -> list[str]:
+        return list(self._configs)
+
+    def config(self, name: str, **overrides: Any) -> PipelineConfig:
+        if name not in self._configs:
+            raise EmsegError(f"unknown model {name!r}; `emseg-rt models` lists the available ones")
+        config = self._configs[name]
+        if overrides:
+            unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PipelineConfig)})
+            if unknown:
+                raise EmsegError(f"unknown override(s) for {name}: {', '.join(unknown)}")
+            config = dataclasses.replace(config, **overrides)
+        return config
+
+    def build_from_config(self, config: PipelineConfig) -> nn.Module:
+        return self._builders[config.family](config)
+
+
+def _class_prompted(family: str, size: str) -> PipelineConfig:
+    prompt = {
+        "surgicalsam": ClassPromptConfig(similarity="dot", residual_mlp=False),
+    }.get(family, ClassPromptConfig())
+    if size == "tiny":
+        prompt = dataclasses.replace(prompt, **TINY_PROMPT)
+    uses_sam = family in ("sam-star", "surgicalsam", "scsam")
+    uses_mae = family in ("mae-star", "scsam")
+    return PipelineConfig(
+        name=f"{family}-{size}",
+        family=family,
+        size=size,
+        tile=TILES[size],
+        prompt_dim=PROMPT_DIMS[size],
+        sam_encoder=SAM_ENCODERS[size] if uses_sam else None,
+        mae_encoder=MAE_ENCODERS[size] if uses_mae else None,
+        fafm=(TINY_FAFM if size == "tiny" else FafmConfig()) if uses_mae else None,
+        class_prompt=prompt,
+        mask_decoder=DECODERS[size],
+        description=FAMILY_DESCRIPTIONS[family],
+    )
+
+
+def _vanilla(size: str) -> PipelineConfig:
+    return PipelineConfig(
+        name=f"vanilla-sam-{size}",
+        family="vanilla-sam",
+        size=size,
+        tile=TILES[size],
+        prompt_dim=PROMPT_DIMS[size],
+        sam_encoder=SAM_ENCODERS[size],
+        mask_decoder=DECODERS[size],
+        description=FAMILY_DESCRIPTIONS["vanilla-sam"],
+    )
+
+
+def _default_registry() -> ModelRegistry:
+    registry = ModelRegistry()
+    for family in FAMILY_DESCRIPTIONS:
+        registry.register_family(family, build_pipeline)
+    for family in FAMILY_DESCRIPTIONS:
+        for size in ("vit-h", "vit-b", "tiny"):
+            registry.register(_vanilla(size) if family == "vanilla-sam" else _class_prompted(family, size))
+    return registry
+
+
+REGISTRY = _default_registry()
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, e.g. 'scsam-vit-h', 'sam-star-tiny'."""
+    return REGISTRY.names()
+
+
+def get_config(name: str, **overrides: Any) -> PipelineConfig:
+    """The named config with top-level fields replaced by `overrides` (e.g. classes=(...))."""
+    return REGISTRY.config(name, **overrides)
+
+
+def build(name: str, checkpoint: str | Path | Sequence[str | Path] | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model, optionally loading one or more checkpoints (see `checkpoint.py`).
+
+    The same call builds the tiny test size and the paper size; wrap it in `torch.device("meta")` to
+    build a paper-size model without allocating its weights.
+    """
+    from emseg_rt.models.checkpoint import load_checkpoints
+
+    model = REGISTRY.build_from_config(get_config(name, **overrides))
+    if checkpoint is not None:
+        paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+        load_checkpoints(model, paths)
+    return model
