@@ -1,0 +1,452 @@
+"""OME-Zarr 0.5 (zarr v3) images and label images, and a reader for zarr v2/v3 arrays and OME-Zarr images.
+
+Writers:
+    write_ome_image(path, array, voxel_size=..., axes="zyx")      → an image group with multiscales s0, s1, ...
+    write_ome_labels(image_path, name, labels, class_names, ...)  → image/labels/<name>, an `image-label` group
+    create_ome_image / create_ome_labels                           → empty arrays to fill chunk by chunk (streaming)
+Readers:
+    open_volume(path, key=None, level=None) → Volume (lazy zarr array + axes, voxel size, units)
+    read_volume(path, key=None, level=None) → numpy array (the whole level in memory)
+
+ome-zarr-py names levels s0, s1, ...; other writers use 0, 1, ...: dataset paths are always taken from the
+`multiscales` metadata, never assumed. OME-Zarr 0.4 (zarr v2, attributes at the top level) is read too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from emseg_rt.errors import EmsegError
+
+OME_VERSION = "0.5"
+DEFAULT_UNIT = "nanometer"
+
+# Distinct, colour-blind-friendly RGBA colours for labels 1, 2, ... (Okabe–Ito, then Tableau).
+LABEL_PALETTE: tuple[tuple[int, int, int, int], ...] = (
+    (230, 159, 0, 255), (86, 180, 233, 255), (0, 158, 115, 255), (240, 228, 66, 255), (0, 114, 178, 255),
+    (213, 94, 0, 255), (204, 121, 167, 255), (31, 119, 180, 255), (255, 127, 14, 255), (44, 160, 44, 255),
+    (214, 39, 40, 255), (148, 103, 189, 255), (140, 86, 75, 255), (227, 119, 194, 255), (127, 127, 127, 255),
+)
+AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+def default_colors(num_classes: int) -> list[tuple[int, int, int, int]]:
+    """RGBA colours for labels 1..num_classes, cycling through LABEL_PALETTE."""
+    return [LABEL_PALETTE[i % len(LABEL_PALETTE)] for i in range(num_classes)]
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 up to 255 classes (0 = background), uint16 above."""
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+def axes_metadata(axes: str | Sequence[str], units: str | Sequence[str | None] | None = DEFAULT_UNIT) -> list[dict]:
+    """OME `axes` entries: [{"name": "z", "type": "space", "unit": "nanometer"}, ...] (no unit on 'c')."""
+    names = list(axes)
+    if isinstance(units, str) or units is None:
+        units = [units if AXIS_TYPES.get(n) == "space" else None for n in names]
+    entries = []
+    for name, unit in zip(names, units):
+        entry: dict[str, Any] = {"name": name, "type": AXIS_TYPES.get(name, "space")}
+        if unit:
+            entry["unit"] = unit
+        entries.append(entry)
+    return entries
+
+
+def multiscales_metadata(
+    axes: str | Sequence[str],
+    voxel_size: Sequence[float],
+    level_paths: Sequence[str],
+    level_factors: Sequence[Sequence[float]],
+    units: str | Sequence[str | None] | None = DEFAULT_UNIT,
+    name: str | None = None,
+) -> list[dict]:
+    """The `multiscales` list for one image: one dataset per level with its scale transformation."""
+    datasets = []
+    for path, factors in zip(level_paths, level_factors):
+        scale = [float(v) * float(f) for v, f in zip(voxel_size, factors)]
+        # Level centres shift by half the factor minus half a voxel (the ome-zarr-py convention).
+        translation = [float(v) * (float(f) - 1.0) / 2.0 for v, f in zip(voxel_size, factors)]
+        transforms: list[dict] = [{"type": "scale", "scale": scale}]
+        if any(translation):
+            transforms.append({"type": "translation", "translation": translation})
+        datasets.append({"path": path, "coordinateTransformations": transforms})
+    entry: dict[str, Any] = {"axes": axes_metadata(axes, units), "datasets": datasets}
+    if name:
+        entry["name"] = name
+    return [entry]
+
+
+def image_label_metadata(
+    class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None, source_image: str | None = "../../"
+) -> dict:
+    """OME `image-label`: a colour and a `class` property per label value 1..K (0 is background)."""
+    colors = list(colors) if colors is not None else default_colors(len(class_names))
+    if len(colors) < len(class_names):
+        raise EmsegError(f"{len(class_names)} class names but only {len(colors)} colours")
+    meta: dict[str, Any] = {
+        "version": OME_VERSION,
+        "colors": [{"label-value": i + 1, "rgba": [int(c) for c in colors[i]]} for i in range(len(class_names))],
+        "properties": [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(class_names)],
+    }
+    if source_image:
+        meta["source"] = {"image": source_image}
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- writers
+
+
+def _level_factors(axes: str, levels: int) -> list[tuple[int, ...]]:
+    """Per-level downsampling factors: 2× per level along y and x, 1 along other axes."""
+    return [tuple(2**lvl if a in "yx" else 1 for a in axes) for lvl in range(levels)]
+
+
+def _default_chunks(shape: Sequence[int], axes: str) -> tuple[int, ...]:
+    """Thin slabs along the first spatial axis, tiles of at most 1024 in-plane."""
+    return tuple(min(s, 8 if i == axes.find("z") else 1024) if a in "zyx" else 1 for i, (s, a) in enumerate(zip(shape, axes)))
+
+
+def _open_group_for_write(path: Path, overwrite: bool) -> zarr.Group:
+    if path.exists() and not path.is_dir():
+        raise EmsegError(f"{path} is a file, not a directory: choose another output path")
+    try:
+        return zarr.open_group(str(path), mode="w" if overwrite else "a", zarr_format=3)
+    except PermissionError as exc:
+        raise EmsegError(f"cannot write {path}: permission denied; choose a writable output location") from exc
+
+
+def create_ome_image(
+    path: str | Path,
+    shape: Sequence[int],
+    dtype: Any,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    axes: str = "zyx",
+    units: str | Sequence[str | None] | None = DEFAULT_UNIT,
+    chunks: Sequence[int] | None = None,
+    extra_attributes: dict | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+) -> zarr.Array:
+    """Create an OME-Zarr 0.5 image group with one empty level `s0` and return that array to fill.
+
+    shape/axes: e.g. (Z, Y, X) with axes "zyx", or (C, Z, Y, X) with "czyx". voxel_size is per axis
+    (1.0 for 'c'); chunks default to thin slabs (8 slices × ≤1024 × ≤1024).
+    """
+    path = Path(path)
+    axes = "".join(axes)
+    if len(axes) != len(shape):
+        raise EmsegError(f"axes {axes!r} do not match an array of {len(shape)} dimensions")
+    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * len(shape)
+    group = _open_group_for_write(path, overwrite)
+    chunks = tuple(chunks) if chunks is not None else _default_chunks(shape, axes)
+    array = group.create_array(
+        "s0", shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(axes), overwrite=True,
+        fill_value=0,
+    )
+    ome = {"version": OME_VERSION, "multiscales": multiscales_metadata(axes, voxel_size, ["s0"], [(1,) * len(axes)], units, name)}
+    attrs = {"ome": ome}
+    if extra_attributes:
+        attrs.update(extra_attributes)
+    group.attrs.update(attrs)
+    return array
+
+
+def _write_levels(group: zarr.Group, array: Any, axes: str, chunks: Sequence[int], levels: int) -> None:
+    """Write `array` as s0 and stride-2 (nearest) downsampled levels s1.. slab by slab along axis 0."""
+    for level, factors in enumerate(_level_factors(axes, levels)):
+        shape = tuple(math.ceil(s / f) for s, f in zip(array.shape, factors))
+        level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
+        target = group.create_array(
+            f"s{level}", shape=shape, dtype=array.dtype, chunks=level_chunks, dimension_names=list(axes),
+            overwrite=True, fill_value=0,
+        )
+        step = level_chunks[0] * factors[0]
+        for start in range(0, array.shape[0], step):
+            slab = np.asarray(array[start:start + step])
+            slab = slab[tuple(slice(None, None, f) for f in factors)]
+            target[start // factors[0]: start // factors[0] + slab.shape[0]] = slab
+
+
+def write_ome_image(
+    path: str | Path,
+    array: Any,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    axes: str = "zyx",
+    units: str | Sequence[str | None] | None = DEFAULT_UNIT,
+    chunks: Sequence[int] | None = None,
+    levels: int = 1,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an array-like (numpy, zarr, dask) as an OME-Zarr 0.5 image at `path`; returns the path.
+
+    array: (Z, Y, X) for axes "zyx" (or any axes string of the same length), any dtype.
+    levels: 1 writes s0 only; n > 1 adds s1..s(n-1), each 2× smaller in y and x (nearest).
+    """
+    path = Path(path)
+    axes = "".join(axes)
+    if len(axes) != array.ndim:
+        raise EmsegError(f"axes {axes!r} do not match an array of {array.ndim} dimensions")
+    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * array.ndim
+    group = _open_group_for_write(path, overwrite)
+    chunks = tuple(chunks) if chunks is not None else _default_chunks(array.shape, axes)
+    _write_levels(group, array, axes, chunks, levels)
+    factors = _level_factors(axes, levels)
+    group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": multiscales_metadata(
+        axes, voxel_size, [f"s{i}" for i in range(levels)], factors, units, name)}})
+    return path
+
+
+def _image_multiscale(path: Path) -> dict | None:
+    """The first `multiscales` entry of the OME image group at `path`, or None."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:
+        return None
+    attrs = dict(group.attrs)
+    ms = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    return ms[0] if ms else None
+
+
+def _register_label(container: zarr.Group, name: str) -> zarr.Group:
+    labels_group = container.require_group("labels")
+    ome = dict(labels_group.attrs.get("ome", {}))
+    names = list(ome.get("labels", []))
+    if name not in names:
+        names.append(name)
+    ome["labels"] = names
+    labels_group.attrs.update({"ome": ome})
+    return labels_group
+
+
+def create_ome_labels(
+    container_path: str | Path,
+    name: str,
+    shape: Sequence[int],
+    class_names: Sequence[str],
+    *,
+    colors: Sequence[Sequence[int]] | None = None,
+    voxel_size: Sequence[float] | None = None,
+    axes: str = "zyx",
+    units: str | Sequence[str | None] | None = DEFAULT_UNIT,
+    chunks: Sequence[int] | None = None,
+    dtype: Any = None,
+    extra_attributes: dict | None = None,
+) -> zarr.Array:
+    """Create `container/labels/<name>` (an OME-Zarr 0.5 `image-label` with one level s0) and return s0 to fill.
+
+    The container may be an OME image group (the labels then annotate it) or a new, otherwise empty group.
+    dtype defaults to uint8 (uint16 past 255 classes).
+    """
+    container_path = Path(container_path)
+    container = _open_group_for_write(container_path, overwrite=False)
+    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * len(shape)
+    labels_group = _register_label(container, name)
+    label_group = labels_group.require_group(name)
+    dtype = np.dtype(dtype) if dtype is not None else label_dtype(len(class_names))
+    chunks = tuple(chunks) if chunks is not None else _default_chunks(shape, axes)
+    array = label_group.create_array(
+        "s0", shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(axes), overwrite=True, fill_value=0
+    )
+    has_image = _image_multiscale(container_path) is not None
+    ome = {
+        "version": OME_VERSION,
+        "multiscales": multiscales_metadata(axes, voxel_size, ["s0"], [(1,) * len(axes)], units, name),
+        "image-label": image_label_metadata(class_names, colors, "../../" if has_image else None),
+    }
+    attrs: dict[str, Any] = {"ome": ome}
+    if extra_attributes:
+        attrs.update(extra_attributes)
+    label_group.attrs.update(attrs)
+    return array
+
+
+def write_ome_labels(
+    image_path: str | Path,
+    name: str,
+    labels: Any,
+    class_names: Sequence[str],
+    colors: Sequence[Sequence[int]] | None = None,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    axes: str | None = None,
+    units: str | Sequence[str | None] | None = None,
+    chunks: Sequence[int] | None = None,
+    levels: int | None = None,
+) -> Path:
+    """Write a label volume into `image_path/labels/<name>` with colours and class names; returns its path.
+
+    labels: (Z, Y, X) integer array, 0 = background, k = class_names[k-1].
+    voxel_size, axes, units and the number of levels default to those of the image at `image_path`.
+    """
+    image_path = Path(image_path)
+    ms = _image_multiscale(image_path)
+    if ms is not None:
+        img_axes = "".join(a["name"] for a in ms["axes"])
+        axes = axes or img_axes
+        if units is None:
+            units = [a.get("unit") for a in ms["axes"]]
+        if voxel_size is None:
+            voxel_size = _scale_of(ms["datasets"][0])
+        levels = levels or len(ms["datasets"])
+    axes = axes or "zyx"
+    levels = levels or 1
+    units = units if units is not None else DEFAULT_UNIT
+    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * labels.ndim
+    labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
+    if np.dtype(labels.dtype).kind not in "ui":
+        raise EmsegError(f"labels must be an integer array, got {labels.dtype}")
+    container = _open_group_for_write(image_path, overwrite=False)
+    labels_group = _register_label(container, name)
+    label_group = labels_group.require_group(name)
+    chunks = tuple(chunks) if chunks is not None else _default_chunks(labels.shape, axes)
+    _write_levels(label_group, labels, axes, chunks, levels)
+    ome = {
+        "version": OME_VERSION,
+        "multiscales": multiscales_metadata(axes, voxel_size, [f"s{i}" for i in range(levels)],
+                                            _level_factors(axes, levels), units, name),
+        "image-label": image_label_metadata(class_names, colors, "../../" if ms is not None else None),
+    }
+    label_group.attrs.update({"ome": ome})
+    return image_path / "labels" / name
+
+
+# ---------------------------------------------------------------------------------------------- readers
+
+
+@dataclass
+class Volume:
+    """A lazily read volume: the zarr array plus what OME metadata says about it.
+
+    array:      the zarr array (indexing reads only the chunks it touches).
+    axes:       axis names, e.g. ("z", "y", "x").
+    voxel_size: physical size per axis at this level (1.0 where unknown).
+    units:      unit per axis (None where unknown).
+    """
+
+    path: Path
+    array: Any
+    axes: tuple[str, ...]
+    voxel_size: tuple[float, ...]
+    units: tuple[str | None, ...]
+    is_ome: bool = False
+    dataset_path: str | None = None
+    attributes: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.array.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array.chunks)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.array[index]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = np.asarray(self.array[...])
+        return data.astype(dtype) if dtype is not None else data
+
+
+def _scale_of(dataset: dict) -> tuple[float, ...]:
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            return tuple(float(v) for v in transform["scale"])
+    return ()
+
+
+def _looks_like_zarr(path: Path) -> bool:
+    return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def open_volume(path: str | Path, key: str | None = None, level: int | None = None) -> Volume:
+    """Open a zarr v2/v3 array, an array inside a group (`key`), or an OME-Zarr image (level 0 unless `level`).
+
+    Nothing is read but metadata. Raises EmsegError naming the path and what to do when the input is missing,
+    not zarr, a group without `key`, or an OME image without the requested level.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EmsegError(f"input {path} does not exist")
+    if not path.is_dir() or not _looks_like_zarr(path):
+        raise EmsegError(f"input {path} is not a zarr array or group (no zarr.json, .zarray or .zgroup found)")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises many types for malformed metadata
+        raise EmsegError(f"input {path} could not be opened as zarr: {exc}") from exc
+    node_path = path
+    if key:
+        if not isinstance(node, zarr.Group):
+            raise EmsegError(f"--key {key!r} given but {path} is an array, not a group")
+        try:
+            node = node[key]
+        except KeyError:
+            raise EmsegError(f"{path} has no member {key!r}; members: {', '.join(sorted(node.keys())) or 'none'}") from None
+        node_path = path / key
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+        if not multiscales:
+            members = sorted(node.array_keys())
+            hint = f" (arrays: {', '.join(members)})" if members else ""
+            raise EmsegError(f"{node_path} is a zarr group, not an array or OME-Zarr image: choose an array with --key{hint}")
+        ms = multiscales[0]
+        datasets = ms["datasets"]
+        level = 0 if level is None else level
+        if not 0 <= level < len(datasets):
+            raise EmsegError(f"{node_path} has {len(datasets)} level(s); --level {level} is out of range")
+        dataset_path = datasets[level]["path"]
+        try:
+            array = node[dataset_path]
+        except KeyError:
+            raise EmsegError(f"{node_path}: multiscales names level {dataset_path!r}, which does not exist") from None
+        axes_meta = ms.get("axes") or [{"name": n} for n in "tczyx"[-array.ndim:]]
+        axes = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes_meta)
+        units = tuple(a.get("unit") if isinstance(a, dict) else None for a in axes_meta)
+        voxel_size = _scale_of(datasets[level]) or (1.0,) * array.ndim
+        return Volume(node_path, array, axes, voxel_size, units, True, dataset_path, attrs)
+    if level not in (None, 0):
+        raise EmsegError(f"--level {level} given but {node_path} is a plain array, not an OME-Zarr image")
+    dim_names = getattr(node.metadata, "dimension_names", None)
+    axes = tuple(dim_names) if dim_names and all(dim_names) else tuple("tczyx"[-node.ndim:]) if node.ndim <= 5 else tuple(
+        f"d{i}" for i in range(node.ndim))
+    return Volume(node_path, node, axes, (1.0,) * node.ndim, (None,) * node.ndim, False, None, dict(node.attrs))
+
+
+def read_volume(path: str | Path, key: str | None = None, level: int | None = None) -> np.ndarray:
+    """Read a whole zarr array / OME-Zarr level into memory (see `open_volume` for the lazy form)."""
+    return np.asarray(open_volume(path, key=key, level=level).array[...])
+
+
+def read_label_metadata(label_path: str | Path) -> dict:
+    """The `image-label` dict of an OME label group (colours, properties with class names)."""
+    group = zarr.open_group(str(label_path), mode="r")
+    attrs = dict(group.attrs)
+    meta = attrs.get("ome", {}).get("image-label") or attrs.get("image-label")
+    if meta is None:
+        raise EmsegError(f"{label_path} is not an OME-Zarr label image (no image-label metadata)")
+    return json.loads(json.dumps(meta))
