@@ -16,8 +16,6 @@ Formats, recognised by their keys:
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -37,7 +35,7 @@ def read_state_dict(path: str | Path) -> Mapping[str, object]:
         raise EmsegError(f"checkpoint {path}: no such file")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file, reported in one line
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmsegError(f"checkpoint {path}: not a readable weights-only torch checkpoint ({first_line})") from None
     if not isinstance(loaded, Mapping):
@@ -65,7 +63,6 @@ def _has_module(model: nn.Module, prefix: str) -> bool:
 def _map_sam(state: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official SAM keys → pipeline keys, and the target prefixes that must come out complete."""
     mapped: dict[str, torch.Tensor] = {}
-    groups: list[str] = []
     has_sam_encoder = _has_module(model, "encoders.sam_encoder.")
     has_prompt_encoder = _has_module(model, "head.prompt_encoder.")
     rules = [("mask_decoder.", "head.mask_decoder.decoder.")]
@@ -120,31 +117,35 @@ def normalise_checkpoint(
     state = _tensor_items(raw, path)
     if state and all(key.startswith(SAM_TOP_LEVEL) or key in ("pixel_mean", "pixel_std") for key in state):
         return ("sam", *_map_sam(state, model))
-    if state and all(key.startswith(("patch_embed.", "blocks.", "cls_token", "pos_embed", "norm.")) or
-                     key.startswith(MAE_SKIPPED_PREFIXES) for key in state):
+    if "patch_embed.proj.weight" in state:  # a bare timm/MAE encoder state dict
         return ("mae", *_map_mae(state, model, path))
     return "emseg-rt", state, _own_groups(state, model)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> str:
-    """Load one checkpoint into `model` in place; returns the recognised format ('sam', 'mae', 'emseg-rt')."""
-    path = Path(path)
-    fmt, state, groups = normalise_checkpoint(read_state_dict(path), model, path)
+    """Load one checkpoint file into `model` in place; returns the format ('sam', 'mae', 'emseg-rt')."""
+    return apply_checkpoint(model, read_state_dict(path), Path(path))
+
+
+def apply_checkpoint(model: nn.Module, raw: Mapping[str, object], source: Path) -> str:
+    """Load an already-read checkpoint mapping into `model`; `source` names it in error messages."""
+    fmt, state, groups = normalise_checkpoint(raw, model, source)
+    name = _model_name(model)
     expected = model.state_dict()
     unexpected = [key for key in state if key not in expected]
     if unexpected or not state:
-        detail = _preview(unexpected) if unexpected else "it holds no weights"
-        raise EmsegError(f"checkpoint {path} ({fmt}) does not fit {_model_name(model)}: unexpected keys {detail}")
+        detail = f"unexpected keys {_preview(unexpected)}" if unexpected else "it holds no weights"
+        raise EmsegError(f"checkpoint {source} ({fmt}) does not fit {name}: {detail}")
     missing = [key for key in expected if any(key.startswith(g) for g in groups) and key not in state]
     if missing:
-        raise EmsegError(f"checkpoint {path} ({fmt}) is partial for {_model_name(model)}: missing keys {_preview(missing)}")
+        raise EmsegError(f"checkpoint {source} ({fmt}) is partial for {name}: missing keys {_preview(missing)}")
     mismatched = [
-        f"{key} {tuple(value.shape)}≠{tuple(expected[key].shape)}"
+        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
         for key, value in state.items()
         if value.shape != expected[key].shape
     ]
     if mismatched:
-        raise EmsegError(f"checkpoint {path} ({fmt}) has wrong shapes for {_model_name(model)}: {_preview(mismatched, 3)}")
+        raise EmsegError(f"checkpoint {source} ({fmt}) has wrong shapes for {name}: {_preview(mismatched, 3)}")
     model.load_state_dict(state, strict=False)
     return fmt
 
