@@ -1,0 +1,162 @@
+"""FP32 ONNX graph → mixed FP16 graph for strongly typed TensorRT (DESIGN.md §3 "Precision").
+
+TensorRT for RTX has no FP16 builder flag: the precision of every layer comes from the graph. We convert
+the exported FP32 graph with onnxconverter-common's float16 converter rather than exporting a `half()`
+model, because the converter lets us name the op types that stay FP32 in one place, and the graph's
+inputs and outputs keep their dtypes (`keep_io_types`): uint8 tiles in, FP32 logits and uint8 labels out.
+
+FP32 islands (`FP32_OPS`): normalisations and reductions whose intermediate sums overflow or lose too much
+in FP16 (SAM's LayerNorm2d is ReduceMean/Pow/Sqrt; SAM ViT-H in pure FP16 gives garbage), softmax, the
+class merge (Resize, ArgMax) and the converter's own default block list. Matmuls, convolutions, GELU and
+the elementwise ops between them run in FP16. The parity check in `parity.py` measures the result.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import onnx
+from onnxconverter_common import float16
+
+FP32_OPS: tuple[str, ...] = (
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "BatchNormalization",
+    "Softmax",
+    "LogSoftmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Exp",
+    "Log",
+    "Resize",
+    "ArgMax",
+    "ArgMin",
+    "TopK",
+    "Range",
+    "CumSum",
+)
+
+PROTOBUF_LIMIT = 2_000_000_000  # bytes; a ModelProto above this cannot be serialised in one piece
+
+
+def convert_to_mixed_fp16(model: onnx.ModelProto, extra_fp32_ops: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Return a mixed-precision copy of `model`: FP16 compute, FP32 islands for `FP32_OPS`, I/O dtypes kept.
+
+    Initialisers are clamped to ±65504 by the converter (the default 1e4 clamp would alter large weights).
+    Shape inference is skipped for graphs over protobuf's 2 GB limit (it serialises the model); the
+    dynamo exporter already records intermediate value types.
+    """
+    large = model.ByteSize() > PROTOBUF_LIMIT if _fits_bytesize(model) else True
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS) | set(extra_fp32_ops))
+    io_types = {value.name: value.type.tensor_type.elem_type for value in model.graph.output}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # one warning per tiny constant flushed to fp16 range
+        converted = float16.convert_float_to_float16(
+            model,
+            min_positive_val=6e-8,  # smallest FP16 subnormal
+            max_finite_val=65504.0,  # largest FP16 value
+            keep_io_types=True,
+            disable_shape_infer=large,
+            op_block_list=block,
+            check_fp16_ready=False,
+        )
+    _align_cast_targets(converted)
+    _restore_float_outputs(converted, io_types, set(block))
+    return converted
+
+
+def _align_cast_targets(model: onnx.ModelProto) -> None:
+    """The converter retypes a Cast's output value_info to FP16 but leaves its `to` attribute FLOAT (e.g.
+    the uint8 → float cast of the tiles): make the attribute agree with the recorded type."""
+    value_types = {value.name: value.type.tensor_type.elem_type for value in model.graph.value_info}
+    for node in model.graph.node:
+        if node.op_type != "Cast" or value_types.get(node.output[0]) != onnx.TensorProto.FLOAT16:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
+                attribute.i = onnx.TensorProto.FLOAT16
+
+
+def _restore_float_outputs(model: onnx.ModelProto, io_types: dict[str, int], fp32_ops: set[str]) -> None:
+    """Undo the converter's `keep_io_types` gap: an output produced by an FP32 island is cast to FP16
+    (onnxconverter-common 1.x). Feed the graph output straight from the FP32 tensor instead, and give the
+    FP16 cast a new name for the graph's internal consumers."""
+    graph = model.graph
+    for output in graph.output:
+        want = io_types.get(output.name)
+        if want != onnx.TensorProto.FLOAT or output.type.tensor_type.elem_type == want:
+            continue
+        producer = next(node for node in graph.node if output.name in node.output)
+        internal = output.name + "__fp16"
+        source = producer.input[0] if producer.op_type == "Cast" else internal
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == output.name:
+                    node.input[i] = source if node.op_type in fp32_ops else internal
+        producer.output[list(producer.output).index(output.name)] = internal
+        graph.node.append(onnx.helper.make_node("Identity", [source], [output.name], name=output.name + "__fp32_out"))
+        output.type.tensor_type.elem_type = want
+    _topological_sort(graph)
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so every input is produced before use (ONNX requires it; we appended Identities)."""
+    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progressed = False
+        rest = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progressed = True
+            else:
+                rest.append(node)
+        if not progressed:
+            raise RuntimeError("fp16 conversion left a graph with a cycle or a dangling input")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:  # protobuf raises on > 2 GB messages in some builds
+        return False
+
+
+def op_precisions(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
+    """Count, per op type, how many nodes compute in FP16 vs FP32 (by their first float input's type).
+
+    Used by tests and `inspect` to show that matmuls/convs are FP16 and the FP32 islands are FP32.
+    """
+    types: dict[str, int] = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            for out in node.output:
+                types.setdefault(out, next(a.i for a in node.attribute if a.name == "to"))
+    counts: dict[str, dict[str, int]] = {}
+    for node in model.graph.node:
+        float_inputs = [types.get(name) for name in node.input if types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+        if not float_inputs:
+            continue
+        kind = "fp16" if float_inputs[0] == onnx.TensorProto.FLOAT16 else "fp32"
+        counts.setdefault(node.op_type, {"fp16": 0, "fp32": 0})[kind] += 1
+    return counts

@@ -1,0 +1,476 @@
+"""PyTorch pipeline → model package: ONNX graphs (fp32 or mixed fp16), measured parity, manifest.json.
+
+`export_package("scsam-vit-b", "out/scsam-vit-b", precision="fp16")` writes, into a temporary sibling
+directory that is renamed into place only when everything succeeded:
+
+- one graph per encoder (`sam_encoder.onnx`, `mae_encoder.onnx`): tiles (batch, 1, T, T) uint8 →
+  `<x>_embedding` (batch, C, G, G) float32;
+- `head.onnx`: the embeddings (+ vanilla-sam's point prompts) → logits (batch, K, T, T) float32 and
+  labels (batch, T, T) uint8;
+- `full.onnx`: tiles (+ prompts) → logits and labels, preprocessing and class merge inside;
+- `manifest.json` (schema in `package.py`).
+
+Graphs come from torch's dynamo exporter (opset 18, LayerNormalization stays one node) with a dynamic
+batch dimension named "batch" and every other dimension static. Weights go to `<file>.onnx.data` when a
+graph would pass protobuf's 2 GB limit (SAM ViT-H). Parity is measured on freshly drawn inputs with ONNX
+Runtime (CPU) against the PyTorch FP32 model; a package that misses the targets is not written unless
+`allow_parity_failure`, and then its manifest says `"passed": false`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.export.fp16 import PROTOBUF_LIMIT, convert_to_mixed_fp16
+from emseg_rt.export.package import (
+    BATCH_DIM,
+    FORMAT_VERSION,
+    FULL,
+    HEAD,
+    MANIFEST_NAME,
+    PACKAGE_FORMAT,
+    sha256_file,
+    write_manifest,
+)
+from emseg_rt.export.parity import ParityTargets, compare_outputs, run_onnx
+
+OPSET = 18
+PRECISIONS = ("fp32", "fp16")
+EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # bytes of weights; below protobuf's 2 GB with room for the graph
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ComponentGraph:
+    """One graph to export: a module whose forward takes positional inputs named `input_names`."""
+
+    name: str
+    role: str  # "encoder", "head" or "full"
+    module: nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
+class EncoderGraph(nn.Module):
+    """tiles (B, 1, T, T) uint8 → embedding (B, C, G, G) float32."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.encoder(tiles)
+
+
+class HeadGraph(nn.Module):
+    """Positional embeddings (+ prompts) → logits (B, K, T, T) float32, labels (B, T, T) uint8."""
+
+    def __init__(self, head: nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.head = head
+        self.input_names = tuple(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(**dict(zip(self.input_names, inputs)))
+        return out["logits"], out["labels"]
+
+
+class FullGraph(nn.Module):
+    """tiles (B, 1, T, T) uint8 (+ prompts) → logits (B, K, T, T) float32, labels (B, T, T) uint8."""
+
+    def __init__(self, pipeline: nn.Module, prompt_names: Sequence[str]) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        self.prompt_names = tuple(prompt_names)
+
+    def forward(self, tiles: torch.Tensor, *prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.pipeline(tiles, **dict(zip(self.prompt_names, prompts)))
+        return out["logits"], out["labels"]
+
+
+def component_graphs(pipeline: nn.Module) -> list[ComponentGraph]:
+    """The package's graphs for a `SegmentationPipeline`: each encoder, the head, then the full graph."""
+    from emseg_rt.models.pipeline import embedding_name
+
+    prompts = tuple(pipeline.prompt_names)
+    graphs = [
+        ComponentGraph(name, "encoder", EncoderGraph(encoder), ("tiles",), (embedding_name(name),))
+        for name, encoder in pipeline.encoders.items()
+    ]
+    head_inputs = tuple(embedding_name(name) for name in pipeline.encoders) + prompts
+    graphs.append(ComponentGraph(HEAD, "head", HeadGraph(pipeline.head, head_inputs), head_inputs, ("logits", "labels")))
+    graphs.append(ComponentGraph(FULL, "full", FullGraph(pipeline, prompts), ("tiles", *prompts), ("logits", "labels")))
+    return graphs
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def export_onnx(
+    module: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    path: Path,
+    batch_max: int,
+) -> Path:
+    """torch.onnx.export(dynamo=True, opset 18) with dim 0 of every input dynamic as "batch"; weights go to
+    external data (`<path>.data`) when they pass EXTERNAL_DATA_THRESHOLD. Returns `path`."""
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=max(batch_max, 2))
+    dynamic_shapes = _batch_dynamic_shapes(module, len(example_inputs), batch)
+    logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+    program = torch.onnx.export(
+        module.eval(),
+        tuple(example_inputs),
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=list(input_names),
+        output_names=list(output_names),
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+        report=False,
+    )
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    weight_bytes += sum(b.numel() * b.element_size() for b in module.buffers())
+    program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+    return path
+
+
+def _batch_dynamic_shapes(module: nn.Module, count: int, batch: Any) -> dict[str, Any]:
+    """dynamic_shapes keyed by forward's parameter names; a `*inputs` parameter gets a tuple."""
+    import inspect
+
+    shapes: dict[str, Any] = {}
+    remaining = count
+    for parameter in inspect.signature(module.forward).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            if remaining:
+                    shapes[parameter.name] = tuple({0: batch} for _ in range(remaining))
+            remaining = 0
+        elif remaining:
+            shapes[parameter.name] = {0: batch}
+            remaining -= 1
+    return shapes
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Save `model`, with weights in `<name>.data` beside it when it would pass 2 GB. Returns the data files."""
+    data_name = path.name + ".data"
+    large = _proto_size(model) > EXTERNAL_DATA_THRESHOLD
+    (path.parent / data_name).unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    return [data_name] if large else []
+
+
+def _proto_size(model: onnx.ModelProto) -> int:
+    try:
+        return model.ByteSize()
+    except Exception:
+        return PROTOBUF_LIMIT + 1
+
+
+def _np_dtype_name(elem_type: int) -> str:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) of an ONNX file as manifest dicts {name, dtype, shape}; symbolic dims by name."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        shape = [dim.dim_param if dim.dim_param else int(dim.dim_value) for dim in tensor.shape.dim]
+        return {"name": value.name, "dtype": _np_dtype_name(tensor.elem_type), "shape": shape}
+
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+def toolchain_versions() -> dict[str, str | None]:
+    """Versions of everything that shaped the package (recorded in the manifest)."""
+    import importlib.metadata as md
+
+    import emseg_rt
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    return {
+        "emseg_rt": emseg_rt.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": version("onnxruntime"),
+        "onnxscript": version("onnxscript"),
+        "onnxconverter_common": version("onnxconverter-common"),
+        "tensorrt_rtx": version("tensorrt-rtx") or version("tensorrt_rtx"),
+        "tensorrt": version("tensorrt"),
+    }
+
+
+def normalisation_record(config: Any) -> dict[str, Any]:
+    """How each encoder turns uint8 intensities into its input (all inside the graph)."""
+    record: dict[str, Any] = {"inside_graph": True}
+    if config.sam_encoder is not None:
+        record["sam_encoder"] = {
+            "scale": 1.0, "mean": list(config.sam_encoder.pixel_mean), "std": list(config.sam_encoder.pixel_std),
+            "channels": "grey repeated to RGB", "formula": "(x - mean) / std on the 0-255 scale",
+        }
+    if config.mae_encoder is not None:
+        record["mae_encoder"] = {
+            "scale": 1.0 / 255.0, "mean": config.mae_encoder.pixel_mean, "std": config.mae_encoder.pixel_std,
+            "channels": "grey", "formula": "(x / 255 - mean) / std",
+        }
+    return record
+
+
+# --------------------------------------------------------------------------------------------- package
+
+
+def _resolve_model(model_name_or_module: str | nn.Module, checkpoints: Sequence[str | Path]) -> nn.Module:
+    from emseg_rt.models import build
+    from emseg_rt.models.checkpoint import load_checkpoints
+
+    if isinstance(model_name_or_module, str):
+        model = build(model_name_or_module, checkpoint=list(checkpoints) or None)
+    else:
+        model = model_name_or_module
+        if checkpoints:
+            load_checkpoints(model, checkpoints)
+    if not hasattr(model, "encoders") or not hasattr(model, "head") or not hasattr(model, "config"):
+        raise EmsegError(f"{type(model).__name__} is not a segmentation pipeline (emseg_rt.models.build(...))")
+    return model.eval().requires_grad_(False)
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Check the destination early, and make the temporary sibling the package is written into."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EmsegError(f"--out {out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise EmsegError(f"--out {out_dir}: directory is not empty; choose another or pass --force to replace it")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as exc:
+        raise EmsegError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _install(staging: Path, out_dir: Path) -> None:
+    """Move the finished package into place (rename; an old package is removed only after success)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{secrets.token_hex(4)}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_package(
+    model_name_or_module: str | nn.Module,
+    out_dir: str | Path,
+    precision: str = "fp32",
+    checkpoints: Sequence[str | Path] = (),
+    batch_max: int = 8,
+    *,
+    parity_batch: int | None = None,
+    parity_seed: int | None = None,
+    allow_parity_failure: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Export a pipeline to a model package at `out_dir` and return its path.
+
+    model_name_or_module: a registry name ('scsam-vit-b') or a built `SegmentationPipeline`.
+    precision:     'fp32', or 'fp16' for a mixed graph (FP16 compute, FP32 islands, FP32/uint8 I/O).
+    checkpoints:   loaded in order before export (see emseg_rt.models.checkpoint).
+    batch_max:     largest batch the graphs (and later the engines' optimisation profile) accept.
+    parity_batch:  batch of the parity inputs (default 2 for tiles ≤ 256, else 1).
+    parity_seed:   seed of the parity inputs; drawn fresh (and recorded) when None.
+    Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
+    """
+    say = progress or (lambda message: None)
+    if precision not in PRECISIONS:
+        raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if batch_max < 1:
+        raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    model = _resolve_model(model_name_or_module, checkpoints)
+    config = model.config
+    staging = _prepare_out_dir(out_dir, overwrite)
+    try:
+        manifest = _write_package(
+            model, staging, precision, batch_max, parity_batch, parity_seed, allow_parity_failure, checkpoints, say
+        )
+        manifest["export_seconds"] = round(time.perf_counter() - started, 3)
+        write_manifest(staging, manifest)
+        _install(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {out_dir} ({config.name}, {precision})")
+    return out_dir
+
+
+def _write_package(
+    model: nn.Module,
+    staging: Path,
+    precision: str,
+    batch_max: int,
+    parity_batch: int | None,
+    parity_seed: int | None,
+    allow_parity_failure: bool,
+    checkpoints: Sequence[str | Path],
+    say: Progress,
+) -> dict[str, Any]:
+    config = model.config
+    graphs = component_graphs(model)
+    scratch = staging / ".fp32"
+    scratch.mkdir()
+    # Example inputs for tracing: batch 2, so that the exporter cannot specialise the batch to 1.
+    example = model.example_inputs(batch=2, seed=0)
+    with torch.no_grad():
+        example_embeddings = model.embed(example["tiles"])
+    example_values = {**example, **example_embeddings}
+
+    components: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for graph in graphs:
+        say(f"exporting {graph.name} ({precision})")
+        tick = time.perf_counter()
+        fp32_path = scratch / f"{graph.name}.onnx"
+        with torch.no_grad():
+            export_onnx(graph.module, [example_values[n] for n in graph.input_names], graph.input_names,
+                        graph.output_names, fp32_path, batch_max)
+        final_path = staging / f"{graph.name}.onnx"
+        if precision == "fp16":
+            converted = convert_to_mixed_fp16(onnx.load(str(fp32_path)))
+            external = save_onnx(converted, final_path)
+            del converted
+        else:
+            external = [p.name for p in scratch.glob(f"{graph.name}.onnx.data")]
+            os.replace(fp32_path, final_path)
+            for name in external:
+                os.replace(scratch / name, staging / name)
+        onnx.checker.check_model(str(final_path), full_check=False)
+        inputs, outputs = graph_io(final_path)
+        components[graph.name] = {
+            "role": graph.role, "file": final_path.name, "external_data": external, "inputs": inputs, "outputs": outputs,
+        }
+        timings[graph.name] = round(time.perf_counter() - tick, 3)
+    shutil.rmtree(scratch)
+
+    say("measuring parity with ONNX Runtime")
+    parity = measure_package_parity(model, staging, components, precision, parity_batch, parity_seed)
+    if not parity["passed"]:
+        summary = parity_summary(parity)
+        if not allow_parity_failure:
+            raise EmsegError(f"{config.name} {precision}: parity targets missed ({summary}); nothing written; "
+                             "pass --allow-parity-failure to write the package anyway, marked as failed")
+        say(f"parity targets missed ({summary}); writing anyway as --allow-parity-failure asks")
+    parity["allowed_failure"] = bool(allow_parity_failure and not parity["passed"])
+
+    files = {
+        path.relative_to(staging).as_posix(): sha256_file(path)
+        for path in sorted(staging.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+    tile = config.tile
+    return {
+        "format": PACKAGE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": config.name,
+        "family": config.family,
+        "size": config.size,
+        "classes": list(config.classes),
+        "labels": {"0": "background", **{str(i + 1): c for i, c in enumerate(config.classes)}},
+        "tile": tile,
+        "grid": config.grid,
+        "precision": precision,
+        "batch_max": batch_max,
+        "opset": OPSET,
+        "input": {
+            "name": "tiles", "dtype": "uint8", "shape": [BATCH_DIM, 1, tile, tile], "layout": "NCHW",
+            "normalisation": normalisation_record(config),
+        },
+        "prompts": list(model.prompt_names),
+        "components": components,
+        "files": files,
+        "parity": parity,
+        "engines": {},
+        "toolchain": toolchain_versions(),
+        "checkpoints": [{"file": Path(p).name, "sha256": sha256_file(Path(p))} for p in checkpoints],
+        "export_seconds_per_component": timings,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def measure_package_parity(
+    model: nn.Module,
+    root: Path,
+    components: dict[str, Any],
+    precision: str,
+    parity_batch: int | None = None,
+    parity_seed: int | None = None,
+) -> dict[str, Any]:
+    """Run every component in ONNX Runtime on fresh random inputs and compare with the torch model."""
+    seed = secrets.randbits(31) if parity_seed is None else parity_seed
+    batch = parity_batch or (2 if model.config.tile <= 256 else 1)
+    targets = ParityTargets.for_precision(precision)
+    inputs = model.example_inputs(batch=batch, seed=seed)
+    with torch.no_grad():
+        embeddings = model.embed(inputs["tiles"])
+        prompts = {name: inputs[name] for name in model.prompt_names}
+        head_out = model.head(**embeddings, **prompts)
+    values = {name: tensor.numpy() for name, tensor in {**inputs, **embeddings, **head_out}.items()}
+    results: dict[str, Any] = {}
+    tick = time.perf_counter()
+    for name, spec in components.items():
+        output_names = [o["name"] for o in spec["outputs"]]
+        got = run_onnx(root / spec["file"], values, output_names)
+        results[name] = compare_outputs({n: values[n] for n in output_names}, got, targets)
+    return {
+        "passed": all(r["passed"] for r in results.values()),
+        "precision": precision,
+        "reference": "PyTorch fp32 eager (CPU)",
+        "runtime": "ONNX Runtime CPUExecutionProvider",
+        "targets": targets.to_dict(),
+        "batch": batch,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - tick, 3),
+        "components": results,
+    }
+
+
+def parity_summary(parity: dict[str, Any]) -> str:
+    """One line: the failing component outputs and their numbers."""
+    parts = []
+    for component, result in parity["components"].items():
+        for output, numbers in result["outputs"].items():
+            if not numbers.get("passed", True):
+                shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in numbers.items() if k != "passed"}
+                parts.append(f"{component}.{output} " + " ".join(f"{k}={v}" for k, v in shown.items()))
+    return "; ".join(parts) or "all passed"
