@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from emseg_rt.cli import models_cmd  # noqa: F401  (registers the command)
+from emseg_rt.cli import segment_cmd  # noqa: F401  (registers `segment`)
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
 

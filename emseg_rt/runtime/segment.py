@@ -289,8 +289,8 @@ def segment_volume(
     where = f"input {source}" + (f" (key {key})" if key else "") + (f" (level {volume.dataset_path})" if volume.is_ome else "")
     _check_volume(volume, where)
     axis_index = _axis_index(axis, volume.axes)
-    resumable = _prepare_output(output, source, resume, overwrite)
     norm = dataset_normalisation(volume.array, where)
+    resumable = _prepare_output(output, source, resume, overwrite)
 
     if isinstance(backend, str):
         from emseg_rt.runtime.loader import load_backend
@@ -366,8 +366,9 @@ def _run(engine: Backend, volume: Any, source: Path, output: Path, *, where: str
                     chunks=(1,) + chunks, name="probabilities",
                     extra_attributes={"emseg_rt": {"classes": list(classes), "scale": "sigmoid(logit) * 255"}})
             _write_json_atomic(run_dir / "run.json", {"config_hash": config_hash, "config": config})
-        except PermissionError as exc:
-            raise EmsegError(f"cannot write {output}: permission denied ({exc.filename})") from exc
+        except OSError as exc:
+            raise EmsegError(f"cannot write {output}: {exc.strerror or exc} ({exc.filename or output}); "
+                             "choose a writable --out") from exc
     done_dir.mkdir(parents=True, exist_ok=True)
 
     done_before = {int(p.name) for p in done_dir.iterdir() if p.name.isdigit()}
