@@ -1,0 +1,55 @@
+"""What a benchmark ran on: machine, device and library versions, recorded with every result."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+
+import torch
+
+LIBRARIES = ("torch", "onnx", "onnxruntime", "tensorrt_rtx", "tensorrt", "segment-anything", "timm", "emseg-rt")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    """'NVIDIA H100 80GB HBM3' on CUDA, the CPU model otherwise."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_model()
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def machine_record(device: str) -> dict[str, object]:
+    """One dict describing where and when the benchmark ran."""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname_kind": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "device": device,
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "libraries": library_versions(),
+    }

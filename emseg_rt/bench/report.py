@@ -1,0 +1,120 @@
+"""Bench results as JSON, a markdown table with the paper's column beside ours, and a PNG bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from emseg_rt.bench.table5 import PAPER_TABLE5_SECONDS, BenchResult
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+
+
+def _batch1(result: BenchResult, family: str, backend: str) -> dict[str, object] | None:
+    for record in result.records:
+        if record["model"] == family and record["backend"] == backend and record["batch"] == min(result.config.batches):
+            return record
+    return None
+
+
+def markdown_table(result: BenchResult) -> str:
+    """Per-image seconds (median, smallest batch) per backend beside ScSAM Table 5, plus speed-ups."""
+    cfg = result.config
+    machine = result.machine
+    lines = [
+        f"# ScSAM Table 5 reproduction: `--size {cfg.size}` on {machine['device_name']} ({cfg.device})",
+        "",
+        f"Measured {machine['date']}; batch {min(cfg.batches)}, median of {cfg.iters} after {cfg.warmup} warm-up; "
+        f"seconds per {'1024²' if cfg.size != 'tiny' else 'tiny-config'} slice. Paper column: ScSAM Table 5 "
+        "(RTX 3090, PyTorch 1.11, ViT-H). Speed-up is against `torch-eager-fp32` in this same run.",
+        "",
+    ]
+    header = ["model", "paper (s)"] + [f"{b} (s)" for b in cfg.backends] + ["best speed-up vs eager"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for family in cfg.models:
+        row = [family, _seconds(PAPER_TABLE5_SECONDS.get(family))]
+        best = None
+        for backend in cfg.backends:
+            record = _batch1(result, family, backend)
+            if record is None or record["status"] != "ok":
+                row.append("n/a" if record is None else record["status"])
+                continue
+            row.append(_seconds(record["median_s_per_slice"]))  # type: ignore[arg-type]
+            speedup = record.get("speedup_vs_eager")
+            if speedup is not None and (best is None or speedup > best[0]):
+                best = (speedup, backend)
+        row.append("–" if best is None else f"{best[0]:.2f}× ({best[1]})")
+        lines.append("| " + " | ".join(row) + " |")
+    unavailable = {r["backend"]: r.get("reason") for r in result.records if r["status"] == "unavailable"}
+    failed = [(r["model"], r["backend"], r.get("reason")) for r in result.records if r["status"] == "failed"]
+    if unavailable or failed:
+        lines += [""]
+        lines += [f"- `{backend}` unavailable: {reason}" for backend, reason in unavailable.items()]
+        lines += [f"- `{backend}` failed on {model}: {reason}" for model, backend, reason in failed]
+    ok = [r for r in result.records if r["status"] == "ok"]
+    if ok:
+        lines += ["", "## Every measurement", "",
+                  "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
+                  "peak device MB | achieved TFLOP/s | fraction of matmul peak |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ok:
+            device_mb = "–" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:.0f}"
+            fraction = "–" if r["fraction_of_matmul_peak"] is None else f"{r['fraction_of_matmul_peak']:.3f}"
+            lines.append(
+                f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {_seconds(r['median_s_per_slice'])} | "
+                f"{_seconds(r['p90_s_per_slice'])} | {r['throughput_slices_per_s']:.3f} | {r['peak_host_mb']:.0f} | "
+                f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} |"
+            )
+    if result.breakdown:
+        lines += ["", f"## Where ScSAM's time goes (`scsam-{cfg.size}`, batch 1)", "",
+                  "| path | stage | median s | share |", "|---|---|---|---|"]
+        for row in result.breakdown:
+            lines.append(f"| {row['path']} | {row['stage']} | {row['median_s']:.5f} | {row['fraction']:.1%} |")
+    if result.matmul_tflops is not None:
+        lines += ["", f"Measured fp16 matmul rate on this device: {result.matmul_tflops:.0f} TFLOP/s."]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: BenchResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown_table(result))
+
+
+def write_plot(result: BenchResult, path: Path) -> None:
+    """Grouped bars: seconds per slice (log scale) per model, one bar per backend plus the paper's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = result.config
+    series: dict[str, list[float]] = {"paper (RTX 3090)": [PAPER_TABLE5_SECONDS.get(m, float("nan")) for m in cfg.models]}
+    for backend in cfg.backends:
+        values = []
+        for family in cfg.models:
+            record = _batch1(result, family, backend)
+            values.append(record["median_s_per_slice"] if record and record["status"] == "ok" else float("nan"))
+        series[backend] = values  # type: ignore[assignment]
+    fig, axis = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(series)
+    for index, (label, values) in enumerate(series.items()):
+        positions = [m + index * width for m in range(len(cfg.models))]
+        axis.bar(positions, values, width, label=label)
+    axis.set_xticks([m + 0.4 - width / 2 for m in range(len(cfg.models))], list(cfg.models))
+    axis.set_yscale("log")
+    axis.set_ylabel("seconds per slice (log)")
+    axis.set_title(f"ScSAM Table 5, --size {cfg.size}, {result.machine['device_name']}")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

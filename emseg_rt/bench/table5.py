@@ -1,0 +1,180 @@
+"""Run ScSAM's Table 5 (per-image inference time) over backends, batch sizes and model sizes."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from emseg_rt.bench.machine import machine_record
+from emseg_rt.bench.runners import BACKENDS, BenchRunner, make_runner
+from emseg_rt.bench.timing import (
+    matmul_tflops,
+    measure_latency,
+    peak_host_memory_bytes,
+    reset_peak_host_memory,
+)
+from emseg_rt.errors import EmsegError
+from emseg_rt.models import list_models
+from emseg_rt.models.info import model_info
+
+# ScSAM Table 5: seconds per 1024² image on an RTX 3090 with PyTorch 1.11 (research code, eager fp32).
+PAPER_TABLE5_SECONDS = {
+    "vanilla-sam": 0.321,
+    "vanilla-sam2": 0.273,
+    "surgicalsam": 0.374,
+    "mae-star": 0.144,
+    "sam-star": 0.375,
+    "scsam": 0.457,
+}
+PAPER_ROWS = ("vanilla-sam", "surgicalsam", "mae-star", "sam-star", "scsam")
+SIZES = ("vit-h", "vit-b", "tiny")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. `models` are family names (the paper's rows); `size` picks the variant."""
+
+    models: tuple[str, ...] = PAPER_ROWS
+    size: str = "vit-h"
+    backends: tuple[str, ...] = ("torch-eager-fp32", "torch-fp16", "onnxruntime", "tensorrt")
+    batches: tuple[int, ...] = (1,)
+    warmup: int = 3
+    iters: int = 20
+    device: str = "cuda"
+    cache_dir: Path = Path.home() / ".cache" / "emseg-rt" / "bench"
+    breakdown: bool = True
+
+    def validate(self) -> None:
+        if self.size not in SIZES:
+            raise EmsegError(f"--size {self.size!r}: choose one of {', '.join(SIZES)}")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise EmsegError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        names = set(list_models())
+        missing = [m for m in self.models if f"{m}-{self.size}" not in names]
+        if missing:
+            raise EmsegError(f"--models: no {', '.join(f'{m}-{self.size}' for m in missing)} in the registry")
+        if not self.batches or min(self.batches) < 1:
+            raise EmsegError("--batch: give one or more batch sizes >= 1")
+        if self.iters < 1 or self.warmup < 0:
+            raise EmsegError("--iters must be >= 1 and --warmup >= 0")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EmsegError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+
+
+@dataclass
+class BenchResult:
+    """Everything one run measured: machine, records (one per model × backend × batch), breakdown."""
+
+    config: BenchConfig
+    machine: dict[str, object]
+    matmul_tflops: float | None
+    records: list[dict[str, object]] = field(default_factory=list)
+    breakdown: list[dict[str, object]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        cfg = self.config
+        return {
+            "benchmark": "scsam-table5",
+            "config": {"models": list(cfg.models), "size": cfg.size, "backends": list(cfg.backends),
+                       "batches": list(cfg.batches), "warmup": cfg.warmup, "iters": cfg.iters, "device": cfg.device},
+            "machine": self.machine,
+            "matmul_tflops": self.matmul_tflops,
+            "paper": {"source": "ScSAM Table 5, RTX 3090, PyTorch 1.11", "seconds_per_image": PAPER_TABLE5_SECONDS},
+            "records": self.records,
+            "scsam_breakdown": self.breakdown,
+        }
+
+
+def _peak_device_bytes(device: str) -> int | None:
+    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+
+
+def _reset_peaks(device: str) -> None:
+    gc.collect()
+    reset_peak_host_memory()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _measure(runner: BenchRunner, family: str, model_name: str, batch: int, cfg: BenchConfig,
+             gflops: float, peak_rate: float | None) -> dict[str, object]:
+    record: dict[str, object] = {"model": family, "model_name": model_name, "backend": runner.name, "batch": batch,
+                                 "device": cfg.device, "gflops_per_slice": gflops,
+                                 "paper_s": PAPER_TABLE5_SECONDS.get(family)}
+    _reset_peaks(cfg.device)
+    prepared = runner.prepare(model_name, batch)
+    stats = measure_latency(prepared.run, cfg.device, cfg.warmup, cfg.iters)
+    per_slice = stats.median_s / batch
+    achieved = gflops / per_slice / 1e3
+    record.update({
+        "status": "ok",
+        "precision": prepared.precision,
+        "details": prepared.details,
+        "median_s_per_slice": per_slice,
+        "p90_s_per_slice": stats.p90_s / batch,
+        "median_s_per_batch": stats.median_s,
+        "throughput_slices_per_s": batch / stats.median_s,
+        "iters": stats.iters,
+        "samples_s": list(stats.samples_s),
+        "peak_host_mb": (peak_host_memory_bytes() or 0) / 2**20,
+        "peak_device_mb": None if _peak_device_bytes(cfg.device) is None else _peak_device_bytes(cfg.device) / 2**20,
+        "achieved_tflops": achieved,
+        "fraction_of_matmul_peak": None if peak_rate is None else achieved / peak_rate,
+    })
+    return record
+
+
+def _speedups(records: list[dict[str, object]]) -> None:
+    eager = {(r["model"], r["batch"]): r["median_s_per_slice"] for r in records
+             if r["backend"] == "torch-eager-fp32" and r["status"] == "ok"}
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        base = eager.get((record["model"], record["batch"]))
+        record["speedup_vs_eager"] = None if base is None else base / record["median_s_per_slice"]
+        paper = record.get("paper_s")
+        record["speedup_vs_paper"] = None if paper is None else paper / record["median_s_per_slice"]
+
+
+def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda message: None) -> BenchResult:
+    """Measure every model × backend × batch of `cfg`; failures are recorded, not raised."""
+    cfg.validate()
+    peak_rate = None
+    if cfg.device.startswith("cuda"):
+        peak_rate = matmul_tflops(cfg.device, torch.float16)
+        say(f"measured fp16 matmul rate: {peak_rate:.0f} TFLOP/s")
+    result = BenchResult(cfg, machine_record(cfg.device), peak_rate)
+    for backend in cfg.backends:
+        runner = make_runner(backend, cfg.device, cfg.cache_dir, max(cfg.batches))
+        reason = runner.unavailable_reason()
+        for family in cfg.models:
+            model_name = f"{family}-{cfg.size}"
+            gflops = model_info(model_name).gflops_per_slice
+            for batch in cfg.batches:
+                base = {"model": family, "model_name": model_name, "backend": backend, "batch": batch,
+                        "device": cfg.device, "paper_s": PAPER_TABLE5_SECONDS.get(family)}
+                if reason is not None:
+                    result.records.append({**base, "status": "unavailable", "reason": reason})
+                    continue
+                say(f"{model_name} · {backend} · batch {batch}")
+                try:
+                    result.records.append(_measure(runner, family, model_name, batch, cfg, gflops, peak_rate))
+                except (EmsegError, RuntimeError, MemoryError) as exc:
+                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    result.records.append({**base, "status": "failed", "reason": message[:300]})
+        runner.close()
+        if reason is not None:
+            say(f"{backend}: unavailable ({reason})")
+    _speedups(result.records)
+    if cfg.breakdown and "scsam" in cfg.models:
+        from emseg_rt.bench.breakdown import scsam_stage_breakdown
+
+        say("scsam per-stage breakdown")
+        result.breakdown = scsam_stage_breakdown(f"scsam-{cfg.size}", cfg.device, cfg.warmup, cfg.iters)
+    return result

@@ -1,0 +1,87 @@
+"""Latency measurement: warm-up, then many timed calls; device events on CUDA, a host clock otherwise."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Seconds per call: median and 90th percentile over `iters` calls after `warmup` calls."""
+
+    median_s: float
+    p90_s: float
+    iters: int
+    samples_s: tuple[float, ...]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of a non-empty list, q in [0, 100]."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def measure_latency(fn: Callable[[], object], device: str, warmup: int, iters: int) -> LatencyStats:
+    """Time `fn` (one batch) `iters` times after `warmup` calls.
+
+    On CUDA each call is bracketed by CUDA events (the asynchronous device work is timed, not the
+    launch); elsewhere by `time.perf_counter`.
+    """
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.synchronize()
+    for _ in range(iters):
+        if on_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1000.0)
+        else:
+            began = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - began)
+    return LatencyStats(statistics.median(samples), percentile(samples, 90), iters, tuple(samples))
+
+
+def reset_peak_host_memory() -> None:
+    """Reset the kernel's peak-RSS counter of this process (Linux: /proc/self/clear_refs '5')."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_host_memory_bytes() -> int | None:
+    """Peak resident set size of this process since the last reset (VmHWM), or None off Linux."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def matmul_tflops(device: str, dtype: torch.dtype, size: int = 8192, iters: int = 20) -> float:
+    """Measured dense matmul rate (TFLOP/s) of this device in `dtype`: the ceiling for 'fraction of peak'."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    stats = measure_latency(lambda: torch.matmul(a, b), device, warmup=3, iters=iters)
+    return 2 * size**3 / stats.median_s / 1e12

@@ -1,0 +1,54 @@
+"""`emseg-rt bench`: ScSAM's Table 5, backend by backend."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+
+from emseg_rt.bench.report import markdown_table, write_json, write_markdown, write_plot
+from emseg_rt.bench.runners import BACKENDS
+from emseg_rt.bench.table5 import PAPER_ROWS, BenchConfig, run_bench
+from emseg_rt.cli.app import app
+from emseg_rt.errors import EmsegError
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@app.command("bench")
+def bench_command(
+    models: str = typer.Option(",".join(PAPER_ROWS), help="Comma-separated families (Table 5 rows)."),
+    size: str = typer.Option("vit-h", help="Model size: vit-h (the paper's), vit-b or tiny."),
+    backends: str = typer.Option(",".join(BACKENDS), help="Comma-separated backends."),
+    batch: str = typer.Option("1", help="Comma-separated batch sizes; latency is reported per slice."),
+    warmup: int = typer.Option(3, help="Warm-up calls before timing."),
+    iters: int = typer.Option(20, help="Timed calls per measurement."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when torch sees a GPU)."),
+    cache_dir: Path = typer.Option(Path.home() / ".cache" / "emseg-rt" / "bench", help="Where exported packages are kept."),
+    breakdown: bool = typer.Option(True, help="Also time ScSAM stage by stage."),
+    json_path: Path = typer.Option(None, "--json", help="Write every record as JSON here."),
+    markdown_path: Path = typer.Option(None, "--markdown", help="Write the markdown table here."),
+    plot_path: Path = typer.Option(None, "--plot", help="Write a PNG bar chart here."),
+    quiet: bool = typer.Option(False, help="Print only the table."),
+) -> None:
+    """Reproduce ScSAM's per-image inference-time table on this machine, for every backend."""
+    import torch
+
+    try:
+        batches = tuple(int(b) for b in _csv(batch))
+    except ValueError:
+        raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
+    resolved_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    config = BenchConfig(models=_csv(models), size=size, backends=_csv(backends), batches=batches, warmup=warmup,
+                         iters=iters, device=resolved_device, cache_dir=cache_dir, breakdown=breakdown)
+    console = Console(stderr=True)
+    result = run_bench(config, say=(lambda message: None) if quiet else (lambda message: console.log(message)))
+    if json_path:
+        write_json(result, json_path)
+    if markdown_path:
+        write_markdown(result, markdown_path)
+    if plot_path:
+        write_plot(result, plot_path)
+    Console().print(Markdown(markdown_table(result)))

@@ -1,0 +1,74 @@
+"""`emseg-rt bench`: records for every Table 5 row and backend, reports, and clear errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from emseg_rt.bench.table5 import PAPER_ROWS
+from emseg_rt.bench.timing import measure_latency, percentile
+
+CLI = [shutil.which("emseg-rt")] if shutil.which("emseg-rt") else [sys.executable, "-m", "emseg_rt"]
+
+
+def test_percentile_matches_numpy():
+    values = list(np.random.default_rng(0).random(17))
+    for q in (0, 10, 50, 90, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_measure_latency_warms_up_then_times_each_call():
+    calls = []
+    stats = measure_latency(lambda: calls.append(1), "cpu", warmup=2, iters=5)
+    assert len(calls) == 7 and stats.iters == 5 and len(stats.samples_s) == 5
+    assert 0 <= stats.median_s <= stats.p90_s
+
+
+def test_bench_tiny_cli_writes_a_record_per_model_and_backend(tmp_path):
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [*CLI, "bench", "--size", "tiny", "--backends", "torch-eager-fp32,onnxruntime,tensorrt", "--device", "cpu",
+         "--iters", "2", "--warmup", "1", "--no-breakdown", "--quiet", "--cache-dir", str(tmp_path / "cache"),
+         "--json", str(out), "--markdown", str(tmp_path / "out.md"), "--plot", str(tmp_path / "out.png")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu" and report["machine"]["libraries"]["torch"]
+    records = {(r["model"], r["backend"]): r for r in report["records"]}
+    for family in PAPER_ROWS:
+        for backend in ("torch-eager-fp32", "onnxruntime"):
+            record = records[family, backend]
+            assert record["status"] == "ok", record
+            assert 0 < record["median_s_per_slice"] <= record["p90_s_per_slice"]
+            assert record["gflops_per_slice"] > 0 and record["achieved_tflops"] > 0
+            assert record["paper_s"] is not None
+        assert records[family, "tensorrt"]["status"] == "unavailable"
+        assert "GPU" in records[family, "tensorrt"]["reason"]
+    assert records["scsam", "onnxruntime"]["speedup_vs_eager"] > 0
+    markdown = (tmp_path / "out.md").read_text()
+    assert "| scsam | 0.4570 |" in markdown
+    assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("--size", "vit-x"), "--size 'vit-x'"), (("--backends", "warp-drive"), "unknown warp-drive"),
+     (("--batch", "one"), "--batch 'one'"), (("--models", "scsam2"), "no scsam2-tiny")],
+)
+def test_bench_bad_options_fail_with_one_line(args, message):
+    base = ["bench", "--size", "tiny", "--device", "cpu", "--backends", "torch-eager-fp32"]
+    merged = list(base)
+    for index in range(0, len(args), 2):
+        flag, value = args[index], args[index + 1]
+        if flag in merged:
+            merged[merged.index(flag) + 1] = value
+        else:
+            merged += [flag, value]
+    result = subprocess.run([*CLI, *merged], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
