@@ -97,7 +97,7 @@ def write_plot(result: BenchResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cfg = result.config
-    series: dict[str, list[float]] = {"paper (RTX 3090)": [PAPER_TABLE5_SECONDS.get(m, float("nan")) for m in cfg.models]}
+    series: dict[str, list[float]] = {"paper (RTX 3090, ViT-H)": [PAPER_TABLE5_SECONDS.get(m, float("nan")) for m in cfg.models]}
     for backend in cfg.backends:
         values = []
         for family in cfg.models:
