@@ -1,0 +1,133 @@
+"""Embedding cache: the frozen encoders run once over the training tiles; their embeddings live in zarr.
+
+ScSAM trains only FAFM, the class prompt encoder and the decoder on top of frozen SAM and MAE encoders
+(§3, §4.2), so each training tile's embeddings never change: computing them once turns every later
+epoch into head-only work. A cache is a zarr v3 group:
+
+    cache.zarr/
+      labels          (N, T, T) uint8      ground truth of each tile
+      sam_embedding   (N, C_s, H, W) float16
+      mae_embedding   (N, C_m, H, W) float16
+      attrs: key (sha256 of model name, encoder weights, data paths and tile plan), model, tile, tiles
+
+Tiles are a grid over every z-slice (the last row and column flush with the edge, none dropped). The
+embedding function is any callable uint8 tiles (B, 1, T, T) → {"sam_embedding", "mae_embedding"}:
+by default the torch pipeline's `embed`, or a runtime backend running exported encoder components.
+A cache is written to `<path>.partial` and renamed when complete; a cache whose key differs is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from torch import nn
+
+from emseg_rt.training.inference import tile_starts
+
+EmbedFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def tile_plan(shape: tuple[int, int, int], tile: int) -> list[tuple[int, int, int]]:
+    """(z, y, x) corners of the training tiles of a (Z, Y, X) volume: a non-overlapping grid per slice."""
+    nz, ny, nx = shape
+    return [(z, y, x) for z in range(nz) for y in tile_starts(ny, tile, tile) for x in tile_starts(nx, tile, tile)]
+
+
+def encoder_digest(model: nn.Module) -> str:
+    """sha256 over the encoders' weights: a cache made with other encoder weights is not reused."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.encoders.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model: nn.Module, sources: list[str], plan: list[tuple[int, int, int]]) -> str:
+    payload = json.dumps({"model": model.config.name, "encoders": encoder_digest(model), "sources": sources,
+                          "plan": plan}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """A finished cache: random access to (embeddings, labels) of tile i."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.group = zarr.open_group(str(self.path), mode="r")
+        self.labels = np.asarray(self.group["labels"][...])
+        self.embeddings = {name: np.asarray(self.group[name][...])
+                           for name in ("sam_embedding", "mae_embedding") if name in self.group}
+
+    @property
+    def key(self) -> str:
+        return str(self.group.attrs["key"])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, indices: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """indices (B,) → embeddings {name: (B, C, H, W) float32} and labels (B, T, T) uint8."""
+        indices = np.sort(indices)
+        embeddings = {name: torch.from_numpy(array[indices].astype(np.float32))
+                      for name, array in self.embeddings.items()}
+        return embeddings, torch.from_numpy(self.labels[indices])
+
+
+@torch.no_grad()
+def build_cache(
+    path: str | Path,
+    model: nn.Module,
+    image: np.ndarray,
+    labels: np.ndarray,
+    sources: list[str],
+    embed_fn: EmbedFn | None = None,
+    batch: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EmbeddingCache:
+    """Embed every training tile of image (Z, Y, X) uint8 with labels (Z, Y, X) uint8, or reuse a matching cache.
+
+    sources: strings identifying the data (paths), part of the cache key.
+    """
+    path = Path(path)
+    tile = model.config.tile
+    plan = tile_plan(image.shape, tile)
+    key = cache_key(model, sources, plan)
+    if path.exists():
+        try:
+            existing = EmbeddingCache(path)
+            if existing.key == key and len(existing) == len(plan):
+                return existing
+        except (KeyError, FileNotFoundError, ValueError):
+            pass
+        shutil.rmtree(path)
+    embed = embed_fn or model.embed
+    model.eval()
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    n = len(plan)
+    label_array = group.create_array("labels", shape=(n, tile, tile), dtype="uint8", chunks=(min(n, 64), tile, tile))
+    arrays: dict[str, zarr.Array] = {}
+    for start in range(0, n, batch):
+        chunk = plan[start : start + batch]
+        tiles = np.stack([image[z, y : y + tile, x : x + tile] for z, y, x in chunk])[:, None]
+        truth = np.stack([labels[z, y : y + tile, x : x + tile] for z, y, x in chunk])
+        embeddings = embed(torch.from_numpy(np.ascontiguousarray(tiles)))
+        for name, value in embeddings.items():
+            if name not in arrays:
+                arrays[name] = group.create_array(name, shape=(n, *value.shape[1:]), dtype="float16",
+                                                  chunks=(min(n, 64), *value.shape[1:]))
+            arrays[name][start : start + len(chunk)] = value.float().cpu().numpy().astype(np.float16)
+        label_array[start : start + len(chunk)] = truth
+        if on_progress is not None:
+            on_progress(start + len(chunk), n)
+    group.attrs.update({"key": key, "model": model.config.name, "tile": tile, "tiles": n, "sources": sources})
+    tmp.rename(path)
+    return EmbeddingCache(path)

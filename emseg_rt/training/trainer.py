@@ -1,0 +1,166 @@
+"""Head training for the ScSAM family over cached embeddings (ScSAM §3, §4.2, eq. 9).
+
+The encoders are frozen; FAFM, the class prompt encoder and the SAM mask decoder are trained with
+L = λ·L_cos + L_NTX + L_Dice (λ = 0.2) and Adam (lr 1e-3).
+
+Files written for `--out CKPT`:
+- CKPT: the head's weights (`head.*` keys), loadable with `build(name, checkpoint=[encoders..., CKPT])`;
+  rewritten atomically at every checkpoint, so it always holds a complete state dict.
+- CKPT.state: the training state (step, head, optimizer, sampler RNG, loss history) for `--resume`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.training.cache import EmbeddingCache, build_cache
+from emseg_rt.training.losses import COS_WEIGHT, LossTerms, scsam_loss
+
+STATE_SUFFIX = ".state"
+
+
+@dataclass
+class TrainReport:
+    """What a training run did: steps, losses (mean per logging interval), time, files."""
+
+    model: str
+    steps: int
+    start_step: int
+    seconds: float
+    losses: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: str = ""
+    cache: str = ""
+    tiles: int = 0
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's parameters and buffers under their pipeline names (`head.*`)."""
+    return {f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}
+
+
+def check_trainable(model: nn.Module) -> None:
+    head = model.head
+    if not hasattr(head, "fusion") or not hasattr(head.fusion, "fafm"):
+        raise EmsegError(
+            f"model {model.config.name} has no FAFM head; `train` trains the ScSAM family (e.g. scsam-tiny, "
+            "scsam-vit-b, scsam-phantom)"
+        )
+
+
+def train_head(
+    model: nn.Module,
+    image: np.ndarray,
+    labels: np.ndarray,
+    out: str | Path,
+    *,
+    sources: list[str] | None = None,
+    cache_path: str | Path | None = None,
+    steps: int = 1000,
+    batch: int = 8,
+    lr: float = 1e-3,
+    cos_weight: float = COS_WEIGHT,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    seed: int = 0,
+    on_step: Callable[[int, int, LossTerms], None] | None = None,
+    on_cache: Callable[[int, int], None] | None = None,
+) -> TrainReport:
+    """Train `model.head` on image (Z, Y, X) uint8 / labels (Z, Y, X) uint8 over cached embeddings.
+
+    out:       head checkpoint path (see module docstring); refuses to replace one unless `resume`.
+    resume:    continue from out + '.state' (same model and data) up to `steps`.
+    on_step:   called as on_step(step, steps, loss_terms) after every optimiser step.
+    """
+    check_trainable(model)
+    out = Path(out)
+    state_path = out.with_name(out.name + STATE_SUFFIX)
+    if image.shape != labels.shape:
+        raise EmsegError(f"image {image.shape} and labels {labels.shape} have different shapes")
+    if image.ndim != 3:
+        raise EmsegError(f"training data must be a 3D volume (Z, Y, X), got shape {image.shape}")
+    tile = model.config.tile
+    if min(image.shape[1:]) < tile:
+        raise EmsegError(f"slices {image.shape[1:]} are smaller than {model.config.name}'s tile {tile}")
+    if int(labels.max()) > model.config.num_classes:
+        raise EmsegError(f"labels go up to {int(labels.max())} but {model.config.name} has "
+                         f"{model.config.num_classes} classes")
+    if steps < 1 or batch < 1 or checkpoint_every < 1:
+        raise EmsegError("--steps, --batch and --checkpoint-every must be >= 1")
+    if out.exists() and not resume:
+        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
+    if resume and not state_path.exists():
+        raise EmsegError(f"--resume: no training state {state_path} next to {out}; start without --resume")
+    if not out.parent.exists():
+        raise EmsegError(f"output folder {out.parent} does not exist")
+
+    sources = sources or [hashlib.sha256(image.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()]
+    cache_path = Path(cache_path) if cache_path else out.with_name(out.name + ".cache.zarr")
+    cache: EmbeddingCache = build_cache(cache_path, model, image, labels, sources, on_progress=on_cache)
+
+    for p in model.encoders.parameters():
+        p.requires_grad_(False)
+    head = model.head
+    head.train()
+    optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    start_step = 0
+    losses: list[dict[str, float]] = []
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["model"] != model.config.name or state["cache_key"] != cache.key:
+            raise EmsegError(f"--resume: {state_path} belongs to another model or data set; start a new --out")
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start_step, losses = int(state["step"]), list(state["losses"])
+
+    def save(step: int) -> None:
+        _atomic_save(head_state(model), out)
+        _atomic_save({"model": model.config.name, "cache_key": cache.key, "step": step,
+                      "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                      "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses},
+                     state_path)
+
+    began = time.perf_counter()
+    interval: list[dict[str, float]] = []
+    for step in range(start_step + 1, steps + 1):
+        indices = rng.choice(len(cache), size=min(batch, len(cache)), replace=False)
+        embeddings, truth = cache.batch(indices)
+        terms = scsam_loss(head, embeddings, truth, cos_weight=cos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        interval.append(terms.as_floats())
+        if on_step is not None:
+            on_step(step, steps, terms)
+        if step % checkpoint_every == 0 or step == steps:
+            losses.append({"step": step, **{k: float(np.mean([d[k] for d in interval])) for k in interval[0]}})
+            interval = []
+            save(step)
+    if start_step >= steps:
+        save(start_step)
+    return TrainReport(model=model.config.name, steps=steps, start_step=start_step,
+                       seconds=time.perf_counter() - began, losses=losses, checkpoint=str(out),
+                       cache=str(cache_path), tiles=len(cache))
+
+
+def report_json(report: TrainReport) -> str:
+    return json.dumps(report.__dict__, indent=2)

@@ -1,0 +1,103 @@
+"""Head training over cached embeddings: the loss falls, checkpoints load, resume continues exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from emseg_rt.data.phantom import generate_phantom
+from emseg_rt.errors import EmsegError
+from emseg_rt.models import build
+from emseg_rt.training import EmbeddingCache, build_cache, dice_loss, train_head
+from emseg_rt.training.losses import one_hot_classes
+
+MODEL = "scsam-tiny"  # 128² tiles
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads slow small models down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    p = generate_phantom((3, 128, 128), seed=21)
+    return p.image, p.labels
+
+
+def test_dice_loss_by_hand():
+    masks = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # one class, one positive pixel
+    perfect = torch.tensor([[[[20.0, -20.0], [-20.0, -20.0]]]])
+    assert float(dice_loss(perfect, masks, eps=0.0)) == pytest.approx(0.0, abs=1e-6)
+    half = torch.zeros(1, 1, 2, 2)  # p = 0.5 everywhere: 1 − 2·0.5 / (2 + 1)
+    assert float(dice_loss(half, masks, eps=0.0)) == pytest.approx(1 - 1 / 3)
+    labels = torch.tensor([[[0, 1], [2, 3]]], dtype=torch.uint8)
+    assert one_hot_classes(labels, 3)[0, :, 1, 1].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_cache_is_built_once_and_matches_the_encoders(tmp_path, volume):
+    image, labels = volume
+    model = build(MODEL).eval()
+    cache = build_cache(tmp_path / "c.zarr", model, image, labels, ["v"])
+    assert len(cache) == 3 and cache.labels.shape == (3, 128, 128)
+    embeddings, truth = cache.batch(np.array([1]))
+    with torch.no_grad():
+        direct = model.embed(torch.from_numpy(image[1:2, None].copy()))
+    for name, value in direct.items():
+        torch.testing.assert_close(embeddings[name], value, atol=2e-2, rtol=1e-2)  # stored as float16
+    assert np.array_equal(truth.numpy()[0], labels[1])
+    mtime = (tmp_path / "c.zarr" / "zarr.json").stat().st_mtime_ns
+    again = build_cache(tmp_path / "c.zarr", model, image, labels, ["v"])
+    assert again.key == cache.key and (tmp_path / "c.zarr" / "zarr.json").stat().st_mtime_ns == mtime
+
+
+def test_short_training_run_loss_falls_and_checkpoint_loads(tmp_path, volume):
+    image, labels = volume
+    model = build(MODEL)
+    before = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+    totals = []
+    report = train_head(model, image, labels, tmp_path / "head.pt", steps=30, batch=3, checkpoint_every=10,
+                        on_step=lambda step, total, terms: totals.append(float(terms.total.detach())))
+    assert len(totals) == 30 and [e["step"] for e in report.losses] == [10, 20, 30]
+    assert np.mean(totals[-5:]) < 0.8 * np.mean(totals[:5])
+    for k, v in model.encoders.state_dict().items():  # encoders stay frozen
+        assert torch.equal(v, before[k])
+    loaded = build(MODEL, checkpoint=tmp_path / "head.pt")
+    for k, v in model.head.state_dict().items():
+        assert torch.equal(loaded.head.state_dict()[k], v)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, volume):
+    image, labels = volume
+    torch.manual_seed(0)
+    straight = build(MODEL)
+    train_head(straight, image, labels, tmp_path / "a.pt", steps=8, batch=2, checkpoint_every=4,
+               cache_path=tmp_path / "cache.zarr")
+    torch.manual_seed(0)
+    first = build(MODEL)
+    train_head(first, image, labels, tmp_path / "b.pt", steps=4, batch=2, checkpoint_every=4,
+               cache_path=tmp_path / "cache.zarr")
+    torch.manual_seed(0)
+    second = build(MODEL)
+    report = train_head(second, image, labels, tmp_path / "b.pt", steps=8, batch=2, checkpoint_every=4,
+                        resume=True, cache_path=tmp_path / "cache.zarr")
+    assert report.start_step == 4
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_training_refuses_to_overwrite_and_non_scsam_models(tmp_path, volume):
+    image, labels = volume
+    (tmp_path / "x.pt").write_bytes(b"")
+    with pytest.raises(EmsegError, match="--resume"):
+        train_head(build(MODEL), image, labels, tmp_path / "x.pt", steps=1)
+    with pytest.raises(EmsegError, match="FAFM"):
+        train_head(build("sam-star-tiny"), image, labels, tmp_path / "y.pt", steps=1)
+    with pytest.raises(EmsegError, match="classes"):
+        train_head(build(MODEL), image, labels * 2, tmp_path / "z.pt", steps=1)
