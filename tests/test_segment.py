@@ -225,3 +225,41 @@ def test_bad_output_locations(tmp_path, image, engine):
         read_only = tmp_path / "ro" / "out.zarr"
     with pytest.raises(EmsegError, match="cannot write|not writable"):
         segment_volume(src, read_only, backend=engine)
+
+
+# ---------------------------------------------------------------------------------------------- model packages
+
+
+@pytest.fixture(scope="module")
+def package_dir(tmp_path_factory):
+    from emseg_rt.export.onnx_export import export_package
+
+    return export_package(MODEL, tmp_path_factory.mktemp("pkg") / MODEL, batch_max=4, parity_seed=0)
+
+
+def test_segment_with_a_model_package(tmp_path, image, package_dir):
+    src, data = image
+    report = segment_volume(src, tmp_path / "o.zarr", model=str(package_dir), backend="auto", block=3)
+    assert report.backend == "onnxruntime" and report.complete
+    assert read_volume(tmp_path / "o.zarr" / "labels" / "organelles").shape == data.shape
+    with pytest.raises(EmsegError, match="--batch 8 exceeds"):
+        segment_volume(src, tmp_path / "o2.zarr", model=str(package_dir), backend="onnxruntime", batch=8)
+
+
+def test_package_with_bad_hash_or_missing_file_is_refused(tmp_path, image, package_dir):
+    import shutil
+
+    src, _ = image
+    broken = tmp_path / "broken"
+    shutil.copytree(package_dir, broken)
+    onnx_file = broken / "full.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(EmsegError, match="full.onnx"):
+        segment_volume(src, tmp_path / "o.zarr", model=str(broken), backend="onnxruntime")
+    onnx_file.unlink()
+    with pytest.raises(EmsegError, match="full.onnx"):
+        segment_volume(src, tmp_path / "o.zarr", model=str(broken), backend="onnxruntime")
+    assert not (tmp_path / "o.zarr" / ".emseg-rt" / "done").exists() or not any(
+        (tmp_path / "o.zarr" / ".emseg-rt" / "done").rglob("*"))
+    with pytest.raises(EmsegError, match="does not exist"):
+        segment_volume(src, tmp_path / "o.zarr", model=str(tmp_path / "no-package"), backend="onnxruntime")

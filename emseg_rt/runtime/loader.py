@@ -140,7 +140,7 @@ def _load_from_package(path: Path, backend: str, device: str, precision: str) ->
     package_id = package.manifest.get("files", {}).get(full.file, "")
     return OnnxRuntimeBackend(full.path, package.tile, package.classes, device=device, input_name=full.inputs[0].name,
                               output_names=(logits_name, labels_name), model_id=f"{package.name}:{package_id}",
-                              precision=package.precision)
+                              precision=package.precision, batch_max=package.batch_max)
 
 
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32") -> Backend:

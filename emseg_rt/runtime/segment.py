@@ -315,6 +315,10 @@ def _run(engine: Backend, volume: Any, source: Path, output: Path, *, where: str
          report: str | Path | None, prefetch: int, t_start: float) -> SegmentReport:
     spec = engine.spec
     tile = spec.tile
+    batch_max = spec.details.get("batch_max")
+    if batch_max and batch > batch_max:
+        raise EmsegError(f"--batch {batch} exceeds the model package's largest batch ({batch_max}); "
+                         f"pass --batch {batch_max} or export with a larger --batch-max")
     halo = tile // 8 if halo is None else int(halo)
     shape = tuple(int(s) for s in volume.shape)
     depth = shape[axis_index]

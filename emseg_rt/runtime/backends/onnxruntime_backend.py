@@ -30,7 +30,8 @@ class OnnxRuntimeBackend:
 
     def __init__(self, onnx_path: str | Path, tile: int, classes: tuple[str, ...], *, device: str = "cpu",
                  input_name: str = "tiles", output_names: tuple[str, ...] = ("logits", "labels"),
-                 model_id: str = "", precision: str = "fp32", threads: int | None = None) -> None:
+                 model_id: str = "", precision: str = "fp32", threads: int | None = None,
+                 batch_max: int | None = None) -> None:
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
@@ -55,7 +56,7 @@ class OnnxRuntimeBackend:
         self.spec = BackendSpec(tile=tile, classes=tuple(classes), input_name=input_name,
                                 output_names=tuple(output_names), identity=identity,
                                 details={"onnxruntime": ort.__version__, "providers": self.providers,
-                                         "onnx": str(onnx_path)})
+                                         "onnx": str(onnx_path), "batch_max": batch_max})
 
     def run(self, tiles: np.ndarray, want_logits: bool = False) -> dict[str, np.ndarray]:
         """tiles (B, 1, T, T) uint8 → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
