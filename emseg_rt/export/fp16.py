@@ -48,8 +48,30 @@ FP32_OPS: tuple[str, ...] = (
 PROTOBUF_LIMIT = 2_000_000_000  # bytes; a ModelProto above this cannot be serialised in one piece
 
 
-def convert_to_mixed_fp16(model: onnx.ModelProto, extra_fp32_ops: tuple[str, ...] = ()) -> onnx.ModelProto:
+def nodes_in_scope(model: onnx.ModelProto, module_name: str) -> list[str]:
+    """Names of the nodes the dynamo exporter traced inside a submodule called `module_name` (e.g. 'head'),
+    read from its `pkg.torch.onnx.name_scopes` metadata."""
+    names = []
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes" and any(
+                module_name in scope.split(".") for scope in _parse_scopes(prop.value)
+            ):
+                names.append(node.name)
+                break
+    return names
+
+
+def _parse_scopes(value: str) -> list[str]:
+    return [item.strip().strip("'\"") for item in value.strip("[]").split(",")]
+
+
+def convert_to_mixed_fp16(
+    model: onnx.ModelProto, extra_fp32_ops: tuple[str, ...] = (), fp32_modules: tuple[str, ...] = ()
+) -> onnx.ModelProto:
     """Return a mixed-precision copy of `model`: FP16 compute, FP32 islands for `FP32_OPS`, I/O dtypes kept.
+
+    fp32_modules: submodule names (e.g. 'head') whose every node stays FP32.
 
     Initialisers are clamped to ±65504 by the converter (the default 1e4 clamp would alter large weights).
     Shape inference is skipped for graphs over protobuf's 2 GB limit (it serialises the model); the
@@ -67,6 +89,7 @@ def convert_to_mixed_fp16(model: onnx.ModelProto, extra_fp32_ops: tuple[str, ...
             keep_io_types=True,
             disable_shape_infer=large,
             op_block_list=block,
+            node_block_list=[name for module in fp32_modules for name in nodes_in_scope(model, module)] or None,
             check_fp16_ready=False,
         )
     _align_cast_targets(converted)

@@ -299,6 +299,7 @@ def export_package(
     parity_seed: int | None = None,
     allow_parity_failure: bool = False,
     overwrite: bool = False,
+    fp16_head: bool = False,
     progress: Progress | None = None,
 ) -> Path:
     """Export a pipeline to a model package at `out_dir` and return its path.
@@ -309,6 +310,9 @@ def export_package(
     batch_max:     largest batch the graphs (and later the engines' optimisation profile) accept.
     parity_batch:  batch of the parity inputs (default 2 for tiles ≤ 256, else 1).
     parity_seed:   seed of the parity inputs; drawn fresh (and recorded) when None.
+    fp16_head:     with fp16, also run the head (FAFM, prompt encoder, decoder) in FP16. Off by default:
+                   the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
+                   are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
     Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
     """
     say = progress or (lambda message: None)
@@ -323,7 +327,8 @@ def export_package(
     staging = _prepare_out_dir(out_dir, overwrite)
     try:
         manifest = _write_package(
-            model, staging, precision, batch_max, parity_batch, parity_seed, allow_parity_failure, checkpoints, say
+            model, staging, precision, batch_max, parity_batch, parity_seed, allow_parity_failure, checkpoints, say,
+            () if fp16_head else ("head",),
         )
         manifest["export_seconds"] = round(time.perf_counter() - started, 3)
         write_manifest(staging, manifest)
@@ -345,6 +350,7 @@ def _write_package(
     allow_parity_failure: bool,
     checkpoints: Sequence[str | Path],
     say: Progress,
+    fp32_modules: tuple[str, ...] = ("head",),
 ) -> dict[str, Any]:
     config = model.config
     graphs = component_graphs(model)
@@ -367,7 +373,7 @@ def _write_package(
                         graph.output_names, fp32_path, batch_max)
         final_path = staging / f"{graph.name}.onnx"
         if precision == "fp16":
-            converted = convert_to_mixed_fp16(onnx.load(str(fp32_path)))
+            converted = convert_to_mixed_fp16(onnx.load(str(fp32_path)), fp32_modules=fp32_modules)
             external = save_onnx(converted, final_path)
             del converted
         else:
@@ -410,6 +416,7 @@ def _write_package(
         "tile": tile,
         "grid": config.grid,
         "precision": precision,
+        "fp32_modules": list(fp32_modules) if precision == "fp16" else [],
         "batch_max": batch_max,
         "opset": OPSET,
         "input": {

@@ -1,0 +1,110 @@
+"""`emseg-rt export`, `emseg-rt build` and `emseg-rt inspect`: thin over emseg_rt.export / emseg_rt.engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from emseg_rt.cli.app import app
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command("export")
+def export_command(
+    model: str = typer.Argument(..., help="Registered model name (see `emseg-rt models`)."),
+    out: Path = typer.Option(..., "--out", help="Package directory to write (must be empty or absent)."),
+    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="Checkpoint(s), loaded in order."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or fp16 (mixed: FP16 compute, FP32 islands)."),
+    batch_max: int = typer.Option(8, "--batch-max", help="Largest batch the graphs and engines accept."),
+    fp16_head: bool = typer.Option(False, "--fp16-head", help="With fp16, run the head in FP16 too."),
+    allow_parity_failure: bool = typer.Option(False, "--allow-parity-failure",
+                                              help="Write the package even if parity misses its targets (marked failed)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing package at --out."),
+) -> None:
+    """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
+    from emseg_rt.export.onnx_export import export_package, parity_summary
+    from emseg_rt.export.package import load_package
+
+    path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
+                          allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
+                          progress=_say)
+    package = load_package(path)
+    typer.echo(f"{path}: {package.name} {package.precision}, parity "
+               f"{'passed' if package.parity['passed'] else 'FAILED (' + parity_summary(package.parity) + ')'}")
+
+
+@app.command("build")
+def build_command(
+    package_dir: Path = typer.Argument(..., help="Package directory written by `emseg-rt export`."),
+    target: str = typer.Option("sm86", "--target", help="Comma-separated GPU targets (sm86,sm89,sm120) or 'current'."),
+    engine_backend: str = typer.Option("tensorrt-rtx", "--engine-backend", help="tensorrt-rtx or tensorrt."),
+    component: list[str] = typer.Option([], "--component", help="Only these components (default: all)."),
+    batch_max: int = typer.Option(0, "--batch-max", help="Profile maximum batch (default: the package's)."),
+) -> None:
+    """Build one TensorRT engine per component and target into PACKAGE_DIR/engines/ and record them."""
+    from emseg_rt.engines.build import build_engines
+
+    records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
+                            batch_max=batch_max or None, progress=_say)
+    for record in records:
+        typer.echo(f"{record.file}: {record.flavour} {record.trt_version}, {record.target}, "
+                   f"{record.bytes / (1 << 20):.1f} MiB, built in {record.build_seconds:.1f} s")
+
+
+@app.command("inspect")
+def inspect_command(
+    package_dir: Path = typer.Argument(..., help="Package directory."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of every file."),
+) -> None:
+    """Print a readable summary of a model package (and verify its files)."""
+    from emseg_rt.export.package import load_package
+
+    package = load_package(package_dir, verify=not no_verify)
+    manifest = package.manifest
+    console = Console()
+    console.print(f"[bold]{package.name}[/bold] ({package.family}) — {package.precision}, tile {package.tile}, "
+                  f"batch 1..{package.batch_max}, opset {manifest.get('opset')}")
+    console.print(f"classes: {', '.join(f'{i + 1}={c}' for i, c in enumerate(package.classes))} (0=background)")
+    console.print(f"input: {package.input.name} {package.input.dtype} {list(package.input.shape)}; "
+                  "normalisation inside the graph")
+    table = Table(title="components")
+    for column in ("name", "file", "MiB", "inputs", "outputs", "parity"):
+        table.add_column(column)
+    parity = package.parity.get("components", {})
+    for name, spec in package.components.items():
+        size = sum((package.root / f).stat().st_size for f in (spec.file, *spec.external_data)) / (1 << 20)
+        result = parity.get(name, {})
+        numbers = []
+        for out, n in result.get("outputs", {}).items():
+            numbers.append(f"{out}: rel {n['rel_error']:.2g}" if "rel_error" in n else f"{out}: {100 * n['agreement']:.2f}%")
+        table.add_row(
+            name, spec.file, f"{size:.1f}",
+            "\n".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in spec.inputs),
+            "\n".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in spec.outputs),
+            ("ok " if result.get("passed") else "FAIL ") + ", ".join(numbers),
+        )
+    console.print(table)
+    p = package.parity
+    console.print(f"parity: {'passed' if p.get('passed') else 'FAILED'} (targets rel ≤ {p.get('targets', {}).get('rel_error')}, "
+                  f"labels ≥ {p.get('targets', {}).get('label_agreement')}; batch {p.get('batch')}, seed {p.get('seed')})"
+                  + ("; written with --allow-parity-failure" if p.get("allowed_failure") else ""))
+    if package.engines:
+        engines = Table(title="engines")
+        for column in ("component", "target", "flavour", "version", "MiB", "build s", "file"):
+            engines.add_column(column)
+        for name, per_target in package.engines.items():
+            for target, record in per_target.items():
+                engines.add_row(name, target, record.flavour, record.trt_version, f"{record.bytes / (1 << 20):.1f}",
+                                f"{record.build_seconds:.1f}", record.file)
+        console.print(engines)
+    else:
+        console.print("engines: none (run `emseg-rt build`)")
+    tools = manifest.get("toolchain", {})
+    console.print("toolchain: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v))
+    console.print(f"files verified: {'no (--no-verify)' if no_verify else len(manifest['files'])}")

@@ -1,0 +1,162 @@
+"""Build one TensorRT engine per package component and GPU target, and record them in the manifest.
+
+TensorRT for RTX (`tensorrt_rtx`) builds ahead of time without a GPU for the compute capabilities it
+knows (`config.set_compute_capability`); it is strongly typed, so the engine's precision is the ONNX
+graph's (an fp16 package gives fp16 engines). Standard TensorRT (`tensorrt`) builds only for the GPU it
+runs on (`--target current`). Every engine gets one optimisation profile: batch 1..batch_max (optimum at
+batch_max), all other dimensions static as in the graph.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from emseg_rt.engines.trt import flavour_version, import_flavour
+from emseg_rt.errors import EmsegError
+from emseg_rt.export.package import (
+    BATCH_DIM,
+    ComponentSpec,
+    EngineRecord,
+    load_package,
+    package_from_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+FLAVOURS = ("tensorrt-rtx", "tensorrt")
+RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")  # TensorRT-RTX 1.x ComputeCapability
+ENGINE_DIR = "engines"
+
+
+def current_target() -> str:
+    """'smXY' of the CUDA device torch sees, or an EmsegError when there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EmsegError("--target current: no CUDA GPU is visible; name targets instead, e.g. --target sm86,sm89")
+    major, minor = torch.cuda.get_device_capability()
+    return f"sm{major}{minor}"
+
+
+def parse_targets(text: str | Sequence[str], flavour: str = "tensorrt-rtx") -> list[str]:
+    """'sm86,sm89' / ['sm86'] / 'current' → validated target names for `flavour`."""
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not items:
+        raise EmsegError("--target: name at least one target, e.g. sm86 or current")
+    targets = []
+    for item in items:
+        target = current_target() if item == "current" else item
+        if flavour == "tensorrt-rtx" and target not in RTX_TARGETS:
+            hint = " (TensorRT for RTX has no Hopper target; use --engine-backend tensorrt on that GPU)" if target == "sm90" else ""
+            raise EmsegError(f"--target {item}: TensorRT for RTX builds for {', '.join(RTX_TARGETS)}{hint}")
+        if flavour == "tensorrt" and item != "current" and target != _current_or_none():
+            raise EmsegError(f"--target {item}: standard TensorRT builds only for the GPU it runs on; use --target current")
+        if target not in targets:
+            targets.append(target)
+    return targets
+
+
+def _current_or_none() -> str | None:
+    try:
+        return current_target()
+    except EmsegError:
+        return None
+
+
+def _network_flags(trt: Any, flavour: str) -> int:
+    if flavour == "tensorrt" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0  # TensorRT for RTX networks are always strongly typed
+
+
+def build_engine(
+    component: ComponentSpec, target: str, flavour: str, batch_max: int, engine_path: Path
+) -> dict[str, Any]:
+    """Parse `component`'s ONNX file and write a serialized engine for `target` to `engine_path`."""
+    trt = import_flavour(flavour)
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, flavour))
+    parser = trt.OnnxParser(network, logger)
+    started = time.perf_counter()
+    if not parser.parse_from_file(str(component.path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors)) or "unknown error"
+        raise EmsegError(f"{component.file}: the {flavour} ONNX parser rejected the graph: {errors}")
+    config = builder.create_builder_config()
+    if flavour == "tensorrt-rtx":
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, target.upper()), 0)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        spec = component.input(tensor.name)
+        shapes = [spec.concrete_shape(b) for b in (1, batch_max, batch_max)]
+        profile.set_shape(tensor.name, *shapes)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EmsegError(f"{component.file}: {flavour} could not build an engine for {target} (see the log above)")
+    seconds = time.perf_counter() - started
+    fd, tmp = tempfile.mkstemp(prefix=f".{engine_path.name}.", dir=engine_path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(memoryview(serialized))
+    os.replace(tmp, engine_path)
+    return {
+        "file": engine_path.relative_to(component.path.parent).as_posix(),
+        "target": target,
+        "flavour": flavour,
+        "trt_version": flavour_version(trt),
+        "batch_max": batch_max,
+        "profile": {"batch": [1, batch_max, batch_max]},
+        "precision_source": "onnx graph (strongly typed)",
+        "build_seconds": round(seconds, 3),
+        "bytes": engine_path.stat().st_size,
+    }
+
+
+def build_engines(
+    package_dir: str | Path,
+    targets: str | Sequence[str] = ("sm86",),
+    flavour: str = "tensorrt-rtx",
+    components: Sequence[str] | None = None,
+    batch_max: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[EngineRecord]:
+    """Build engines for every (component, target) into `package_dir/engines/` and record them in the
+    manifest (file, target, flavour and version, build time, size; sha256 under "files").
+
+    components: default all (full graph, encoders, head). batch_max: default the package's.
+    The package is verified first; the manifest is rewritten atomically after each engine.
+    """
+    say = progress or (lambda message: None)
+    import_flavour(flavour)
+    target_list = parse_targets(targets, flavour)
+    package = load_package(package_dir)
+    names = list(components) if components else list(package.components)
+    for name in names:
+        package.component(name)
+    batch = batch_max or package.batch_max
+    if batch < 1:
+        raise EmsegError(f"--batch-max {batch}: must be at least 1")
+    engine_dir = package.root / ENGINE_DIR
+    try:
+        engine_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise EmsegError(f"{engine_dir}: cannot write engines there ({exc.strerror or exc})") from None
+    manifest = package.manifest
+    for target in target_list:
+        for name in names:
+            component = package.components[name]
+            say(f"building {name} for {target} with {flavour}")
+            record = build_engine(component, target, flavour, batch, engine_dir / f"{name}.{target}.engine")
+            manifest.setdefault("engines", {}).setdefault(name, {})[target] = record
+            manifest["files"][record["file"]] = sha256_file(package.root / record["file"])
+            manifest.setdefault("toolchain", {})[flavour.replace("-", "_")] = record["trt_version"]
+            write_manifest(package.root, manifest)
+    updated = package_from_manifest(package.root, manifest)
+    return [updated.engines[name][target] for target in target_list for name in names]
