@@ -9,7 +9,7 @@ setup:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev]"
 
 demo: setup
-	$(PYTHON) -m emseg_rt models
+	$(PYTHON) -m emseg_rt demo --out $(DEMO_OUT)
 
 test: setup
 	$(PYTHON) -m pytest -q

@@ -7,3 +7,4 @@ from emseg_rt.models.configs import PipelineConfig
 from emseg_rt.models.registry import REGISTRY, build, get_config, list_models
 
 __all__ = ["PipelineConfig", "REGISTRY", "build", "get_config", "list_models"]
+from emseg_rt.models import default_model  # noqa: E402,F401  (registers scsam-phantom, the embedded default)

@@ -1,0 +1,96 @@
+"""CLI: phantom, eval and train work end to end; bad inputs give one clear line on stderr and exit code 2."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from emseg_rt.cli import main
+from emseg_rt.data.volumes import read_array
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["emseg-rt", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("emseg-rt: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_phantom_then_eval_against_itself(tmp_path, monkeypatch, capsys):
+    vol = tmp_path / "cell.zarr"
+    code, out, _ = run_cli(monkeypatch, capsys, "phantom", vol, "--shape", "4,64,64", "--seed", "3")
+    assert code == 0 and "labels/ground_truth" in out
+    assert read_array(vol).shape == (4, 64, 64)
+    gt = vol / "labels" / "ground_truth"
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", gt, gt, "--json")
+    scores = json.loads(out)
+    assert code == 0 and scores["mean_dice"] == pytest.approx(1.0) and scores["pq"]["granules"] == pytest.approx(1.0)
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", vol, vol, "--pred-labels", "ground_truth",
+                           "--gt-labels", "ground_truth")
+    assert code == 0 and "granules" in out and "mean" in out
+
+
+def test_phantom_bad_inputs(tmp_path, monkeypatch, capsys):
+    assert_one_line_error(*run_cli(monkeypatch, capsys, "phantom", tmp_path / "a.zarr", "--shape", "4,64")[::2],
+                          "--shape")
+    assert_one_line_error(*run_cli(monkeypatch, capsys, "phantom", tmp_path / "a.zarr", "--noise", "-2")[::2],
+                          "--noise")
+    assert_one_line_error(*run_cli(monkeypatch, capsys, "phantom", tmp_path / "no" / "a.zarr")[::2], "does not exist")
+
+
+def test_eval_bad_inputs(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "missing.zarr", tmp_path / "missing.zarr")
+    assert_one_line_error(code, err, "missing.zarr")
+    run_cli(monkeypatch, capsys, "phantom", tmp_path / "a.zarr", "--shape", "2,64,64")
+    run_cli(monkeypatch, capsys, "phantom", tmp_path / "b.zarr", "--shape", "2,48,64")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "a.zarr/labels/ground_truth",
+                           tmp_path / "b.zarr/labels/ground_truth")
+    assert_one_line_error(code, err, "shape")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "a.zarr", tmp_path / "a.zarr", "--gt-labels", "nope")
+    assert_one_line_error(code, err, "nope")
+
+
+def test_train_cli_writes_checkpoint_and_refuses_bad_inputs(tmp_path, monkeypatch, capsys):
+    vol = tmp_path / "cell.zarr"
+    run_cli(monkeypatch, capsys, "phantom", vol, "--shape", "2,128,128")
+    ckpt = tmp_path / "head.pt"
+    code, out, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", ckpt,
+                             "--steps", "3", "--batch", "2", "--checkpoint-every", "2", "--quiet")
+    assert code == 0, err
+    assert ckpt.exists() and (tmp_path / "head.pt.state").exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert all(key.startswith("head.") for key in state)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", ckpt, "--quiet")
+    assert_one_line_error(code, err, "--resume")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "no-such-model", "--data", vol, "--out", tmp_path / "x.pt")
+    assert_one_line_error(code, err, "no-such-model")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--labels", "nope",
+                           "--out", tmp_path / "y.pt")
+    assert_one_line_error(code, err, "--labels")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "sam-star-tiny", "--data", vol, "--out", tmp_path / "z.pt")
+    assert_one_line_error(code, err, "FAFM")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", tmp_path / "w.pt",
+                           "--steps", "0")
+    assert_one_line_error(code, err, "--steps")
