@@ -200,34 +200,82 @@ class OnnxRuntimeRunner:
 
 
 class TensorRtRunner:
-    """An engine for this GPU. TensorRT for RTX targets sm75–sm121 RTX parts only (no Hopper), standard
-    TensorRT needs NVIDIA's index; either way a GPU the engine was built for must be present."""
+    """The fp16 package's full-graph engine for this GPU, built on first use and run by `EngineRunner`.
+
+    TensorRT for RTX targets RTX parts only (sm75–sm121, no Hopper); standard TensorRT (NVIDIA's index)
+    builds for the GPU it runs on. Either way the engine runs only on a GPU it was built for.
+    """
 
     name = "tensorrt"
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, cache_dir: Path, batch_max: int) -> None:
         self.device = device
+        self.cache_dir = Path(cache_dir)
+        self.batch_max = batch_max
+        self._runners: dict[str, object] = {}
+
+    def _flavour(self) -> tuple[str | None, str]:
+        """(flavour that can build and run for this GPU, or None; the reason when None)."""
+        if not (self.device.startswith("cuda") and torch.cuda.is_available()):
+            return None, "no CUDA GPU here: TensorRT engines run only on a GPU"
+        from emseg_rt.engines.build import RTX_TARGETS
+
+        major, minor = torch.cuda.get_device_capability(torch.device(self.device))
+        target = f"sm{major}{minor}"
+        reasons = []
+        for flavour, module in (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx")):
+            try:
+                __import__(module)
+            except ImportError:
+                reasons.append(f"{module} is not installed")
+                continue
+            if flavour == "tensorrt-rtx" and target not in RTX_TARGETS:
+                reasons.append(f"tensorrt_rtx has no {target} target ({torch.cuda.get_device_name()})")
+                continue
+            return flavour, ""
+        return None, "; ".join(reasons)
 
     def unavailable_reason(self) -> str | None:
-        if not (self.device.startswith("cuda") and torch.cuda.is_available()):
-            return "no CUDA GPU here: TensorRT engines run only on a GPU"
-        major, minor = torch.cuda.get_device_capability(torch.device(self.device))
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
+        flavour, reason = self._flavour()
+        return None if flavour else reason
+
+    def _runner(self, model_name: str) -> object:
+        if model_name not in self._runners:
+            from emseg_rt.engines.build import build_engines, current_target
+            from emseg_rt.engines.runner import EngineRunner
+            from emseg_rt.export.onnx_export import export_package
+            from emseg_rt.export.package import load_package
+
+            self._runners.clear()
+            flavour, reason = self._flavour()
+            if flavour is None:
+                raise EmsegError(reason)
+            target_dir = self.cache_dir / f"{model_name}-fp16-b{self.batch_max}"
             try:
-                import tensorrt_rtx  # noqa: F401
-            except ImportError:
-                return "neither tensorrt nor tensorrt_rtx is installed"
-            if (major, minor) == (9, 0) or major == 10:
-                return f"TensorRT for RTX has no target for sm{major}{minor} (datacenter GPU)"
-        return "engine runner integration in bench is pending (build engines with `emseg-rt build`)"
+                package = load_package(target_dir)
+            except EmsegError:
+                export_package(model_name, target_dir, precision="fp16", batch_max=self.batch_max, overwrite=True)
+                package = load_package(target_dir)
+            target = current_target()
+            if target not in package.engines.get("full", {}):
+                build_engines(target_dir, targets=[target], flavour=flavour, components=["full"])
+                package = load_package(target_dir)
+            self._runners[model_name] = EngineRunner(package, component="full", target=target, flavour=flavour)
+        return self._runners[model_name]
 
     def prepare(self, model_name: str, batch: int) -> PreparedBatch:
-        raise EmsegError(self.unavailable_reason() or "tensorrt runner unavailable")
+        runner = self._runner(model_name)
+        with torch.device("meta"):
+            shapes_only = build(model_name)
+        inputs = shapes_only.example_inputs(batch=batch, seed=batch, device=self.device)
+
+        def run() -> object:
+            return runner.run(inputs)  # type: ignore[attr-defined]
+
+        return PreparedBatch(run, "fp16", {"flavour": runner.record.flavour, "target": runner.record.target})  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        pass
+        self._runners.clear()
 
 
 def make_runner(name: str, device: str, cache_dir: Path, batch_max: int) -> BenchRunner:
@@ -239,5 +287,5 @@ def make_runner(name: str, device: str, cache_dir: Path, batch_max: int) -> Benc
     if name == "onnxruntime":
         return OnnxRuntimeRunner(device, cache_dir, batch_max)
     if name == "tensorrt":
-        return TensorRtRunner(device)
+        return TensorRtRunner(device, cache_dir, batch_max)
     raise EmsegError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
