@@ -65,25 +65,22 @@ class TensorRTBackend:
         self.spec = BackendSpec(tile=package.tile, classes=tuple(package.classes),
                                 identity=f"tensorrt|{record.target}|{record.flavour}{record.trt_version}|"
                                          f"{package.precision}|{package.manifest.get('files', {}).get(record.file, '')}",
-                                details={"engine": str(record.path), "target": record.target})
+                                details={"engine": str(record.path), "target": record.target,
+                                         "batch_max": record.batch_max})
 
     @classmethod
     def from_package(cls, package: Any, device: str = "cuda") -> TensorRTBackend:
         record = select_engine(package, gpu_target())
-        try:
-            engines = importlib.import_module("emseg_rt.engines")
-            runner_cls = getattr(engines, "EngineRunner")
-        except (ImportError, AttributeError):
-            raise EmsegError("this emseg-rt has no TensorRT engine runner (emseg_rt.engines.EngineRunner); "
-                             "use --backend onnxruntime") from None
-        return cls(runner_cls(record.path), package, record)
+        from emseg_rt.engines import EngineRunner  # deserialises; refuses a GPU/version mismatch itself too
+
+        return cls(EngineRunner(package, component="full", target=record.target), package, record)
 
     def run(self, tiles: np.ndarray, want_logits: bool = False) -> dict[str, np.ndarray]:
         """tiles (B, 1, T, T) uint8 → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
-        outputs = self.runner.run({"tiles": np.ascontiguousarray(tiles)})
-        result = {"labels": np.asarray(outputs["labels"])}
+        outputs = self.runner.run({self.runner.input_names[0]: np.ascontiguousarray(tiles)})
+        result = {"labels": outputs["labels"].cpu().numpy()}
         if want_logits:
-            result["logits"] = np.asarray(outputs["logits"], dtype=np.float32)
+            result["logits"] = outputs["logits"].float().cpu().numpy()
         return result
 
     def close(self) -> None:
