@@ -89,8 +89,18 @@ def run_demo(
     write_phantom(phantom_path, phantom)
     seconds["phantom"] = time.perf_counter() - t
 
+    # One intra-op thread: the default model is small (0.5 GFLOP per 256² slice), and on a 2-core machine
+    # shared with other work two torch threads were measured ~10× slower (53 s vs 5 s for this volume).
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     t = time.perf_counter()
-    result = segment_volume(phantom_path, seg_path, model=None, backend=backend, overwrite=True, progress=progress)
+    try:
+        result = segment_volume(phantom_path, seg_path, model=None, backend=backend, overwrite=True,
+                                progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     seconds["segment"] = time.perf_counter() - t
 
     t = time.perf_counter()
