@@ -20,10 +20,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emseg_rt.data.phantom import CLASS_NAMES, generate_phantom  # noqa: E402
-from emseg_rt.metrics import evaluate  # noqa: E402
-from emseg_rt.models.default_model import default_weights_path, load_default_model  # noqa: E402
-from emseg_rt.training.inference import segment_slices  # noqa: E402
+from emseg_rt.data.phantom import CLASS_NAMES, generate_phantom
+from emseg_rt.metrics import evaluate
+from emseg_rt.models.default_model import default_weights_path, load_default_model
+from emseg_rt.training.inference import segment_slices
 
 CASES = [  # (seed, noise, anisotropy)
     (1, 1.0, 1.0), (2, 1.0, 1.0), (3, 1.0, 1.0), (4, 1.0, 1.0), (5, 1.0, 1.0),

@@ -32,13 +32,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emseg_rt.data.phantom import generate_phantom  # noqa: E402
-from emseg_rt.metrics import evaluate  # noqa: E402
-from emseg_rt.models import build  # noqa: E402
-from emseg_rt.models.default_model import DEFAULT_MODEL, WEIGHTS_FILE  # noqa: E402
-from emseg_rt.training.inference import segment_slices  # noqa: E402
-from emseg_rt.training.losses import scsam_loss  # noqa: E402
-from emseg_rt.training.sampling import TileSampler  # noqa: E402
+from emseg_rt.data.phantom import generate_phantom
+from emseg_rt.metrics import evaluate
+from emseg_rt.models import build
+from emseg_rt.models.default_model import DEFAULT_MODEL, WEIGHTS_FILE
+from emseg_rt.training.inference import segment_slices
+from emseg_rt.training.losses import scsam_loss
+from emseg_rt.training.sampling import TileSampler
 
 TRAIN_SEED0 = 1000
 VAL_SEED = 900

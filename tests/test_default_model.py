@@ -1,6 +1,5 @@
 """The embedded default model: shipped, small, registered, and accurate on a phantom never used in training."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,7 +3,6 @@
 import json
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -76,7 +75,7 @@ def test_train_cli_writes_checkpoint_and_refuses_bad_inputs(tmp_path, monkeypatc
     vol = tmp_path / "cell.zarr"
     run_cli(monkeypatch, capsys, "phantom", vol, "--shape", "2,128,128")
     ckpt = tmp_path / "head.pt"
-    code, out, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", ckpt,
+    code, _, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", ckpt,
                              "--steps", "3", "--batch", "2", "--checkpoint-every", "2", "--quiet")
     assert code == 0, err
     assert ckpt.exists() and (tmp_path / "head.pt.state").exists()

@@ -7,7 +7,7 @@ import torch
 from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import build
-from emseg_rt.training import EmbeddingCache, build_cache, dice_loss, train_head
+from emseg_rt.training import build_cache, dice_loss, train_head
 from emseg_rt.training.losses import one_hot_classes
 
 MODEL = "scsam-tiny"  # 128² tiles

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,8 +15,8 @@ def eval_command(
     pred: Path = typer.Argument(..., help="Predicted labels: a zarr array, an OME-Zarr label group "
                                 "(OUT.zarr/labels/organelles) or an OME-Zarr image with --pred-labels."),
     gt: Path = typer.Argument(..., help="Ground truth, same forms (e.g. cell.zarr/labels/ground_truth)."),
-    pred_labels: Optional[str] = typer.Option(None, "--pred-labels", help="Label group name inside PRED."),
-    gt_labels: Optional[str] = typer.Option(None, "--gt-labels", help="Label group name inside GT."),
+    pred_labels: str | None = typer.Option(None, "--pred-labels", help="Label group name inside PRED."),
+    gt_labels: str | None = typer.Option(None, "--gt-labels", help="Label group name inside GT."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     no_instances: bool = typer.Option(False, "--no-instances", help="Skip AJI and PQ (faster on big volumes)."),
 ) -> None:
@@ -37,7 +37,7 @@ def print_scores(scores) -> None:
     from rich.table import Table
 
     def fmt(value: float) -> str:
-        return "—" if value != value else f"{value:.3f}"
+        return "—" if math.isnan(value) else f"{value:.3f}"
 
     table = Table(title="segmentation scores")
     for column in ("class", "Dice", "IoU", "AJI", "PQ"):

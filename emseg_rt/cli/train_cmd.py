@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,14 +16,14 @@ def train_command(
     labels: str = typer.Option("ground_truth", "--labels", help="Label group name inside --data, or a path to a "
                                "label volume (0 background, 1..K classes)."),
     out: Path = typer.Option(..., "--out", help="Head checkpoint to write (CKPT; CKPT.state holds the resume state)."),
-    weights: Optional[list[Path]] = typer.Option(None, "--weights", help="Checkpoint(s) to load first, e.g. SAM "
+    weights: list[Path] | None = typer.Option(None, "--weights", help="Checkpoint(s) to load first, e.g. SAM "
                                                  "and MAE encoder files; default model: its shipped weights."),
     steps: int = typer.Option(1000, "--steps", help="Optimiser steps in total (resume continues up to this)."),
     batch: int = typer.Option(8, "--batch", help="Tiles per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (ScSAM §4.2: 1e-3)."),
     cos_weight: float = typer.Option(0.2, "--cos-weight", help="λ of L_cos (ScSAM eq. 9: 0.2)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache (default: CKPT.cache.zarr)."),
+    cache: Path | None = typer.Option(None, "--cache", help="Embedding cache (default: CKPT.cache.zarr)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from CKPT.state."),
     seed: int = typer.Option(0, "--seed", help="Seed of batch sampling."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
