@@ -101,3 +101,22 @@ def test_training_refuses_to_overwrite_and_non_scsam_models(tmp_path, volume):
         train_head(build("sam-star-tiny"), image, labels, tmp_path / "y.pt", steps=1)
     with pytest.raises(EmsegError, match="classes"):
         train_head(build(MODEL), image, labels * 2, tmp_path / "z.pt", steps=1)
+
+
+def test_cache_from_an_exported_package_matches_the_torch_encoders(tmp_path, volume):
+    from emseg_rt.export.onnx_export import export_package
+    from emseg_rt.training.cache import package_embedder
+
+    image, labels = volume
+    model = build(MODEL).eval()
+    package = export_package(model, tmp_path / "pkg")
+    embed, identity = package_embedder(package, MODEL)
+    via_onnx = build_cache(tmp_path / "onnx.zarr", model, image, labels, ["v"], embed_fn=embed,
+                           embed_identity=identity)
+    via_torch = build_cache(tmp_path / "torch.zarr", model, image, labels, ["v"])
+    assert via_onnx.key != via_torch.key
+    for name, array in via_torch.embeddings.items():
+        np.testing.assert_allclose(via_onnx.embeddings[name].astype(np.float32), array.astype(np.float32),
+                                   atol=2e-2, rtol=1e-2)
+    with pytest.raises(EmsegError, match="not sam-star-tiny"):
+        package_embedder(package, "sam-star-tiny")

@@ -24,6 +24,10 @@ def train_command(
     cos_weight: float = typer.Option(0.2, "--cos-weight", help="λ of L_cos (ScSAM eq. 9: 0.2)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
     cache: Path | None = typer.Option(None, "--cache", help="Embedding cache (default: CKPT.cache.zarr)."),
+    embeddings_from: Path | None = typer.Option(None, "--embeddings-from", help="Compute the cache with this "
+                                                "exported model package's encoder graphs (ONNX Runtime) "
+                                                "instead of the torch encoders (export it from the same "
+                                                "weights you pass with --weights)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from CKPT.state."),
     seed: int = typer.Option(0, "--seed", help="Seed of batch sampling."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -36,6 +40,7 @@ def train_command(
     from emseg_rt.models import build
     from emseg_rt.models.default_model import default_model_name, load_default_model
     from emseg_rt.training import train_head
+    from emseg_rt.training.cache import package_embedder
 
     image = read_array(data)
     label_path = Path(labels)
@@ -47,6 +52,7 @@ def train_command(
         pipeline = load_default_model()
     else:
         pipeline = build(model, checkpoint=list(weights) if weights else None)
+    embed_fn, embed_identity = package_embedder(embeddings_from, model) if embeddings_from else (None, None)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as progress:
         cache_task = progress.add_task("embedding cache", total=None, loss="")
@@ -63,7 +69,7 @@ def train_command(
         report = train_head(pipeline, image, truth, out, sources=[str(data.resolve()), labels], cache_path=cache,
                             steps=steps, batch=batch, lr=lr, cos_weight=cos_weight,
                             checkpoint_every=checkpoint_every, resume=resume, seed=seed,
-                            on_step=on_step, on_cache=on_cache)
+                            on_step=on_step, on_cache=on_cache, embed_fn=embed_fn, embed_identity=embed_identity)
     if not quiet:
         last = report.losses[-1] if report.losses else {}
         typer.echo(f"{out}: steps {report.start_step}→{report.steps} on {report.tiles} cached tiles in "

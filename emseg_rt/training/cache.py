@@ -49,9 +49,10 @@ def encoder_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: nn.Module, sources: list[str], plan: list[tuple[int, int, int]]) -> str:
-    payload = json.dumps({"model": model.config.name, "encoders": encoder_digest(model), "sources": sources,
-                          "plan": plan}, sort_keys=True)
+def cache_key(model: nn.Module, sources: list[str], plan: list[tuple[int, int, int]], encoders: str | None = None) -> str:
+    """encoders: identity of what computes the embeddings (default: the torch encoders' weight digest)."""
+    payload = json.dumps({"model": model.config.name, "encoders": encoders or encoder_digest(model),
+                          "sources": sources, "plan": plan}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -90,15 +91,19 @@ def build_cache(
     embed_fn: EmbedFn | None = None,
     batch: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
+    embed_identity: str | None = None,
 ) -> EmbeddingCache:
     """Embed every training tile of image (Z, Y, X) uint8 with labels (Z, Y, X) uint8, or reuse a matching cache.
 
-    sources: strings identifying the data (paths), part of the cache key.
+    sources:         strings identifying the data (paths), part of the cache key.
+    embed_fn:        tiles → embeddings; default `model.embed` (torch). `package_embedder` gives one that
+                     runs an exported package's encoder graphs in ONNX Runtime.
+    embed_identity:  what `embed_fn` computes with (e.g. the package's file hashes), part of the key.
     """
     path = Path(path)
     tile = model.config.tile
     plan = tile_plan(image.shape, tile)
-    key = cache_key(model, sources, plan)
+    key = cache_key(model, sources, plan, embed_identity)
     if path.exists():
         try:
             existing = EmbeddingCache(path)
@@ -131,3 +136,38 @@ def build_cache(
     group.attrs.update({"key": key, "model": model.config.name, "tile": tile, "tiles": n, "sources": sources})
     tmp.rename(path)
     return EmbeddingCache(path)
+
+
+def package_embedder(package_dir: str | Path, model_name: str) -> tuple[EmbedFn, str]:
+    """An embed function over an exported model package's encoder graphs, run by ONNX Runtime (CPU).
+
+    Returns (embed_fn, identity); the identity hashes the encoders' recorded sha256 so a cache made from
+    another export is rebuilt. EmsegError if the package is not a `model_name` package with encoders.
+    """
+    import onnxruntime as ort
+
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.export.package import load_package
+    from emseg_rt.models.pipeline import embedding_name
+
+    package = load_package(package_dir)
+    if package.name != model_name:
+        raise EmsegError(f"--embeddings-from {package_dir} is a {package.name} package, not {model_name}")
+    if not package.encoder_names:
+        raise EmsegError(f"--embeddings-from {package_dir} has no encoder components")
+    sessions = {}
+    for name in package.encoder_names:
+        spec = package.component(name)
+        session = ort.InferenceSession(str(spec.path), providers=["CPUExecutionProvider"])
+        sessions[embedding_name(name)] = (session, session.get_inputs()[0].name, session.get_outputs()[0].name)
+    identity = hashlib.sha256(json.dumps(
+        {name: package.manifest["components"][name] for name in package.encoder_names}, sort_keys=True, default=str
+    ).encode()).hexdigest()
+
+    def embed(tiles: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tiles (B, 1, T, T) uint8 → {'sam_embedding': (B, C_s, H, W), 'mae_embedding': ...} float32."""
+        array = tiles.numpy()
+        return {key: torch.from_numpy(np.asarray(sess.run([out], {inp: array})[0], dtype=np.float32))
+                for key, (sess, inp, out) in sessions.items()}
+
+    return embed, identity

@@ -80,12 +80,16 @@ def train_head(
     seed: int = 0,
     on_step: Callable[[int, int, LossTerms], None] | None = None,
     on_cache: Callable[[int, int], None] | None = None,
+    embed_fn: Callable | None = None,
+    embed_identity: str | None = None,
 ) -> TrainReport:
     """Train `model.head` on image (Z, Y, X) uint8 / labels (Z, Y, X) uint8 over cached embeddings.
 
     out:       head checkpoint path (see module docstring); refuses to replace one unless `resume`.
     resume:    continue from out + '.state' (same model and data) up to `steps`.
     on_step:   called as on_step(step, steps, loss_terms) after every optimiser step.
+    embed_fn, embed_identity: compute the cache with something other than the torch encoders
+               (see `cache.package_embedder`).
     """
     check_trainable(model)
     out = Path(out)
@@ -111,7 +115,8 @@ def train_head(
 
     sources = sources or [hashlib.sha256(image.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()]
     cache_path = Path(cache_path) if cache_path else out.with_name(out.name + ".cache.zarr")
-    cache: EmbeddingCache = build_cache(cache_path, model, image, labels, sources, on_progress=on_cache)
+    cache: EmbeddingCache = build_cache(cache_path, model, image, labels, sources, embed_fn=embed_fn,
+                                        on_progress=on_cache, embed_identity=embed_identity)
 
     for p in model.encoders.parameters():
         p.requires_grad_(False)
