@@ -57,6 +57,20 @@ def build_command(
                    f"{record.bytes / (1 << 20):.1f} MiB, built in {record.build_seconds:.1f} s")
 
 
+def _parity_numbers(output: str, numbers: dict) -> str:
+    """One output's parity numbers: 'logits: rel 5.2e-04' or 'labels: raw 99.95%, decided 100.00% (of 71% px)'."""
+    if "rel_error" in numbers:
+        return f"{output}: rel {numbers['rel_error']:.2g}"
+    if "agreement" not in numbers:
+        return f"{output}: shape {numbers.get('shape')} ≠ {numbers.get('expected_shape')}"
+    text = f"{output}: raw {100 * numbers['agreement']:.2f}%"
+    if "decided_fraction" in numbers:
+        decided = numbers.get("agreement_decided")
+        text += (f", decided {100 * decided:.2f}%" if decided is not None else ", decided n/a") + \
+            f" (of {100 * numbers['decided_fraction']:.0f}% px)"
+    return text
+
+
 @app.command("inspect")
 def inspect_command(
     package_dir: Path = typer.Argument(..., help="Package directory."),
@@ -80,9 +94,7 @@ def inspect_command(
     for name, spec in package.components.items():
         size = sum((package.root / f).stat().st_size for f in (spec.file, *spec.external_data)) / (1 << 20)
         result = parity.get(name, {})
-        numbers = []
-        for out, n in result.get("outputs", {}).items():
-            numbers.append(f"{out}: rel {n['rel_error']:.2g}" if "rel_error" in n else f"{out}: {100 * n['agreement']:.2f}%")
+        numbers = [_parity_numbers(out, n) for out, n in result.get("outputs", {}).items()]
         table.add_row(
             name, spec.file, f"{size:.1f}",
             "\n".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in spec.inputs),
@@ -91,9 +103,13 @@ def inspect_command(
         )
     console.print(table)
     p = package.parity
-    console.print(f"parity: {'passed' if p.get('passed') else 'FAILED'} (targets rel ≤ {p.get('targets', {}).get('rel_error')}, "
-                  f"labels ≥ {p.get('targets', {}).get('label_agreement')}; batch {p.get('batch')}, seed {p.get('seed')})"
+    targets = p.get("targets", {})
+    console.print(f"parity: {'passed' if p.get('passed') else 'FAILED'} (targets rel ≤ {targets.get('rel_error')}, "
+                  f"labels by {targets.get('label_metric', 'agreement')} ≥ {targets.get('label_agreement')}; "
+                  f"batch {p.get('batch')}, seed {p.get('seed')})"
                   + ("; written with --allow-parity-failure" if p.get("allowed_failure") else ""))
+    console.print("  labels: raw = all pixels; decided = pixels whose fp32 decision margin exceeds the measured "
+                  "logit error (docs/export.md)")
     if package.engines:
         engines = Table(title="engines")
         for column in ("component", "target", "flavour", "version", "MiB", "build s", "file"):

@@ -15,6 +15,10 @@ batch dimension named "batch" and every other dimension static. Weights go to `<
 graph would pass protobuf's 2 GB limit (SAM ViT-H). Parity is measured on freshly drawn inputs with ONNX
 Runtime (CPU) against the PyTorch FP32 model; a package that misses the targets is not written unless
 `allow_parity_failure`, and then its manifest says `"passed": false`.
+
+Tracing is nearly all of the time, so it is a step of its own: `export_package` = `trace_graphs` (FP32
+ONNX of every component) + `write_package` (fp32 copy or mixed-fp16 conversion, checker, parity, manifest,
+atomic install). Fp32 and fp16 packages of one model can be written from one trace.
 """
 
 from __future__ import annotations
@@ -288,6 +292,69 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class TracedGraphs:
+    """The FP32 ONNX graph of every component of `model`, traced once by `trace_graphs`.
+
+    `write_package` turns it into a package at either precision (an fp16 package is converted from these
+    FP32 graphs, so fp32 and fp16 packages of one model need one trace). The files under `directory`
+    belong to this object: delete them with `cleanup()` (or the directory) when done.
+    """
+
+    model: nn.Module
+    directory: Path
+    batch_max: int
+    graphs: list[ComponentGraph]
+    seconds: dict[str, float]  # tracing time per component
+    checkpoints: tuple[Path, ...] = ()
+
+    def path(self, component: str) -> Path:
+        return self.directory / f"{component}.onnx"
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def trace_graphs(
+    model_name_or_module: str | nn.Module,
+    work_dir: str | Path,
+    checkpoints: Sequence[str | Path] = (),
+    batch_max: int = 8,
+    progress: Progress | None = None,
+) -> TracedGraphs:
+    """Trace every component graph of a pipeline to FP32 ONNX files `<component>.onnx` in `work_dir`
+    (created if needed; files of the same names there are replaced).
+
+    This is the slow part of an export (torch.export + the ONNX translation and optimiser, per graph);
+    `write_package` then converts, checks and measures without tracing again.
+    """
+    if batch_max < 1:
+        raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
+    model = _resolve_model(model_name_or_module, checkpoints)
+    return _trace(model, Path(work_dir), batch_max, tuple(Path(p) for p in checkpoints), progress or (lambda m: None))
+
+
+def _trace(
+    model: nn.Module, work_dir: Path, batch_max: int, checkpoints: tuple[Path, ...], say: Progress
+) -> TracedGraphs:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    graphs = component_graphs(model)
+    # Example inputs for tracing: batch 2, so that the exporter cannot specialise the batch to 1.
+    example = model.example_inputs(batch=2, seed=0)
+    with torch.no_grad():
+        example_embeddings = model.embed(example["tiles"])
+    example_values = {**example, **example_embeddings}
+    seconds: dict[str, float] = {}
+    for graph in graphs:
+        say(f"exporting {graph.name} (fp32 trace)")
+        tick = time.perf_counter()
+        with torch.no_grad():
+            export_onnx(graph.module, [example_values[n] for n in graph.input_names], graph.input_names,
+                        graph.output_names, work_dir / f"{graph.name}.onnx", batch_max)
+        seconds[graph.name] = round(time.perf_counter() - tick, 3)
+    return TracedGraphs(model, work_dir, batch_max, graphs, seconds, checkpoints)
+
+
 def export_package(
     model_name_or_module: str | nn.Module,
     out_dir: str | Path,
@@ -314,80 +381,125 @@ def export_package(
                    the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
                    are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
     Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
+
+    Equivalent to `trace_graphs` followed by `write_package`; use those two to write fp32 and fp16
+    packages of one model from a single trace.
     """
     say = progress or (lambda message: None)
-    if precision not in PRECISIONS:
-        raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if batch_max < 1:
-        raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
+    _check_options(precision, batch_max)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     model = _resolve_model(model_name_or_module, checkpoints)
-    config = model.config
     staging = _prepare_out_dir(out_dir, overwrite)
     try:
-        manifest = _write_package(
-            model, staging, precision, batch_max, parity_batch, parity_seed, allow_parity_failure, checkpoints, say,
-            () if fp16_head else ("head",),
-        )
-        manifest["export_seconds"] = round(time.perf_counter() - started, 3)
-        write_manifest(staging, manifest)
+        traced = _trace(model, staging / ".fp32", batch_max, tuple(Path(p) for p in checkpoints), say)
+        _fill_package(traced, staging, precision, parity_batch, parity_seed, allow_parity_failure,
+                      () if fp16_head else ("head",), say, started)
         _install(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"wrote {out_dir} ({config.name}, {precision})")
+    say(f"wrote {out_dir} ({model.config.name}, {precision})")
     return out_dir
 
 
-def _write_package(
-    model: nn.Module,
+def write_package(
+    traced: TracedGraphs,
+    out_dir: str | Path,
+    precision: str = "fp32",
+    *,
+    parity_batch: int | None = None,
+    parity_seed: int | None = None,
+    allow_parity_failure: bool = False,
+    overwrite: bool = False,
+    fp16_head: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a package at `out_dir` from graphs traced by `trace_graphs` (which are left in place).
+
+    Same options, parity check and atomic install as `export_package`.
+    """
+    say = progress or (lambda message: None)
+    _check_options(precision, traced.batch_max)
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    staging = _prepare_out_dir(out_dir, overwrite)
+    try:
+        _fill_package(traced, staging, precision, parity_batch, parity_seed, allow_parity_failure,
+                      () if fp16_head else ("head",), say, started - sum(traced.seconds.values()))
+        _install(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {out_dir} ({traced.model.config.name}, {precision})")
+    return out_dir
+
+
+def _check_options(precision: str, batch_max: int) -> None:
+    if precision not in PRECISIONS:
+        raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if batch_max < 1:
+        raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
+
+
+def _fill_package(
+    traced: TracedGraphs,
     staging: Path,
     precision: str,
-    batch_max: int,
     parity_batch: int | None,
     parity_seed: int | None,
     allow_parity_failure: bool,
-    checkpoints: Sequence[str | Path],
+    fp32_modules: tuple[str, ...],
+    say: Progress,
+    started: float,
+) -> None:
+    """Write the graphs at `precision`, measure parity and write the manifest into `staging`."""
+    manifest = _write_package(traced, staging, precision, parity_batch, parity_seed, allow_parity_failure, say,
+                              fp32_modules)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 3)
+    write_manifest(staging, manifest)
+
+
+def _write_package(
+    traced: TracedGraphs,
+    staging: Path,
+    precision: str,
+    parity_batch: int | None,
+    parity_seed: int | None,
+    allow_parity_failure: bool,
     say: Progress,
     fp32_modules: tuple[str, ...] = ("head",),
 ) -> dict[str, Any]:
+    model = traced.model
     config = model.config
-    graphs = component_graphs(model)
-    scratch = staging / ".fp32"
-    scratch.mkdir()
-    # Example inputs for tracing: batch 2, so that the exporter cannot specialise the batch to 1.
-    example = model.example_inputs(batch=2, seed=0)
-    with torch.no_grad():
-        example_embeddings = model.embed(example["tiles"])
-    example_values = {**example, **example_embeddings}
-
+    # export_package traces into `staging/.fp32`: move those graphs and remove the scratch directory.
+    # Graphs traced elsewhere (trace_graphs) are copied and left for their owner.
+    owned = traced.directory.resolve().parent == staging.resolve()  # export_package's own scratch trace
     components: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    for graph in graphs:
-        say(f"exporting {graph.name} ({precision})")
+    for graph in traced.graphs:
         tick = time.perf_counter()
-        fp32_path = scratch / f"{graph.name}.onnx"
-        with torch.no_grad():
-            export_onnx(graph.module, [example_values[n] for n in graph.input_names], graph.input_names,
-                        graph.output_names, fp32_path, batch_max)
+        fp32_path = traced.path(graph.name)
         final_path = staging / f"{graph.name}.onnx"
         if precision == "fp16":
+            say(f"converting {graph.name} to mixed fp16")
             converted = convert_to_mixed_fp16(onnx.load(str(fp32_path)), fp32_modules=fp32_modules)
             external = save_onnx(converted, final_path)
             del converted
         else:
-            external = [p.name for p in scratch.glob(f"{graph.name}.onnx.data")]
-            os.replace(fp32_path, final_path)
+            external = [p.name for p in traced.directory.glob(f"{graph.name}.onnx.data")]
+            move = os.replace if owned else shutil.copyfile
+            move(fp32_path, final_path)
             for name in external:
-                os.replace(scratch / name, staging / name)
+                move(traced.directory / name, staging / name)
         onnx.checker.check_model(str(final_path), full_check=False)
         inputs, outputs = graph_io(final_path)
         components[graph.name] = {
             "role": graph.role, "file": final_path.name, "external_data": external, "inputs": inputs, "outputs": outputs,
         }
-        timings[graph.name] = round(time.perf_counter() - tick, 3)
-    shutil.rmtree(scratch)
+        timings[graph.name] = round(traced.seconds.get(graph.name, 0.0) + time.perf_counter() - tick, 3)
+    if owned:
+        traced.cleanup()
 
     say("measuring parity with ONNX Runtime")
     parity = measure_package_parity(model, staging, components, precision, parity_batch, parity_seed)
@@ -417,7 +529,7 @@ def _write_package(
         "grid": config.grid,
         "precision": precision,
         "fp32_modules": list(fp32_modules) if precision == "fp16" else [],
-        "batch_max": batch_max,
+        "batch_max": traced.batch_max,
         "opset": OPSET,
         "input": {
             "name": "tiles", "dtype": "uint8", "shape": [BATCH_DIM, 1, tile, tile], "layout": "NCHW",
@@ -429,7 +541,7 @@ def _write_package(
         "parity": parity,
         "engines": {},
         "toolchain": toolchain_versions(),
-        "checkpoints": [{"file": Path(p).name, "sha256": sha256_file(Path(p))} for p in checkpoints],
+        "checkpoints": [{"file": p.name, "sha256": sha256_file(p)} for p in traced.checkpoints],
         "export_seconds_per_component": timings,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -453,23 +565,33 @@ def measure_package_parity(
         prompts = {name: inputs[name] for name in model.prompt_names}
         head_out = model.head(**embeddings, **prompts)
     values = {name: tensor.numpy() for name, tensor in {**inputs, **embeddings, **head_out}.items()}
+    threshold = label_threshold(model)
     results: dict[str, Any] = {}
     tick = time.perf_counter()
     for name, spec in components.items():
         output_names = [o["name"] for o in spec["outputs"]]
         got = run_onnx(root / spec["file"], values, output_names)
-        results[name] = compare_outputs({n: values[n] for n in output_names}, got, targets)
+        results[name] = compare_outputs({n: values[n] for n in output_names}, got, targets, threshold=threshold)
     return {
         "passed": all(r["passed"] for r in results.values()),
         "precision": precision,
         "reference": "PyTorch fp32 eager (CPU)",
         "runtime": "ONNX Runtime CPUExecutionProvider",
         "targets": targets.to_dict(),
+        "label_threshold": threshold,
         "batch": batch,
         "seed": seed,
         "seconds": round(time.perf_counter() - tick, 3),
         "components": results,
     }
+
+
+def label_threshold(model: nn.Module) -> float:
+    """The background threshold of the pipeline's class merge (labels are 0 where no logit exceeds it)."""
+    from emseg_rt.models.class_merge import ClassMerge
+
+    merges = [module for module in model.modules() if isinstance(module, ClassMerge)]
+    return float(merges[0].threshold) if merges else 0.0
 
 
 def parity_summary(parity: dict[str, Any]) -> str:

@@ -25,7 +25,11 @@ Manifest schema (format_version 1), keys the runtime relies on::
      "components": {"<name>": {"role": "full"|"encoder"|"head", "file": "x.onnx", "external_data": [...],
                                "inputs": [{"name", "dtype", "shape"}], "outputs": [...]}},
      "files": {"<relative path>": "<sha256 hex>"},
-     "parity": {"passed": bool, "allowed_failure": bool, "targets": {...}, "components": {...}},
+     "parity": {"passed": bool, "allowed_failure": bool, "seed", "batch", "label_threshold",
+                "targets": {"rel_error", "label_agreement", "label_metric": "agreement"|"agreement_decided"},
+                "components": {"<name>": {"passed", "outputs": {"<float output>": {"max_abs", "rel_error",
+                    "finite", "passed"}, "labels": {"agreement", "agreement_decided", "decided_fraction",
+                    "tie_tolerance", "passed"}}}}},
      "engines": {"<component>": {"<target>": {"file", "target", "flavour", "trt_version", ...}}},
      "toolchain": {"torch", "onnx", "onnxruntime", "onnxscript", "emseg_rt", ...},
      "checkpoints": [{"file": name, "sha256": hex}], "created": ISO-8601}
