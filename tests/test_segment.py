@@ -263,3 +263,38 @@ def test_package_with_bad_hash_or_missing_file_is_refused(tmp_path, image, packa
         (tmp_path / "o.zarr" / ".emseg-rt" / "done").rglob("*"))
     with pytest.raises(EmsegError, match="does not exist"):
         segment_volume(src, tmp_path / "o.zarr", model=str(tmp_path / "no-package"), backend="onnxruntime")
+
+
+def test_checkpoint_weights_are_used_and_bad_checkpoints_refused(tmp_path, image):
+    import torch
+
+    from emseg_rt.models import build
+
+    src, data = image
+    torch.manual_seed(123)  # weights that differ from the fixed-seed default init
+    trained = build(MODEL).eval()
+    ckpt = tmp_path / "trained.pt"
+    torch.save(trained.state_dict(), ckpt)
+    out = tmp_path / "out.zarr"
+    segment_volume(src, out, model=MODEL, checkpoints=[ckpt], backend="torch", block=6, halo=0)
+    expected = np.empty_like(data)
+    with torch.no_grad():
+        for z in range(data.shape[0]):
+            for y0 in (0, 128):
+                for x0 in (0, 128):
+                    tile = np.zeros((128, 128), np.uint8)
+                    patch = data[z, y0:y0 + 128, x0:x0 + 128]
+                    tile = np.pad(patch, ((0, 128 - patch.shape[0]), (0, 128 - patch.shape[1])), mode="reflect")
+                    labels = trained(torch.from_numpy(tile)[None, None])["labels"][0].numpy()
+                    expected[z, y0:y0 + 128, x0:x0 + 128] = labels[: patch.shape[0], : patch.shape[1]]
+    agreement = (read_volume(out / "labels" / "organelles") == expected).mean()
+    assert agreement > 0.999
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"head.nonsense": torch.zeros(1)}, bad)
+    with pytest.raises(EmsegError, match="unexpected keys head.nonsense"):
+        segment_volume(src, tmp_path / "o2.zarr", model=MODEL, checkpoints=[bad], backend="torch")
+    result = run_cli(str(src), "--out", str(tmp_path / "o3.zarr"), "--model", MODEL, "--checkpoint",
+                     str(tmp_path / "missing.pt"), "--backend", "torch", "--quiet")
+    assert result.returncode == 2 and "no such file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

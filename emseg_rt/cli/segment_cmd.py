@@ -16,6 +16,9 @@ def segment_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output OME-Zarr container (a new directory)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or model package directory "
                                         "(default: the embedded default model)."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
+                                                    "model (SAM, MAE or emseg-rt state dicts); repeatable, "
+                                                    "loaded in order."),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16"),
@@ -37,7 +40,7 @@ def segment_command(
     from emseg_rt.runtime import segment_volume
 
     result = segment_volume(
-        input, out, model=model, backend=backend, device=device, precision=precision, batch=batch, halo=halo,
+        input, out, model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision, batch=batch, halo=halo,
         blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite, probabilities=probabilities,
         key=key, level=level, label_name=label_name, progress=not quiet, report=report,
     )

@@ -11,6 +11,7 @@ import importlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EMSEG_RT_CACHE") or Path.home() / ".cache" / "emseg-rt")
 
 
-def build_torch_model(name: str):
-    """A registry model in eval mode: shipped weights for the default model, else a fixed-seed init.
+def build_torch_model(name: str, checkpoints: Sequence[str | Path] = ()):
+    """A registry model in eval mode: `checkpoints` loaded in order when given (see
+    emseg_rt.models.checkpoint); else shipped weights for the default model, else a fixed-seed init.
 
     The seed makes every process build the same weights (resume and backend parity depend on it).
     """
@@ -51,7 +53,7 @@ def build_torch_model(name: str):
     from emseg_rt.models import get_config
 
     module = _default_model_module()
-    if module is not None and name == default_model_name() and hasattr(module, "load_default_model"):
+    if not checkpoints and module is not None and name == default_model_name() and hasattr(module, "load_default_model"):
         return module.load_default_model().eval()
     config = get_config(name)  # EmsegError for unknown names
     if config.family == "vanilla-sam":
@@ -61,7 +63,7 @@ def build_torch_model(name: str):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build(name)
+        model = build(name, checkpoint=list(checkpoints) or None)
     return model.eval()
 
 
@@ -143,8 +145,10 @@ def _load_from_package(path: Path, backend: str, device: str, precision: str) ->
                               precision=package.precision, batch_max=package.batch_max)
 
 
-def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32") -> Backend:
-    """Resolve --model/--backend/--device/--precision to a loaded Backend (EmsegError for bad choices)."""
+def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
+                 checkpoints: Sequence[str | Path] = ()) -> Backend:
+    """Resolve --model/--checkpoint/--backend/--device/--precision to a loaded Backend (EmsegError for bad
+    choices). `checkpoints` apply to registry names; a package already holds its weights."""
     if backend not in BACKENDS:
         raise EmsegError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -156,12 +160,15 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
         path = Path(model)
         if not path.exists():
             raise EmsegError(f"model package {path} does not exist")
+        if checkpoints:
+            raise EmsegError(f"--checkpoint applies to registry models; the package {path} already holds its "
+                             "weights (pass --checkpoint to `emseg-rt export` instead)")
         return _load_from_package(path, backend, device, precision)
 
     if backend == "tensorrt":
         raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export {model}` "
                          "and `emseg-rt build`, then pass the package directory as --model")
-    torch_model = build_torch_model(model)
+    torch_model = build_torch_model(model, checkpoints)
     from emseg_rt.runtime.backends.torch_backend import TorchBackend, state_dict_digest
 
     digest = state_dict_digest(torch_model)

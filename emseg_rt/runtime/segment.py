@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,7 @@ def segment_volume(
     output: str | Path,
     *,
     model: str | None = None,
+    checkpoints: Sequence[str | Path] = (),
     backend: str | Backend = "auto",
     device: str = "cpu",
     precision: str = "fp32",
@@ -272,6 +274,7 @@ def segment_volume(
              or float (non-uint8 is mapped to uint8 with dataset-level robust percentiles).
     output:  new directory; refuses an existing one unless `resume` (finish what is missing) or `overwrite`.
     model:   registry name or model package directory; None → the embedded default model.
+    checkpoints: weights loaded in order into a registry model (emseg_rt.models.checkpoint formats).
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
     halo:    context pixels per tile side (default tile // 8); blend: 'center' crop or 'gaussian' weighting.
     axis:    the axis planes are perpendicular to; block: planes per write block (= output chunk depth).
@@ -295,7 +298,7 @@ def segment_volume(
     if isinstance(backend, str):
         from emseg_rt.runtime.loader import load_backend
 
-        engine = load_backend(model, backend, device, precision)
+        engine = load_backend(model, backend, device, precision, checkpoints)
         owns_backend = True
     else:
         engine, owns_backend = backend, False
