@@ -16,7 +16,7 @@ def train_command(
     labels: str = typer.Option("ground_truth", "--labels", help="Label group name inside --data, or a path to a "
                                "label volume (0 background, 1..K classes)."),
     out: Path = typer.Option(..., "--out", help="Head checkpoint to write (CKPT; CKPT.state holds the resume state)."),
-    weights: list[Path] | None = typer.Option(None, "--weights", help="Checkpoint(s) to load first, e.g. SAM "
+    weights: list[Path] | None = typer.Option(None, "--checkpoint", "--weights", "-c", help="Checkpoint(s) to load first, e.g. SAM "
                                                  "and MAE encoder files; default model: its shipped weights."),
     steps: int = typer.Option(1000, "--steps", help="Optimiser steps in total (resume continues up to this)."),
     batch: int = typer.Option(8, "--batch", help="Tiles per step."),
