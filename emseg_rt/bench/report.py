@@ -63,6 +63,9 @@ def markdown_table(result: BenchResult) -> str:
     ok = [r for r in result.records if r["status"] == "ok"]
     if ok:
         lines += ["", "## Every measurement", "",
+                  "Peak host MB: the process's peak resident memory while the timed calls ran (model loaded; "
+                  "loading and export excluded). Peak device MB: torch's peak CUDA allocation (torch backends).",
+                  "",
                   "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
                   "peak device MB | achieved TFLOP/s | fraction of matmul peak |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
