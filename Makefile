@@ -12,4 +12,5 @@ demo: setup
 	$(PYTHON) -m emseg_rt demo --out $(DEMO_OUT)
 
 test: setup
-	$(PYTHON) -m pytest -q
+	@$(PYTHON) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
