@@ -41,6 +41,9 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # The runtime's reader and writer threads share the CPU with this session: idle intra-op workers
+        # must sleep, not spin, or they take the cores the reader/writer need (and vice versa).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = providers_for(device)
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=self.providers)
