@@ -7,3 +7,13 @@ def _deterministic_torch():
     """Fixed seed per test and few threads, so tests are reproducible and share 2 cores well."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for the module: small models run many times slower with two threads when
+    the 2-core machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

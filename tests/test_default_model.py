@@ -1,7 +1,6 @@
 """The embedded default model: shipped, small, registered, and accurate on a phantom never used in training."""
 
 import pytest
-import torch
 
 from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.metrics import evaluate
@@ -12,12 +11,7 @@ from emseg_rt.training.inference import segment_slices
 HELD_OUT_SEED = 42  # training uses seeds >= 900
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_model_is_registered_and_small():

@@ -5,18 +5,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from emseg_rt.demo import overlay, run_demo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_overlay_colours_only_labelled_pixels():

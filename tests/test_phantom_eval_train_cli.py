@@ -10,12 +10,7 @@ from emseg_rt.cli import main
 from emseg_rt.data.volumes import read_array
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_cli(monkeypatch, capsys, *args):
