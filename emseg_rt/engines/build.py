@@ -19,7 +19,6 @@ from typing import Any
 from emseg_rt.engines.trt import flavour_version, import_flavour
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.package import (
-    BATCH_DIM,
     ComponentSpec,
     EngineRecord,
     load_package,
