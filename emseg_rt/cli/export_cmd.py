@@ -25,7 +25,7 @@ def export_command(
     fp16_head: bool = typer.Option(False, "--fp16-head", help="With fp16, run the head in FP16 too."),
     allow_parity_failure: bool = typer.Option(False, "--allow-parity-failure",
                                               help="Write the package even if parity misses its targets (marked failed)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing package at --out."),
+    force: bool = typer.Option(False, "--overwrite", "--force", help="Replace an existing package at --out."),
 ) -> None:
     """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
     from emseg_rt.export.onnx_export import export_package, parity_summary

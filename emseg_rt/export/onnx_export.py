@@ -273,7 +273,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise EmsegError(f"--out {out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise EmsegError(f"--out {out_dir}: directory is not empty; choose another or pass --force to replace it")
+        raise EmsegError(f"--out {out_dir}: directory is not empty; choose another or pass --overwrite to replace it")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -385,22 +385,18 @@ def export_package(
     Equivalent to `trace_graphs` followed by `write_package`; use those two to write fp32 and fp16
     packages of one model from a single trace.
     """
-    say = progress or (lambda message: None)
     _check_options(precision, batch_max)
     out_dir = Path(out_dir)
-    started = time.perf_counter()
     model = _resolve_model(model_name_or_module, checkpoints)
-    staging = _prepare_out_dir(out_dir, overwrite)
+    scratch = _prepare_out_dir(out_dir, overwrite)  # checks the destination before the slow trace
     try:
-        traced = _trace(model, staging / ".fp32", batch_max, tuple(Path(p) for p in checkpoints), say)
-        _fill_package(traced, staging, precision, parity_batch, parity_seed, allow_parity_failure,
-                      () if fp16_head else ("head",), say, started)
-        _install(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    say(f"wrote {out_dir} ({model.config.name}, {precision})")
-    return out_dir
+        traced = _trace(model, scratch, batch_max, tuple(Path(p) for p in checkpoints),
+                        progress or (lambda message: None))
+        return write_package(traced, out_dir, precision, parity_batch=parity_batch, parity_seed=parity_seed,
+                             allow_parity_failure=allow_parity_failure, overwrite=overwrite, fp16_head=fp16_head,
+                             progress=progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_package(
