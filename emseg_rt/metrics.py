@@ -77,13 +77,22 @@ def _overlaps(true_ids: np.ndarray, n_true: int, pred_ids: np.ndarray, n_pred: i
     return true_area, pred_area, ti, pi, inter, union
 
 
-def aji(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
-    """Aggregated Jaccard index of two boolean masks, instances by connected components (module docstring)."""
+def _instance_overlaps(pred_mask: np.ndarray, true_mask: np.ndarray):
+    """Connected-component instances of both masks and their pairwise overlaps (see `_overlaps`);
+    None when neither mask has an instance. Returns (n_true, n_pred, overlaps)."""
     true_ids, n_true = instances(true_mask)
     pred_ids, n_pred = instances(pred_mask)
     if n_true == 0 and n_pred == 0:
+        return None
+    return n_true, n_pred, _overlaps(true_ids, n_true, pred_ids, n_pred)
+
+
+def aji(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
+    """Aggregated Jaccard index of two boolean masks, instances by connected components (module docstring)."""
+    overlaps = _instance_overlaps(pred_mask, true_mask)
+    if overlaps is None:
         return float("nan")
-    true_area, pred_area, ti, pi, inter, union = _overlaps(true_ids, n_true, pred_ids, n_pred)
+    n_true, n_pred, (true_area, pred_area, ti, pi, inter, union) = overlaps
     pair_iou = inter / union
     best_pred = np.full(n_true, -1)
     best_iou = np.full(n_true, -1.0)
@@ -103,11 +112,10 @@ def aji(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
 
 def panoptic_quality(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
     """Panoptic quality of two boolean masks, instances by connected components, match at IoU > 0.5."""
-    true_ids, n_true = instances(true_mask)
-    pred_ids, n_pred = instances(pred_mask)
-    if n_true == 0 and n_pred == 0:
+    overlaps = _instance_overlaps(pred_mask, true_mask)
+    if overlaps is None:
         return float("nan")
-    _, _, _, _, inter, union = _overlaps(true_ids, n_true, pred_ids, n_pred)
+    n_true, n_pred, (_, _, _, _, inter, union) = overlaps
     matched = inter / union > 0.5 if inter.size else np.zeros(0, bool)
     tp = int(matched.sum())
     fp, fn = n_pred - tp, n_true - tp
