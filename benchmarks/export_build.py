@@ -51,8 +51,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from emseg_rt.engines import build_engines
-    from emseg_rt.export import load_package
-    from emseg_rt.export.onnx_export import export_package, toolchain_versions
+    from emseg_rt.export import export_package
+    from emseg_rt.export.writer import toolchain_versions
+    from emseg_rt.package import load_package
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="emseg-bench-"))
     package_dir = work / f"{args.model}-{args.precision}"

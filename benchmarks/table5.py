@@ -34,18 +34,18 @@ def main() -> int:
     parser.add_argument("--size", default="vit-h")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default=",".join(PAPER_ROWS))
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--backends", default="auto", help="comma-separated, from " + ", ".join(BACKENDS))
     parser.add_argument("--batch", default="1")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "emseg-rt" / "bench")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     config = BenchConfig(
-        models=tuple(args.models.split(",")), size=args.size, backends=tuple(args.backends.split(",")),
+        models=tuple(args.models.split(",")), size=args.size,
+        backends=() if args.backends == "auto" else tuple(args.backends.split(",")),
         batches=tuple(int(b) for b in args.batch.split(",")), warmup=args.warmup, iters=args.iters,
-        device=args.device, cache_dir=args.cache_dir,
+        device=args.device,
     )
     result = run_bench(config, say=lambda message: print(message, file=sys.stderr, flush=True))
     device = slug(device_name(args.device)) if args.device.startswith("cuda") else "cpu-" + slug(device_name("cpu"))[:24]

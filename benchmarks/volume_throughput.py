@@ -4,7 +4,8 @@ For each volume size (uint8, planes of --plane × --plane):
   1. write a synthetic volume (smooth blobs + noise) as OME-Zarr;
   2. segment it in a fresh subprocess → wall time, the report's read/compute/write split, peak RSS;
   3. (--overhead) in another fresh subprocess, run the same backend on exactly the same tiles and batches with
-     no streaming (tiles prepared untimed, only backend calls timed) → the backend's own compute time.
+     no streaming (the runtime's own `plan_tiles` and `tile_batches`; tiles prepared untimed, only backend
+     calls timed) → the backend's own compute time.
 Streaming overhead = segment streaming wall time (after model load) / backend-only time − 1.
 
     python benchmarks/volume_throughput.py --sizes 200,2000 --out benchmarks/results/volume_throughput
@@ -61,7 +62,8 @@ def child_segment(args: argparse.Namespace) -> None:
 def child_backend_only(args: argparse.Namespace) -> None:
     from emseg_rt.io import open_volume
     from emseg_rt.runtime import load_backend
-    from emseg_rt.runtime.tiling import extract_tiles, plan_tiles
+    from emseg_rt.runtime.slab import tile_batches
+    from emseg_rt.runtime.tiling import plan_tiles
 
     engine = load_backend(args.model, args.backend)
     volume = open_volume(args.input)
@@ -69,17 +71,13 @@ def child_backend_only(args: argparse.Namespace) -> None:
     plan = plan_tiles((h, w), engine.spec.tile, args.halo)
     compute = 0.0
     tiles_run = 0
-    for b0 in range(0, depth, args.block):
+    for b0 in range(0, depth, args.block):  # segment's slabs: `block` planes, batches never span two
         slab = np.asarray(volume.array[b0:b0 + args.block])
-        tiles = np.concatenate([extract_tiles(p, plan) for p in slab])[:, None]
-        for s in range(0, len(tiles), args.batch):
-            chunk = tiles[s:s + args.batch]
-            if len(chunk) < args.batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], args.batch - len(chunk), axis=0)])
+        for item in list(tile_batches(slab, plan, args.batch)):  # tiles cut before timing starts
             t0 = time.perf_counter()
-            engine.run(chunk)
+            engine.run(item.tiles)
             compute += time.perf_counter() - t0
-            tiles_run += len(chunk)
+            tiles_run += len(item.tiles)
     print(json.dumps({"backend_only_seconds": compute, "tiles": tiles_run}))
 
 
@@ -97,21 +95,15 @@ def run_child(mode: str, args: argparse.Namespace, input_path: Path, output: Pat
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-    import torch
+    """The benchmarks' common machine record (`emseg_rt.bench.machine`), plus Python, zarr and the load."""
     import zarr
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "zarr": zarr.__version__,
-            "load_average_at_start": os.getloadavg()}
+    from emseg_rt.bench.machine import machine_record
+
+    record = machine_record("cpu")  # segment_volume's default device, which both children use
+    record.update({"python": platform.python_version(), "zarr": zarr.__version__,
+                   "load_average_at_start": os.getloadavg()})
+    return record
 
 
 def main() -> None:
@@ -176,8 +168,9 @@ def markdown(results: dict) -> str:
     lines = [
         "# Volume throughput: streaming overhead and peak RSS of `segment`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, no GPU; Python {m['python']}, torch {m['torch']}, "
-        f"onnxruntime {m['onnxruntime']}, zarr {m['zarr']}. Date {results['date']}. "
+        f"Machine: {m['cpu']}, {m['cpu_cores']} cores, device {m['device']} ({m['device_name']}); "
+        f"Python {m['python']}, torch {m['libraries']['torch']}, onnxruntime {m['libraries']['onnxruntime']}, "
+        f"zarr {m['zarr']}. Date {results['date']}. "
         f"Load average at start {tuple(round(v, 1) for v in m['load_average_at_start'])} "
         "(the machine is shared: absolute times vary, compare within this file only).",
         f"Model {s['model']} on {s['backend']} (CPU), batch {s['batch']}, halo {s['halo']}, block {s['block']} slices, "

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emseg_rt.data.phantom import CLASS_NAMES, generate_phantom
-from emseg_rt.data.volumes import GROUND_TRUTH, read_array, write_phantom
+from emseg_rt.data.phantom import CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.ome_zarr import read_volume
 from emseg_rt.metrics import SegmentationScores, evaluate
 
 DEMO_SEED = 7  # never used in training (scripts/train_default.py trains on seeds >= 1000)
@@ -104,8 +104,8 @@ def run_demo(
     seconds["segment"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prediction = read_array(result.label_path)
-    truth = read_array(phantom_path, GROUND_TRUTH)
+    prediction = read_volume(result.label_path)
+    truth = read_volume(phantom_path, labels=GROUND_TRUTH)
     scores = evaluate(prediction, truth, CLASS_NAMES)
     seconds["eval"] = time.perf_counter() - t
 

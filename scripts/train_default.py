@@ -9,7 +9,8 @@ What it does (and what the model card reports):
   training from scratch converge faster (ScSAM trains heads on frozen pretrained encoders and needs none).
 - optimiser: Adam lr 1e-3 (ScSAM §4.2), cosine decay to 1e-5 over the steps; batch 8 random 128² crops
   with flips and 90° rotations; torch.manual_seed(0).
-- keeps the weights of the best validation mean Dice (checked every `--val-every` steps) and writes
+- keeps the weights of the best validation mean Dice (checked every `--val-every` steps; validation runs
+  `emseg_rt.runtime.slab.segment_array`, the runtime's tiler and torch backend) and writes
   them to emseg_rt/weights/scsam-phantom.pt, plus a JSON training record next to the model card.
 
     python scripts/train_default.py            # the shipped run: --steps 3500 --threads 1 (≈30 min, 2-core EPYC)
@@ -36,7 +37,8 @@ from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.metrics import evaluate
 from emseg_rt.models import build
 from emseg_rt.models.default_model import DEFAULT_MODEL, WEIGHTS_FILE
-from emseg_rt.training.inference import segment_slices
+from emseg_rt.runtime.backends.torch_backend import TorchBackend
+from emseg_rt.runtime.slab import segment_array
 from emseg_rt.training.losses import scsam_loss
 from emseg_rt.training.sampling import TileSampler
 
@@ -99,8 +101,11 @@ def main() -> None:
             record["log"].append(entry)
             print(json.dumps(entry), flush=True)
         if step % args.val_every == 0 or step == args.steps:
-            model.eval()
-            pred = segment_slices(model, val.image[val_slices])
+            # Validate through the runtime's tiler and torch backend (what `segment` runs). The backend freezes
+            # and patches the module it wraps, so it gets a copy; the model being trained is left as it is.
+            validator = TorchBackend(copy.deepcopy(model), model_id=f"step-{step}")
+            pred = segment_array(validator, val.image[val_slices], batch=16)
+            validator.close()
             scores = evaluate(pred, val.labels[val_slices], instance_metrics=False)
             entry = {"step": step, "seconds": round(time.time() - start, 1), "dice": scores.dice,
                      "mean_dice": scores.mean_dice}

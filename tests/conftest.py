@@ -17,3 +17,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    """One fresh export cache per test session (model packages exported on the fly land here), unless the
+    caller chose one with $EMSEG_RT_CACHE. Subprocesses (CLI tests) inherit it."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("EMSEG_RT_CACHE", tempfile.mkdtemp(prefix="emseg-rt-test-cache-"))

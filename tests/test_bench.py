@@ -32,7 +32,7 @@ def test_bench_tiny_cli_writes_a_record_per_model_and_backend(tmp_path):
     out = tmp_path / "out.json"
     result = subprocess.run(
         [*CLI, "bench", "--size", "tiny", "--backends", "torch-eager-fp32,onnxruntime,tensorrt", "--device", "cpu",
-         "--iters", "2", "--warmup", "1", "--no-breakdown", "--quiet", "--cache-dir", str(tmp_path / "cache"),
+         "--iters", "2", "--warmup", "1", "--no-breakdown", "--quiet",
          "--json", str(out), "--markdown", str(tmp_path / "out.md"), "--plot", str(tmp_path / "out.png")],
         capture_output=True, text=True, timeout=900,
     )
@@ -70,3 +70,27 @@ def test_bench_bad_options_fail_with_one_line(args, message, monkeypatch, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bench_times_the_backend_segment_runs(tmp_path):
+    """The same model, backend and precision give the same backend identity (graph, provider, precision,
+    torch mode) in a bench record and in a segment report; the per-tile times are compared by
+    benchmarks/bench_vs_segment.py, not here (timing belongs in benchmarks)."""
+    from emseg_rt.bench.table5 import BenchConfig, run_bench
+    from emseg_rt.io import write_ome_image
+    from emseg_rt.runtime import segment_volume
+
+    result = run_bench(BenchConfig(models=("scsam",), size="tiny", backends=("torch-eager-fp32", "torch-bf16",
+                                                                              "onnxruntime"),
+                                   warmup=0, iters=1, device="cpu", breakdown=False))
+    bench_identity = {r["backend"]: r["backend_identity"] for r in result.records}
+    src = write_ome_image(tmp_path / "in.zarr", np.random.default_rng(4).integers(0, 256, (1, 96, 96), np.uint8))
+    for name, backend, precision, fast in (("torch-eager-fp32", "torch", "fp32", False),
+                                           ("torch-bf16", "torch", "bf16", True),
+                                           ("onnxruntime", "onnxruntime", "fp32", True)):
+        from emseg_rt.runtime import load_backend
+
+        engine = load_backend("scsam-tiny", backend, "cpu", precision, fast=fast)
+        report = segment_volume(src, tmp_path / f"{name}.zarr", backend=engine)
+        assert report.backend_identity == bench_identity[name], name
+        assert report.per_tile_seconds > 0

@@ -6,7 +6,8 @@ from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.metrics import evaluate
 from emseg_rt.models import get_config, list_models
 from emseg_rt.models.default_model import default_model_name, default_weights_path, load_default_model
-from emseg_rt.training.inference import segment_slices
+from emseg_rt.runtime.backends.torch_backend import TorchBackend
+from emseg_rt.runtime.slab import segment_array
 
 HELD_OUT_SEED = 42  # training uses seeds >= 900
 
@@ -25,13 +26,16 @@ def test_default_model_is_registered_and_small():
 
 
 def test_default_model_segments_a_held_out_phantom():
-    model = load_default_model()
+    backend = TorchBackend(load_default_model())  # what `segment --backend torch` runs
     phantom = generate_phantom((4, 256, 256), seed=HELD_OUT_SEED)
-    pred = segment_slices(model, phantom.image)
+    pred = segment_array(backend, phantom.image)
     scores = evaluate(pred, phantom.labels, instance_metrics=False)
-    assert scores.mean_dice >= 0.85, scores.dice  # the bar; the model card reports 0.935 on 16-slice volumes
+    # Measured (torch 2.x, CPU, fast and reference attention alike): nucleus 0.997, mitochondria 0.923,
+    # granules 0.905, mean 0.942. Bars sit about 0.01 below; the project's target is a mean of 0.85.
+    assert scores.mean_dice >= 0.93, scores.dice
+    floors = {"nucleus": 0.985, "mitochondria": 0.91, "granules": 0.895}
     for name, value in scores.dice.items():
-        assert value >= 0.80, (name, scores.dice)
+        assert value >= floors[name], (name, scores.dice)
 
 
 def test_runtime_uses_the_default_model_when_none_is_given():

@@ -1,5 +1,6 @@
 """`emseg-rt demo`: phantom → default model → scores → PNG, well within the two-minute budget."""
 
+import re
 import sys
 import time
 
@@ -8,7 +9,6 @@ import pytest
 from PIL import Image
 
 from emseg_rt.demo import overlay, run_demo
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,13 +34,54 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     assert again.scores.dice == report.scores.dice
 
 
-def test_demo_cli_prints_dice_and_time(tmp_path, monkeypatch, capsys):
+def run_demo_cli(monkeypatch, capsys, *args):
     from emseg_rt.cli import main
 
-    (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(sys, "argv", ["emseg-rt", "demo", "--out", str(tmp_path / "file")])
-    with pytest.raises(SystemExit) as exc:
+    monkeypatch.setattr(sys, "argv", ["emseg-rt", "demo", *map(str, args)])
+    try:
         main()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_cli_prints_dice_and_time(tmp_path, monkeypatch, capsys):
+    from emseg_rt.data.phantom import GROUND_TRUTH
+    from emseg_rt.io import read_volume
+    from emseg_rt.metrics import evaluate
+
+    start = time.perf_counter()
+    code, out, err = run_demo_cli(monkeypatch, capsys, "--out", tmp_path / "demo", "--shape", "2,128,128")
+    wall = time.perf_counter() - start
+    assert code == 0, err
+    dice_line = re.search(r"^Dice per class: nucleus (\S+), mitochondria (\S+), granules (\S+) \(mean (\S+)\)$",
+                          out, re.MULTILINE)
+    time_line = re.search(r"^model scsam-phantom, backend torch; time (\S+) s \(phantom (\S+) s, segment (\S+) s, "
+                          r"eval (\S+) s\)$", out, re.MULTILINE)
+    assert dice_line and time_line, out
+    # The printed Dice is the Dice of the files the demo wrote, to the 3 printed decimals.
+    prediction = read_volume(tmp_path / "demo" / "segmentation.zarr" / "labels" / "organelles")
+    truth = read_volume(tmp_path / "demo" / "phantom.zarr", labels=GROUND_TRUTH)
+    assert prediction.shape == (2, 128, 128)
+    scores = evaluate(prediction, truth)
+    printed = [float(v) for v in dice_line.groups()]
+    expected = [scores.dice["nucleus"], scores.dice["mitochondria"], scores.dice["granules"], scores.mean_dice]
+    assert printed == pytest.approx(expected, abs=5e-4)
+    # The printed time is the sum of its parts (each rounded to 0.1 s) and no more than the command took.
+    total, *parts = (float(v) for v in time_line.groups())
+    assert 0 < total <= wall + 0.05 and total == pytest.approx(sum(parts), abs=0.2 + 1e-9)
+
+
+def test_demo_cli_refuses_a_file_as_out_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_demo_cli(monkeypatch, capsys, "--out", tmp_path / "file")
+    assert code == 2
+    err = err.strip().splitlines()
     assert len(err) == 1 and "--out" in err[0]
+
+
+def test_demo_cli_refuses_a_bad_shape(tmp_path, monkeypatch, capsys):
+    code, _, err = run_demo_cli(monkeypatch, capsys, "--out", tmp_path / "demo", "--shape", "2,128")
+    assert code == 2 and "--shape" in err and not (tmp_path / "demo").exists()

@@ -1,21 +1,31 @@
-"""TensorRT-for-RTX engines: ahead-of-time builds without a GPU, manifest records, clear errors; the
-engine runner's checks (running an engine needs an RTX GPU and is skipped without one)."""
+"""TensorRT-for-RTX engines: ahead-of-time builds without a GPU, manifest records, clear errors; engine
+selection (which engine, flavour and version may run on this GPU); the engine runner (running an engine
+needs a GPU that an installed TensorRT can target, and is skipped with that reason without one)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import onnx
 import pytest
 import torch
-
-from emseg_rt.engines.build import build_engines, parse_targets
-from emseg_rt.engines.runner import EngineRunner, check_engine_compatible
-from emseg_rt.errors import EmsegError
-from emseg_rt.export import load_package
-from emseg_rt.export.package import MANIFEST_NAME, sha256_file, write_manifest
 from test_export_support import copy_package, tiny_package
+
+from emseg_rt.engines import (
+    EngineRunner,
+    build_engines,
+    check_engine_compatible,
+    current_target,
+    engine_flavour_for,
+    gpu_target,
+    parse_targets,
+    select,
+    select_engine,
+)
+from emseg_rt.errors import EmsegError
+from emseg_rt.package import MANIFEST_NAME, EngineRecord, load_package, sha256_file, write_manifest
 
 HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx_builder = pytest.mark.skipif(not HAVE_RTX, reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
@@ -92,8 +102,6 @@ def test_build_refuses_tampered_package(tmp_path):
 
 
 def test_engine_compatibility_checks(tmp_path):
-    from emseg_rt.export.package import EngineRecord
-
     record = EngineRecord(component="full", target="sm86", file="engines/full.sm86.engine",
                           path=tmp_path / "pkg" / "engines" / "full.sm86.engine", flavour="tensorrt-rtx",
                           trt_version="1.7.1.116", batch_max=4, build_seconds=1.0, bytes=10)
@@ -107,27 +115,108 @@ def test_engine_compatibility_checks(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_runner_without_gpu_says_so():
     package = load_package(tiny_package("sam-star-tiny", "fp32"))
-    with pytest.raises(EmsegError, match="needs an NVIDIA GPU"):
+    with pytest.raises(EmsegError, match="needs a CUDA GPU, and none is visible"):
         EngineRunner(package)
 
 
+# ------------------------------------------------------------------------------- engine selection
+
+
+def _record(root, target="sm86", flavour="tensorrt-rtx", version="1.7.1.116", component="full"):
+    return EngineRecord(component=component, target=target, file=f"engines/{component}.{target}.engine",
+                        path=root / "engines" / f"{component}.{target}.engine", flavour=flavour,
+                        trt_version=version, batch_max=4, build_seconds=1.0, bytes=10)
+
+
+def _package_with(root, *records):
+    """A package stand-in with only what selection reads: its root and engine records."""
+    engines = {}
+    for record in records:
+        engines.setdefault(record.component, {})[record.target] = record
+    return SimpleNamespace(root=root, engines=engines)
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Which TensorRT flavours select_engine / engine_flavour_for see as installed, and their versions."""
+    versions: dict[str, str] = {}
+    monkeypatch.setattr(select, "installed_version", versions.get)
+    return versions
+
+
+def test_select_engine_picks_the_engine_for_this_gpu_and_version(tmp_path, installed):
+    installed["tensorrt-rtx"] = "1.7.1.116"
+    sm86, sm120 = _record(tmp_path), _record(tmp_path, target="sm120")
+    package = _package_with(tmp_path, sm86, sm120, _record(tmp_path, component="head"))
+    assert select_engine(package, "sm86") is sm86
+    assert select_engine(package, "sm120", "full") is sm120
+
+
+def test_select_engine_refusals_say_what_exists_and_what_to_run(tmp_path, installed):
+    installed["tensorrt-rtx"] = "1.7.1.116"
+    package = _package_with(tmp_path, _record(tmp_path, target="sm86"), _record(tmp_path, target="sm120"))
+    with pytest.raises(EmsegError, match=r"needs a CUDA GPU.*engines for: sm120, sm86") as no_gpu:
+        select_engine(package, None)
+    with pytest.raises(EmsegError, match=r"has no full engine for this GPU \(sm89; engines for: sm120, sm86\); "
+                                         rf"run `emseg-rt build {tmp_path} --target sm89 --engine-backend tensorrt-rtx`"):
+        select_engine(package, "sm89")
+    with pytest.raises(EmsegError, match=r"has no head engine for this GPU \(sm86; engines for: none\)"):
+        select_engine(package, "sm86", "head")
+    # Exact versions: a patch release is already a different TensorRT (engines do not deserialise across it).
+    installed["tensorrt-rtx"] = "1.7.1.117"
+    with pytest.raises(EmsegError, match=r"built with tensorrt-rtx 1.7.1.116, installed is 1.7.1.117.*emseg-rt build"):
+        select_engine(package, "sm86")
+    del installed["tensorrt-rtx"]
+    with pytest.raises(EmsegError, match=r"needs tensorrt-rtx 1.7.1.116, which is not installed here \(pip install "
+                                         r"tensorrt-rtx\)"):
+        select_engine(package, "sm86")
+    assert "\n" not in str(no_gpu.value)
+
+
+def test_engine_flavour_for_each_gpu(installed):
+    assert engine_flavour_for(None) == (None, "no CUDA GPU is visible: TensorRT engines run only on a GPU")
+    flavour, reason = engine_flavour_for("sm86")
+    assert flavour is None and "no TensorRT is installed for sm86" in reason
+    installed["tensorrt-rtx"] = "1.7.1.116"
+    assert engine_flavour_for("sm86")[0] == "tensorrt-rtx"
+    flavour, reason = engine_flavour_for("sm90")  # TensorRT for RTX has no Hopper target
+    assert flavour is None and "no sm90 (Hopper) target" in reason and "pip install tensorrt" in reason
+    installed["tensorrt"] = "10.13.0"
+    assert engine_flavour_for("sm90") == ("tensorrt", "tensorrt 10.13.0 for sm90")
+
+
+def test_gpu_target_is_torchs_compute_capability():
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        assert gpu_target() == current_target() == f"sm{major}{minor}"
+    else:
+        assert gpu_target() is None
+        with pytest.raises(EmsegError, match="no CUDA GPU is visible"):
+            current_target()
+
+
+def _runnable_flavour() -> tuple[str | None, str]:
+    return engine_flavour_for(gpu_target())
+
+
 @pytest.mark.rtx
-@pytest.mark.skipif(not (torch.cuda.is_available() and HAVE_RTX),
-                    reason="needs an RTX GPU with TensorRT for RTX to run an engine; none on this machine")
-def test_runner_matches_onnxruntime_on_rtx_gpu(tmp_path):
+@pytest.mark.skipif(_runnable_flavour()[0] is None, reason=f"needs a GPU TensorRT can target: {_runnable_flavour()[1]}")
+def test_runner_matches_onnxruntime_on_gpu(tmp_path):
     import numpy as np
 
-    from emseg_rt.engines.build import current_target
-    from emseg_rt.export.parity import onnx_session
     from emseg_rt.models import build
+    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
 
+    flavour, _ = _runnable_flavour()
     package_dir = copy_package(tiny_package("scsam-tiny", "fp16"), tmp_path / "pkg")
-    build_engines(package_dir, targets="current", components=["full"])
+    build_engines(package_dir, targets="current", flavour=flavour, components=["full"])
     package = load_package(package_dir)
     runner = EngineRunner(package, "full", target=current_target())
+    assert runner.record.flavour == flavour
     tiles = build(package.name).example_inputs(batch=3, seed=4)["tiles"]
     out = runner.run({"tiles": tiles.cuda()})
     torch.cuda.synchronize()
-    logits_ort, labels_ort = onnx_session(package.full_onnx_path).run(None, {"tiles": tiles.numpy()})
+    reference = OnnxGraph(package.full_onnx_path).run({"tiles": tiles.numpy()})
+    logits_ort, labels_ort = reference["logits"], reference["labels"]
     rel = np.linalg.norm(out["logits"].cpu().numpy() - logits_ort) / np.linalg.norm(logits_ort)
     assert rel < 2e-2 and (out["labels"].cpu().numpy() == labels_ort).mean() >= 0.995

@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_export_support import tiny_package, tiny_trace
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.export import load_package
+from emseg_rt.export import export_package, load_package
 from emseg_rt.export.fp16 import convert_to_mixed_fp16, op_precisions
-from emseg_rt.export.onnx_export import export_package
-from emseg_rt.export.parity import ParityTargets, compare_outputs, decision_margin, label_agreement, onnx_session
+from emseg_rt.export.parity import ParityTargets, compare_outputs, decision_margin, label_agreement
 from emseg_rt.models import build
-from test_export_support import tiny_package, tiny_trace
+from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
 
 FAMILIES = ["vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam"]
 
@@ -45,10 +45,10 @@ def test_every_family_exports_and_meets_parity(family, precision):
     for spec in package.components.values():
         onnx.checker.check_model(str(spec.path), full_check=True)
     # Dynamic batch: run the full graph at a batch the exporter never saw, check names, shapes, dtypes.
-    session = onnx_session(package.full_onnx_path)
     model = build(package.name)
     inputs = {k: v.numpy() for k, v in model.example_inputs(batch=3, seed=11).items()}
-    logits, labels = session.run(["logits", "labels"], {i.name: inputs[i.name] for i in session.get_inputs()})
+    outputs = OnnxGraph(package.full_onnx_path).run(inputs, ["logits", "labels"])
+    logits, labels = outputs["logits"], outputs["labels"]
     k, t = len(package.classes), package.tile
     assert logits.shape == (3, k, t, t) and logits.dtype == np.float32 and np.isfinite(logits).all()
     assert labels.shape == (3, t, t) and labels.dtype == np.uint8 and labels.max() <= k
@@ -151,7 +151,8 @@ def test_default_model_fp16_labels_agree_on_phantom(tmp_path):
     tiles = phantom_tiles(package.tile, seed=11)
     with torch.no_grad():
         reference = {k: v.numpy() for k, v in model(torch.from_numpy(tiles)).items()}
-    logits, labels = onnx_session(package.full_onnx_path).run(["logits", "labels"], {"tiles": tiles})
+    outputs = OnnxGraph(package.full_onnx_path).run({"tiles": tiles})
+    logits, labels = outputs["logits"], outputs["labels"]
     assert len(np.unique(reference["labels"])) == 4  # background and all three organelles are present
     rel = np.linalg.norm(logits - reference["logits"]) / np.linalg.norm(reference["logits"])
     agreement = (labels == reference["labels"]).mean()
@@ -177,7 +178,8 @@ def em_like_tiles(batch: int, size: int, seed: int) -> np.ndarray:
 def test_fp16_vit_b_encoder_has_no_nan_or_inf(tmp_path):
     """A ViT-B-sized SAM encoder (dim 768, depth 12, 12 heads; 512² input to stay within the test budget)
     in the mixed fp16 graph: finite outputs on EM-like tiles, close to fp32."""
-    from emseg_rt.export.onnx_export import EncoderGraph, export_onnx
+    from emseg_rt.export.graphs import EncoderGraph
+    from emseg_rt.export.onnx_io import export_onnx
     from emseg_rt.models.configs import SamEncoderConfig
     from emseg_rt.models.sam_encoder import SamImageEncoder
 
@@ -191,7 +193,7 @@ def test_fp16_vit_b_encoder_has_no_nan_or_inf(tmp_path):
         reference = encoder(tiles[:1]).numpy()
     fp16 = convert_to_mixed_fp16(onnx.load(str(path)))
     onnx.save(fp16, str(tmp_path / "enc16.onnx"))
-    (embedding,) = onnx_session(tmp_path / "enc16.onnx").run(None, {"tiles": tiles[:1].numpy()})
+    (embedding,) = OnnxGraph(tmp_path / "enc16.onnx").run({"tiles": tiles[:1].numpy()}).values()
     assert np.isfinite(embedding).all()
     rel = np.linalg.norm(embedding - reference) / np.linalg.norm(reference)
     assert rel < 2e-2, rel
@@ -226,8 +228,7 @@ def test_unwritable_or_occupied_out_dir(tmp_path):
 
 
 def test_parity_miss_writes_nothing_unless_allowed(tmp_path, monkeypatch):
-    from emseg_rt.export import parity
-    from emseg_rt.export.onnx_export import write_package
+    from emseg_rt.export import parity, write_package
 
     traced = tiny_trace("sam-star-tiny")  # the same write path export_package takes after tracing
     monkeypatch.setitem(parity.REL_TARGET, "fp32", 0.0)  # an unreachable target: parity must fail
@@ -280,3 +281,139 @@ def test_cli_inspect_summarises_package(precision, monkeypatch, capsys):
     # Both label agreements are shown; the gate's metric is named.
     assert "labels: raw" in out and "decided" in out
     assert ("labels by agreement_decided" if precision == "fp16" else "labels by agreement") in out
+
+
+# ----------------------------------------------------------------------------- external data, cache
+
+
+def test_save_onnx_writes_external_data_past_the_threshold(tmp_path, monkeypatch):
+    """save_onnx keeps weights inline below EXTERNAL_DATA_THRESHOLD and writes `<file>.onnx.data` above it
+    (read at call time, so lowering it sends a small graph down the >2 GB path); both run the same."""
+    from emseg_rt.export import onnx_io
+
+    rng = np.random.default_rng(8)
+    weight = rng.normal(size=(64, 32)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 32])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", onnx_io.OPSET)], ir_version=10)
+    assert onnx_io.save_onnx(model, tmp_path / "inline.onnx") == []
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 0)
+    assert onnx_io.save_onnx(model, tmp_path / "external.onnx") == ["external.onnx.data"]
+    assert (tmp_path / "external.onnx.data").stat().st_size == weight.nbytes
+    assert (tmp_path / "external.onnx").stat().st_size < weight.nbytes
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    for name in ("inline.onnx", "external.onnx"):
+        np.testing.assert_allclose(OnnxGraph(tmp_path / name).run({"x": x})["y"], x @ weight, rtol=1e-5, atol=1e-5)
+    assert onnx_io.graph_io(tmp_path / "external.onnx") == (
+        [{"name": "x", "dtype": "float32", "shape": ["batch", 64]}],
+        [{"name": "y", "dtype": "float32", "shape": ["batch", 32]}],
+    )
+
+
+@pytest.fixture
+def package_cache(tmp_path, monkeypatch):
+    """An empty package cache for the test ($EMSEG_RT_CACHE)."""
+    monkeypatch.setenv("EMSEG_RT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_key_is_model_weights_precision_and_batch(package_cache):
+    from emseg_rt.export import cache_root
+    from emseg_rt.export.cache import cache_entry
+
+    assert cache_root() == package_cache
+    torch.manual_seed(5)
+    model = build("scsam-tiny")
+    entry = cache_entry(model)
+    assert entry.parent == package_cache / "packages" and entry.name.startswith("scsam-tiny-fp32-b8-")
+    assert cache_entry(model) == entry
+    assert len({entry, cache_entry(model, "fp16"), cache_entry(model, batch_max=4)}) == 3
+    with torch.no_grad():
+        next(model.head.parameters()).add_(1e-3)  # other weights, another package
+    assert cache_entry(model) != entry
+    # A registry name builds the same weights in every process, whatever the caller's RNG did before,
+    # and leaves the caller's RNG alone.
+    torch.manual_seed(1)
+    first = cache_entry("scsam-tiny")
+    torch.manual_seed(2)
+    assert cache_entry("scsam-tiny") == first
+    state = torch.get_rng_state()
+    cache_entry("scsam-tiny")
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(EmsegError, match="--precision 'bf16'"):
+        cache_entry("scsam-tiny", "bf16")
+
+
+def test_cached_package_hit_does_not_export(package_cache):
+    """An entry holding a complete package of the same model, weights, precision and batch is returned as
+    it is: nothing exported, nothing said, nothing rewritten."""
+    from test_export_support import BATCH_MAX, copy_package
+
+    from emseg_rt.export import cached_package
+    from emseg_rt.export.cache import cache_entry
+
+    model = tiny_trace("sam-star-tiny").model  # the weights tiny_package was exported from
+    entry = copy_package(tiny_package("sam-star-tiny", "fp32"), cache_entry(model, batch_max=BATCH_MAX))
+    written = (entry / "manifest.json").stat().st_mtime_ns
+    messages: list[str] = []
+    assert cached_package(model, batch_max=BATCH_MAX, say=messages.append) == entry
+    assert messages == [] and (entry / "manifest.json").stat().st_mtime_ns == written
+
+
+def test_losing_an_export_race_keeps_the_winners_package(package_cache, tmp_path):
+    """Two processes export the same entry: the second to finish keeps the first one's package."""
+    from test_export_support import BATCH_MAX, copy_package
+
+    from emseg_rt.export.cache import _claim
+
+    winner = copy_package(tiny_package("sam-star-tiny", "fp32"), package_cache / "packages" / "entry")
+    ours = copy_package(tiny_package("sam-star-tiny", "fp32"), tmp_path / "ours")
+    inode = (winner / "manifest.json").stat().st_ino
+    _claim(ours, winner, "sam-star-tiny", "fp32", BATCH_MAX)
+    assert (winner / "manifest.json").stat().st_ino == inode
+    assert sorted(p.name for p in winner.parent.iterdir()) == ["entry"]
+
+
+def test_cached_package_external_data_end_to_end(package_cache, monkeypatch, one_torch_thread):
+    """With the external-data threshold lowered to 0, `cached_package("scsam-tiny")` takes the >2 GB path
+    (SAM ViT-H's): every graph's weights in `<file>.onnx.data`, listed and hashed in the manifest, and
+    ONNX Runtime runs the full graph to the torch model's numbers. A broken entry in the way (an
+    interrupted delete) is replaced; the second call returns the same directory without exporting."""
+    from emseg_rt.export import cached_package, onnx_io
+    from emseg_rt.export.cache import cache_entry
+    from emseg_rt.export.trace import build_model
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 0)
+    broken = cache_entry("scsam-tiny")
+    broken.mkdir(parents=True)
+    (broken / "full.onnx").write_bytes(b"half a graph")
+    messages: list[str] = []
+    path = cached_package("scsam-tiny", say=messages.append)
+    assert path == broken and messages
+    package = load_package(path)  # verifies every sha256, the external data included
+    assert package.parity["passed"]
+    for name, spec in package.components.items():
+        assert spec.external_data == (f"{name}.onnx.data",)
+        assert package.manifest["files"][spec.external_data[0]]
+        graph = onnx.load(str(spec.path), load_external_data=False).graph
+        external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {
+            spec.external_data[0]}
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no staging or stale copy left
+
+    model = build_model("scsam-tiny")
+    tiles = np.random.default_rng(17).integers(0, 256, (3, 1, package.tile, package.tile), dtype=np.uint8)
+    with torch.no_grad():
+        reference = {k: v.numpy() for k, v in model(torch.from_numpy(tiles)).items()}
+    got = OnnxGraph(package.full_onnx_path).run({"tiles": tiles})
+    rel = np.linalg.norm(got["logits"] - reference["logits"]) / np.linalg.norm(reference["logits"])
+    assert rel <= 1e-4 and (got["labels"] == reference["labels"]).mean() >= 0.995, rel
+
+    written = (path / "manifest.json").stat().st_mtime_ns
+    again: list[str] = []
+    assert cached_package("scsam-tiny", say=again.append) == path
+    assert again == [] and (path / "manifest.json").stat().st_mtime_ns == written

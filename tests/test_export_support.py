@@ -32,7 +32,7 @@ def _root() -> Path:
 
 def tiny_trace(model: str):
     """`TracedGraphs` of `model` (a tiny registry name, weights from torch seed 1234), traced once."""
-    from emseg_rt.export.onnx_export import trace_graphs
+    from emseg_rt.export import trace_graphs
     from emseg_rt.models import build
 
     if model not in _TRACES:
@@ -45,7 +45,7 @@ def tiny_package(model: str, precision: str = "fp32") -> Path:
     """Path of an exported package of `model` at `precision`; read-only by convention — copy it
     (`copy_package`) before changing anything. Parity misses are written (allow_parity_failure) so that
     the tests can show the measured numbers."""
-    from emseg_rt.export.onnx_export import write_package
+    from emseg_rt.export import write_package
 
     key = (model, precision)
     if key not in _PACKAGES:

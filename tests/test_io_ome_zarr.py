@@ -7,7 +7,15 @@ import pytest
 import zarr
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io import open_volume, read_label_metadata, read_volume, write_ome_image, write_ome_labels
+from emseg_rt.io import (
+    list_label_groups,
+    open_volume,
+    read_label_metadata,
+    read_volume,
+    write_ome_image,
+    write_ome_labels,
+    write_volume_with_labels,
+)
 
 
 def test_image_and_labels_round_trip_and_open_in_ome_zarr_reader(tmp_path):
@@ -59,3 +67,26 @@ def test_reader_errors_name_the_path(tmp_path):
     path = write_ome_image(tmp_path / "img.zarr", np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(EmsegError, match="out of range"):
         open_volume(path, level=3)
+
+
+def test_volume_with_labels_is_written_whole_and_read_back_by_label_name(tmp_path):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (3, 20, 24), dtype=np.uint8)
+    truth = rng.integers(0, 3, image.shape, dtype=np.uint8)
+    guess = rng.integers(0, 3, image.shape, dtype=np.uint8)
+    path = write_volume_with_labels(tmp_path / "v.zarr", image, {"truth": truth, "guess": guess}, ("a", "b"),
+                                    voxel_size=(2.0, 1.0, 1.0), attributes={"made_by": {"seed": 3}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.zarr"]  # no .partial left behind
+    assert list_label_groups(path) == ["truth", "guess"]
+    np.testing.assert_array_equal(read_volume(path), image)
+    np.testing.assert_array_equal(read_volume(path, labels="truth"), truth)
+    np.testing.assert_array_equal(read_volume(path, labels="guess"), guess)
+    assert open_volume(path, labels="truth").voxel_size == (2.0, 1.0, 1.0)
+    assert zarr.open_group(str(path), mode="r").attrs["made_by"] == {"seed": 3}
+    with pytest.raises(EmsegError, match="no label group labels/nope; it has: truth, guess"):
+        read_volume(path, labels="nope")
+    with pytest.raises(EmsegError, match="already exists"):
+        write_volume_with_labels(path, image, {}, ("a", "b"))
+    with pytest.raises(EmsegError, match="does not exist"):
+        write_volume_with_labels(tmp_path / "no" / "v.zarr", image, {}, ("a", "b"))
+    assert list_label_groups(tmp_path / "missing.zarr") == []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
+from test_export_support import copy_package, tiny_package
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.export import load_package
-from emseg_rt.export.package import MANIFEST_NAME, sha256_file
-from test_export_support import copy_package, tiny_package
+from emseg_rt.package import MANIFEST_NAME, load_package, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,19 @@ def test_not_a_package(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(EmsegError, match="not valid JSON"):
         load_package(tmp_path)
+
+
+def test_package_readers_do_not_need_the_exporter():
+    """Reading a package and choosing its engine import neither the exporter nor torch (a C++ host's
+    tooling, `inspect` and `build` stay light); the export layer re-exports the package types unchanged."""
+    code = ("import sys, emseg_rt.package, emseg_rt.engines; "
+            "print(sorted(m for m in sys.modules if m.startswith(('emseg_rt.export', 'torch'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    from emseg_rt import export, package
+
+    for name in ("load_package", "ModelPackage", "ComponentSpec", "EngineRecord", "TensorSpec"):
+        assert getattr(export, name) is getattr(package, name)
+    from emseg_rt.export import TracedGraphs, cached_package, export_package, trace_graphs, write_package
+
+    assert all(callable(f) for f in (TracedGraphs, cached_package, export_package, trace_graphs, write_package))

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from emseg_rt.data.phantom import CYTOPLASM, generate_phantom
-from emseg_rt.data.volumes import GROUND_TRUTH, list_label_groups, read_array, write_phantom
+from emseg_rt.data.phantom import CYTOPLASM, GROUND_TRUTH, generate_phantom, write_phantom
 from emseg_rt.errors import EmsegError
+from emseg_rt.io import list_label_groups, read_volume
 
 SHAPE = (12, 128, 128)
 
@@ -91,8 +91,8 @@ def test_bad_parameters_are_user_errors():
 
 def test_ome_zarr_round_trip_with_label_metadata(tmp_path, phantom):
     path = write_phantom(tmp_path / "cell.zarr", phantom)
-    assert np.array_equal(read_array(path), phantom.image)
-    assert np.array_equal(read_array(path, GROUND_TRUTH), phantom.labels)
+    assert np.array_equal(read_volume(path), phantom.image)
+    assert np.array_equal(read_volume(path, labels=GROUND_TRUTH), phantom.labels)
     assert list_label_groups(path) == [GROUND_TRUTH]
     meta = json.loads((path / "labels" / GROUND_TRUTH / "zarr.json").read_text())["attributes"]["ome"]
     names = {p["label-value"]: p.get("class") for p in meta["image-label"]["properties"]}

@@ -3,12 +3,12 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from emseg_rt.cli import main
-from emseg_rt.data.volumes import read_array
-
+from emseg_rt.io import read_volume, write_ome_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,18 +32,37 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in lines[0]
 
 
-def test_phantom_then_eval_against_itself(tmp_path, monkeypatch, capsys):
+def test_phantom_then_eval_scores_a_known_prediction(tmp_path, monkeypatch, capsys):
     vol = tmp_path / "cell.zarr"
     code, out, _ = run_cli(monkeypatch, capsys, "phantom", vol, "--shape", "4,64,64", "--seed", "3")
     assert code == 0 and "labels/ground_truth" in out
-    assert read_array(vol).shape == (4, 64, 64)
-    gt = vol / "labels" / "ground_truth"
-    code, out, _ = run_cli(monkeypatch, capsys, "eval", gt, gt, "--json")
+    assert read_volume(vol).shape == (4, 64, 64)
+    truth = read_volume(vol, labels="ground_truth")
+    assert set(np.unique(truth)) == {0, 1, 2, 3}
+    # A prediction that finds every mitochondrion exactly, misses every granule and adds one background
+    # voxel to the nucleus: its Dice by hand.
+    guess = truth.copy()
+    guess[guess == 3] = 0
+    spot = tuple(np.argwhere(truth == 0)[0])
+    guess[spot] = 1
+    write_ome_labels(vol, "guess", guess, ["nucleus", "mitochondria", "granules"])
+    n_nucleus = int((truth == 1).sum())
+    expected = {"nucleus": 2 * n_nucleus / (2 * n_nucleus + 1), "mitochondria": 1.0, "granules": 0.0}
+
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", vol / "labels" / "guess", vol / "labels" / "ground_truth",
+                           "--json")
+    assert code == 0
+    assert json.loads(out)["dice"] == pytest.approx(expected)
+    # The same groups named with --pred-labels / --gt-labels inside the image (not the image itself).
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", vol, vol, "--pred-labels", "guess",
+                           "--gt-labels", "ground_truth", "--json")
+    assert code == 0
     scores = json.loads(out)
-    assert code == 0 and scores["mean_dice"] == pytest.approx(1.0) and scores["pq"]["granules"] == pytest.approx(1.0)
-    code, out, _ = run_cli(monkeypatch, capsys, "eval", vol, vol, "--pred-labels", "ground_truth",
+    assert scores["dice"] == pytest.approx(expected)
+    assert scores["mean_dice"] == pytest.approx(sum(expected.values()) / 3)
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", vol, vol, "--pred-labels", "guess",
                            "--gt-labels", "ground_truth")
-    assert code == 0 and "granules" in out and "mean" in out
+    assert code == 0 and "granules" in out and "mean" in out  # the table form
 
 
 def test_phantom_bad_inputs(tmp_path, monkeypatch, capsys):

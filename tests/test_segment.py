@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,11 +14,9 @@ import numpy as np
 import pytest
 import zarr
 
-os.environ.setdefault("EMSEG_RT_CACHE", str(Path(tempfile.gettempdir()) / "emseg-rt-test-cache"))
-
-from emseg_rt.errors import EmsegError  # noqa: E402
-from emseg_rt.io import open_volume, read_label_metadata, read_volume, write_ome_image  # noqa: E402
-from emseg_rt.runtime import load_backend, segment_volume  # noqa: E402
+from emseg_rt.errors import EmsegError
+from emseg_rt.io import open_volume, read_label_metadata, read_volume, write_ome_image
+from emseg_rt.runtime import load_backend, segment_volume
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "scsam-tiny"
@@ -232,7 +229,7 @@ def test_bad_output_locations(tmp_path, image, engine):
 
 @pytest.fixture(scope="module")
 def package_dir(tmp_path_factory):
-    from emseg_rt.export.onnx_export import export_package
+    from emseg_rt.export import export_package
 
     return export_package(MODEL, tmp_path_factory.mktemp("pkg") / MODEL, batch_max=4, parity_seed=0)
 

@@ -98,7 +98,7 @@ def test_training_refuses_to_overwrite_and_non_scsam_models(tmp_path, volume):
 
 
 def test_cache_from_an_exported_package_matches_the_torch_encoders(tmp_path, volume):
-    from emseg_rt.export.onnx_export import export_package
+    from emseg_rt.export import export_package
     from emseg_rt.training.cache import package_embedder
 
     image, labels = volume

@@ -38,12 +38,12 @@ def markdown_table(result: BenchResult) -> str:
         "(RTX 3090, PyTorch 1.11, ViT-H). Speed-up is against `torch-eager-fp32` in this same run.",
         "",
     ]
-    header = ["model", "paper (s)"] + [f"{b} (s)" for b in cfg.backends] + ["best speed-up vs eager"]
+    header = ["model", "paper (s)"] + [f"{b} (s)" for b in cfg.backend_names] + ["best speed-up vs eager"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for family in cfg.models:
         row = [family, _seconds(PAPER_TABLE5_SECONDS.get(family))]
         best = None
-        for backend in cfg.backends:
+        for backend in cfg.backend_names:
             record = _batch1(result, family, backend)
             if record is None or record["status"] != "ok":
                 row.append("n/a" if record is None else record["status"])
@@ -101,7 +101,7 @@ def write_plot(result: BenchResult, path: Path) -> None:
 
     cfg = result.config
     series: dict[str, list[float]] = {"paper (RTX 3090, ViT-H)": [PAPER_TABLE5_SECONDS.get(m, float("nan")) for m in cfg.models]}
-    for backend in cfg.backends:
+    for backend in cfg.backend_names:
         values = []
         for family in cfg.models:
             record = _batch1(result, family, backend)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from emseg_rt.bench.machine import machine_record
-from emseg_rt.bench.runners import BACKENDS, BenchRunner, make_runner
+from emseg_rt.bench.runners import BACKENDS, BenchTarget, default_backends, load_target, prepare
 from emseg_rt.bench.timing import (
     matmul_tflops,
     measure_latency,
@@ -40,18 +40,21 @@ class BenchConfig:
 
     models: tuple[str, ...] = PAPER_ROWS
     size: str = "vit-h"
-    backends: tuple[str, ...] = ("torch-eager-fp32", "torch-fp16", "onnxruntime", "tensorrt")
+    backends: tuple[str, ...] = ()  # empty: default_backends(device)
     batches: tuple[int, ...] = (1,)
     warmup: int = 3
     iters: int = 20
     device: str = "cuda"
-    cache_dir: Path = Path.home() / ".cache" / "emseg-rt" / "bench"
     breakdown: bool = True
+
+    @property
+    def backend_names(self) -> tuple[str, ...]:
+        return self.backends or default_backends(self.device)
 
     def validate(self) -> None:
         if self.size not in SIZES:
             raise EmsegError(f"--size {self.size!r}: choose one of {', '.join(SIZES)}")
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        unknown = [b for b in self.backend_names if b not in BACKENDS]
         if unknown:
             raise EmsegError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
         names = set(list_models())
@@ -80,7 +83,7 @@ class BenchResult:
         cfg = self.config
         return {
             "benchmark": "scsam-table5",
-            "config": {"models": list(cfg.models), "size": cfg.size, "backends": list(cfg.backends),
+            "config": {"models": list(cfg.models), "size": cfg.size, "backends": list(cfg.backend_names),
                        "batches": list(cfg.batches), "warmup": cfg.warmup, "iters": cfg.iters, "device": cfg.device},
             "machine": self.machine,
             "matmul_tflops": self.matmul_tflops,
@@ -102,19 +105,25 @@ def _reset_peaks(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _measure(runner: BenchRunner, family: str, model_name: str, batch: int, cfg: BenchConfig,
+def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg: BenchConfig,
              gflops: float, peak_rate: float | None) -> dict[str, object]:
-    record: dict[str, object] = {"model": family, "model_name": model_name, "backend": runner.name, "batch": batch,
+    record: dict[str, object] = {"model": family, "model_name": model_name, "backend": target.name, "batch": batch,
                                  "device": cfg.device, "gflops_per_slice": gflops,
                                  "paper_s": PAPER_TABLE5_SECONDS.get(family)}
-    prepared = runner.prepare(model_name, batch)  # loading (and any export) stays out of the peaks
-    _reset_peaks(cfg.device)
-    stats = measure_latency(prepared.run, cfg.device, cfg.warmup, cfg.iters)
+    # Loading (and any export or engine build) stays out of the timings and the memory peaks.
+    backend = load_target(target, model_name, cfg.device, batch_max=max(8, max(cfg.batches)))
+    try:
+        prepared = prepare(backend, model_name, batch)
+        _reset_peaks(cfg.device)
+        stats = measure_latency(prepared.run, cfg.device, cfg.warmup, cfg.iters)
+    finally:
+        backend.close()
     per_slice = stats.median_s / batch
     achieved = gflops / per_slice / 1e3
     record.update({
         "status": "ok",
-        "precision": prepared.precision,
+        "precision": backend.spec.precision,
+        "backend_identity": backend.spec.identity,
         "details": prepared.details,
         "median_s_per_slice": per_slice,
         "p90_s_per_slice": stats.p90_s / batch,
@@ -150,31 +159,33 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda message: Non
         peak_rate = matmul_tflops(cfg.device, torch.float16)
         say(f"measured fp16 matmul rate: {peak_rate:.0f} TFLOP/s")
     result = BenchResult(cfg, machine_record(cfg.device), peak_rate)
-    for backend in cfg.backends:
-        runner = make_runner(backend, cfg.device, cfg.cache_dir, max(cfg.batches))
-        reason = runner.unavailable_reason()
+    for name in cfg.backend_names:
+        target = BenchTarget.parse(name)
+        reason = target.unavailable_reason(cfg.device)
         for family in cfg.models:
             model_name = f"{family}-{cfg.size}"
             gflops = model_info(model_name).gflops_per_slice
             for batch in cfg.batches:
-                base = {"model": family, "model_name": model_name, "backend": backend, "batch": batch,
+                base = {"model": family, "model_name": model_name, "backend": name, "batch": batch,
                         "device": cfg.device, "paper_s": PAPER_TABLE5_SECONDS.get(family)}
                 if reason is not None:
                     result.records.append({**base, "status": "unavailable", "reason": reason})
                     continue
-                say(f"{model_name} · {backend} · batch {batch}")
+                say(f"{model_name} · {name} · batch {batch}")
                 try:
-                    result.records.append(_measure(runner, family, model_name, batch, cfg, gflops, peak_rate))
+                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops, peak_rate))
                 except (EmsegError, RuntimeError, MemoryError) as exc:
                     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     result.records.append({**base, "status": "failed", "reason": message[:300]})
-        runner.close()
         if reason is not None:
-            say(f"{backend}: unavailable ({reason})")
+            say(f"{name}: unavailable ({reason})")
     _speedups(result.records)
     if cfg.breakdown and "scsam" in cfg.models:
         from emseg_rt.bench.breakdown import scsam_stage_breakdown
 
         say("scsam per-stage breakdown")
-        result.breakdown = scsam_stage_breakdown(f"scsam-{cfg.size}", cfg.device, cfg.warmup, cfg.iters)
+        result.breakdown = scsam_stage_breakdown(f"scsam-{cfg.size}", cfg.device, cfg.warmup, cfg.iters,
+                                                 fast_backend=next((b for b in cfg.backend_names
+                                                                    if b.startswith("torch-") and "eager" not in b),
+                                                                   None))
     return result

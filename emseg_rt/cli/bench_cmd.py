@@ -1,5 +1,6 @@
 """`emseg-rt bench`: ScSAM's Table 5, backend by backend."""
 
+import os
 from pathlib import Path
 
 import typer
@@ -21,12 +22,14 @@ def _csv(value: str) -> tuple[str, ...]:
 def bench_command(
     models: str = typer.Option(",".join(PAPER_ROWS), help="Comma-separated families (Table 5 rows)."),
     size: str = typer.Option("vit-h", help="Model size: vit-h (the paper's), vit-b or tiny."),
-    backends: str = typer.Option(",".join(BACKENDS), help="Comma-separated backends."),
+    backends: str = typer.Option("auto", help="Comma-separated bench backends (" + ", ".join(BACKENDS) + "); "
+                                 "auto: torch-eager-fp32, the device's fast torch path, onnxruntime, tensorrt."),
     batch: str = typer.Option("1", help="Comma-separated batch sizes; latency is reported per slice."),
     warmup: int = typer.Option(3, help="Warm-up calls before timing."),
     iters: int = typer.Option(20, help="Timed calls per measurement."),
     device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when torch sees a GPU)."),
-    cache_dir: Path = typer.Option(Path.home() / ".cache" / "emseg-rt" / "bench", help="Where exported packages are kept."),
+    cache_dir: Path = typer.Option(None, help="Where exported model packages are cached (default: $EMSEG_RT_CACHE, "
+                                   "else ~/.cache/emseg-rt; the same cache `segment` uses)."),
     breakdown: bool = typer.Option(True, help="Also time ScSAM stage by stage."),
     json_path: Path = typer.Option(None, "--json", help="Write every record as JSON here."),
     markdown_path: Path = typer.Option(None, "--markdown", help="Write the markdown table here."),
@@ -41,8 +44,10 @@ def bench_command(
     except ValueError:
         raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
     resolved_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    config = BenchConfig(models=_csv(models), size=size, backends=_csv(backends), batches=batches, warmup=warmup,
-                         iters=iters, device=resolved_device, cache_dir=cache_dir, breakdown=breakdown)
+    if cache_dir is not None:  # the export cache is located by the environment, for this process
+        os.environ["EMSEG_RT_CACHE"] = str(cache_dir)
+    config = BenchConfig(models=_csv(models), size=size, backends=() if backends == "auto" else _csv(backends),
+                         batches=batches, warmup=warmup, iters=iters, device=resolved_device, breakdown=breakdown)
     console = Console(stderr=True)
     result = run_bench(config, say=(lambda message: None) if quiet else (lambda message: console.log(message)))
     if json_path:

@@ -14,12 +14,15 @@ def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the phantom, segmentation and preview."),
     seed: int = typer.Option(7, "--seed", help="Phantom seed (the default is never used in training)."),
     backend: str = typer.Option("torch", "--backend", help="torch | onnxruntime | auto"),
+    shape: str | None = typer.Option(None, "--shape", help="Phantom size Z,Y,X in voxels, Y and X >= 32 "
+                                     "(default 16,256,256)."),
 ) -> None:
     """Segment a synthetic beta-cell volume with the default model and score it (under 2 min on 2 CPU cores)."""
     from emseg_rt.cli.eval_cmd import print_scores
-    from emseg_rt.demo import run_demo
+    from emseg_rt.cli.phantom_cmd import parse_shape
+    from emseg_rt.demo import DEMO_SHAPE, run_demo
 
-    report = run_demo(out, seed=seed, backend=backend)
+    report = run_demo(out, seed=seed, shape=DEMO_SHAPE if shape is None else parse_shape(shape), backend=backend)
     print_scores(report.scores)
     dice = ", ".join(f"{name} {value:.3f}" for name, value in report.scores.dice.items())
     s = report.seconds

@@ -21,10 +21,11 @@ def eval_command(
     no_instances: bool = typer.Option(False, "--no-instances", help="Skip AJI and PQ (faster on big volumes)."),
 ) -> None:
     """Per-class Dice and IoU, mean IoU, and instance-level AJI and PQ (definitions: emseg_rt.metrics)."""
-    from emseg_rt.data.volumes import read_array
+    from emseg_rt.io.ome_zarr import read_volume
     from emseg_rt.metrics import evaluate
 
-    scores = evaluate(read_array(pred, pred_labels), read_array(gt, gt_labels), instance_metrics=not no_instances)
+    scores = evaluate(read_volume(pred, labels=pred_labels), read_volume(gt, labels=gt_labels),
+                      instance_metrics=not no_instances)
     if as_json:
         typer.echo(scores.to_json())
         return

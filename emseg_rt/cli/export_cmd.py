@@ -1,4 +1,5 @@
-"""`emseg-rt export`, `emseg-rt build` and `emseg-rt inspect`: thin over emseg_rt.export / emseg_rt.engines."""
+"""`emseg-rt export`, `emseg-rt build` and `emseg-rt inspect`: thin over emseg_rt.export, emseg_rt.engines and
+emseg_rt.package."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def export_command(
     force: bool = typer.Option(False, "--overwrite", "--force", help="Replace an existing package at --out."),
 ) -> None:
     """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
-    from emseg_rt.export.onnx_export import export_package, parity_summary
-    from emseg_rt.export.package import load_package
+    from emseg_rt.export import export_package
+    from emseg_rt.export.parity import parity_summary
+    from emseg_rt.package import load_package
 
     path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
                           allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
@@ -48,7 +50,7 @@ def build_command(
     batch_max: int = typer.Option(0, "--batch-max", help="Profile maximum batch (default: the package's)."),
 ) -> None:
     """Build one TensorRT engine per component and target into PACKAGE_DIR/engines/ and record them."""
-    from emseg_rt.engines.build import build_engines
+    from emseg_rt.engines import build_engines
 
     records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
                             batch_max=batch_max or None, progress=_say)
@@ -77,7 +79,7 @@ def inspect_command(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of every file."),
 ) -> None:
     """Print a readable summary of a model package (and verify its files)."""
-    from emseg_rt.export.package import load_package
+    from emseg_rt.package import load_package
 
     package = load_package(package_dir, verify=not no_verify)
     manifest = package.manifest

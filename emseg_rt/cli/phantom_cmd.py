@@ -32,8 +32,7 @@ def phantom_command(
 ) -> None:
     """Synthetic FIB-SEM of a pancreatic beta cell; ground truth in OUT/labels/ground_truth
     (1 nucleus, 2 mitochondria, 3 granules)."""
-    from emseg_rt.data.phantom import generate_phantom
-    from emseg_rt.data.volumes import GROUND_TRUTH, write_phantom
+    from emseg_rt.data.phantom import GROUND_TRUTH, generate_phantom, write_phantom
 
     zyx = parse_shape(shape)
     start = time.perf_counter()

@@ -19,9 +19,11 @@ def segment_command(
     checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
                                                     "model (SAM, MAE or emseg-rt state dicts); repeatable, "
                                                     "loaded in order."),
-    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt"),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt (auto prints "
+                                "which it chose and why)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (bf16: torch backend only; "
+                                  "fp16 on onnxruntime/tensorrt runs the mixed-fp16 package)."),
     batch: int = typer.Option(4, "--batch", help="Tiles per backend call."),
     halo: Optional[int] = typer.Option(None, "--halo", help="Context pixels per tile side (default: tile/8)."),
     blend: str = typer.Option("center", "--blend", help="center (crop) | gaussian (weighted logits)"),
@@ -43,6 +45,7 @@ def segment_command(
         input, out, model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision, batch=batch, halo=halo,
         blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite, probabilities=probabilities,
         key=key, level=level, label_name=label_name, progress=not quiet, report=report,
+        say=None if quiet else (lambda message: typer.echo(message, err=True)),
     )
     if not quiet:
         typer.echo(

@@ -13,8 +13,9 @@ from emseg_rt.cli.app import app
 def train_command(
     model: str = typer.Argument(..., help="Registry name of a ScSAM-family model (e.g. scsam-phantom, scsam-vit-b)."),
     data: Path = typer.Option(..., "--data", help="Training volume: OME-Zarr image or zarr array (Z, Y, X) uint8."),
-    labels: str = typer.Option("ground_truth", "--labels", help="Label group name inside --data, or a path to a "
-                               "label volume (0 background, 1..K classes)."),
+    labels: str | None = typer.Option(None, "--labels", help="Label group name inside --data, or a path to a "
+                                      "label volume (0 background, 1..K classes); default: the group "
+                                      "`emseg-rt phantom` writes, ground_truth."),
     out: Path = typer.Option(..., "--out", help="Head checkpoint to write (CKPT; CKPT.state holds the resume state)."),
     weights: list[Path] | None = typer.Option(None, "--checkpoint", "--weights", "-c", help="Checkpoint(s) to load first, e.g. SAM "
                                                  "and MAE encoder files; default model: its shipped weights."),
@@ -35,17 +36,19 @@ def train_command(
     """Train FAFM + class prompt encoder + decoder with 0.2·L_cos + L_NTX + L_Dice on frozen encoders."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from emseg_rt.data.volumes import list_label_groups, read_array
+    from emseg_rt.data.phantom import GROUND_TRUTH
     from emseg_rt.errors import EmsegError
+    from emseg_rt.io.ome_zarr import list_label_groups, read_volume
     from emseg_rt.models import build
     from emseg_rt.models.default_model import default_model_name, load_default_model
     from emseg_rt.training import train_head
     from emseg_rt.training.cache import package_embedder
 
-    image = read_array(data)
+    labels = GROUND_TRUTH if labels is None else labels
+    image = read_volume(data)
     label_path = Path(labels)
-    truth = read_array(data, labels) if labels in list_label_groups(data) else (
-        read_array(label_path) if label_path.exists() else None)
+    truth = read_volume(data, labels=labels) if labels in list_label_groups(data) else (
+        read_volume(label_path) if label_path.exists() else None)
     if truth is None:
         raise EmsegError(f"--labels {labels!r}: neither a label group of {data} nor an existing path")
     if model == default_model_name() and not weights:

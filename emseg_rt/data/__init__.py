@@ -1,5 +1,5 @@
-"""Synthetic FIB-SEM phantoms with ground truth, and the OME-Zarr reading/writing they need."""
+"""Synthetic FIB-SEM phantoms with ground truth (written as OME-Zarr through `emseg_rt.io`)."""
 
-from emseg_rt.data.phantom import CLASS_NAMES, Phantom, generate_phantom
+from emseg_rt.data.phantom import CLASS_NAMES, GROUND_TRUTH, Phantom, generate_phantom, write_phantom
 
-__all__ = ["CLASS_NAMES", "Phantom", "generate_phantom"]
+__all__ = ["CLASS_NAMES", "GROUND_TRUTH", "Phantom", "generate_phantom", "write_phantom"]

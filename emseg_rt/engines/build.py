@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from emseg_rt.engines.trt import flavour_version, import_flavour
+from emseg_rt.engines.select import current_target, gpu_target
+from emseg_rt.engines.trt import FLAVOURS, RTX_TARGETS, flavour_version, import_flavour
 from emseg_rt.errors import EmsegError
-from emseg_rt.export.package import (
+from emseg_rt.package import (
     ComponentSpec,
     EngineRecord,
     load_package,
@@ -27,19 +28,9 @@ from emseg_rt.export.package import (
     write_manifest,
 )
 
-FLAVOURS = ("tensorrt-rtx", "tensorrt")
-RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")  # TensorRT-RTX 1.x ComputeCapability
+__all__ = ["FLAVOURS", "RTX_TARGETS", "build_engine", "build_engines", "parse_targets"]
+
 ENGINE_DIR = "engines"
-
-
-def current_target() -> str:
-    """'smXY' of the CUDA device torch sees, or an EmsegError when there is none."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise EmsegError("--target current: no CUDA GPU is visible; name targets instead, e.g. --target sm86,sm89")
-    major, minor = torch.cuda.get_device_capability()
-    return f"sm{major}{minor}"
 
 
 def parse_targets(text: str | Sequence[str], flavour: str = "tensorrt-rtx") -> list[str]:
@@ -53,18 +44,11 @@ def parse_targets(text: str | Sequence[str], flavour: str = "tensorrt-rtx") -> l
         if flavour == "tensorrt-rtx" and target not in RTX_TARGETS:
             hint = " (TensorRT for RTX has no Hopper target; use --engine-backend tensorrt on that GPU)" if target == "sm90" else ""
             raise EmsegError(f"--target {item}: TensorRT for RTX builds for {', '.join(RTX_TARGETS)}{hint}")
-        if flavour == "tensorrt" and item != "current" and target != _current_or_none():
+        if flavour == "tensorrt" and item != "current" and target != gpu_target():
             raise EmsegError(f"--target {item}: standard TensorRT builds only for the GPU it runs on; use --target current")
         if target not in targets:
             targets.append(target)
     return targets
-
-
-def _current_or_none() -> str | None:
-    try:
-        return current_target()
-    except EmsegError:
-        return None
 
 
 def _network_flags(trt: Any, flavour: str) -> int:

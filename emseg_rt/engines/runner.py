@@ -1,12 +1,12 @@
 """Run a package's TensorRT engine on the current GPU with torch CUDA tensors as buffers (no pycuda).
 
     package = load_package("out/scsam-vit-b")
-    runner = EngineRunner(package, component="full")        # picks the engine for this GPU's smXY
+    runner = EngineRunner(package, component="full")        # the engine for this GPU's smXY
     outputs = runner.run({"tiles": tiles_uint8_cuda})          # {'logits': (B,K,T,T) f32, 'labels': (B,T,T) u8}
 
-Before deserialising, the runner checks that the engine was built for this GPU's compute capability
-and with the installed TensorRT flavour and version (engines from another version fail to load), and
-says how to rebuild when not. Running needs an NVIDIA GPU with TensorRT (RTX-class for tensorrt-rtx).
+Which engine runs is `select_engine`'s decision (select.py): built for this GPU's compute capability,
+with exactly the installed TensorRT flavour and version; otherwise an EmsegError says what to rebuild,
+before anything is deserialised. Running needs an NVIDIA GPU with TensorRT (RTX-class for tensorrt-rtx).
 """
 
 from __future__ import annotations
@@ -16,46 +16,38 @@ from typing import Any
 
 import numpy as np
 
-from emseg_rt.engines.build import current_target
-from emseg_rt.engines.trt import flavour_version, import_flavour
+from emseg_rt.engines.select import gpu_target, select_engine
+from emseg_rt.engines.trt import import_flavour
 from emseg_rt.errors import EmsegError
-from emseg_rt.export.package import EngineRecord, ModelPackage
+from emseg_rt.package import FULL, ModelPackage
 
 TORCH_DTYPES = {"uint8": "uint8", "float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32",
                 "bool": "bool"}
 
 
-def check_engine_compatible(record: EngineRecord, device_target: str, installed_version: str) -> None:
-    """EmsegError unless `record` was built for `device_target` with exactly `installed_version`."""
-    rebuild = f"run `emseg-rt build {record.path.parent.parent} --target {device_target} --engine-backend {record.flavour}`"
-    if record.target != device_target:
-        raise EmsegError(f"{record.file} was built for {record.target}, this GPU is {device_target}; {rebuild}")
-    if record.trt_version != installed_version:
-        raise EmsegError(
-            f"{record.file} was built with {record.flavour} {record.trt_version}, installed is {installed_version}; "
-            f"engines do not load across versions; {rebuild}"
-        )
-
-
 class EngineRunner:
-    """One deserialised engine + execution context for one package component on the current GPU."""
+    """One deserialised engine + execution context for one package component on the current GPU.
 
-    def __init__(self, package: ModelPackage, component: str = "full", target: str | None = None,
+    package:   a loaded package (`emseg_rt.package.load_package`).
+    component: which graph's engine ('full', an encoder, 'head').
+    target, flavour: optional expectations ('sm86', 'tensorrt-rtx'); an EmsegError when the engine
+               `select_engine` picks for this GPU does not meet them.
+    """
+
+    def __init__(self, package: ModelPackage, component: str = FULL, target: str | None = None,
                  flavour: str | None = None) -> None:
         import torch
 
-        if not torch.cuda.is_available():
-            raise EmsegError("running a TensorRT engine needs an NVIDIA GPU; none is visible (use the onnxruntime backend)")
-        device_target = current_target()
-        self.package = package
         self.component = package.component(component)
-        candidates = package.engines.get(component, {})
-        record = candidates.get(target or device_target)
-        if record is None or (flavour and record.flavour != flavour):
-            record = package.engine(component, target or device_target)
+        record = select_engine(package, gpu_target(), component)
+        if target is not None and record.target != target:
+            raise EmsegError(f"{record.file}: asked for a {target} engine, but this GPU is {record.target}")
+        if flavour is not None and record.flavour != flavour:
+            raise EmsegError(f"{record.file} was built with {record.flavour}, not {flavour}; "
+                             f"run `emseg-rt build {package.root} --target {record.target} --engine-backend {flavour}`")
+        self.package = package
         self.record = record
         trt = import_flavour(record.flavour)
-        check_engine_compatible(record, device_target, flavour_version(trt))
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -1,25 +1,43 @@
-"""torch → ONNX export (fp32 and mixed fp16), parity checks and the model package (manifest.json).
+"""torch → ONNX export (fp32 and mixed fp16), parity checks, and the package cache.
 
-Public API (stable; the runtime and the CLI use these names):
+Public API (stable; the runtime, the benchmark, training and the CLI use these names):
     export_package(model_name_or_module, out_dir, precision="fp32", checkpoints=(), batch_max=8) -> Path
     trace_graphs(model_name_or_module, work_dir, checkpoints=(), batch_max=8) -> TracedGraphs
     write_package(traced, out_dir, precision="fp32") -> Path   (export_package = trace_graphs + write_package)
-    load_package(path) -> ModelPackage
+    cached_package(model, precision="fp32", batch_max=8) -> Path   (exported once per model + weights)
+    load_package(path) -> ModelPackage                         (re-exported from emseg_rt.package)
+
+Modules, one job each:
+    graphs.py   the package's graphs as torch modules (encoders, head, full)
+    onnx_io.py  torch's dynamo exporter, saving with external data, a graph's I/O spec
+    trace.py    a pipeline → FP32 ONNX of every component (the slow step)
+    fp16.py     FP32 graph → mixed FP16 graph with FP32 islands
+    parity.py   ONNX Runtime against PyTorch, and the targets a package must meet
+    writer.py   a trace → a package directory (graphs, parity, manifest, atomic install)
+    cache.py    packages exported once per (model, weights, precision, batch_max) under cache_root()
 """
 
-from emseg_rt.export.package import ComponentSpec, EngineRecord, ModelPackage, TensorSpec, load_package
+from emseg_rt.package import ComponentSpec, EngineRecord, ModelPackage, TensorSpec, load_package
 
 __all__ = [
-    "ComponentSpec", "EngineRecord", "ModelPackage", "TensorSpec", "export_package", "load_package", "trace_graphs",
-    "write_package",
+    "ComponentSpec", "EngineRecord", "ModelPackage", "TensorSpec", "TracedGraphs", "cache_root", "cached_package",
+    "export_package", "load_package", "trace_graphs", "write_package",
 ]
 
-_LAZY = ("export_package", "trace_graphs", "write_package", "TracedGraphs")
+# Imported on first use: they pull in torch's exporter, which `load_package` users do not need.
+_LAZY = {
+    "export_package": "emseg_rt.export.writer",
+    "write_package": "emseg_rt.export.writer",
+    "trace_graphs": "emseg_rt.export.trace",
+    "TracedGraphs": "emseg_rt.export.trace",
+    "cached_package": "emseg_rt.export.cache",
+    "cache_root": "emseg_rt.export.cache",
+}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:  # imported lazily: they pull in torch's exporter
-        from emseg_rt.export import onnx_export
+    if name in _LAZY:
+        import importlib
 
-        return getattr(onnx_export, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'emseg_rt.export' has no attribute {name!r}")

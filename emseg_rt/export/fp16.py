@@ -22,6 +22,8 @@ import warnings
 import onnx
 from onnxconverter_common import float16
 
+from emseg_rt.export.onnx_io import PROTOBUF_LIMIT, proto_bytes
+
 FP32_OPS: tuple[str, ...] = (
     "LayerNormalization",
     "GroupNormalization",
@@ -48,8 +50,6 @@ FP32_OPS: tuple[str, ...] = (
     "Range",
     "CumSum",
 )
-
-PROTOBUF_LIMIT = 2_000_000_000  # bytes; a ModelProto above this cannot be serialised in one piece
 
 
 def nodes_in_scope(model: onnx.ModelProto, module_name: str) -> list[str]:
@@ -81,7 +81,7 @@ def convert_to_mixed_fp16(
     Shape inference is skipped for graphs over protobuf's 2 GB limit (it serialises the model); the
     dynamo exporter already records intermediate value types.
     """
-    large = model.ByteSize() > PROTOBUF_LIMIT if _fits_bytesize(model) else True
+    large = proto_bytes(model) > PROTOBUF_LIMIT
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS) | set(extra_fp32_ops))
     block_nodes = {name for module in fp32_modules for name in nodes_in_scope(model, module)}
     io_types = {value.name: value.type.tensor_type.elem_type for value in model.graph.output}
@@ -283,14 +283,6 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
-
-
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:  # protobuf raises on > 2 GB messages in some builds
-        return False
 
 
 def op_precisions(model: onnx.ModelProto) -> dict[str, dict[str, int]]:

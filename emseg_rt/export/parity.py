@@ -1,4 +1,7 @@
-"""Parity of an exported graph: ONNX Runtime (CPU) against the PyTorch module, on fresh random inputs.
+"""Parity of an exported package: ONNX Runtime (CPU) against the PyTorch model, on fresh random inputs.
+
+`measure_package_parity` runs every component graph of a package (through the runtime's ONNX Runtime
+backend, the one place sessions are opened) and compares each output with the PyTorch FP32 model.
 
 For every float output: max abs error and relative error ‖onnx − torch‖ / ‖torch‖ (Frobenius norm over
 the whole batch). For the label output, two agreements:
@@ -19,12 +22,16 @@ asserts raw agreement on realistic inputs (docs/export.md "Parity").
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 REL_TARGET = {"fp32": 1e-4, "fp16": 2e-2}
 LABEL_AGREEMENT_TARGET = {"fp32": 0.995, "fp16": 0.995}
@@ -43,17 +50,6 @@ class ParityTargets:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rel_error": self.rel_error, "label_agreement": self.label_agreement, "label_metric": self.label_metric}
-
-
-def onnx_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session for `path` (external data is found beside the file)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def decision_margin(logits: np.ndarray, threshold: float = 0.0) -> np.ndarray:
@@ -143,7 +139,69 @@ def compare_outputs(
     return {"outputs": outputs, "passed": passed}
 
 
-def run_onnx(path: Path, inputs: Mapping[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-    session = onnx_session(path)
-    feed = {spec.name: inputs[spec.name] for spec in session.get_inputs()}
-    return dict(zip(output_names, session.run(output_names, feed)))
+def measure_package_parity(
+    model: nn.Module,
+    root: Path,
+    components: Mapping[str, Any],
+    precision: str,
+    parity_batch: int | None = None,
+    parity_seed: int | None = None,
+) -> dict[str, Any]:
+    """Run every component of the package at `root` in ONNX Runtime (CPU) on fresh random inputs and
+    compare it with the PyTorch FP32 `model`.
+
+    components:   the manifest's component records ({name: {"file", "outputs": [{"name"}, ...]}}).
+    parity_batch: batch of the inputs (default 2 for tiles ≤ 256, else 1); parity_seed: their seed (drawn
+                  fresh when None, and recorded).
+    returns the manifest's "parity" record: {"passed", "targets", "seed", "batch", "components": ...}.
+    """
+    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
+
+    seed = secrets.randbits(31) if parity_seed is None else parity_seed
+    batch = parity_batch or (2 if model.config.tile <= 256 else 1)
+    targets = ParityTargets.for_precision(precision)
+    inputs = model.example_inputs(batch=batch, seed=seed)
+    with torch.no_grad():
+        embeddings = model.embed(inputs["tiles"])
+        prompts = {name: inputs[name] for name in model.prompt_names}
+        head_out = model.head(**embeddings, **prompts)
+    values = {name: tensor.numpy() for name, tensor in {**inputs, **embeddings, **head_out}.items()}
+    threshold = label_threshold(model)
+    results: dict[str, Any] = {}
+    tick = time.perf_counter()
+    for name, spec in components.items():
+        output_names = [o["name"] for o in spec["outputs"]]
+        graph = OnnxGraph(Path(root) / spec["file"], device="cpu")
+        got = graph.run({n: values[n] for n in graph.input_names}, output_names)
+        results[name] = compare_outputs({n: values[n] for n in output_names}, got, targets, threshold=threshold)
+    return {
+        "passed": all(r["passed"] for r in results.values()),
+        "precision": precision,
+        "reference": "PyTorch fp32 eager (CPU)",
+        "runtime": "ONNX Runtime CPUExecutionProvider",
+        "targets": targets.to_dict(),
+        "label_threshold": threshold,
+        "batch": batch,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - tick, 3),
+        "components": results,
+    }
+
+
+def label_threshold(model: nn.Module) -> float:
+    """The background threshold of the pipeline's class merge (labels are 0 where no logit exceeds it)."""
+    from emseg_rt.models.class_merge import ClassMerge
+
+    merges = [module for module in model.modules() if isinstance(module, ClassMerge)]
+    return float(merges[0].threshold) if merges else 0.0
+
+
+def parity_summary(parity: Mapping[str, Any]) -> str:
+    """One line: the failing component outputs and their numbers ('all passed' when none failed)."""
+    parts = []
+    for component, result in parity["components"].items():
+        for output, numbers in result["outputs"].items():
+            if not numbers.get("passed", True):
+                shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in numbers.items() if k != "passed"}
+                parts.append(f"{component}.{output} " + " ".join(f"{k}={v}" for k, v in shown.items()))
+    return "; ".join(parts) or "all passed"

@@ -4,9 +4,14 @@ Writers:
     write_ome_image(path, array, voxel_size=..., axes="zyx")      → an image group with multiscales s0, s1, ...
     write_ome_labels(image_path, name, labels, class_names, ...)  → image/labels/<name>, an `image-label` group
     create_ome_image / create_ome_labels                           → empty arrays to fill chunk by chunk (streaming)
+    write_volume_with_labels(path, image, {name: labels}, ...)    → image + label groups, atomically (temp + rename)
 Readers:
-    open_volume(path, key=None, level=None) → Volume (lazy zarr array + axes, voxel size, units)
-    read_volume(path, key=None, level=None) → numpy array (the whole level in memory)
+    open_volume(path, key=None, level=None, labels=None) → Volume (lazy zarr array + axes, voxel size, units)
+    read_volume(path, key=None, level=None, labels=None) → numpy array (the whole level in memory)
+    list_label_groups(path)                              → names of the image's label groups
+
+`path` may be a plain zarr array, an OME-Zarr image group, or a label group (`VOL.zarr/labels/organelles`);
+`labels=NAME` on an image picks its label group `labels/NAME` (an EmsegError lists the groups it has).
 
 ome-zarr-py names levels s0, s1, ...; other writers use 0, 1, ...: dataset paths are always taken from the
 `multiscales` metadata, never assumed. OME-Zarr 0.4 (zarr v2, attributes at the top level) is read too.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +332,38 @@ def write_ome_labels(
     return image_path / "labels" / name
 
 
+def write_volume_with_labels(
+    path: str | Path,
+    image: np.ndarray,
+    labels: dict[str, np.ndarray],
+    class_names: Sequence[str],
+    *,
+    voxel_size: Sequence[float] | None = None,
+    attributes: dict | None = None,
+) -> Path:
+    """Write a new OME-Zarr 0.5 image with label groups, atomically: to `PATH.partial`, then renamed.
+
+    image:      (Z, Y, X) uint8 (any dtype works), written at the root (level s0).
+    labels:     {group name: (Z, Y, X) integer labels}, each written to `labels/<name>` with `class_names`.
+    attributes: extra root attributes (e.g. how the volume was made), written before the rename.
+    Refuses to replace an existing `path` (EmsegError naming it).
+    """
+    path = Path(path)
+    if path.exists():
+        raise EmsegError(f"{path} already exists; choose another output path or delete it")
+    if not path.parent.exists():
+        raise EmsegError(f"output folder {path.parent} does not exist")
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_ome_image(tmp, image, voxel_size=voxel_size, axes="zyx", units=None, overwrite=True)
+    for name, volume in labels.items():
+        write_ome_labels(tmp, name, volume, class_names)
+    if attributes:
+        zarr.open_group(str(tmp), mode="r+").attrs.update(attributes)
+    tmp.rename(path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- readers
 
 
@@ -383,13 +421,35 @@ def _looks_like_zarr(path: Path) -> bool:
     return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def open_volume(path: str | Path, key: str | None = None, level: int | None = None) -> Volume:
+def list_label_groups(path: str | Path) -> list[str]:
+    """Names of the label groups of the OME-Zarr image at `path` (empty when it has none or is no image)."""
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # not zarr at all: no label groups
+        return []
+    if not isinstance(node, zarr.Group) or "labels" not in node:
+        return []
+    attrs = dict(node["labels"].attrs)
+    return list(attrs.get("ome", attrs).get("labels", []))
+
+
+def open_volume(path: str | Path, key: str | None = None, level: int | None = None,
+                labels: str | None = None) -> Volume:
     """Open a zarr v2/v3 array, an array inside a group (`key`), or an OME-Zarr image (level 0 unless `level`).
 
+    labels: the name of a label group of the image at `path` (opens `path/labels/<labels>` instead).
     Nothing is read but metadata. Raises EmsegError naming the path and what to do when the input is missing,
-    not zarr, a group without `key`, or an OME image without the requested level.
+    not zarr, a group without `key`, an image without label group `labels`, or an OME image without the
+    requested level.
     """
     path = Path(path)
+    if labels is not None:
+        if not path.exists():
+            raise EmsegError(f"input {path} does not exist")
+        groups = list_label_groups(path)
+        if labels not in groups:
+            raise EmsegError(f"{path} has no label group labels/{labels}; it has: {', '.join(groups) or 'none'}")
+        path = path / "labels" / labels
     if not path.exists():
         raise EmsegError(f"input {path} does not exist")
     if not path.is_dir() or not _looks_like_zarr(path):
@@ -437,9 +497,10 @@ def open_volume(path: str | Path, key: str | None = None, level: int | None = No
     return Volume(node_path, node, axes, (1.0,) * node.ndim, (None,) * node.ndim, False, None, dict(node.attrs))
 
 
-def read_volume(path: str | Path, key: str | None = None, level: int | None = None) -> np.ndarray:
-    """Read a whole zarr array / OME-Zarr level into memory (see `open_volume` for the lazy form)."""
-    return np.asarray(open_volume(path, key=key, level=level).array[...])
+def read_volume(path: str | Path, key: str | None = None, level: int | None = None,
+                labels: str | None = None) -> np.ndarray:
+    """Read a whole zarr array / OME-Zarr level / label group into memory (arguments as `open_volume`)."""
+    return np.asarray(open_volume(path, key=key, level=level, labels=labels).array[...])
 
 
 def read_label_metadata(label_path: str | Path) -> dict:

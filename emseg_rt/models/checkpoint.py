@@ -158,3 +158,19 @@ def load_checkpoints(model: nn.Module, paths: Iterable[str | Path]) -> list[str]
 def _model_name(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     return getattr(config, "name", type(model).__name__)
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): the weights' identity.
+
+    Keys resume markers (`runtime`) and the export cache (`export.cache`): equal digests mean equal numbers.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

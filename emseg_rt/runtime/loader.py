@@ -1,45 +1,31 @@
 """From `--model` / `--backend` / `--device` / `--precision` to one loaded Backend.
 
---model is a registry name (built in PyTorch; exported to ONNX on the fly, once, into a cache, for ONNX
-Runtime) or a model package directory from `emseg-rt export` (ONNX graphs, maybe engines). Without it, the
-embedded default model. `auto` picks: a TensorRT engine for this GPU, else ONNX Runtime, else torch.
+--model is a registry name (built in PyTorch; for ONNX Runtime exported once, through the export layer,
+into a cached model package keyed by model + weights + precision) or a model package directory from
+`emseg-rt export` (ONNX graphs, maybe engines). Without it, the embedded default model.
+
+`auto` picks, and says in one line what it picked and why it skipped anything:
+a package → its TensorRT engine for this GPU, else ONNX Runtime; a registry name on the CPU in fp32 →
+ONNX Runtime (the cached package's full graph), otherwise → the torch fast path.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.runtime.backends.base import BACKENDS, PACKAGE_PRECISIONS, PRECISIONS, Backend
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-FALLBACK_DEFAULT_MODEL = "scsam-tiny"
-
-
-def _default_model_module() -> Any | None:
-    try:
-        return importlib.import_module("emseg_rt.models.default_model")
-    except ImportError:
-        return None
+Say = Callable[[str], None]
 
 
 def default_model_name() -> str:
-    """The embedded default model's name (`emseg_rt.models.default_model`), else 'scsam-tiny'."""
-    module = _default_model_module()
-    if module is not None and hasattr(module, "default_model_name"):
-        return module.default_model_name()
-    return FALLBACK_DEFAULT_MODEL
+    """The embedded default model's registry name."""
+    from emseg_rt.models.default_model import default_model_name as name
 
-
-def cache_dir() -> Path:
-    """Where on-the-fly ONNX exports live: $EMSEG_RT_CACHE, else ~/.cache/emseg-rt."""
-    return Path(os.environ.get("EMSEG_RT_CACHE") or Path.home() / ".cache" / "emseg-rt")
+    return name()
 
 
 def build_torch_model(name: str, checkpoints: Sequence[str | Path] = ()):
@@ -50,144 +36,136 @@ def build_torch_model(name: str, checkpoints: Sequence[str | Path] = ()):
     """
     import torch
 
-    from emseg_rt.models import get_config
+    from emseg_rt.models import build, get_config
+    from emseg_rt.models import default_model
 
-    module = _default_model_module()
-    if not checkpoints and module is not None and name == default_model_name() and hasattr(module, "load_default_model"):
-        return module.load_default_model().eval()
-    config = get_config(name)  # EmsegError for unknown names
-    if config.family == "vanilla-sam":
-        raise EmsegError(f"{name} needs point/box prompts per tile; `segment` runs prompt-free models "
-                         "(scsam-*, sam-star-*, mae-star-*, surgicalsam-*)")
-    from emseg_rt.models import build
-
+    if not checkpoints and name == default_model.default_model_name():
+        return default_model.load_default_model().eval()
+    get_config(name)  # EmsegError for unknown names
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build(name, checkpoint=list(checkpoints) or None)
     return model.eval()
 
 
-def _is_package_path(model: str) -> bool:
+def is_package_path(model: str) -> bool:
+    """True when --model names a directory (a model package) rather than a registry name."""
     path = Path(model)
     return path.is_dir() or os.sep in model or model.endswith((".json", "/")) or path.exists()
 
 
-def export_full_onnx(model, name: str, digest: str) -> Path:
-    """Export the whole per-slice graph to ONNX once per (model, weights) and cache it; returns the .onnx path.
-
-    Uses `emseg_rt.export.onnx_export.export_package` when present (a full package with manifest), else a
-    direct `torch.onnx.export` of the pipeline (dynamo, opset 18, dynamic batch).
-    """
-    import torch
-
-    target = cache_dir() / "onnx" / f"{name}-{digest[:16]}"
-    onnx_path = target / "full.onnx"
-    if onnx_path.is_file():
-        return onnx_path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        example = torch.randint(0, 256, (2, 1, model.config.tile, model.config.tile), dtype=torch.uint8)
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        torch.onnx.export(model, (example,), str(staging / "full.onnx"), dynamo=True, opset_version=18,
-                          input_names=["tiles"], output_names=["logits", "labels"],
-                          dynamic_shapes=({0: batch},), verbose=False, external_data=False)
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race; use theirs
-            shutil.rmtree(staging, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return onnx_path
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
-def _load_from_package(path: Path, backend: str, device: str, precision: str) -> Backend:
-    from emseg_rt.export.package import load_package  # verifies every sha256; EmsegError on problems
-
-    package = load_package(path)
-    if package.family == "vanilla-sam":
-        raise EmsegError(f"{path} is a vanilla-sam package, which needs per-tile prompts; `segment` runs prompt-free models")
-    if backend == "torch":
-        raise EmsegError(f"{path} is a model package (ONNX graphs); use --backend onnxruntime or tensorrt, "
-                         "or pass a registry name to run it in PyTorch")
-    if precision != package.precision:
-        raise EmsegError(f"{path} was exported with --precision {package.precision}; pass --precision "
-                         f"{package.precision} or export again")
-    if backend in ("tensorrt", "auto") and (backend == "tensorrt" or (_cuda_available() and package.engines)):
-        from emseg_rt.runtime.backends.tensorrt_backend import TensorRTBackend
-
-        try:
-            return TensorRTBackend.from_package(package, device=device)
-        except EmsegError:
-            if backend == "tensorrt":
-                raise
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-    full = package.components.get("full")
-    if full is None:
-        raise EmsegError(f"{path} has no 'full' component (the whole per-slice graph); export it again")
-    outputs = tuple(o.name for o in full.outputs)
-    logits_name = "logits" if "logits" in outputs else outputs[0]
-    labels_name = "labels" if "labels" in outputs else outputs[-1]
-    package_id = package.manifest.get("files", {}).get(full.file, "")
-    return OnnxRuntimeBackend(full.path, package.tile, package.classes, device=device, input_name=full.inputs[0].name,
-                              output_names=(logits_name, labels_name), model_id=f"{package.name}:{package_id}",
-                              precision=package.precision, batch_max=package.batch_max)
-
-
-def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
-                 checkpoints: Sequence[str | Path] = ()) -> Backend:
-    """Resolve --model/--checkpoint/--backend/--device/--precision to a loaded Backend (EmsegError for bad
-    choices). `checkpoints` apply to registry names; a package already holds its weights."""
+def _check_choices(backend: str, device: str, precision: str) -> None:
     if backend not in BACKENDS:
         raise EmsegError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise EmsegError(f"--device {device!r} must be cpu or cuda")
-    if precision not in ("fp32", "fp16"):
-        raise EmsegError(f"--precision {precision!r} must be fp32 or fp16")
+    if precision not in PRECISIONS:
+        raise EmsegError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+
+
+def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
+                 checkpoints: Sequence[str | Path] = (), *, fast: bool = True, batch_max: int = 8,
+                 say: Say | None = None) -> Backend:
+    """Resolve --model/--checkpoint/--backend/--device/--precision to a loaded Backend.
+
+    fast:  the torch backend's fast path (SDPA attention, compile on CUDA); False runs the reference
+           (research-code) attention. Ignored by the other backends.
+    batch_max: the largest batch of the package a registry model is exported to for onnxruntime.
+    say:   receives one line saying which backend `auto` chose, and why it skipped others.
+    EmsegError for bad choices; `checkpoints` apply to registry names (a package holds its weights).
+    """
+    _check_choices(backend, device, precision)
+    say = say or (lambda message: None)
     model = model or default_model_name()
-    if _is_package_path(model):
+    if is_package_path(model):
         path = Path(model)
         if not path.exists():
             raise EmsegError(f"model package {path} does not exist")
         if checkpoints:
             raise EmsegError(f"--checkpoint applies to registry models; the package {path} already holds its "
                              "weights (pass --checkpoint to `emseg-rt export` instead)")
-        return _load_from_package(path, backend, device, precision)
+        return _from_package(path, backend, device, precision, say)
+    return _from_registry(model, backend, device, precision, checkpoints, fast, batch_max, say)
 
+
+def _from_package(path: Path, backend: str, device: str, precision: str, say: Say) -> Backend:
+    from emseg_rt.package import load_package  # verifies every sha256; EmsegError on problems
+
+    package = load_package(path)
+    if backend == "torch":
+        raise EmsegError(f"{path} is a model package (ONNX graphs); use --backend onnxruntime or tensorrt, "
+                         "or pass a registry name to run it in PyTorch")
+    if precision != package.precision:
+        raise EmsegError(f"{path} was exported with --precision {package.precision}; pass --precision "
+                         f"{package.precision} or export again")
     if backend == "tensorrt":
-        raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export {model}` "
-                         "and `emseg-rt build`, then pass the package directory as --model")
-    torch_model = build_torch_model(model, checkpoints)
-    from emseg_rt.runtime.backends.torch_backend import TorchBackend, state_dict_digest
-
-    digest = state_dict_digest(torch_model)
-    use_ort = backend == "onnxruntime" or (backend == "auto" and precision == "fp32" and not device.startswith("cuda"))
-    if backend == "auto" and device.startswith("cuda"):
-        from emseg_rt.runtime.backends.onnxruntime_backend import providers_for
-
+        return _tensorrt(package, device)
+    skipped = ""
+    if backend == "auto":
         try:
-            use_ort = len(providers_for(device)) > 1 and precision == "fp32"
-        except EmsegError:
-            use_ort = False
-    if use_ort:
-        if precision == "fp16":
-            raise EmsegError("--precision fp16 with onnxruntime needs an fp16 package: run `emseg-rt export "
-                             f"{model} --precision fp16` and pass the package directory as --model")
-        from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+            chosen = _tensorrt(package, device)
+            say(f"backend: tensorrt (auto: engine {chosen.spec.details['target']} for this GPU)")
+            return chosen
+        except EmsegError as exc:
+            skipped = f"; tensorrt skipped: {exc}"
+    chosen = _onnxruntime(package, device)
+    if backend == "auto":
+        say(f"backend: onnxruntime (auto: {chosen.providers[0]}{skipped})")
+    return chosen
 
-        onnx_path = export_full_onnx(torch_model, model, digest)
-        config = torch_model.config
-        return OnnxRuntimeBackend(onnx_path, config.tile, tuple(config.classes), device=device,
-                                  model_id=f"{model}:{digest}", precision=precision)
-    return TorchBackend(torch_model, device=device, precision=precision, model_id=f"{model}:{digest}")
+
+def _tensorrt(package, device: str) -> Backend:
+    from emseg_rt.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    if not device.startswith("cuda"):
+        raise EmsegError("--backend tensorrt runs on a GPU; pass --device cuda")
+    return TensorRTBackend.from_package(package)
+
+
+def _onnxruntime(package, device: str) -> Backend:
+    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    full = package.components.get("full")
+    if full is None:
+        raise EmsegError(f"{package.root} has no 'full' component (the whole per-slice graph); export it again")
+    outputs = tuple(o.name for o in full.outputs)
+    logits_name = "logits" if "logits" in outputs else outputs[0]
+    labels_name = "labels" if "labels" in outputs else outputs[-1]
+    package_id = package.manifest.get("files", {}).get(full.file, "")
+    threshold = float(package.manifest.get("parity", {}).get("label_threshold", 0.0) or 0.0)
+    return OnnxRuntimeBackend(full.path, package.tile, package.classes, device=device, input_name=full.inputs[0].name,
+                              output_names=(logits_name, labels_name), model_id=f"{package.name}:{package_id}",
+                              precision=package.precision, batch_max=package.batch_max, threshold=threshold)
+
+
+def _from_registry(name: str, backend: str, device: str, precision: str, checkpoints: Sequence[str | Path],
+                   fast: bool, batch_max: int, say: Say) -> Backend:
+    if backend == "tensorrt":
+        raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export {name}` "
+                         "and `emseg-rt build`, then pass the package directory as --model")
+    torch_model = build_torch_model(name, checkpoints)
+    if backend == "auto":
+        backend, why = _auto_for_registry(device, precision)
+        say(f"backend: {backend} (auto: {why})")
+    if backend == "onnxruntime":
+        if precision not in PACKAGE_PRECISIONS:
+            raise EmsegError(f"--precision {precision} runs only on the torch backend; onnxruntime runs "
+                             f"{' or '.join(PACKAGE_PRECISIONS)} packages")
+        from emseg_rt.export.cache import cached_package
+        from emseg_rt.package import load_package
+
+        return _onnxruntime(load_package(cached_package(torch_model, precision, batch_max=batch_max)), device)
+    from emseg_rt.models.checkpoint import state_dict_digest
+    from emseg_rt.runtime.backends.torch_backend import TorchBackend
+
+    return TorchBackend(torch_model, device=device, precision=precision, fast=fast,
+                        model_id=f"{name}:{state_dict_digest(torch_model)}")
+
+
+def _auto_for_registry(device: str, precision: str) -> tuple[str, str]:
+    """(backend, reason) for `auto` with a registry model."""
+    if device.startswith("cuda"):
+        return "torch", "CUDA GPU; TensorRT needs an exported package with engines (emseg-rt export + build)"
+    if precision == "fp32":
+        return "onnxruntime", "CPU, fp32: the exported package's graph runs fastest here"
+    return "torch", f"CPU, {precision}: autocast in PyTorch"

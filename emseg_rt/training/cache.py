@@ -29,7 +29,7 @@ import torch
 import zarr
 from torch import nn
 
-from emseg_rt.training.inference import tile_starts
+from emseg_rt.training.sampling import tile_starts
 
 EmbedFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -42,11 +42,9 @@ def tile_plan(shape: tuple[int, int, int], tile: int) -> list[tuple[int, int, in
 
 def encoder_digest(model: nn.Module) -> str:
     """sha256 over the encoders' weights: a cache made with other encoder weights is not reused."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.encoders.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    from emseg_rt.models.checkpoint import state_dict_digest
+
+    return state_dict_digest(model.encoders)
 
 
 def cache_key(model: nn.Module, sources: list[str], plan: list[tuple[int, int, int]], encoders: str | None = None) -> str:
@@ -141,25 +139,22 @@ def build_cache(
 def package_embedder(package_dir: str | Path, model_name: str) -> tuple[EmbedFn, str]:
     """An embed function over an exported model package's encoder graphs, run by ONNX Runtime (CPU).
 
-    Returns (embed_fn, identity); the identity hashes the encoders' recorded sha256 so a cache made from
-    another export is rebuilt. EmsegError if the package is not a `model_name` package with encoders.
+    Returns (embed_fn, identity); the identity hashes the encoders' manifest records (their files' sha256)
+    so a cache made from another export is rebuilt. EmsegError if the package is not a `model_name`
+    package with encoders.
     """
-    import onnxruntime as ort
-
     from emseg_rt.errors import EmsegError
-    from emseg_rt.export.package import load_package
     from emseg_rt.models.pipeline import embedding_name
+    from emseg_rt.package import load_package
+    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
 
     package = load_package(package_dir)
     if package.name != model_name:
         raise EmsegError(f"--embeddings-from {package_dir} is a {package.name} package, not {model_name}")
     if not package.encoder_names:
         raise EmsegError(f"--embeddings-from {package_dir} has no encoder components")
-    sessions = {}
-    for name in package.encoder_names:
-        spec = package.component(name)
-        session = ort.InferenceSession(str(spec.path), providers=["CPUExecutionProvider"])
-        sessions[embedding_name(name)] = (session, session.get_inputs()[0].name, session.get_outputs()[0].name)
+    graphs = {embedding_name(name): OnnxGraph(package.component(name).path, device="cpu")
+              for name in package.encoder_names}
     identity = hashlib.sha256(json.dumps(
         {name: package.manifest["components"][name] for name in package.encoder_names}, sort_keys=True, default=str
     ).encode()).hexdigest()
@@ -167,7 +162,10 @@ def package_embedder(package_dir: str | Path, model_name: str) -> tuple[EmbedFn,
     def embed(tiles: torch.Tensor) -> dict[str, torch.Tensor]:
         """tiles (B, 1, T, T) uint8 → {'sam_embedding': (B, C_s, H, W), 'mae_embedding': ...} float32."""
         array = tiles.numpy()
-        return {key: torch.from_numpy(np.asarray(sess.run([out], {inp: array})[0], dtype=np.float32))
-                for key, (sess, inp, out) in sessions.items()}
+        embeddings = {}
+        for key, graph in graphs.items():
+            (output,) = graph.run({graph.input_names[0]: array}, [graph.output_names[0]]).values()
+            embeddings[key] = torch.from_numpy(np.asarray(output, dtype=np.float32))
+        return embeddings
 
     return embed, identity

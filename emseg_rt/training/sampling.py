@@ -1,9 +1,21 @@
-"""Training tiles: random crops of (image, labels) slices with flips and 90° rotations."""
+"""Training tiles: random crops of (image, labels) slices with flips and 90° rotations, and the fixed grid of
+crops the embedding cache holds (`tile_starts`). Inference tiling is `emseg_rt.runtime.tiling`'s alone.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of crops of side `tile` every `stride` covering [0, length), all inside it (the last one
+    flush with the end, so training crops never need padding); [0] when length <= tile."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
 
 
 class TileSampler:

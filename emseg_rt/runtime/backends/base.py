@@ -6,10 +6,17 @@ backend it is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # what --backend accepts
+PRECISIONS = ("fp32", "fp16", "bf16")  # what --precision accepts
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtypes the torch backend runs
+PACKAGE_PRECISIONS = ("fp32", "fp16")  # ONNX packages (and so onnxruntime and tensorrt) come in these
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,10 @@ class BackendSpec:
     tile:        T, tiles are (B, 1, T, T) uint8.
     classes:     class names for labels 1..K (0 = background).
     input_name / output_names: the graph's I/O names ('tiles' → 'logits', 'labels').
+    prompts:     names of extra per-tile prompt inputs (vanilla-sam's points/boxes); empty for prompt-free
+                 models, the only kind `segment` runs.
+    threshold:   the class merge's background threshold (labels are 0 where no logit exceeds it).
+    precision:   what the graph computes in: 'fp32', 'fp16' or 'bf16' (named for what runs, per device).
     identity:    a string that changes whenever the computed numbers could (model weights, package hash,
                  backend, provider, precision); it keys resume markers.
     """
@@ -28,6 +39,8 @@ class BackendSpec:
     input_name: str = "tiles"
     output_names: tuple[str, ...] = ("logits", "labels")
     threshold: float = 0.0
+    prompts: tuple[str, ...] = ()
+    precision: str = "fp32"
     identity: str = ""
     details: dict = field(default_factory=dict)
 
@@ -39,10 +52,12 @@ class Backend(Protocol):
     name: str
     spec: BackendSpec
 
-    def run(self, tiles: np.ndarray, want_logits: bool = False) -> dict[str, np.ndarray]:
+    def run(self, tiles: np.ndarray, want_logits: bool = False,
+            prompts: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Segment a batch of tiles.
 
         tiles:   (B, 1, T, T) uint8, raw EM intensities (preprocessing is inside the graph).
+        prompts: the arrays named in `spec.prompts`, batch first (only for prompted models).
         returns  labels (B, T, T) uint8 and, when want_logits, logits (B, K, T, T) float32, as host arrays.
         """
         ...

@@ -1,59 +1,90 @@
-"""PyTorch backend: a `SegmentationPipeline` in eager mode on CPU or CUDA, fp32 or fp16 (autocast)."""
+"""PyTorch backend: a `SegmentationPipeline` on CPU or CUDA, and the project's only torch fast path.
+
+Two modes, both reachable from `segment` and timed by `bench` through this one class:
+
+- reference (`fast=False`): the research code's way, segment_anything's attention, fp32 or autocast.
+- fast (`fast=True`, the default): SAM attention through `F.scaled_dot_product_attention` with the
+  decomposed relative position as an additive bias (`emseg_rt.models.attention`), autocast to the
+  requested precision, and on CUDA `torch.compile(mode="max-autotune")` with static shapes (CUDA graphs;
+  `segment` pads every batch to full size, so shapes never change).
+
+Precision names what runs: 'fp32', 'fp16' (autocast float16: the fast choice on CUDA) or 'bf16'
+(autocast bfloat16: the fast choice on CPUs with AVX-512 bf16, where fp16 matmuls have no fast kernels).
+"""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.backends.base import BackendSpec
+from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def state_dict_digest(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes): the weights' identity."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def fast_precision(device: str) -> str:
+    """The precision the fast path uses by default on `device`: fp16 on CUDA, bf16 on CPU."""
+    return "fp16" if device.startswith("cuda") else "bf16"
+
+
+def _class_merge_threshold(model: nn.Module) -> float:
+    merge = getattr(getattr(model, "head", None), "class_merge", None)
+    return float(getattr(merge, "threshold", 0.0) or 0.0)
 
 
 class TorchBackend:
-    """Runs a PyTorch pipeline. fp16 uses autocast (matmuls/convs in fp16, the rest as the model asks)."""
+    """Runs a PyTorch pipeline (fast path by default; see the module docstring)."""
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: str = "cpu", precision: str = "fp32", model_id: str = "") -> None:
+    def __init__(self, model: nn.Module, device: str = "cpu", precision: str = "fp32", model_id: str = "", *,
+                 fast: bool = True, compile: bool | None = None) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EmsegError("--device cuda requested but torch sees no CUDA GPU here; use --device cpu")
-        if precision not in ("fp32", "fp16"):
-            raise EmsegError(f"--precision {precision!r} is not supported by the torch backend (fp32, fp16)")
+        if precision not in TORCH_PRECISIONS:
+            raise EmsegError(f"--precision {precision!r}: the torch backend runs {', '.join(TORCH_PRECISIONS)}")
         self.device = torch.device(device)
         self.precision = precision
-        self.model = model.eval().to(self.device)
-        config = model.config
-        self.threshold = float(getattr(getattr(model.head, "class_merge", None), "threshold", 0.0) or 0.0)
-        identity = f"torch|{device.split(':')[0]}|{precision}|{model_id or state_dict_digest(model)}"
-        self.spec = BackendSpec(tile=config.tile, classes=tuple(config.classes), threshold=self.threshold,
-                                identity=identity, details={"torch": torch.__version__, "device": str(self.device)})
+        self.fast = fast
+        self.compiled = bool(fast and (self.device.type == "cuda" if compile is None else compile))
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        if fast:
+            from emseg_rt.models.attention import use_sdpa_attention
 
-    def run(self, tiles: np.ndarray, want_logits: bool = False) -> dict[str, np.ndarray]:
-        """tiles (B, 1, T, T) uint8 → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
+            use_sdpa_attention(self.model)
+        self.forward = torch.compile(self.model, mode="max-autotune", dynamic=False) if self.compiled else self.model
+        if not model_id:
+            from emseg_rt.models.checkpoint import state_dict_digest
+
+            model_id = state_dict_digest(model)
+        mode = ("sdpa+compile" if self.compiled else "sdpa") if fast else "reference"
+        config = model.config
+        self.spec = BackendSpec(
+            tile=config.tile, classes=tuple(config.classes), threshold=_class_merge_threshold(model),
+            prompts=tuple(getattr(model, "prompt_names", ())), precision=precision,
+            identity=f"torch|{self.device.type}|{precision}|{mode}|{model_id}",
+            details={"torch": torch.__version__, "device": str(self.device), "mode": mode},
+        )
+
+    def run(self, tiles: np.ndarray, want_logits: bool = False,
+            prompts: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """tiles (B, 1, T, T) uint8 [+ prompts by name] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
-                                                    enabled=self.precision == "fp16"):
-            out = self.model(batch)
+        extra = {name: torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+                 for name, value in (prompts or {}).items()}
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            out = self.forward(batch, **extra)
         result = {"labels": out["labels"].cpu().numpy()}
         if want_logits:
             result["logits"] = out["logits"].float().cpu().numpy()
         return result
 
     def close(self) -> None:
-        self.model = None  # type: ignore[assignment]
+        self.model = self.forward = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

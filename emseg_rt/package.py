@@ -1,5 +1,8 @@
 """The model package: a directory of ONNX graphs (and engines) described by `manifest.json`.
 
+`emseg_rt.export` writes packages, `emseg_rt.engines` adds engines to them, and the runtime and training
+read them, all through this module alone: none of them needs the exporter (or torch's ONNX exporter).
+
 Layout (DESIGN.md §3)::
 
     scsam-vit-b/
@@ -53,9 +56,10 @@ from emseg_rt.errors import EmsegError
 MANIFEST_NAME = "manifest.json"
 PACKAGE_FORMAT = "emseg-rt-package"
 FORMAT_VERSION = 1
-BATCH_DIM = "batch"
-FULL = "full"
-HEAD = "head"
+BATCH_DIM = "batch"  # the one symbolic dimension of every graph input and output
+FULL = "full"  # component: the whole per-slice graph, uint8 tiles → logits, labels
+HEAD = "head"  # component: everything after the encoders
+PRECISIONS = ("fp32", "fp16")  # what a package's graphs compute in (fp16 = mixed, with FP32 islands)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,141 @@
+"""Segmenting planes held in memory: the compute step of `segment_volume`, usable on its own.
+
+`tile_batches` is the one batching rule (batches never span slabs; the last batch is padded to full size
+with copies of its last tile, so a plane's numbers do not depend on its neighbours in the batch order).
+`segment_slab` runs those batches through a `Backend` and stitches planes as soon as their tiles are back.
+`segment_array` is the in-memory entry for training validation and scripts: the same tiler, the same
+backend calls, no zarr.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.runtime.tiling import (
+    TilePlan,
+    blend_gaussian,
+    extract_tiles,
+    merge_classes,
+    plan_tiles,
+    probabilities_uint8,
+    stitch_center,
+)
+
+BLENDS = ("center", "gaussian")
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """One backend call: `tiles` (batch, 1, T, T) uint8, of which the first `real` are the slab's tiles
+    `start .. start + real - 1` (plane-major order); the rest are padding."""
+
+    start: int
+    real: int
+    tiles: np.ndarray
+
+
+def tile_batches(slab: np.ndarray, plan: TilePlan, batch: int) -> Iterator[TileBatch]:
+    """Cut a slab (N, H, W) uint8 into full batches of `batch` tiles (N·plan.num_tiles tiles in all)."""
+    tiles = np.concatenate([extract_tiles(plane, plan) for plane in slab])[:, None]  # (N·n, 1, T, T)
+    for start in range(0, tiles.shape[0], batch):
+        chunk = tiles[start:start + batch]
+        real = chunk.shape[0]
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+        yield TileBatch(start, real, chunk)
+
+
+def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: int, blend: str,
+                 probabilities: bool, label_type: np.dtype, timings: dict | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Segment a slab of planes.
+
+    slab:    (N, H, W) uint8 planes.
+    returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
+    `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
+    """
+    n_planes, per_plane = slab.shape[0], plan.num_tiles
+    want_logits = blend == "gaussian" or probabilities
+    labels_out = np.empty((n_planes,) + plan.plane_shape, dtype=label_type)
+    stitcher = _PlaneStitcher(plan, blend, backend.spec.threshold, label_type, labels_out, probabilities)
+    tile_labels = None if want_logits else np.empty((n_planes * per_plane, plan.tile, plan.tile), label_type)
+    compute_s = stitch_s = 0.0
+    for item in tile_batches(slab, plan, batch):
+        t0 = time.perf_counter()
+        out = backend.run(item.tiles, want_logits=want_logits)
+        compute_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if tile_labels is not None:
+            tile_labels[item.start:item.start + item.real] = out["labels"][:item.real]
+        else:
+            stitcher.add(out["logits"][:item.real])
+        stitch_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if tile_labels is not None:
+        for p in range(n_planes):
+            labels_out[p] = stitch_center(tile_labels[p * per_plane:(p + 1) * per_plane], plan)
+    stitch_s += time.perf_counter() - t0
+    if timings is not None:
+        timings["compute"] = timings.get("compute", 0.0) + compute_s
+        timings["stitch"] = timings.get("stitch", 0.0) + stitch_s
+    return labels_out, stitcher.probabilities, n_planes * per_plane
+
+
+class _PlaneStitcher:
+    """Collects tile logits in plane order and stitches each plane as soon as all its tiles are in, then
+    drops them (host memory holds at most one plane's logits plus a batch)."""
+
+    def __init__(self, plan: TilePlan, blend: str, threshold: float, label_type: np.dtype, labels_out: np.ndarray,
+                 probabilities: bool) -> None:
+        self.plan, self.blend, self.threshold, self.label_type = plan, blend, threshold, label_type
+        self.labels_out, self.want_probabilities = labels_out, probabilities
+        self.pending: list[np.ndarray] = []
+        self.pending_count = 0
+        self.planes_done = 0
+        self.probabilities: np.ndarray | None = None
+
+    def add(self, logits: np.ndarray) -> None:
+        """logits (n, K, T, T) float32 of the next n tiles."""
+        self.pending.append(logits)
+        self.pending_count += logits.shape[0]
+        per_plane = self.plan.num_tiles
+        while self.pending_count >= per_plane:
+            stacked = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self._finish_plane(stacked[:per_plane])
+            rest = stacked[per_plane:]
+            self.pending = [rest] if len(rest) else []
+            self.pending_count = len(rest)
+
+    def _finish_plane(self, tile_logits: np.ndarray) -> None:
+        plan, index = self.plan, self.planes_done
+        logits = blend_gaussian(tile_logits, plan) if self.blend == "gaussian" else stitch_center(tile_logits, plan)
+        self.labels_out[index] = merge_classes(logits, self.threshold, self.label_type)
+        if self.want_probabilities:
+            if self.probabilities is None:
+                shape = (logits.shape[0], self.labels_out.shape[0]) + plan.plane_shape
+                self.probabilities = np.empty(shape, dtype=np.uint8)
+            self.probabilities[:, index] = probabilities_uint8(logits)
+        self.planes_done += 1
+
+
+def segment_array(backend: Backend, volume: np.ndarray, *, halo: int | None = None, batch: int = 4,
+                  blend: str = "center") -> np.ndarray:
+    """Segment an in-memory volume plane by plane (z planes) with the runtime's tiler and batching.
+
+    volume:  (Z, Y, X) or (Y, X) uint8.
+    returns  labels of the same shape, uint8 (uint16 past 255 classes); halo defaults to tile // 8 as in
+             `segment_volume`.
+    """
+    from emseg_rt.io.ome_zarr import label_dtype
+
+    planes = volume[None] if volume.ndim == 2 else volume
+    tile = backend.spec.tile
+    plan = plan_tiles(planes.shape[1:], tile, tile // 8 if halo is None else halo)
+    labels, _, _ = segment_slab(backend, np.ascontiguousarray(planes, dtype=np.uint8), plan, batch=batch,
+                                blend=blend, probabilities=False, label_type=label_dtype(len(backend.spec.classes)))
+    return labels[0] if volume.ndim == 2 else labels
