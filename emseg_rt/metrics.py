@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from emseg_rt.constants import DEFAULT_CLASSES
 from emseg_rt.errors import EmsegError
 
-DEFAULT_CLASS_NAMES = ("nucleus", "mitochondria", "granules")
+DEFAULT_CLASS_NAMES = DEFAULT_CLASSES
 
 
 def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:

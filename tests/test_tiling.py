@@ -24,10 +24,18 @@ SHAPES = [(200, 200), (50, 70), (1, 1), (129, 300), (96, 96), (97, 95)]
 def test_cores_cover_every_pixel_exactly_once(shape, tile, halo):
     plan = plan_tiles(shape, tile, halo)
     hits = np.zeros(shape, dtype=int)
-    for y, x in plan.origins:
-        y0, x0 = max(y + halo, 0), max(x + halo, 0)
-        hits[y0: y + halo + plan.stride, x0: x + halo + plan.stride] += 1
+    for (y, x), (y0, y1, x0, x1) in zip(plan.origins, plan.cores):
+        hits[y0:y1, x0:x1] += 1
+        # every core keeps at least `halo` context pixels inside its tile, and is at most a stride wide
+        assert y0 - y >= halo and x0 - x >= halo and y + tile - y1 >= halo and x + tile - x1 >= halo
+        assert 0 < y1 - y0 <= plan.stride and 0 < x1 - x0 <= plan.stride
     assert (hits == 1).all()
+
+
+def test_last_tile_ends_halo_past_the_edge_instead_of_holding_padding():
+    plan = plan_tiles((256, 256), 128, 16)  # stride 96: origins -16, 80, then 144 (not 176)
+    assert sorted({int(y) for y, _ in plan.origins}) == [-16, 80, 144]
+    assert plan.padding == ((16, 16), (16, 16))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -77,8 +85,7 @@ def test_center_stitch_matches_brute_force():
     out = stitch_center(values, plan)
     for py in range(shape[0]):
         for px in range(shape[1]):
-            owners = [i for i, (y, x) in enumerate(plan.origins)
-                      if y + halo <= py < y + halo + plan.stride and x + halo <= px < x + halo + plan.stride]
+            owners = [i for i, (y0, y1, x0, x1) in enumerate(plan.cores) if y0 <= py < y1 and x0 <= px < x1]
             assert len(owners) == 1
             y, x = plan.origins[owners[0]]
             assert out[py, px] == values[owners[0], py - y, px - x]

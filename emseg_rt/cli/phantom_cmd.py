@@ -32,7 +32,7 @@ def phantom_command(
 ) -> None:
     """Synthetic FIB-SEM of a pancreatic beta cell; ground truth in OUT/labels/ground_truth
     (1 nucleus, 2 mitochondria, 3 granules)."""
-    from emseg_rt.data.phantom import GROUND_TRUTH, generate_phantom, write_phantom
+    from emseg_rt.data.phantom import CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom
 
     zyx = parse_shape(shape)
     start = time.perf_counter()
@@ -40,7 +40,7 @@ def phantom_command(
     write_phantom(out, phantom)
     fractions = ", ".join(
         f"{name} {100 * (phantom.labels == k).mean():.1f}%"
-        for k, name in enumerate(("nucleus", "mitochondria", "granules"), start=1)
+        for k, name in enumerate(CLASS_NAMES, start=1)
     )
     typer.echo(f"{out}: {zyx[0]}×{zyx[1]}×{zyx[2]} uint8, labels/{GROUND_TRUTH} ({fractions}) "
                f"in {time.perf_counter() - start:.1f} s")

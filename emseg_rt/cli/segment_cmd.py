@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from emseg_rt.cli.app import app
+from emseg_rt.constants import DEFAULT_LABEL_NAME
 
 
 @app.command("segment")
@@ -31,7 +32,7 @@ def segment_command(
     block: int = typer.Option(8, "--block", help="Slices per write block (= output chunk depth, resume unit)."),
     key: Optional[str] = typer.Option(None, "--key", help="Array inside a zarr group."),
     level: Optional[int] = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0)."),
-    label_name: str = typer.Option("organelles", "--label-name", help="Name under OUT/labels/."),
+    label_name: str = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Name under OUT/labels/."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run of the same configuration."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class uint8 probabilities."),

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from emseg_rt.constants import DEFAULT_CLASSES, GROUND_TRUTH  # noqa: F401  (GROUND_TRUTH re-exported)
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.ome_zarr import write_volume_with_labels
 
 BACKGROUND, NUCLEUS, MITOCHONDRIA, GRANULES = 0, 1, 2, 3
-CLASS_NAMES = ("nucleus", "mitochondria", "granules")  # labels 1, 2, 3 (ScSAM §4.1)
-GROUND_TRUTH = "ground_truth"  # the label group a written phantom keeps its ground truth in
+CLASS_NAMES = DEFAULT_CLASSES  # labels 1, 2, 3
 
 # Grey values before blur and noise (FIB-SEM back-scatter contrast, inverted: membranes are dark).
 CYTOPLASM = 150.0

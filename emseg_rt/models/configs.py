@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emseg_rt.constants import DEFAULT_CLASSES  # ScSAM §4.1 (BetaSeg), labels 1, 2, 3
+
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM build_sam / Sam.pixel_mean
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)  # SAM build_sam / Sam.pixel_std
-DEFAULT_CLASSES = ("nucleus", "mitochondria", "granules")  # ScSAM §4.1 (BetaSeg), labels 1, 2, 3
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emseg_rt.constants import DEFAULT_LABEL_NAME
 from emseg_rt.errors import EmsegError
 from emseg_rt.runtime.slab import BLENDS
 
 AXES = ("z", "y", "x")
-DEFAULT_LABEL_NAME = "organelles"
 
 
 @dataclass(frozen=True)

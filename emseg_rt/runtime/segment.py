@@ -145,7 +145,8 @@ class _RunPlan:
                                     for i, b in enumerate(range(0, self.depth, options.block))]
         self.layout = _layout(volume, options, self.shape, self.axis_index, tuple(spec.classes))
         self.config = {
-            "format": 1, "backend": spec.identity, "tile": spec.tile, "halo": self.halo, "blend": options.blend,
+            "format": 2, "backend": spec.identity,  # 2: last tile flush with the edge (runtime.tiling)
+            "tile": spec.tile, "halo": self.halo, "blend": options.blend,
             "axis": options.axis, "batch": options.batch, "block": options.block,
             "probabilities": options.probabilities, "shape": list(self.shape), "dtype": volume.dtype.name,
             "normalisation": norm.to_dict(), "classes": list(spec.classes), "label_name": options.label_name,

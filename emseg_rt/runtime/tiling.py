@@ -1,8 +1,11 @@
 """Tiling, blending and stitching of 2D planes: pure functions of arrays and parameters.
 
-A plane (H, W) is covered by tiles of the model's input size T. Neighbouring tiles overlap by 2·halo; each
-tile owns its centre (T − 2·halo)² "core". Everything outside the plane is reflect-padded, so edge tiles
-see plausible context and nothing is dropped; a plane smaller than one tile is one padded tile.
+A plane (H, W) is covered by tiles of the model's input size T. Neighbouring tiles overlap by at least
+2·halo; each tile owns a "core" (at most (T − 2·halo)², at least `halo` pixels from its border), and the cores
+partition the plane. Along each axis the tiles step by T − 2·halo from −halo; the last tile is moved back so
+that it ends `halo` pixels past the plane's edge (the same context the first tile has before the start),
+rather than holding mostly padding, and its core starts where the previous one ends. Everything outside the
+plane is reflect-padded; a plane smaller than one tile is one padded tile.
 
     plan = plan_tiles((H, W), tile=T, halo=h)
     tiles = extract_tiles(plane, plan)                  # (N, T, T)
@@ -29,13 +32,15 @@ class TilePlan:
     tile:        T, the model's input side.
     halo:        context pixels each tile sees beyond its core on every side.
     origins:     (N, 2) int, top-left corner of each tile in plane coordinates (may be negative).
-    stride:      T − 2·halo, the side of a core.
+    cores:       (N, 4) int, each tile's core in plane coordinates: y0, y1, x0, x1 (half-open).
+    stride:      T − 2·halo, the step between tiles and the largest core side.
     """
 
     plane_shape: tuple[int, int]
     tile: int
     halo: int
     origins: np.ndarray
+    cores: np.ndarray
 
     @property
     def stride(self) -> int:
@@ -55,10 +60,14 @@ class TilePlan:
         return (top, max(bottom, 0)), (left, max(right, 0))
 
 
-def _axis_origins(size: int, tile: int, halo: int) -> list[int]:
+def _axis_tiles(size: int, tile: int, halo: int) -> list[tuple[int, int, int]]:
+    """(origin, core start, core end) of each tile along one axis of length `size`."""
     stride = tile - 2 * halo
     count = max(1, math.ceil(size / stride))
-    return [k * stride - halo for k in range(count)]
+    tiles = [(k * stride - halo, k * stride, (k + 1) * stride) for k in range(count - 1)]
+    last_start = (count - 1) * stride
+    last_origin = max(-halo, min(last_start - halo, size + halo - tile))  # flush with the edge + halo
+    return tiles + [(last_origin, last_start, size)]
 
 
 def plan_tiles(plane_shape: tuple[int, int], tile: int, halo: int) -> TilePlan:
@@ -71,9 +80,10 @@ def plan_tiles(plane_shape: tuple[int, int], tile: int, halo: int) -> TilePlan:
         raise EmsegError(f"cannot tile an empty plane of shape {plane_shape}")
     if halo < 0 or 2 * halo >= tile:
         raise EmsegError(f"--halo {halo} must be >= 0 and less than half the model's tile ({tile})")
-    ys, xs = _axis_origins(h, tile, halo), _axis_origins(w, tile, halo)
-    origins = np.array([(y, x) for y in ys for x in xs], dtype=np.int64)
-    return TilePlan((h, w), tile, halo, origins)
+    ys, xs = _axis_tiles(h, tile, halo), _axis_tiles(w, tile, halo)
+    origins = np.array([(y[0], x[0]) for y in ys for x in xs], dtype=np.int64)
+    cores = np.array([(y[1], y[2], x[1], x[2]) for y in ys for x in xs], dtype=np.int64)
+    return TilePlan((h, w), tile, halo, origins, cores)
 
 
 def pad_plane(plane: np.ndarray, plan: TilePlan) -> np.ndarray:
@@ -90,12 +100,10 @@ def extract_tiles(plane: np.ndarray, plan: TilePlan) -> np.ndarray:
 
 
 def _core_slices(plan: TilePlan, index: int) -> tuple[slice, slice, slice, slice]:
-    """(plane rows, plane cols, tile rows, tile cols) of tile `index`'s core, clipped to the plane."""
-    h, w = plan.plane_shape
+    """(plane rows, plane cols, tile rows, tile cols) of tile `index`'s core."""
     y, x = (int(v) for v in plan.origins[index])
-    y0, x0 = y + plan.halo, x + plan.halo
-    y1, x1 = min(y0 + plan.stride, h), min(x0 + plan.stride, w)
-    return slice(y0, y1), slice(x0, x1), slice(plan.halo, plan.halo + y1 - y0), slice(plan.halo, plan.halo + x1 - x0)
+    y0, y1, x0, x1 = (int(v) for v in plan.cores[index])
+    return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
 
 
 def stitch_center(tile_outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
