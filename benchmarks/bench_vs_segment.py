@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 from emseg_rt.bench.machine import machine_record
 from emseg_rt.bench.runners import BenchTarget, load_target, prepare
 from emseg_rt.bench.timing import measure_latency

@@ -19,12 +19,12 @@ def scsam_stage_breakdown(model_name: str, device: str, warmup: int, iters: int,
     merge (upsample + argmax), device→host copy of the labels. Stages run uncompiled: compilation fuses
     across them, so the compiled whole is timed by the main table, not here.
     """
-    from emseg_rt.runtime.loader import build_torch_model
+    from emseg_rt.models import build_model
 
     fast_precision = (fast_backend or "").removeprefix("torch-") or ("fp16" if device.startswith("cuda") else "bf16")
     rows: list[dict[str, object]] = []
     for path, precision, fast in (("torch-eager-fp32", "fp32", False), (f"torch-{fast_precision}", fast_precision, True)):
-        backend = TorchBackend(build_torch_model(model_name), device=device, precision=precision, fast=fast,
+        backend = TorchBackend(build_model(model_name), device=device, precision=precision, fast=fast,
                                compile=False)
         timings = _stage_timings(backend, warmup, iters)
         total = sum(timings.values())

@@ -96,10 +96,10 @@ def load_target(target: BenchTarget, model_name: str, device: str, batch_max: in
                             batch_max=batch_max)
     from emseg_rt.engines import build_engines, current_target, engine_flavour_for
     from emseg_rt.export.cache import cached_package
+    from emseg_rt.models import build_model
     from emseg_rt.package import load_package
-    from emseg_rt.runtime.loader import build_torch_model
 
-    package_dir = cached_package(build_torch_model(model_name), "fp16", batch_max=batch_max)
+    package_dir = cached_package(build_model(model_name), "fp16", batch_max=batch_max)
     target_name = current_target()
     if target_name not in load_package(package_dir).engines.get("full", {}):
         flavour, reason = engine_flavour_for(target_name)

@@ -6,7 +6,7 @@ ONNX graphs only through `cached_package`, so they all run the graphs `emseg-rt 
     cache_root()/packages/<name>-<precision>-b<batch_max>-<weights digest[:16]>/   (a model package)
 
 The weights digest is `emseg_rt.models.checkpoint.state_dict_digest`: equal digests, equal numbers. A
-registry name is built by `trace.build_model` (shipped weights for the default model, else a fixed-seed
+registry name is built by `models.build_model` (shipped weights for the default model, else a fixed-seed
 init), so every process finds the same entry.
 
 Safe under concurrency without locks: a package is exported into a temporary sibling and renamed into
@@ -28,9 +28,10 @@ from torch import nn
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.trace import Progress, _quiet, _resolve_model
-from emseg_rt.package import PRECISIONS, ModelPackage, load_package
+from emseg_rt.package import FULL, PRECISIONS, ModelPackage, load_package
 
 PACKAGES_DIR = "packages"
+CACHED_COMPONENTS = (FULL,)  # what the cache's users run (runtime, bench, engines); tracing only it saves ~60 %
 CACHE_PARITY_SEED = 0  # parity inputs of a cached export: fixed, so an entry is reproducible
 _RENAME_ATTEMPTS = 3
 
@@ -50,7 +51,10 @@ def cached_package(
 ) -> Path:
     """The directory of a verified model package of `model`, exported with `export_package` on first use.
 
-    model:       a registry name ('scsam-vit-h'; see `trace.build_model`) or a built `SegmentationPipeline`
+    The package holds the components in CACHED_COMPONENTS (the whole per-slice graph): what the runtime,
+    the benchmark and engine builds run. `emseg-rt export` writes every component.
+
+    model:       a registry name ('scsam-vit-h'; see `models.build_model`) or a built `SegmentationPipeline`
                  (its current weights are what is cached).
     precision:   'fp32' or 'fp16' (mixed), as `emseg-rt export --precision`.
     batch_max:   largest batch the graphs accept.
@@ -76,7 +80,7 @@ def cached_package(
                          "set EMSEG_RT_CACHE to a writable directory") from None
     try:
         exported = export_package(pipeline, staging / "package", precision, batch_max=batch_max,
-                                  parity_seed=CACHE_PARITY_SEED, progress=say)
+                                  parity_seed=CACHE_PARITY_SEED, progress=say, components=CACHED_COMPONENTS)
         _claim(exported, entry, name, precision, batch_max)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -145,4 +149,5 @@ def _matches(package: ModelPackage, name: str, precision: str, batch_max: int) -
 
     toolchain = package.manifest.get("toolchain", {})
     return (package.name == name and package.precision == precision and package.batch_max == batch_max
+            and set(package.components) == set(CACHED_COMPONENTS)
             and toolchain.get("emseg_rt") == emseg_rt.__version__ and toolchain.get("torch") == torch.__version__)

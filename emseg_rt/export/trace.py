@@ -19,9 +19,9 @@ from torch import nn
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.graphs import ComponentGraph, component_graphs
 from emseg_rt.export.onnx_io import export_onnx
+from emseg_rt.models.reproducible import build_model
 
 Progress = Callable[[str], None]
-REGISTRY_SEED = 0  # every process builds a registry model without weights from this seed: same numbers
 
 
 def _quiet(message: str) -> None:
@@ -52,25 +52,6 @@ class TracedGraphs:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def build_model(name: str, checkpoints: Sequence[str | Path] = ()) -> nn.Module:
-    """A registry model in eval mode, the same numbers in every process.
-
-    With `checkpoints`, they are loaded in order (emseg_rt.models.checkpoint). Without, the embedded
-    default model gets its shipped weights and any other model a random init from torch seed
-    `REGISTRY_SEED`, drawn in a forked RNG (the caller's random state is left alone).
-    EmsegError for an unknown name or an unreadable checkpoint.
-    """
-    from emseg_rt.models import build
-    from emseg_rt.models.default_model import default_model_name, load_default_model
-
-    if not checkpoints and name == default_model_name():
-        return load_default_model().eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(REGISTRY_SEED)
-        model = build(name, checkpoint=list(checkpoints) or None)
-    return model.eval()
-
-
 def _resolve_model(model_name_or_module: str | nn.Module, checkpoints: Sequence[str | Path]) -> nn.Module:
     """The pipeline to export, frozen in eval mode: `build_model(name)` or the given module (checkpoints
     loaded into it in order). EmsegError when it is not a segmentation pipeline."""
@@ -87,31 +68,46 @@ def _resolve_model(model_name_or_module: str | nn.Module, checkpoints: Sequence[
     return model.eval().requires_grad_(False)
 
 
+def select_graphs(graphs: list[ComponentGraph], components: Sequence[str] | None) -> list[ComponentGraph]:
+    """The graphs named in `components` (all when None); EmsegError naming the known ones otherwise."""
+    if components is None:
+        return graphs
+    known = [g.name for g in graphs]
+    unknown = [c for c in components if c not in known]
+    if unknown or not components:
+        raise EmsegError(f"components {', '.join(unknown) or '(none)'}: choose from {', '.join(known)}")
+    return [g for g in graphs if g.name in components]
+
+
 def trace_graphs(
     model_name_or_module: str | nn.Module,
     work_dir: str | Path,
     checkpoints: Sequence[str | Path] = (),
     batch_max: int = 8,
     progress: Progress | None = None,
+    components: Sequence[str] | None = None,
 ) -> TracedGraphs:
     """Trace every component graph of a pipeline to FP32 ONNX files `<component>.onnx` in `work_dir`
     (created if needed; files of the same names there are replaced).
 
     model_name_or_module: a registry name (built by `build_model`) or a built `SegmentationPipeline`.
     batch_max: largest batch the graphs accept (the dynamic dimension's upper bound).
+    components: the component graphs to trace (e.g. ('full',)); None: every one.
     """
     if batch_max < 1:
         raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
     model = _resolve_model(model_name_or_module, checkpoints)
-    return trace_model(model, Path(work_dir), batch_max, tuple(Path(p) for p in checkpoints), progress or _quiet)
+    return trace_model(model, Path(work_dir), batch_max, tuple(Path(p) for p in checkpoints), progress or _quiet,
+                       components)
 
 
 def trace_model(
-    model: nn.Module, work_dir: Path, batch_max: int, checkpoints: tuple[Path, ...] = (), say: Progress = _quiet
+    model: nn.Module, work_dir: Path, batch_max: int, checkpoints: tuple[Path, ...] = (), say: Progress = _quiet,
+    components: Sequence[str] | None = None,
 ) -> TracedGraphs:
     """`trace_graphs` for a resolved pipeline (`_resolve_model`); `checkpoints` are only recorded."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    graphs = component_graphs(model)
+    graphs = select_graphs(component_graphs(model), components)
     # Example inputs for tracing: batch 2, so that the exporter cannot specialise the batch to 1.
     example = model.example_inputs(batch=2, seed=0)
     with torch.no_grad():

@@ -67,10 +67,11 @@ def export_package(
     overwrite: bool = False,
     fp16_head: bool = False,
     progress: Progress | None = None,
+    components: Sequence[str] | None = None,
 ) -> Path:
     """Export a pipeline to a model package at `out_dir` and return its path.
 
-    model_name_or_module: a registry name ('scsam-vit-b'; built by `trace.build_model`) or a built
+    model_name_or_module: a registry name ('scsam-vit-b'; built by `models.build_model`) or a built
                    `SegmentationPipeline`.
     precision:     'fp32', or 'fp16' for a mixed graph (FP16 compute, FP32 islands, FP32/uint8 I/O).
     checkpoints:   loaded in order before export (see emseg_rt.models.checkpoint).
@@ -81,6 +82,7 @@ def export_package(
                    the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
                    are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
     overwrite:     replace a package already at `out_dir` (only once the new one is complete).
+    components:    the graphs to include (e.g. ('full',), all the runtime runs); None: every component.
     Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
 
     Equivalent to `trace_graphs` followed by `write_package`, without copying the graphs; use those two
@@ -92,7 +94,8 @@ def export_package(
     model = _resolve_model(model_name_or_module, checkpoints)
     staging = _staging_dir(out_dir, overwrite)  # checks the destination before the slow trace
     try:
-        traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), say)
+        traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), say,
+                             components)
         _write_package_into(staging, traced, options, say, move_graphs=True)
         _install(staging, out_dir)
     except BaseException:

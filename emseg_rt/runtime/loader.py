@@ -28,26 +28,6 @@ def default_model_name() -> str:
     return name()
 
 
-def build_torch_model(name: str, checkpoints: Sequence[str | Path] = ()):
-    """A registry model in eval mode: `checkpoints` loaded in order when given (see
-    emseg_rt.models.checkpoint); else shipped weights for the default model, else a fixed-seed init.
-
-    The seed makes every process build the same weights (resume and backend parity depend on it).
-    """
-    import torch
-
-    from emseg_rt.models import build, get_config
-    from emseg_rt.models import default_model
-
-    if not checkpoints and name == default_model.default_model_name():
-        return default_model.load_default_model().eval()
-    get_config(name)  # EmsegError for unknown names
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build(name, checkpoint=list(checkpoints) or None)
-    return model.eval()
-
-
 def is_package_path(model: str) -> bool:
     """True when --model names a directory (a model package) rather than a registry name."""
     path = Path(model)
@@ -143,7 +123,9 @@ def _from_registry(name: str, backend: str, device: str, precision: str, checkpo
     if backend == "tensorrt":
         raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export {name}` "
                          "and `emseg-rt build`, then pass the package directory as --model")
-    torch_model = build_torch_model(name, checkpoints)
+    from emseg_rt.models import build_model
+
+    torch_model = build_model(name, checkpoints)
     if backend == "auto":
         backend, why = _auto_for_registry(device, precision)
         say(f"backend: {backend} (auto: {why})")

@@ -12,7 +12,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # what --backend accepts
 PRECISIONS = ("fp32", "fp16", "bf16")  # what --precision accepts
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtypes the torch backend runs
