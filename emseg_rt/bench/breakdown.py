@@ -7,6 +7,7 @@ import torch
 
 from emseg_rt.bench.timing import measure_latency
 from emseg_rt.runtime.backends.torch_backend import AUTOCAST_DTYPES, TorchBackend
+from emseg_rt.runtime.backends.torch_backend import fast_precision as default_fast_precision
 
 
 def scsam_stage_breakdown(model_name: str, device: str, warmup: int, iters: int,
@@ -21,7 +22,7 @@ def scsam_stage_breakdown(model_name: str, device: str, warmup: int, iters: int,
     """
     from emseg_rt.models import build_model
 
-    fast_precision = (fast_backend or "").removeprefix("torch-") or ("fp16" if device.startswith("cuda") else "bf16")
+    fast_precision = (fast_backend or "").removeprefix("torch-") or default_fast_precision(device)
     rows: list[dict[str, object]] = []
     for path, precision, fast in (("torch-eager-fp32", "fp32", False), (f"torch-{fast_precision}", fast_precision, True)):
         backend = TorchBackend(build_model(model_name), device=device, precision=precision, fast=fast,

@@ -30,9 +30,11 @@ BACKENDS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-fp16", "onnxr
 
 
 def default_backends(device: str) -> tuple[str, ...]:
-    """The Table 5 columns for a device: eager baseline, the device's fast torch path, ONNX Runtime, TensorRT."""
-    fast = "torch-fp16" if device.startswith("cuda") else "torch-bf16"
-    return ("torch-eager-fp32", fast, "onnxruntime", "tensorrt")
+    """The Table 5 columns for a device: eager baseline, the device's fast torch path (fp16 on CUDA, bf16 on
+    a CPU with bf16 instructions, else fp32), ONNX Runtime, TensorRT."""
+    from emseg_rt.runtime.backends.torch_backend import fast_precision
+
+    return ("torch-eager-fp32", f"torch-{fast_precision(device)}", "onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ Precision names what runs: 'fp32', 'fp16' (autocast float16: the fast choice on 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +27,23 @@ from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Without it torch emulates bf16 and
+    autocast is slower than fp32 (measured 2.3x slower on a Xeon with AVX-512 but no BF16:
+    benchmarks/results/bench_vs_segment.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def fast_precision(device: str) -> str:
-    """The precision the fast path uses by default on `device`: fp16 on CUDA, bf16 on CPU."""
-    return "fp16" if device.startswith("cuda") else "bf16"
+    """The precision the fast path uses by default on `device`: fp16 on CUDA, bf16 on a CPU that has bf16
+    instructions, else fp32."""
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def _class_merge_threshold(model: nn.Module) -> float:
