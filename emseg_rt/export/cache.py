@@ -149,5 +149,5 @@ def _matches(package: ModelPackage, name: str, precision: str, batch_max: int) -
 
     toolchain = package.manifest.get("toolchain", {})
     return (package.name == name and package.precision == precision and package.batch_max == batch_max
-            and set(package.components) == set(CACHED_COMPONENTS)
+            and set(CACHED_COMPONENTS) <= set(package.components)
             and toolchain.get("emseg_rt") == emseg_rt.__version__ and toolchain.get("torch") == torch.__version__)
