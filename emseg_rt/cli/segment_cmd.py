@@ -37,6 +37,8 @@ def segment_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class uint8 probabilities."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write totals and timings as JSON here."),
+    allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read input chunks that were "
+                                              "never written as the array's fill value instead of refusing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment organelles in a 3D EM volume; writes OUT/labels/<name> (OME-Zarr 0.5)."""
@@ -47,6 +49,7 @@ def segment_command(
         blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite, probabilities=probabilities,
         key=key, level=level, label_name=label_name, progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
+        allow_missing_chunks=allow_missing_chunks,
     )
     if not quiet:
         typer.echo(

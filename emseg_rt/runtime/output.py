@@ -8,8 +8,10 @@ Layout (OME-Zarr 0.5, zarr v3)::
     OUT.zarr/.emseg-rt/run.json          configuration and its hash
     OUT.zarr/.emseg-rt/done/<hash>/<i>   one empty marker per finished write block (whole output chunks)
 
-A block's marker is touched only after all its chunks are written, so a crash leaves at worst a block
-without its marker, redone on resume; the root says "complete" only once every block has its marker.
+The run record is written first (atomically), so a directory is recognisably ours before anything else
+is in it (`runtime.claim`). A block's marker is touched only after all its chunks are written, so a crash
+leaves at worst a block without its marker, redone on resume; the root says "complete" only once every
+block has its marker. The record holds the input's fingerprint: a resume refuses an input that changed.
 """
 
 from __future__ import annotations
@@ -17,18 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+import zarr.errors
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.ome_zarr import create_ome_image, create_ome_labels
-
-RUN_DIR = ".emseg-rt"
+from emseg_rt.runtime.claim import RUN_DIR, RUN_RECORD
 
 
 def config_hash(config: dict) -> str:
@@ -40,31 +41,6 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     os.replace(tmp, path)
-
-
-def prepare_output(output: Path, source: Path, resume: bool, overwrite: bool) -> bool:
-    """Check the output location; returns True when an existing run may be resumed."""
-    if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
-        raise EmsegError(f"output {output} is the input or inside it; choose another --out")
-    if output.exists() and not output.is_dir():
-        raise EmsegError(f"output {output} is a file, not a directory; choose another --out")
-    parent = output.parent if output.parent != Path("") else Path(".")
-    if not parent.exists():
-        raise EmsegError(f"output directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK) or (output.exists() and not os.access(output, os.W_OK | os.X_OK)):
-        raise EmsegError(f"cannot write {output}: {parent if not output.exists() else output} is not writable")
-    if output.exists():
-        is_ours = (output / RUN_DIR).is_dir() or (output / "zarr.json").is_file() or not any(output.iterdir())
-        if overwrite:
-            if not is_ours:
-                raise EmsegError(f"output {output} exists and is not an emseg-rt output; refusing to delete it")
-            shutil.rmtree(output)
-            return False
-        if resume:
-            return (output / RUN_DIR / "run.json").is_file()
-        if any(output.iterdir()):
-            raise EmsegError(f"output {output} already exists; pass --resume to finish it or --overwrite to replace it")
-    return False
 
 
 @dataclass(frozen=True)
@@ -97,24 +73,26 @@ class OutputStore:
     def label_path(self) -> Path:
         return self.root / "labels" / self.layout.label_name
 
-    def create(self, config: dict, root_attrs: dict) -> None:
-        """Write the root group, the label (and probability) arrays and run.json; EmsegError if not writable."""
-        layout = self.layout
+    def create(self, config: dict, root_attrs: dict, fingerprint: str) -> None:
+        """Write the run record (first), the root group and the label (and probability) arrays."""
         try:
-            self.root.mkdir(exist_ok=True)
-            (self.root / RUN_DIR).mkdir(exist_ok=True)
+            (self.root / RUN_DIR).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.root / RUN_DIR / RUN_RECORD,
+                              {"config_hash": self.run_hash, "config": config, "input_fingerprint": fingerprint})
             group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
             group.attrs.update({"ome": {"version": "0.5"}, "emseg_rt": root_attrs})
-            self.labels = create_ome_labels(self.root, layout.label_name, layout.shape, layout.classes,
-                                            voxel_size=layout.voxel_size, axes=layout.axes, units=layout.units,
-                                            chunks=layout.chunks, dtype=layout.label_dtype)
-            if layout.probabilities:
-                self.probabilities = self._create_probabilities()
-            write_json_atomic(self.root / RUN_DIR / "run.json", {"config_hash": self.run_hash, "config": config})
+            self._create_arrays()
         except OSError as exc:
-            raise EmsegError(f"cannot write {self.root}: {exc.strerror or exc} ({exc.filename or self.root}); "
-                             "choose a writable --out") from exc
+            raise _write_error(self.root, exc) from exc
         self.done_dir.mkdir(parents=True, exist_ok=True)
+
+    def _create_arrays(self) -> None:
+        layout = self.layout
+        self.labels = create_ome_labels(self.root, layout.label_name, layout.shape, layout.classes,
+                                        voxel_size=layout.voxel_size, axes=layout.axes, units=layout.units,
+                                        chunks=layout.chunks, dtype=layout.label_dtype)
+        if layout.probabilities:
+            self.probabilities = self._create_probabilities()
 
     def _create_probabilities(self) -> Any:
         layout = self.layout
@@ -125,16 +103,32 @@ class OutputStore:
             chunks=(1,) + layout.chunks, name="probabilities",
             extra_attributes={"emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}})
 
-    def reopen(self) -> None:
-        """Open an interrupted run's arrays; EmsegError when it was written with another configuration."""
-        previous = json.loads((self.root / RUN_DIR / "run.json").read_text())
+    def reopen(self, fingerprint: str, root_attrs: dict) -> None:
+        """Open an interrupted run's arrays (creating any a kill left unwritten). EmsegError when it was
+        written with another configuration or the input changed since."""
+        previous = json.loads((self.root / RUN_DIR / RUN_RECORD).read_text())
         if previous.get("config_hash") != self.run_hash:
             raise EmsegError(f"{self.root} was written with a different configuration (model, backend, precision, "
                              "tiling or input differ); pass --overwrite to start again")
-        self.labels = zarr.open_array(str(self.label_path / "s0"), mode="r+")
-        if self.layout.probabilities:
-            self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
+        if previous.get("input_fingerprint") != fingerprint:
+            raise EmsegError(f"the input changed since {self.root} was started (its chunk files differ); a resume "
+                             "would mix old and new blocks; pass --overwrite to start again")
+        try:
+            self.labels = zarr.open_array(str(self.label_path / "s0"), mode="r+")
+            if self.layout.probabilities:
+                self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            self._recreate_before_any_marker(root_attrs)
         self.done_dir.mkdir(parents=True, exist_ok=True)
+
+    def _recreate_before_any_marker(self, root_attrs: dict) -> None:
+        """A kill between the run record and the arrays: no block can be marked done yet, so create them."""
+        if self.done_dir.is_dir() and any(self.done_dir.iterdir()):
+            raise EmsegError(f"{self.root}: done-markers exist but the label array is missing; the output was "
+                             "damaged; pass --overwrite to start again")
+        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
+        group.attrs.update({"ome": {"version": "0.5"}, "emseg_rt": root_attrs})
+        self._create_arrays()
 
     def done_blocks(self) -> set[int]:
         return {int(p.name) for p in self.done_dir.iterdir() if p.name.isdigit()}
@@ -142,10 +136,13 @@ class OutputStore:
     def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None
                     ) -> None:
         """Write one block's whole chunks, then its done-marker (never the other way round)."""
-        self.labels[region] = labels
-        if self.probabilities is not None and probabilities is not None:
-            self.probabilities[(slice(None),) + region] = probabilities
-        (self.done_dir / str(index)).touch()
+        try:
+            self.labels[region] = labels
+            if self.probabilities is not None and probabilities is not None:
+                self.probabilities[(slice(None),) + region] = probabilities
+            (self.done_dir / str(index)).touch()
+        except OSError as exc:
+            raise _write_error(self.root, exc) from exc
 
     def mark_complete_if_done(self, blocks_total: int) -> bool:
         """Set the root's status to 'complete' when every block has its marker; returns whether it did."""
@@ -156,3 +153,9 @@ class OutputStore:
         attrs["status"] = "complete"
         group.attrs.update({"emseg_rt": attrs})
         return True
+
+
+def _write_error(root: Path, exc: OSError) -> EmsegError:
+    """One line for a filesystem error while writing the output (disk full, read-only, permissions)."""
+    return EmsegError(f"cannot write {root}: {exc.strerror or exc} ({exc.filename or root}); free space or fix "
+                      "permissions, then rerun with --resume (finished blocks are kept)")

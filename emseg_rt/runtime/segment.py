@@ -24,7 +24,9 @@ from emseg_rt.io.ome_zarr import label_dtype, open_volume
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.normalise import Normalisation, check_dtype, check_finite, dataset_normalisation, to_uint8
 from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
-from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash, prepare_output
+from emseg_rt.runtime.claim import OutputClaim, claim_output
+from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
+from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
 from emseg_rt.runtime.report import SegmentReport, progress_bar
 from emseg_rt.runtime.slab import segment_slab
 from emseg_rt.runtime.stream import run_stream
@@ -57,6 +59,7 @@ def segment_volume(
     report: str | Path | None = None,
     prefetch: int = 2,
     say: Callable[[str], None] | None = None,
+    allow_missing_chunks: bool = False,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into `output` (an OME-Zarr container) and return a SegmentReport.
 
@@ -68,7 +71,9 @@ def segment_volume(
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
     precision: 'fp32', 'fp16' or 'bf16' (bf16 on the torch backend only).
     say:     receives one-line notes (which backend `auto` chose and why).
-    Tiling, batching and output options: see `SegmentOptions`.
+    allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
+    Tiling, batching and output options: see `SegmentOptions`. What `overwrite`, `resume` and the output
+    lock guarantee: `runtime.claim`.
     """
     t_start = time.perf_counter()
     options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume,
@@ -78,8 +83,28 @@ def segment_volume(
     volume = open_volume(source, key=key, level=level)
     where = f"input {source}" + (f" (key {key})" if key else "") + (f" (level {volume.dataset_path})" if volume.is_ome else "")
     _check_volume(volume, where)
+    check_no_missing_chunks(volume.array, where, allow_missing_chunks)
     norm = dataset_normalisation(volume.array, where)
-    resumable = prepare_output(output, source, options.resume, options.overwrite)
+    claim = claim_output(output, source, resume=options.resume, overwrite=options.overwrite)
+    try:
+        rep = _segment_claimed(claim, source, volume, options, norm, where, model=model, checkpoints=checkpoints,
+                               backend=backend, device=device, precision=precision, progress=progress, say=say,
+                               t_start=t_start)
+        if rep.complete:
+            claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
+    finally:
+        claim.release()
+    rep.wall_seconds = time.perf_counter() - t_start
+    if report is not None:
+        rep.write_json(report)
+    return rep
+
+
+def _segment_claimed(claim: OutputClaim, source: Path, volume: Any, options: SegmentOptions, norm: Normalisation, where: str, *,
+                     model: str | None, checkpoints: Sequence[str | Path], backend: str | Backend, device: str,
+                     precision: str, progress: bool, say: Callable[[str], None] | None,
+                     t_start: float) -> SegmentReport:
+    """Load the backend, open or create the output at `claim.target`, stream every pending block."""
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -95,8 +120,9 @@ def segment_volume(
     try:
         _check_backend(engine, options)
         run = _RunPlan(engine, volume, options, norm)
-        rep = run.report(source, output, model or "default", device, " ".join(notes))
-        store = run.open_store(output, resumable)
+        _check_memory(run, volume)
+        rep = run.report(source, claim.output, model or "default", device, " ".join(notes))
+        store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array))
         _stream(engine, volume, run, store, rep, where, progress)
     finally:
         if owns_backend:
@@ -104,8 +130,6 @@ def segment_volume(
     rep.complete = store.mark_complete_if_done(len(run.blocks))
     rep.finish(run.timings, run.loop_seconds, time.perf_counter() - t_start)
     rep.setup_seconds = run.setup_done - t_start
-    if report is not None:
-        rep.write_json(report)
     return rep
 
 
@@ -116,6 +140,35 @@ def _check_volume(volume: Any, source: str) -> None:
     if 0 in volume.shape:
         raise EmsegError(f"{source} has an empty axis (shape {volume.shape}); nothing to segment")
     check_dtype(volume.dtype, source)
+
+
+def _available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), None elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(run: "_RunPlan", volume: Any) -> None:
+    """Refuse --batch / --block whose buffers alone would not fit in memory (before allocating them)."""
+    available = _available_memory_bytes()
+    if available is None:
+        return
+    options, classes = run.options, len(run.layout.classes)
+    plane = int(np.prod(run.plane_shape))
+    block = min(options.block, run.depth)
+    per_block = block * plane * (volume.dtype.itemsize + 1 + run.layout.label_dtype.itemsize
+                                         + (classes if options.probabilities else 0))
+    tiles_per_block = block * run.tile_plan.num_tiles
+    per_batch = options.batch * run.tile_plan.tile ** 2 * (1 + 4 * (classes + 1))
+    need = per_block * (2 * options.prefetch + 2) + tiles_per_block * run.tile_plan.tile ** 2 + per_batch
+    if need > available:
+        raise EmsegError(f"--batch {options.batch} / --block {options.block} need about {need / 2**30:.1f} GiB of "
+                         f"buffers, more than the {available / 2**30:.1f} GiB available; use smaller values")
 
 
 def _check_backend(engine: Backend, options: SegmentOptions) -> None:
@@ -168,17 +221,18 @@ class _RunPlan:
             backend_identity=spec.identity, backend_choice=choice, blocks_total=len(self.blocks),
             normalisation=self.norm.to_dict())
 
-    def open_store(self, output: Path, resumable: bool) -> OutputStore:
-        store = OutputStore(output, self.layout, self.hash)
+    def open_store(self, target: Path, resumable: bool, fingerprint: str) -> OutputStore:
+        store = OutputStore(target, self.layout, self.hash)
+        spec = self.engine.spec
+        root_attrs = {
+            "status": "incomplete", "config_hash": self.hash, "backend": self.engine.name,
+            "precision": spec.precision, "tile": spec.tile, "halo": self.halo, "blend": self.options.blend,
+            "axis": self.options.axis, "classes": list(spec.classes), "normalisation": self.norm.to_dict(),
+            "input": {"shape": list(self.shape), "dtype": self.config["dtype"]}}
         if resumable:
-            store.reopen()
+            store.reopen(fingerprint, root_attrs)
         else:
-            spec = self.engine.spec
-            store.create(self.config, {
-                "status": "incomplete", "config_hash": self.hash, "backend": self.engine.name,
-                "precision": spec.precision, "tile": spec.tile, "halo": self.halo, "blend": self.options.blend,
-                "axis": self.options.axis, "classes": list(spec.classes), "normalisation": self.norm.to_dict(),
-                "input": {"shape": list(self.shape), "dtype": self.config["dtype"]}})
+            store.create(self.config, root_attrs, fingerprint)
         return store
 
     def region(self, start: int, stop: int) -> tuple[slice, ...]:
@@ -190,7 +244,7 @@ def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_i
     voxel_size = tuple(volume.voxel_size) if len(volume.voxel_size) == 3 else (1.0, 1.0, 1.0)
     units = tuple(volume.units) if any(volume.units) else "nanometer" if volume.is_ome else None
     axes = "".join(volume.axes) if len(volume.axes) == 3 and set(volume.axes) <= set(AXES) else "zyx"
-    chunks = tuple(options.block if i == axis_index else min(s, 1024) for i, s in enumerate(shape))
+    chunks = tuple(min(options.block, s) if i == axis_index else min(s, 1024) for i, s in enumerate(shape))
     return OutputLayout(shape=shape, chunks=chunks, classes=classes, label_dtype=label_dtype(len(classes)),
                         label_name=options.label_name, voxel_size=voxel_size, units=units, axes=axes,
                         probabilities=options.probabilities)
