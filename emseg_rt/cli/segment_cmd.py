@@ -37,6 +37,8 @@ def segment_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class uint8 probabilities."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write totals and timings as JSON here."),
+    dask: Optional[str] = typer.Option(None, "--dask", help="Run blocks as tasks on a Dask cluster: local:N (N "
+                                       "one-thread worker processes here) or a scheduler address (tcp://host:8786)."),
     allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read input chunks that were "
                                               "never written as the array's fill value instead of refusing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -49,7 +51,7 @@ def segment_command(
         blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite, probabilities=probabilities,
         key=key, level=level, label_name=label_name, progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
-        allow_missing_chunks=allow_missing_chunks,
+        allow_missing_chunks=allow_missing_chunks, dask=dask,
     )
     if not quiet:
         typer.echo(

@@ -130,6 +130,12 @@ class OutputStore:
         group.attrs.update({"ome": {"version": "0.5"}, "emseg_rt": root_attrs})
         self._create_arrays()
 
+    def attach(self) -> None:
+        """Open the arrays of an output the driver created (a Dask worker writing its blocks)."""
+        self.labels = zarr.open_array(str(self.label_path / "s0"), mode="r+")
+        if self.layout.probabilities:
+            self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
+
     def done_blocks(self) -> set[int]:
         return {int(p.name) for p in self.done_dir.iterdir() if p.name.isdigit()}
 

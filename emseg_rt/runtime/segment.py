@@ -25,6 +25,7 @@ from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.normalise import Normalisation, check_dtype, check_finite, dataset_normalisation, to_uint8
 from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
 from emseg_rt.runtime.claim import OutputClaim, claim_output
+from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, check_address, run_blocks_on_cluster
 from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
 from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
 from emseg_rt.runtime.report import SegmentReport, progress_bar
@@ -60,6 +61,7 @@ def segment_volume(
     prefetch: int = 2,
     say: Callable[[str], None] | None = None,
     allow_missing_chunks: bool = False,
+    dask: str | None = None,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into `output` (an OME-Zarr container) and return a SegmentReport.
 
@@ -72,6 +74,8 @@ def segment_volume(
     precision: 'fp32', 'fp16' or 'bf16' (bf16 on the torch backend only).
     say:     receives one-line notes (which backend `auto` chose and why).
     allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
+    dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),
+             the same computation and output as without it.
     Tiling, batching and output options: see `SegmentOptions`. What `overwrite`, `resume` and the output
     lock guarantee: `runtime.claim`.
     """
@@ -79,6 +83,10 @@ def segment_volume(
     options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume,
                              overwrite=overwrite, probabilities=probabilities, label_name=label_name,
                              prefetch=prefetch).validate()
+    if dask is not None:
+        check_address(dask)
+        if not isinstance(backend, str):
+            raise EmsegError("--dask: workers load the model themselves; pass a backend name, not a loaded backend")
     source, output = Path(input), Path(output)
     volume = open_volume(source, key=key, level=level)
     where = f"input {source}" + (f" (key {key})" if key else "") + (f" (level {volume.dataset_path})" if volume.is_ome else "")
@@ -89,7 +97,7 @@ def segment_volume(
     try:
         rep = _segment_claimed(claim, source, volume, options, norm, where, model=model, checkpoints=checkpoints,
                                backend=backend, device=device, precision=precision, progress=progress, say=say,
-                               t_start=t_start)
+                               t_start=t_start, dask=dask, key=key, level=level)
         if rep.complete:
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
     finally:
@@ -103,8 +111,10 @@ def segment_volume(
 def _segment_claimed(claim: OutputClaim, source: Path, volume: Any, options: SegmentOptions, norm: Normalisation, where: str, *,
                      model: str | None, checkpoints: Sequence[str | Path], backend: str | Backend, device: str,
                      precision: str, progress: bool, say: Callable[[str], None] | None,
-                     t_start: float) -> SegmentReport:
-    """Load the backend, open or create the output at `claim.target`, stream every pending block."""
+                     t_start: float, dask: str | None = None, key: str | None = None,
+                     level: int | None = None) -> SegmentReport:
+    """Load the backend, open or create the output at `claim.target`, compute every pending block (here,
+    or one task per block on a Dask cluster)."""
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -123,14 +133,35 @@ def _segment_claimed(claim: OutputClaim, source: Path, volume: Any, options: Seg
         _check_memory(run, volume)
         rep = run.report(source, claim.output, model or "default", device, " ".join(notes))
         store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array))
-        _stream(engine, volume, run, store, rep, where, progress)
+        if dask is None:
+            _stream(engine, volume, run, store, rep, where, progress)
     finally:
         if owns_backend:
             engine.close()
+    if dask is not None:
+        recipe = BackendRecipe(model, str(backend), device, precision, tuple(str(c) for c in checkpoints))
+        _stream_on_cluster(dask, recipe, source, key, level, run, store, rep, where, say or (lambda m: None))
     rep.complete = store.mark_complete_if_done(len(run.blocks))
     rep.finish(run.timings, run.loop_seconds, time.perf_counter() - t_start)
     rep.setup_seconds = run.setup_done - t_start
     return rep
+
+
+def region_of(start: int, stop: int, axis_index: int) -> tuple[slice, ...]:
+    """The (Z, Y, X) index of planes start..stop-1 along `axis_index`."""
+    return tuple(slice(start, stop) if i == axis_index else slice(None) for i in range(3))
+
+
+def read_slab(array: Any, start: int, stop: int, axis_index: int, axis: str, norm: Normalisation,
+              where: str) -> np.ndarray:
+    """Planes start..stop-1 of a (Z, Y, X) array as a (N, H, W) uint8 slab (normalised, NaN/Inf refused)."""
+    try:
+        raw = np.asarray(array[region_of(start, stop, axis_index)])
+    except Exception as exc:  # codec / store errors from a damaged chunk
+        raise EmsegError(f"{where}: cannot read {axis} {start}..{stop - 1} (corrupt or missing chunk?): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    check_finite(raw, f"{where} ({axis} {start}..{stop - 1})")
+    return to_uint8(np.moveaxis(raw, axis_index, 0), norm)
 
 
 def _check_volume(volume: Any, source: str) -> None:
@@ -236,7 +267,7 @@ class _RunPlan:
         return store
 
     def region(self, start: int, stop: int) -> tuple[slice, ...]:
-        return tuple(slice(start, stop) if i == self.axis_index else slice(None) for i in range(3))
+        return region_of(start, stop, self.axis_index)
 
 
 def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_index: int,
@@ -248,6 +279,39 @@ def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_i
     return OutputLayout(shape=shape, chunks=chunks, classes=classes, label_dtype=label_dtype(len(classes)),
                         label_name=options.label_name, voxel_size=voxel_size, units=units, axes=axes,
                         probabilities=options.probabilities)
+
+
+def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key: str | None, level: int | None,
+                       run: _RunPlan, store: OutputStore, rep: SegmentReport, where: str,
+                       say: Callable[[str], None]) -> None:
+    """Every block without a done-marker as one Dask task (`runtime.distributed`); fills `rep`'s counters."""
+    done_before = store.done_blocks()
+    pending = [b for b in run.blocks if b[0] not in done_before]
+    rep.blocks_done_before = len(done_before)
+    options, plane_voxels = run.options, int(np.prod(run.plane_shape))
+    label_counts = np.zeros(len(run.layout.classes) + 1, dtype=np.int64)
+    task = BlockTask(recipe=recipe, identity=run.engine.spec.identity, source=str(source), key=key, level=level,
+                     axis_index=run.axis_index, axis=options.axis, norm=run.norm, where=where,
+                     plane_shape=run.plane_shape, tile=run.tile_plan.tile, halo=run.halo, batch=options.batch,
+                     blend=options.blend, target=str(store.root), layout=run.layout, run_hash=run.hash)
+
+    def on_block(result: dict[str, Any]) -> None:
+        label_counts[:] += np.asarray(result["label_counts"], dtype=np.int64)
+        rep.blocks_computed += 1
+        rep.slices_computed += result["planes"]
+        rep.voxels_computed += result["planes"] * plane_voxels
+        rep.tiles_computed += result["tiles"]
+        run.timings["compute"] += result["compute"]
+        run.timings["stitch"] += result["stitch"]
+
+    run.setup_done = time.perf_counter()
+    try:
+        if pending:
+            run_blocks_on_cluster(address, task, pending, say, on_block)
+    finally:
+        run.loop_seconds = time.perf_counter() - run.setup_done
+    classes = run.layout.classes
+    rep.label_counts = {("background" if i == 0 else classes[i - 1]): int(c) for i, c in enumerate(label_counts)}
 
 
 def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep: SegmentReport, where: str,
@@ -268,13 +332,7 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
     def read(item: Block) -> np.ndarray:
         _, b0, b1 = item
         t0 = time.perf_counter()
-        try:
-            raw = np.asarray(volume.array[run.region(b0, b1)])
-        except Exception as exc:  # codec / store errors from a damaged chunk
-            raise EmsegError(f"{where}: cannot read {options.axis} {b0}..{b1 - 1} (corrupt or missing chunk?): "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        check_finite(raw, f"{where} ({options.axis} {b0}..{b1 - 1})")
-        slab = to_uint8(np.moveaxis(raw, axis_index, 0), run.norm)
+        slab = read_slab(volume.array, b0, b1, axis_index, options.axis, run.norm, where)
         timings["read"] += time.perf_counter() - t0
         return slab
 

@@ -1,0 +1,105 @@
+"""`segment --dask`: one task per block on a LocalCluster gives the single-process bytes, survives a
+worker killed mid-run, and a resume of a complete output computes nothing (issue 16).
+
+Byte identity holds at equal torch thread counts: Dask's workers run one thread each (the nanny sets
+OMP_NUM_THREADS=1), and this module pins the single-process run to one thread too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emseg_rt.io import write_ome_image
+from emseg_rt.runtime import segment_volume
+
+MODEL = "scsam-tiny"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=50)
+    client = Client(cluster)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    data = np.random.default_rng(41).integers(0, 256, (8, 96, 96), dtype=np.uint8)
+    return write_ome_image(tmp_path_factory.mktemp("dask") / "in.zarr", data, chunks=(1, 96, 96))
+
+
+@pytest.fixture(scope="module")
+def single_process(volume, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "out.zarr"
+    segment_volume(volume, out, model=MODEL, backend="torch", block=1)
+    return out
+
+
+def labels_tree(out: Path) -> dict[str, bytes]:
+    root = out / "labels"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_dask_output_is_byte_identical_and_resume_computes_nothing(cluster, volume, single_process, tmp_path):
+    _, client = cluster
+    notes: list[str] = []
+    out = tmp_path / "out.zarr"
+    report = segment_volume(volume, out, model=MODEL, backend="torch", block=1, dask=client.scheduler.address,
+                            say=notes.append)
+    assert report.complete and report.blocks_computed == 8 and report.tiles_computed == 8
+    assert labels_tree(out) == labels_tree(single_process)
+    assert any(n.startswith("dask: 2 workers, dashboard") for n in notes)
+    assert any(n.startswith("dask: 8/8 blocks") for n in notes)
+    again = segment_volume(volume, out, model=MODEL, backend="torch", block=1, dask=client.scheduler.address,
+                           resume=True)
+    assert again.complete and again.blocks_computed == 0 and again.blocks_done_before == 8
+
+
+def test_a_worker_killed_mid_run_still_gives_the_identical_complete_output(cluster, volume, single_process, tmp_path):
+    _, client = cluster
+    out = tmp_path / "out.zarr"
+    pids = list(client.run(os.getpid).values())
+    killed: list[int] = []
+
+    def kill_one_worker_after_the_first_block() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            markers = list((out / ".emseg-rt" / "done").glob("*/*")) if out.exists() else []
+            if markers:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_worker_after_the_first_block, daemon=True)
+    killer.start()
+    report = segment_volume(volume, out, model=MODEL, backend="torch", block=1, dask=client.scheduler.address)
+    killer.join(timeout=5)
+    assert killed, "the worker was not killed during the run"
+    assert report.complete
+    assert labels_tree(out) == labels_tree(single_process)
+
+
+def test_dask_needs_a_backend_name_and_a_valid_address(volume, tmp_path):
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.runtime import load_backend
+
+    with pytest.raises(EmsegError, match="pass a backend name"):
+        segment_volume(volume, tmp_path / "a.zarr", backend=load_backend(MODEL, "torch"), dask="local:1")
+    with pytest.raises(EmsegError, match="local:N needs a worker count"):
+        segment_volume(volume, tmp_path / "b.zarr", model=MODEL, backend="torch", dask="local:zero")
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
