@@ -44,6 +44,18 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
             raise EmsegError(f"{name} has dtype {arr.dtype}; labels must be integers")
 
 
+def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
+    """EmsegError unless every value of integer `labels` is a class id 0..num_classes: a negative or larger
+    value would be silently scored as no class at all."""
+    if labels.size == 0 or labels.dtype == bool:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > num_classes:
+        bad = low if low < 0 else high
+        raise EmsegError(f"{name} holds label {bad}, outside the class ids 0..{num_classes} "
+                         f"(0 background, 1..{num_classes} classes)")
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else float("nan")
 
@@ -158,8 +170,12 @@ def evaluate(
     class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES,
     instance_metrics: bool = True,
 ) -> SegmentationScores:
-    """Score integer label arrays pred and truth (same shape, 2D or 3D) for classes 1..len(class_names)."""
+    """Score integer label arrays pred and truth (same shape, 2D or 3D) for classes 1..len(class_names).
+
+    EmsegError for different shapes, non-integer dtypes, or a value outside 0..len(class_names)."""
     _check_pair(pred, truth)
+    check_label_range(pred, len(class_names), "prediction")
+    check_label_range(truth, len(class_names), "ground truth")
     scores = SegmentationScores()
     for label, name in enumerate(class_names, start=1):
         scores.dice[name] = dice(pred, truth, label)

@@ -7,6 +7,7 @@ Layout (DESIGN.md §3)::
 
     scsam-vit-b/
       manifest.json        everything below, with the sha256 of every other file
+      manifest.sha256      the sha256 of manifest.json itself (`sha256sum -c` format)
       full.onnx            uint8 tiles → logits + labels (preprocessing and class merge inside)
       sam_encoder.onnx     components: the encoders ...
       mae_encoder.onnx
@@ -14,9 +15,21 @@ Layout (DESIGN.md §3)::
       *.onnx.data          external weights where a graph would pass protobuf's 2 GB limit
       engines/full.sm86.engine ...
 
-`load_package(path)` is the only way the rest of emseg-rt (runtime, CLI, C++ host tooling) reads a package:
-it parses the manifest, refuses any file path that leaves the package directory, and verifies the sha256
-of every listed file. Problems a user can fix raise `EmsegError` with a one-line message.
+`load_package(path)` is the only way the rest of emseg-rt (runtime, CLI, C++ host tooling) reads a package.
+A package is closed: everything the graphs and engines read lies inside its directory and is covered by a
+hash the loader checks. `load_package`
+
+- checks manifest.json against manifest.sha256 (an edited or truncated manifest is refused);
+- accepts only identifiers as component names (`^[a-z][a-z0-9_]*$`) and `sm<digits>` as engine targets,
+  so no path built from them (engines/<component>.<target>.engine) can leave the directory;
+- refuses any file path that is absolute, climbs out with '..', or resolves (through symlinks) outside the
+  directory, and any symlink in the directory that points outside it;
+- reads every graph's tensors without their data (`onnx.load(load_external_data=False)`) and refuses an
+  external-data `location` that leaves the directory or is not a file the manifest lists and hashes;
+- checks that every listed file is present and, with `verify` (the default), has its recorded sha256.
+
+All of this happens before TensorRT or ONNX Runtime sees a graph. Problems a user can fix raise
+`EmsegError` with a one-line message.
 
 Manifest schema (format_version 1), keys the runtime relies on::
 
@@ -45,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +68,9 @@ from typing import Any
 from emseg_rt.errors import EmsegError
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_HASH_NAME = "manifest.sha256"  # sha256 of manifest.json's bytes, "<hex>  manifest.json\n"
+COMPONENT_NAME = re.compile(r"[a-z][a-z0-9_]*")  # manifest component keys: engine file names are built from them
+TARGET_NAME = re.compile(r"sm[0-9]+")  # engine targets (compute capability), also part of engine file names
 PACKAGE_FORMAT = "emseg-rt-package"
 FORMAT_VERSION = 1
 BATCH_DIM = "batch"  # the one symbolic dimension of every graph input and output
@@ -217,31 +234,62 @@ def safe_member(root: Path, relative: str) -> Path:
     return candidate
 
 
-def write_manifest(root: Path, manifest: Mapping[str, Any]) -> Path:
-    """Write `root/manifest.json` atomically (temporary file + rename): readers never see half a manifest."""
-    root = Path(root)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=root)
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` by temporary file + fsync + rename: readers see the old or the new bytes."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, root / MANIFEST_NAME)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The bytes `write_manifest` writes for `manifest` (indented JSON, trailing newline)."""
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write `root/manifest.json` and `root/manifest.sha256` (the manifest's own hash), each atomically
+    (temporary file + rename): readers never see half a manifest.
+
+    The two renames are not one atomic step: a crash between them leaves a manifest that `load_package`
+    refuses as not matching its hash (never one accepted with the wrong contents); export writes into a
+    staging directory, so only `build`'s in-place update has that window (re-run the export).
+    """
+    root = Path(root)
+    data = manifest_bytes(manifest)
+    _atomic_write(root / MANIFEST_NAME, data)
+    _atomic_write(root / MANIFEST_HASH_NAME, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST_NAME}\n".encode())
     return root / MANIFEST_NAME
 
 
+def _read_member_bytes(root: Path, name: str, missing: str) -> bytes:
+    """Bytes of the regular file `root/name` (not a symlink leaving the package), EmsegError `missing` if absent."""
+    path = root / name
+    if not path.is_file():
+        raise EmsegError(missing)
+    safe_member(root, name)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EmsegError(f"package {root}: cannot read {name} ({exc.strerror or exc})") from None
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Parse `path/manifest.json` without verifying files (use `load_package` for that)."""
+    """Parse `path/manifest.json`, checked against `manifest.sha256`, without verifying the other files
+    (use `load_package` for that)."""
     root = Path(path)
     if not root.is_dir():
         raise EmsegError(f"package {root}: no such directory")
-    manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise EmsegError(f"package {root}: no {MANIFEST_NAME}; is this a directory written by `emseg-rt export`?")
+    data = _read_member_bytes(root, MANIFEST_NAME, f"package {root}: no {MANIFEST_NAME}; "
+                              "is this a directory written by `emseg-rt export`?")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EmsegError(f"package {root}: {MANIFEST_NAME} is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
@@ -251,11 +299,47 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise EmsegError(
             f"package {root}: manifest format_version {version!r}, this emseg-rt reads {FORMAT_VERSION}; re-export it"
         )
+    recorded = _read_member_bytes(root, MANIFEST_HASH_NAME, f"package {root}: no {MANIFEST_HASH_NAME} (the "
+                                  "manifest's own hash; packages from older emseg-rt lack it); re-export it "
+                                  "with `emseg-rt export`")
+    fields = recorded.decode("ascii", errors="replace").split()
+    if not fields or not re.fullmatch(r"[0-9a-f]{64}", fields[0]):
+        raise EmsegError(f"package {root}: {MANIFEST_HASH_NAME} holds no sha256; re-export the package")
+    if hashlib.sha256(data).hexdigest() != fields[0]:
+        raise EmsegError(f"package {root}: {MANIFEST_NAME} does not match {MANIFEST_HASH_NAME} (edited or corrupt); "
+                         "re-export the package (`emseg-rt export`), then `emseg-rt build` it again")
     return manifest
 
 
-def verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
-    """Check every file the manifest lists: inside the package, present, and with the recorded sha256."""
+def check_component_name(root: Path, name: object) -> str:
+    """`name` if it is a valid component name (`^[a-z][a-z0-9_]*$`), else an EmsegError."""
+    if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
+        raise EmsegError(f"package {root}: component name {name!r} is not an identifier ([a-z][a-z0-9_]*); "
+                         "the manifest was not written by emseg-rt")
+    return name
+
+
+def check_target_name(root: Path | str, target: object) -> str:
+    """`target` if it is a valid engine target (`^sm[0-9]+$`), else an EmsegError."""
+    if not isinstance(target, str) or not TARGET_NAME.fullmatch(target):
+        raise EmsegError(f"package {root}: engine target {target!r} is not sm<digits> (e.g. sm86)")
+    return target
+
+
+def check_symlinks(root: Path) -> None:
+    """EmsegError when any symlink inside the package directory resolves to a place outside it."""
+    base = root.resolve()
+    for directory, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            entry = Path(directory) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(base):
+                raise EmsegError(f"package {root}: {entry.relative_to(root).as_posix()} is a symlink to a place "
+                                 "outside the package directory")
+
+
+def verify_files(root: Path, manifest: Mapping[str, Any], hashes: bool = True) -> None:
+    """Check every file the manifest lists: inside the package, present, and (with `hashes`) with the
+    recorded sha256."""
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise EmsegError(f"package {root}: manifest lists no files")
@@ -263,8 +347,97 @@ def verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
         path = safe_member(root, relative)
         if not path.is_file():
             raise EmsegError(f"package {root}: {relative} is missing")
-        if sha256_file(path) != expected:
+        if hashes and sha256_file(path) != expected:
             raise EmsegError(f"package {root}: {relative} does not match its sha256 in the manifest (modified or corrupt)")
+
+
+def _tensors(graph: Any) -> Any:
+    """Every TensorProto of an ONNX graph that may hold data: initialisers, sparse initialisers and node
+    attributes, in subgraphs (If, Loop, Scan bodies) too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _attribute_tensors(node.attribute)
+
+
+def _attribute_tensors(attributes: Any) -> Any:
+    for attribute in attributes:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        if attribute.HasField("sparse_tensor"):
+            yield attribute.sparse_tensor.values
+            yield attribute.sparse_tensor.indices
+        for sparse in attribute.sparse_tensors:
+            yield sparse.values
+            yield sparse.indices
+        if attribute.HasField("g"):
+            yield from _tensors(attribute.g)
+        for subgraph in attribute.graphs:
+            yield from _tensors(subgraph)
+
+
+def _mentions(path: Path, needle: bytes, chunk: int = 1 << 22) -> bool:
+    """Whether the bytes `needle` occur anywhere in the file at `path` (read in 4 MiB chunks)."""
+    tail = b""  # the last len(needle) - 1 bytes read: a match may straddle two chunks
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            window = tail + block
+            if needle in window:
+                return True
+            tail = window[max(0, len(window) - len(needle) + 1):]
+    return False
+
+
+def external_data_locations(onnx_path: Path) -> set[str]:
+    """The external-data `location`s the ONNX file at `onnx_path` refers to, read without loading any
+    data (`onnx.load(load_external_data=False)`); EmsegError for a file ONNX cannot parse.
+
+    A graph refers to external data only through an entry whose key is the string "location", stored
+    verbatim in the protobuf; a file without those bytes has none, and is not parsed (parsing a large
+    inline graph, and importing onnx, costs more than the scan)."""
+    if not _mentions(onnx_path, b"location"):
+        return set()
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmsegError(f"{onnx_path}: not a readable ONNX graph ({detail})") from None
+    tensors = list(_tensors(model.graph))
+    for function in model.functions:
+        for node in function.node:
+            tensors.extend(_attribute_tensors(node.attribute))
+    locations: set[str] = set()
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        locations.add(location)
+    return locations
+
+
+def check_external_data(root: Path, component: ComponentSpec, files: Mapping[str, str]) -> None:
+    """Refuse a graph whose external data lies outside the package or is not a file the manifest lists
+    (and so hashes). Locations are relative to the graph's directory, as ONNX Runtime and TensorRT read them."""
+    graph_dir = PurePosixPath(component.file).parent
+    for location in sorted(external_data_locations(component.path)):
+        pure = PurePosixPath(location)
+        if (not location or pure.is_absolute() or Path(location).is_absolute() or ".." in pure.parts
+                or "\\" in location):
+            raise EmsegError(f"package {root}: {component.file} reads external data from {location!r}, outside the "
+                             "package directory")
+        relative = (graph_dir / pure).as_posix()
+        safe_member(root, relative)  # resolves (symlinks included) inside the package
+        if relative not in files:
+            raise EmsegError(f"package {root}: {component.file} reads external data from {location!r}, which the "
+                             "manifest does not list (no sha256)")
+        if not (root / relative).is_file():
+            raise EmsegError(f"package {root}: {relative} (external data of {component.file}) is missing")
 
 
 def _component(root: Path, name: str, raw: Mapping[str, Any], files: Mapping[str, str]) -> ComponentSpec:
@@ -291,12 +464,20 @@ def package_from_manifest(root: Path, manifest: dict[str, Any]) -> ModelPackage:
     root = Path(root)
     files = manifest.get("files", {})
     try:
-        components = {name: _component(root, name, raw, files) for name, raw in manifest["components"].items()}
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+        components = {check_component_name(root, name): _component(root, name, raw, files)
+                      for name, raw in manifest["components"].items()}
         if FULL not in components:
             raise EmsegError(f"package {root}: manifest has no '{FULL}' component")
         engines: dict[str, dict[str, EngineRecord]] = {}
         for component, targets in manifest.get("engines", {}).items():
+            check_component_name(root, component)
             for target, raw in targets.items():
+                check_target_name(root, target)
+                if raw.get("target") != target:
+                    raise EmsegError(f"package {root}: engine record {component}/{target} names target "
+                                     f"{raw.get('target')!r}")
                 safe_member(root, str(raw["file"]))
                 if str(raw["file"]) not in files:
                     raise EmsegError(f"package {root}: engine {raw['file']} has no sha256 in the manifest")
@@ -315,19 +496,23 @@ def package_from_manifest(root: Path, manifest: dict[str, Any]) -> ModelPackage:
             components=components,
             engines=engines,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EmsegError(f"package {root}: malformed {MANIFEST_NAME} ({type(exc).__name__}: {exc})") from None
 
 
 def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
     """Open a model package directory.
 
-    Refuses a manifest that names a file outside the directory and, with `verify` (the default), any
-    listed file that is missing or whose sha256 differs from the manifest's. Raises EmsegError.
+    Refuses (EmsegError, one line): a manifest that does not match manifest.sha256, a component or engine
+    target that is not a plain name, a file path or symlink that leaves the directory, a missing listed
+    file, ONNX external data outside the package or not listed in the manifest, and, with `verify` (the
+    default), any listed file whose sha256 differs from the manifest's. See the module docstring.
     """
     root = Path(path)
     manifest = read_manifest(root)
     package = package_from_manifest(root, manifest)
-    if verify:
-        verify_files(root, manifest)
+    check_symlinks(root)
+    verify_files(root, manifest, hashes=verify)
+    for component in package.components.values():
+        check_external_data(root, component, manifest["files"])
     return package

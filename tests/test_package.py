@@ -11,7 +11,7 @@ import pytest
 from test_export_support import copy_package, tiny_package
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.package import MANIFEST_NAME, load_package, sha256_file
+from emseg_rt.package import MANIFEST_NAME, load_package, sha256_file, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_path_outside_package_is_refused(scsam_package, tmp_path, bad_path):
     manifest = json.loads((package_dir / MANIFEST_NAME).read_text())
     manifest["components"]["head"]["file"] = bad_path
     manifest["files"][bad_path] = "0" * 64
-    (package_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_manifest(package_dir, manifest)  # with a matching manifest.sha256: the path check must hold alone
     with pytest.raises(EmsegError, match="outside the package"):
         load_package(package_dir)
 
@@ -85,6 +85,9 @@ def test_not_a_package(tmp_path):
         load_package(tmp_path / "absent")
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(EmsegError, match="not valid JSON"):
+        load_package(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "emseg-rt-package", "format_version": 1}))
+    with pytest.raises(EmsegError, match="no manifest.sha256.*re-export"):
         load_package(tmp_path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ class BenchConfig:
         return self.backends or default_backends(self.device)
 
     def validate(self) -> None:
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device):
+            raise EmsegError(f"--device {self.device!r}: choose cpu, cuda or auto")
         if self.size not in SIZES:
             raise EmsegError(f"--size {self.size!r}: choose one of {', '.join(SIZES)}")
         unknown = [b for b in self.backend_names if b not in BACKENDS]

@@ -43,6 +43,8 @@ def bench_command(
         batches = tuple(int(b) for b in _csv(batch))
     except ValueError:
         raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
+    if device not in ("cpu", "cuda", "auto"):
+        raise EmsegError(f"--device {device!r}: choose cpu, cuda or auto")
     resolved_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if cache_dir is not None:  # the export cache is located by the environment, for this process
         os.environ["EMSEG_RT_CACHE"] = str(cache_dir)

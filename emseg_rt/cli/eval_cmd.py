@@ -21,15 +21,30 @@ def eval_command(
     no_instances: bool = typer.Option(False, "--no-instances", help="Skip AJI and PQ (faster on big volumes)."),
 ) -> None:
     """Per-class Dice and IoU, mean IoU, and instance-level AJI and PQ (definitions: emseg_rt.metrics)."""
-    from emseg_rt.io.ome_zarr import read_volume
     from emseg_rt.metrics import evaluate
 
-    scores = evaluate(read_volume(pred, labels=pred_labels), read_volume(gt, labels=gt_labels),
+    scores = evaluate(read_volume_or_fail(pred, pred_labels), read_volume_or_fail(gt, gt_labels),
                       instance_metrics=not no_instances)
     if as_json:
         typer.echo(scores.to_json())
         return
     print_scores(scores)
+
+
+def read_volume_or_fail(path: Path, labels: str | None = None):
+    """`io.read_volume(path, labels=labels)`, with a chunk that cannot be read or decoded (corrupt,
+    truncated, unreadable) as an EmsegError naming the volume instead of a codec traceback."""
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.io.ome_zarr import read_volume
+
+    where = f"{path}" + (f" (labels {labels})" if labels else "")
+    try:
+        return read_volume(path, labels=labels)
+    except EmsegError:
+        raise
+    except (RuntimeError, ValueError, OSError) as exc:  # zarr's codecs raise RuntimeError/ValueError
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmsegError(f"{where}: cannot read the volume: a chunk is corrupt or unreadable ({detail[:200]})") from None
 
 
 def print_scores(scores) -> None:

@@ -24,7 +24,8 @@ def train_command(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (ScSAM §4.2: 1e-3)."),
     cos_weight: float = typer.Option(0.2, "--cos-weight", help="λ of L_cos (ScSAM eq. 9: 0.2)."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
-    cache: Path | None = typer.Option(None, "--cache", help="Embedding cache (default: CKPT.cache.zarr)."),
+    cache: Path | None = typer.Option(None, "--cache", help="Embedding cache (default: CKPT.cache.zarr); an "
+                                      "existing directory must be an emseg-rt embedding cache (it may be rebuilt)."),
     embeddings_from: Path | None = typer.Option(None, "--embeddings-from", help="Compute the cache with this "
                                                 "exported model package's encoder graphs (ONNX Runtime) "
                                                 "instead of the torch encoders (export it from the same "
@@ -36,19 +37,20 @@ def train_command(
     """Train FAFM + class prompt encoder + decoder with 0.2·L_cos + L_NTX + L_Dice on frozen encoders."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from emseg_rt.cli.eval_cmd import read_volume_or_fail
     from emseg_rt.data.phantom import GROUND_TRUTH
     from emseg_rt.errors import EmsegError
-    from emseg_rt.io.ome_zarr import list_label_groups, read_volume
+    from emseg_rt.io.ome_zarr import list_label_groups
     from emseg_rt.models import build
     from emseg_rt.models.default_model import default_model_name, load_default_model
     from emseg_rt.training import train_head
     from emseg_rt.training.cache import package_embedder
 
     labels = GROUND_TRUTH if labels is None else labels
-    image = read_volume(data)
+    image = read_volume_or_fail(data)
     label_path = Path(labels)
-    truth = read_volume(data, labels=labels) if labels in list_label_groups(data) else (
-        read_volume(label_path) if label_path.exists() else None)
+    truth = read_volume_or_fail(data, labels) if labels in list_label_groups(data) else (
+        read_volume_or_fail(label_path) if label_path.exists() else None)
     if truth is None:
         raise EmsegError(f"--labels {labels!r}: neither a label group of {data} nor an existing path")
     if model == default_model_name() and not weights:

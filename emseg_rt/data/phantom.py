@@ -322,6 +322,10 @@ def write_phantom(path: str | Path, phantom: Phantom) -> Path:
     root attribute `emseg_rt_phantom` recording how it was made; atomically (nothing at `path` until done)."""
     made_with = {"seed": phantom.seed, "noise": phantom.noise, "anisotropy": phantom.anisotropy,
                  "shape": list(phantom.image.shape), "classes": list(CLASS_NAMES)}
-    return write_volume_with_labels(path, phantom.image, {GROUND_TRUTH: phantom.labels}, CLASS_NAMES,
-                                    voxel_size=(phantom.anisotropy, 1.0, 1.0),
-                                    attributes={"emseg_rt_phantom": made_with})
+    try:
+        return write_volume_with_labels(path, phantom.image, {GROUND_TRUTH: phantom.labels}, CLASS_NAMES,
+                                        voxel_size=(phantom.anisotropy, 1.0, 1.0),
+                                        attributes={"emseg_rt_phantom": made_with})
+    except OSError as exc:  # read-only filesystem, permissions, disk full: nothing at `path` (atomic rename)
+        raise EmsegError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location with "
+                         "free space") from None

@@ -5,6 +5,12 @@ knows (`config.set_compute_capability`); it is strongly typed, so the engine's p
 graph's (an fp16 package gives fp16 engines). Standard TensorRT (`tensorrt`) builds only for the GPU it
 runs on (`--target current`). Every engine gets one optimisation profile: batch 1..batch_max (optimum at
 batch_max), all other dimensions static as in the graph.
+
+Nothing is written outside the package directory: engines go to `<package>/engines/<component>.<target>.engine`
+(component and target are validated names, `load_package` refuses a package with a symlink leading out,
+and every path is checked to resolve inside the package before it is written), and the manifest and its
+hash are rewritten in place. The graph TensorRT parses, and any external data it reads, is what
+`load_package` checked: inside the package, listed and hashed.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from emseg_rt.engines.select import current_target, gpu_target
 from emseg_rt.engines.trt import FLAVOURS, RTX_TARGETS, flavour_version, import_flavour
 from emseg_rt.errors import EmsegError
 from emseg_rt.package import (
+    TARGET_NAME,
     ComponentSpec,
     EngineRecord,
     load_package,
@@ -46,6 +53,8 @@ def parse_targets(text: str | Sequence[str], flavour: str = "tensorrt-rtx") -> l
             raise EmsegError(f"--target {item}: TensorRT for RTX builds for {', '.join(RTX_TARGETS)}{hint}")
         if flavour == "tensorrt" and item != "current" and target != gpu_target():
             raise EmsegError(f"--target {item}: standard TensorRT builds only for the GPU it runs on; use --target current")
+        if not TARGET_NAME.fullmatch(target):  # engine file names are built from it
+            raise EmsegError(f"--target {item}: a target is sm<digits> (sm86, sm89, sm120) or 'current'")
         if target not in targets:
             targets.append(target)
     return targets
@@ -58,9 +67,16 @@ def _network_flags(trt: Any, flavour: str) -> int:
 
 
 def build_engine(
-    component: ComponentSpec, target: str, flavour: str, batch_max: int, engine_path: Path
+    component: ComponentSpec, target: str, flavour: str, batch_max: int, engine_path: Path,
+    package_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Parse `component`'s ONNX file and write a serialized engine for `target` to `engine_path`."""
+    """Parse `component`'s ONNX file and write a serialized engine for `target` to `engine_path`.
+
+    package_root: the package directory (default: the graph's directory); `engine_path` must lie inside
+    it, and the record's `file` is relative to it.
+    """
+    root = Path(package_root) if package_root is not None else component.path.parent
+    _check_inside(root, engine_path)
     trt = import_flavour(flavour)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
@@ -86,11 +102,15 @@ def build_engine(
         raise EmsegError(f"{component.file}: {flavour} could not build an engine for {target} (see the log above)")
     seconds = time.perf_counter() - started
     fd, tmp = tempfile.mkstemp(prefix=f".{engine_path.name}.", dir=engine_path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(memoryview(serialized))
-    os.replace(tmp, engine_path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(memoryview(serialized))
+        os.replace(tmp, engine_path)  # replaces a symlink at engine_path itself, never its target
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return {
-        "file": engine_path.relative_to(component.path.parent).as_posix(),
+        "file": engine_path.relative_to(root).as_posix(),
         "target": target,
         "flavour": flavour,
         "trt_version": flavour_version(trt),
@@ -100,6 +120,12 @@ def build_engine(
         "build_seconds": round(seconds, 3),
         "bytes": engine_path.stat().st_size,
     }
+
+
+def _check_inside(root: Path, path: Path) -> None:
+    """EmsegError unless `path` (through any symlinks in it) stays inside the package directory `root`."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise EmsegError(f"package {root}: refusing to write {path}, which lies outside the package directory")
 
 
 def build_engines(
@@ -127,19 +153,26 @@ def build_engines(
     if batch < 1:
         raise EmsegError(f"--batch-max {batch}: must be at least 1")
     engine_dir = package.root / ENGINE_DIR
+    _check_inside(package.root, engine_dir)
     try:
         engine_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise EmsegError(f"{engine_dir}: cannot write engines there ({exc.strerror or exc})") from None
+    _check_inside(package.root, engine_dir)  # a symlink created meanwhile
     manifest = package.manifest
     for target in target_list:
         for name in names:
             component = package.components[name]
             say(f"building {name} for {target} with {flavour}")
-            record = build_engine(component, target, flavour, batch, engine_dir / f"{name}.{target}.engine")
-            manifest.setdefault("engines", {}).setdefault(name, {})[target] = record
-            manifest["files"][record["file"]] = sha256_file(package.root / record["file"])
-            manifest.setdefault("toolchain", {})[flavour.replace("-", "_")] = record["trt_version"]
-            write_manifest(package.root, manifest)
+            try:
+                record = build_engine(component, target, flavour, batch, engine_dir / f"{name}.{target}.engine",
+                                      package_root=package.root)
+                manifest.setdefault("engines", {}).setdefault(name, {})[target] = record
+                manifest["files"][record["file"]] = sha256_file(package.root / record["file"])
+                manifest.setdefault("toolchain", {})[flavour.replace("-", "_")] = record["trt_version"]
+                write_manifest(package.root, manifest)
+            except OSError as exc:
+                raise EmsegError(f"package {package.root}: cannot write the {name} engine for {target} "
+                                 f"({exc.strerror or exc})") from None
     updated = package_from_manifest(package.root, manifest)
     return [updated.engines[name][target] for target in target_list for name in names]

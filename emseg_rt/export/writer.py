@@ -12,6 +12,7 @@ until every step succeeded; a failed or interrupted write leaves no package behi
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import secrets
@@ -35,6 +36,7 @@ from emseg_rt.package import (
     BATCH_DIM,
     FORMAT_VERSION,
     HEAD,
+    MANIFEST_HASH_NAME,
     MANIFEST_NAME,
     PACKAGE_FORMAT,
     PRECISIONS,
@@ -81,7 +83,8 @@ def export_package(
     fp16_head:     with fp16, also run the head (FAFM, prompt encoder, decoder) in FP16. Off by default:
                    the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
                    are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
-    overwrite:     replace a package already at `out_dir` (only once the new one is complete).
+    overwrite:     replace a model package already at `out_dir` (only once the new one is complete); any
+                   other non-empty directory is refused, never deleted.
     components:    the graphs to include (e.g. ('full',), all the runtime runs); None: every component.
     Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
 
@@ -97,7 +100,7 @@ def export_package(
         traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), say,
                              components)
         _write_package_into(staging, traced, options, say, move_graphs=True)
-        _install(staging, out_dir)
+        _install(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -127,7 +130,7 @@ def write_package(
     staging = _staging_dir(out_dir, overwrite)
     try:
         _write_package_into(staging, traced, options, say, move_graphs=False)
-        _install(staging, out_dir)
+        _install(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -149,12 +152,44 @@ def _options(precision: str, batch_max: int, parity_batch: int | None, parity_se
 # ------------------------------------------------------------------------------------ destination
 
 
-def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
-    """Check the destination, and make the temporary sibling the package is written into."""
+def _is_package_dir(path: Path) -> bool:
+    """Whether `path` is a model package (a directory whose manifest.json says `"format": "emseg-rt-package"`),
+    however old or damaged otherwise: the only kind of non-empty directory `--overwrite` may replace."""
+    manifest = path / MANIFEST_NAME
+    if path.is_symlink() or not path.is_dir() or manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        content = json.loads(manifest.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and content.get("format") == PACKAGE_FORMAT
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    """EmsegError unless `out_dir` is absent, an empty directory, or (with `overwrite`) a model package."""
+    if out_dir.is_symlink():
+        raise EmsegError(f"--out {out_dir}: is a symlink; give the directory it points to, or another path")
     if out_dir.exists() and not out_dir.is_dir():
         raise EmsegError(f"--out {out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if not out_dir.is_dir():
+        return
+    try:
+        empty = not any(out_dir.iterdir())
+    except OSError as exc:
+        raise EmsegError(f"--out {out_dir}: cannot read it ({exc.strerror or exc})") from None
+    if empty:
+        return
+    if not overwrite:
         raise EmsegError(f"--out {out_dir}: directory is not empty; choose another or pass --overwrite to replace it")
+    if not _is_package_dir(out_dir):
+        raise EmsegError(f"--out {out_dir}: not an emseg-rt model package (no manifest.json of format "
+                         f"{PACKAGE_FORMAT!r}); --overwrite replaces only a package or an empty directory, "
+                         "so choose another --out")
+
+
+def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Check the destination, and make the temporary sibling the package is written into."""
+    _check_destination(out_dir, overwrite)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = out_dir.with_name(f".{out_dir.name}.partial-{secrets.token_hex(6)}")
@@ -164,13 +199,23 @@ def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
         raise EmsegError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
-def _install(staging: Path, out_dir: Path) -> None:
-    """Move the finished package into place (rename; an old package is removed only after success)."""
+def _install(staging: Path, out_dir: Path, overwrite: bool = True) -> None:
+    """Move the finished package into place (rename; an old package is removed only after success).
+
+    The destination is checked again (the export took a while): only an absent or empty directory, or
+    with `overwrite` a model package, is replaced; anything else is left alone and EmsegError raised.
+    """
+    _check_destination(out_dir, overwrite)
     old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{secrets.token_hex(4)}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
+    try:
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{secrets.token_hex(4)}")
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+    except OSError as exc:
+        if old is not None and not out_dir.exists():
+            os.replace(old, out_dir)  # put the previous package back
+        raise EmsegError(f"--out {out_dir}: cannot install the package there ({exc.strerror or exc})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -244,7 +289,7 @@ def _manifest(staging: Path, traced: TracedGraphs, options: _WriteOptions, compo
     files = {
         path.relative_to(staging).as_posix(): sha256_file(path)
         for path in sorted(staging.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME
+        if path.is_file() and path.relative_to(staging).as_posix() not in (MANIFEST_NAME, MANIFEST_HASH_NAME)
     }
     tile = config.tile
     return {

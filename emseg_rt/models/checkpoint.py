@@ -28,6 +28,19 @@ MAE_SKIPPED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")
 SAM_TOP_LEVEL = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
 
+def load_error_detail(exc: BaseException) -> str:
+    """One short line saying why torch.load(weights_only=True) refused a file. torch's own message opens
+    with advice to retry with weights_only=False (which would run whatever the file holds); the line that
+    names the refused object is the useful one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Weights only load failed"):
+        named = next((line for line in lines[1:] if "global" in line.lower() or "unsupported" in line.lower()), None)
+        return (named or "not a weights-only file")[:200]
+    return lines[0][:200]
+
+
 def read_state_dict(path: str | Path) -> Mapping[str, object]:
     """torch.load(path, weights_only=True) with one-line errors for missing, corrupt or unsafe files."""
     path = Path(path)
@@ -36,8 +49,8 @@ def read_state_dict(path: str | Path) -> Mapping[str, object]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file, reported in one line
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EmsegError(f"checkpoint {path}: not a readable weights-only torch checkpoint ({first_line})") from None
+        raise EmsegError(f"checkpoint {path}: not a readable weights-only torch checkpoint "
+                         f"({load_error_detail(exc)})") from None
     if not isinstance(loaded, Mapping):
         raise EmsegError(f"checkpoint {path}: expected a state dict, found {type(loaded).__name__}")
     return loaded

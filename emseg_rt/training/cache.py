@@ -8,18 +8,23 @@ epoch into head-only work. A cache is a zarr v3 group:
       labels          (N, T, T) uint8      ground truth of each tile
       sam_embedding   (N, C_s, H, W) float16
       mae_embedding   (N, C_m, H, W) float16
-      attrs: key (sha256 of model name, encoder weights, data paths and tile plan), model, tile, tiles
+      attrs: emseg_rt (= "embedding-cache", the marker), key (sha256 of model name, encoder weights, data
+             paths and tile plan), model, tile, tiles, sources
 
 Tiles are a grid over every z-slice (the last row and column flush with the edge, none dropped). The
 embedding function is any callable uint8 tiles (B, 1, T, T) → {"sam_embedding", "mae_embedding"}:
 by default the torch pipeline's `embed`, or a runtime backend running exported encoder components.
-A cache is written to `<path>.partial` and renamed when complete; a cache whose key differs is rebuilt.
+A cache is written to `<path>.partial` (marked as ours the moment it is created) and renamed when
+complete; a cache whose key differs is rebuilt beside it and swapped in. Only a directory that is an
+emseg-rt embedding cache (`is_embedding_cache`: the marker, or the attributes every cache has carried) is
+ever deleted or replaced: `--cache DIR` naming anything else is refused (`check_cache_path`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +34,11 @@ import torch
 import zarr
 from torch import nn
 
+from emseg_rt.errors import EmsegError
 from emseg_rt.training.sampling import tile_starts
 
+CACHE_MARKER = ("emseg_rt", "embedding-cache")  # root attribute naming a directory as our embedding cache
+LEGACY_ATTRS = ("key", "model", "tile", "tiles", "sources")  # what caches carried before the marker
 EmbedFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -52,6 +60,44 @@ def cache_key(model: nn.Module, sources: list[str], plan: list[tuple[int, int, i
     payload = json.dumps({"model": model.config.name, "encoders": encoders or encoder_digest(model),
                           "sources": sources, "plan": plan}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _root_attributes(path: Path) -> dict | None:
+    """The root attributes of the zarr v3 group at `path` (read from its zarr.json), None when `path` is
+    not a directory holding one."""
+    meta = path / "zarr.json"
+    if path.is_symlink() or not path.is_dir() or meta.is_symlink() or not meta.is_file():
+        return None
+    try:
+        content = json.loads(meta.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("node_type") != "group":
+        return None
+    attributes = content.get("attributes", {})
+    return attributes if isinstance(attributes, dict) else None
+
+
+def is_embedding_cache(path: str | Path, partial: bool = False) -> bool:
+    """Whether `path` is a directory emseg-rt wrote as an embedding cache: a zarr group with our marker
+    attribute (with `partial`, one still being written), or a complete cache from before the marker."""
+    attributes = _root_attributes(Path(path))
+    if attributes is None:
+        return False
+    if attributes.get(CACHE_MARKER[0]) == CACHE_MARKER[1]:
+        return True
+    return not partial and all(name in attributes for name in LEGACY_ATTRS)
+
+
+def check_cache_path(path: str | Path, option: str = "--cache") -> Path:
+    """EmsegError unless `path` is absent or an embedding cache (which may be reused or rebuilt), and the
+    same for the `.partial` directory a cache is written into: nothing else is ever replaced."""
+    path = Path(path)
+    for candidate, partial in ((path, False), (path.with_name(path.name + ".partial"), True)):
+        if (candidate.exists() or candidate.is_symlink()) and not is_embedding_cache(candidate, partial):
+            raise EmsegError(f"{option} {candidate}: exists and is not an emseg-rt embedding cache; it is left "
+                             "alone: choose another path (or remove it yourself)")
+    return path
 
 
 class EmbeddingCache:
@@ -98,42 +144,69 @@ def build_cache(
                      runs an exported package's encoder graphs in ONNX Runtime.
     embed_identity:  what `embed_fn` computes with (e.g. the package's file hashes), part of the key.
     """
-    path = Path(path)
+    path = check_cache_path(path)
     tile = model.config.tile
     plan = tile_plan(image.shape, tile)
     key = cache_key(model, sources, plan, embed_identity)
-    if path.exists():
-        try:
-            existing = EmbeddingCache(path)
-            if existing.key == key and len(existing) == len(plan):
-                return existing
-        except (KeyError, FileNotFoundError, ValueError):
-            pass
-        shutil.rmtree(path)
+    existing = _open_matching(path, key, len(plan))
+    if existing is not None:
+        return existing
     embed = embed_fn or model.embed
     model.eval()
     tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    n = len(plan)
-    label_array = group.create_array("labels", shape=(n, tile, tile), dtype="uint8", chunks=(min(n, 64), tile, tile))
-    arrays: dict[str, zarr.Array] = {}
-    for start in range(0, n, batch):
-        chunk = plan[start : start + batch]
-        tiles = np.stack([image[z, y : y + tile, x : x + tile] for z, y, x in chunk])[:, None]
-        truth = np.stack([labels[z, y : y + tile, x : x + tile] for z, y, x in chunk])
-        embeddings = embed(torch.from_numpy(np.ascontiguousarray(tiles)))
-        for name, value in embeddings.items():
-            if name not in arrays:
-                arrays[name] = group.create_array(name, shape=(n, *value.shape[1:]), dtype="float16",
-                                                  chunks=(min(n, 64), *value.shape[1:]))
-            arrays[name][start : start + len(chunk)] = value.float().cpu().numpy().astype(np.float16)
-        label_array[start : start + len(chunk)] = truth
-        if on_progress is not None:
-            on_progress(start + len(chunk), n)
-    group.attrs.update({"key": key, "model": model.config.name, "tile": tile, "tiles": n, "sources": sources})
-    tmp.rename(path)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # an interrupted build of ours (check_cache_path made sure)
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+        group.attrs.update({CACHE_MARKER[0]: CACHE_MARKER[1], "complete": False})
+        n = len(plan)
+        label_array = group.create_array("labels", shape=(n, tile, tile), dtype="uint8",
+                                         chunks=(min(n, 64), tile, tile))
+        arrays: dict[str, zarr.Array] = {}
+        for start in range(0, n, batch):
+            chunk = plan[start : start + batch]
+            tiles = np.stack([image[z, y : y + tile, x : x + tile] for z, y, x in chunk])[:, None]
+            truth = np.stack([labels[z, y : y + tile, x : x + tile] for z, y, x in chunk])
+            embeddings = embed(torch.from_numpy(np.ascontiguousarray(tiles)))
+            for name, value in embeddings.items():
+                if name not in arrays:
+                    arrays[name] = group.create_array(name, shape=(n, *value.shape[1:]), dtype="float16",
+                                                      chunks=(min(n, 64), *value.shape[1:]))
+                arrays[name][start : start + len(chunk)] = value.float().cpu().numpy().astype(np.float16)
+            label_array[start : start + len(chunk)] = truth
+            if on_progress is not None:
+                on_progress(start + len(chunk), n)
+        group.attrs.update({"key": key, "model": model.config.name, "tile": tile, "tiles": n, "sources": sources,
+                            "complete": True})
+        _swap_in(tmp, path)
+    except OSError as exc:
+        raise EmsegError(f"embedding cache {path}: cannot write it ({exc.strerror or exc}); choose a writable "
+                         "--cache location") from None
     return EmbeddingCache(path)
+
+
+def _open_matching(path: Path, key: str, tiles: int) -> EmbeddingCache | None:
+    """The cache at `path` when it is complete with this `key` and number of tiles, else None (absent,
+    another key, or damaged: then it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        existing = EmbeddingCache(path)
+    except Exception:  # noqa: BLE001  a damaged cache of ours is rebuilt, whatever zarr raises
+        return None
+    return existing if existing.key == key and len(existing) == tiles else None
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename the finished cache `new` to `path`; an old cache there (ours: checked) is moved aside first and
+    removed after."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+        path.rename(old)
+    new.rename(path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def package_embedder(package_dir: str | Path, model_name: str) -> tuple[EmbedFn, str]:
@@ -143,7 +216,6 @@ def package_embedder(package_dir: str | Path, model_name: str) -> tuple[EmbedFn,
     so a cache made from another export is rebuilt. EmsegError if the package is not a `model_name`
     package with encoders.
     """
-    from emseg_rt.errors import EmsegError
     from emseg_rt.models.pipeline import embedding_name
     from emseg_rt.package import load_package
     from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph

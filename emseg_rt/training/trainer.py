@@ -6,13 +6,17 @@ L = λ·L_cos + L_NTX + L_Dice (λ = 0.2) and Adam (lr 1e-3).
 Files written for `--out CKPT`:
 - CKPT: the head's weights (`head.*` keys), loadable with `build(name, checkpoint=[encoders..., CKPT])`;
   rewritten atomically at every checkpoint, so it always holds a complete state dict.
-- CKPT.state: the training state (step, head, optimizer, sampler RNG, loss history) for `--resume`.
+- CKPT.state: the training state (step, head, optimizer, sampler RNG, loss history) for `--resume`,
+  read back with `torch.load(weights_only=True)` (tensors and plain containers only: a crafted pickle is
+  refused, never run) and checked field by field before anything is restored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +27,8 @@ import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.training.cache import EmbeddingCache, build_cache
+from emseg_rt.models.checkpoint import load_error_detail
+from emseg_rt.training.cache import EmbeddingCache, build_cache, check_cache_path
 from emseg_rt.training.losses import COS_WEIGHT, LossTerms, scsam_loss
 
 STATE_SUFFIX = ".state"
@@ -43,10 +48,74 @@ class TrainReport:
     tiles: int = 0
 
 
+STATE_KEYS = {"model": str, "cache_key": str, "step": int, "head": dict, "optimizer": dict, "rng": dict,
+              "torch_rng": torch.Tensor, "losses": list}
+
+
 def _atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename; EmsegError (one line) when the file cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports an unopenable or full file as RuntimeError
+        tmp.unlink(missing_ok=True)
+        detail = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise EmsegError(f"cannot write {path} ({detail}); choose a writable --out with free space") from None
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """EmsegError naming `what` when no file can be created in `folder` (read-only filesystem, permissions)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".emseg-rt-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EmsegError(f"{what} {folder}: cannot write there ({exc.strerror or exc}); choose a writable "
+                         "location") from None
+
+
+def check_training_data(image: np.ndarray, labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    """Refuse training data the trainer would silently misread; returns labels as uint8.
+
+    image:  (Z, Y, X) uint8 intensities (the encoders' input; a float volume, NaN or not, is refused).
+    labels: (Z, Y, X) integer class ids 0..num_classes (0 = background).
+    """
+    if image.shape != labels.shape:
+        raise EmsegError(f"image {image.shape} and labels {labels.shape} have different shapes")
+    if image.ndim != 3:
+        raise EmsegError(f"training data must be a 3D volume (Z, Y, X), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise EmsegError(f"training image has NaN or infinite values (dtype {image.dtype}); train needs "
+                             "uint8 intensities")
+        raise EmsegError(f"training image has dtype {image.dtype}; train needs uint8 intensities (0-255) — "
+                         "convert the volume first")
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise EmsegError(f"labels have dtype {labels.dtype}; they must be integer class ids 0..{num_classes}")
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0:
+            raise EmsegError(f"labels hold negative values (down to {low}); class ids are 0..{num_classes}")
+        if high > num_classes:
+            raise EmsegError(f"labels go up to {high} but {name} has {num_classes} classes")
+    return labels.astype(np.uint8, copy=False)
+
+
+def load_training_state(state_path: Path) -> dict:
+    """Read a `--resume` state with torch.load(weights_only=True) and check its fields; EmsegError (one line)
+    for a file emseg-rt did not write (foreign, corrupt, or a pickle that would run code)."""
+    foreign = f"--resume: {state_path} is not a training state written by `emseg-rt train`"
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any failure to unpickle safely is a bad file, reported in one line
+        raise EmsegError(f"{foreign} ({load_error_detail(exc)}); start a new --out") from None
+    if not isinstance(state, dict):
+        raise EmsegError(f"{foreign} (holds a {type(state).__name__}); start a new --out")
+    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        raise EmsegError(f"{foreign} (missing or wrong: {', '.join(wrong)}); start a new --out")
+    return state
 
 
 def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,16 +163,10 @@ def train_head(
     check_trainable(model)
     out = Path(out)
     state_path = out.with_name(out.name + STATE_SUFFIX)
-    if image.shape != labels.shape:
-        raise EmsegError(f"image {image.shape} and labels {labels.shape} have different shapes")
-    if image.ndim != 3:
-        raise EmsegError(f"training data must be a 3D volume (Z, Y, X), got shape {image.shape}")
+    labels = check_training_data(image, labels, model.config.num_classes, model.config.name)
     tile = model.config.tile
     if min(image.shape[1:]) < tile:
         raise EmsegError(f"slices {image.shape[1:]} are smaller than {model.config.name}'s tile {tile}")
-    if int(labels.max()) > model.config.num_classes:
-        raise EmsegError(f"labels go up to {int(labels.max())} but {model.config.name} has "
-                         f"{model.config.num_classes} classes")
     if steps < 1 or batch < 1 or checkpoint_every < 1:
         raise EmsegError("--steps, --batch and --checkpoint-every must be >= 1")
     if out.exists() and not resume:
@@ -112,9 +175,13 @@ def train_head(
         raise EmsegError(f"--resume: no training state {state_path} next to {out}; start without --resume")
     if not out.parent.exists():
         raise EmsegError(f"output folder {out.parent} does not exist")
+    _check_writable(out.parent, "--out")
+    cache_path = check_cache_path(Path(cache_path) if cache_path else out.with_name(out.name + ".cache.zarr"))
+    if cache_path.parent.is_dir():
+        _check_writable(cache_path.parent, "--cache")
+    state = load_training_state(state_path) if resume else None  # before the slow cache: a bad file fails fast
 
     sources = sources or [hashlib.sha256(image.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()]
-    cache_path = Path(cache_path) if cache_path else out.with_name(out.name + ".cache.zarr")
     cache: EmbeddingCache = build_cache(cache_path, model, image, labels, sources, embed_fn=embed_fn,
                                         on_progress=on_cache, embed_identity=embed_identity)
 
@@ -127,15 +194,19 @@ def train_head(
     torch.manual_seed(seed)
     start_step = 0
     losses: list[dict[str, float]] = []
-    if resume:
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state is not None:
         if state["model"] != model.config.name or state["cache_key"] != cache.key:
             raise EmsegError(f"--resume: {state_path} belongs to another model or data set; start a new --out")
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start_step, losses = int(state["step"]), list(state["losses"])
+        try:
+            head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EmsegError(f"--resume: {state_path} does not fit {model.config.name}'s head ({detail[:200]}); "
+                             "start a new --out") from None
+        start_step, losses = state["step"], list(state["losses"])
 
     def save(step: int) -> None:
         _atomic_save(head_state(model), out)
