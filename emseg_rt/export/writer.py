@@ -18,7 +18,7 @@ import platform
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,15 +95,13 @@ def export_package(
     say = progress or _quiet
     out_dir = Path(out_dir)
     model = _resolve_model(model_name_or_module, checkpoints)
-    staging = _staging_dir(out_dir, overwrite)  # checks the destination before the slow trace
-    try:
+
+    def trace_and_write(staging: Path) -> None:
         traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), say,
                              components)
         _write_package_into(staging, traced, options, say, move_graphs=True)
-        _install(staging, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    _build_package(out_dir, overwrite, trace_and_write)  # checks the destination before the slow trace
     say(f"wrote {out_dir} ({model.config.name}, {precision})")
     return out_dir
 
@@ -127,13 +125,8 @@ def write_package(
     options = _options(precision, traced.batch_max, parity_batch, parity_seed, allow_parity_failure, fp16_head)
     say = progress or _quiet
     out_dir = Path(out_dir)
-    staging = _staging_dir(out_dir, overwrite)
-    try:
-        _write_package_into(staging, traced, options, say, move_graphs=False)
-        _install(staging, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    _build_package(out_dir, overwrite, lambda staging: _write_package_into(staging, traced, options, say,
+                                                                           move_graphs=False))
     say(f"wrote {out_dir} ({traced.model.config.name}, {precision})")
     return out_dir
 
@@ -185,6 +178,18 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
         raise EmsegError(f"--out {out_dir}: not an emseg-rt model package (no manifest.json of format "
                          f"{PACKAGE_FORMAT!r}); --overwrite replaces only a package or an empty directory, "
                          "so choose another --out")
+
+
+def _build_package(out_dir: Path, overwrite: bool, fill: Callable[[Path], None]) -> None:
+    """Check `out_dir`, let `fill` write a package into a fresh staging sibling, and install it atomically;
+    on any failure the staging directory is removed and `out_dir` is left as it was."""
+    staging = _staging_dir(out_dir, overwrite)
+    try:
+        fill(staging)
+        _install(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
