@@ -2,6 +2,7 @@
 
 Robust percentiles are sampled across the whole volume once (planes spread evenly along the first axis,
 a fixed-seed subsample of pixels in each), then every slab is mapped linearly to uint8 with the same numbers.
+A user's `--window` (`parse_window`) replaces them: fixed values (nothing sampled) or other percentiles.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import numpy as np
 
 from emseg_rt.errors import EmsegError
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "float16", "float32", "float64")
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32", "float64")
 
 
 @dataclass(frozen=True)
 class Normalisation:
-    """How input intensities become the model's uint8: identity for uint8, else clip((v − low)/(high − low))·255."""
+    """How input intensities become the model's uint8: identity for uint8, else clip((v − low)/(high − low))·255.
 
-    method: str  # "identity" | "percentile"
+    "percentile": low/high sampled from the volume at low_percentile/high_percentile. "window": low/high given
+    by the user (`--window LOW,HIGH`), nothing sampled; its dict records only method, low and high.
+    """
+
+    method: str  # "identity" | "percentile" | "window"
     low: float = 0.0
     high: float = 255.0
     low_percentile: float = 0.5
@@ -29,7 +34,51 @@ class Normalisation:
     sampled_planes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        if self.method == "window":
+            return {"method": "window", "low": self.low, "high": self.high}
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """A user's intensity window: input values (`kind` "values") or percentiles 0..100 of the volume."""
+
+    kind: str  # "values" | "percentiles"
+    low: float
+    high: float
+
+
+WINDOW_FORMS = "LOW,HIGH values (e.g. 100,3000 or -1200,800 or 0.1,0.9) or percentiles (1%,99% or p1,p99), LOW < HIGH"
+
+
+def parse_window(text: str) -> IntensityWindow:
+    """`--window` text → IntensityWindow; EmsegError (one line naming the accepted forms) for anything else.
+
+    "100,3000", "-1200,800", "0.1,0.9" → values; "1%,99%", "p1,p99" → percentiles (0 ≤ LOW < HIGH ≤ 100).
+    """
+    refusal = EmsegError(f"--window {text!r}: expected {WINDOW_FORMS}")
+    parts = str(text).split(",")
+    if len(parts) != 2:
+        raise refusal
+    try:
+        (low_kind, low), (high_kind, high) = (_window_bound(part) for part in parts)
+    except ValueError:
+        raise refusal from None
+    if low_kind != high_kind or not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise refusal
+    if low_kind == "percentiles" and not 0.0 <= low < high <= 100.0:
+        raise refusal
+    return IntensityWindow(low_kind, low, high)
+
+
+def _window_bound(part: str) -> tuple[str, float]:
+    """One bound of `--window`: ("percentiles", 1.0) for "1%" or "p1", ("values", v) for a number (ValueError else)."""
+    part = part.strip()
+    if part.endswith("%"):
+        return "percentiles", float(part[:-1])
+    if part[:1] in ("p", "P"):
+        return "percentiles", float(part[1:])
+    return "values", float(part)
 
 
 def check_dtype(dtype: np.dtype, source: str) -> None:
@@ -44,18 +93,39 @@ def check_finite(values: np.ndarray, where: str) -> None:
         raise EmsegError(f"{where} contains NaN or Inf values; replace them (e.g. with the background value) first")
 
 
-def dataset_normalisation(array: Any, source: str = "input", *, max_planes: int = 16, samples_per_plane: int = 65536,
+def dataset_normalisation(array: Any, source: str = "input", *, window: IntensityWindow | None = None,
+                          max_planes: int = 16, samples_per_plane: int = 65536,
                           percentiles: tuple[float, float] = (0.5, 99.5), seed: int = 0) -> Normalisation:
-    """Robust intensity range of a (Z, Y, X) array-like, sampled across the volume.
+    """Intensity range of a (Z, Y, X) array-like, any supported dtype: the Normalisation `to_uint8` applies.
 
-    uint8 → identity. uint16 / float → the (0.5, 99.5) percentiles of up to `max_planes` planes spread evenly
-    along axis 0 (each subsampled to `samples_per_plane` voxels with a fixed seed). Float planes with NaN/Inf
-    raise EmsegError.
+    No window: uint8 → identity; other integers (int8..int32, uint16, uint32) and floats → the `percentiles`
+    (0.5, 99.5) of up to `max_planes` planes spread evenly along axis 0 (each subsampled to
+    `samples_per_plane` voxels with a fixed seed). A "values" window → method "window" with its low/high,
+    nothing sampled; a "percentiles" window → that sampling with its percentiles. Both apply to uint8 too.
+    Float planes with NaN/Inf raise EmsegError when sampled.
     """
     dtype = np.dtype(array.dtype)
     check_dtype(dtype, source)
-    if dtype == np.uint8:
+    if window is not None and window.kind == "values":
+        return Normalisation("window", float(window.low), float(window.high))
+    if window is not None:
+        percentiles = (float(window.low), float(window.high))
+    elif dtype == np.uint8:
         return Normalisation("identity")
+    values, n_planes = sample_planes(array, source, max_planes=max_planes, samples_per_plane=samples_per_plane,
+                                     seed=seed)
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if not high > low:
+        high = low + 1.0
+    return Normalisation("percentile", low, high, percentiles[0], percentiles[1], int(values.size), n_planes)
+
+
+def sample_planes(array: Any, source: str, *, max_planes: int, samples_per_plane: int,
+                  seed: int) -> tuple[np.ndarray, int]:
+    """A fixed-seed sample of a (Z, Y, X) array-like's voxels: (values (N,) float64, number of planes read).
+
+    Up to `max_planes` planes spread evenly along axis 0, each subsampled to `samples_per_plane` voxels.
+    """
     depth = array.shape[0]
     indices = np.unique(np.linspace(0, depth - 1, num=min(max_planes, depth)).round().astype(int))
     rng = np.random.default_rng(seed)
@@ -66,16 +136,17 @@ def dataset_normalisation(array: Any, source: str = "input", *, max_planes: int 
         if plane.size > samples_per_plane:
             plane = plane[rng.choice(plane.size, samples_per_plane, replace=False)]
         samples.append(plane.astype(np.float64))
-    values = np.concatenate(samples)
-    low, high = (float(v) for v in np.percentile(values, percentiles))
-    if not high > low:
-        high = low + 1.0
-    return Normalisation("percentile", low, high, percentiles[0], percentiles[1], int(values.size), int(len(indices)))
+    return np.concatenate(samples), len(indices)
 
 
 def to_uint8(slab: np.ndarray, norm: Normalisation) -> np.ndarray:
-    """Any-dtype slab → uint8 with the dataset-level `norm` (identity for uint8)."""
+    """(…) slab of any supported dtype → same-shape uint8 with the dataset-level `norm`.
+
+    "identity" casts; "percentile" and "window" map low → 0 and high → 255 linearly, clipping outside.
+    """
     if norm.method == "identity":
         return np.ascontiguousarray(slab, dtype=np.uint8)
-    scaled = (slab.astype(np.float32) - np.float32(norm.low)) * np.float32(255.0 / (norm.high - norm.low))
+    # 4-byte integers do not fit float32's 24-bit mantissa: their real range needs float64 arithmetic.
+    work = np.float64 if slab.dtype.itemsize >= 4 and slab.dtype.kind in "iu" else np.float32
+    scaled = (slab.astype(work) - work(norm.low)) * work(255.0 / (norm.high - norm.low))
     return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
