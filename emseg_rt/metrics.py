@@ -20,6 +20,12 @@ voxels labelled k in the prediction and the ground truth.
   are matched (such matches are unique); TP matched pairs, FP unmatched predictions, FN unmatched truths;
   PQ = Σ_TP IoU / (|TP| + ½|FP| + ½|FN|) = SQ · RQ (NaN when both are empty).
   Mean AJI and mean PQ average the foreground classes that are not NaN.
+
+`evaluate_labels` takes the class names each side's metadata gives (label value → name). When both sides
+name their classes, classes are matched by name (prediction value v and truth value w are one class when
+their names are equal), both arrays are remapped onto the shared classes 1..K, and classes named on one
+side only are skipped (listed in `SegmentationScores.skipped`). Otherwise classes are label values, named
+by whichever side has names (`DEFAULT_CLASS_NAMES` when neither has).
 """
 
 from __future__ import annotations
@@ -152,6 +158,7 @@ class SegmentationScores:
     mean_iou: float = float("nan")
     mean_aji: float = float("nan")
     mean_pq: float = float("nan")
+    skipped: dict[str, str] = field(default_factory=dict)  # class name → "prediction only" / "ground truth only"
 
     def to_json(self) -> str:
         """JSON with NaN written as null."""
@@ -189,4 +196,86 @@ def evaluate(
     if instance_metrics:
         scores.mean_aji = _nanmean(list(scores.aji.values()))
         scores.mean_pq = _nanmean(list(scores.pq.values()))
+    return scores
+
+
+def class_names_by_value(names: dict[int, str]) -> tuple[str, ...]:
+    """Names of classes 1..max(names) for scoring by label value; a value without a name is 'label v'."""
+    return tuple(names.get(value, f"label {value}") for value in range(1, max(names, default=0) + 1))
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """Classes matched by name: shared names scored as classes 1..K, each side's values mapped onto them.
+
+    names:        the K shared class names, in the ground truth's label-value order.
+    pred_values:  prediction label value → shared class 1..K, or 0 when its class is skipped.
+    truth_values: ground-truth label value → shared class 1..K, or 0 when its class is skipped.
+    skipped:      class name → "prediction only" or "ground truth only".
+    """
+
+    names: tuple[str, ...]
+    pred_values: dict[int, int]
+    truth_values: dict[int, int]
+    skipped: dict[str, str]
+
+
+def match_classes(pred_names: dict[int, str], truth_names: dict[int, str]) -> ClassMatch:
+    """Match classes by name (values with the same name on one side merge); EmsegError when no name is shared."""
+    shared = list(dict.fromkeys(n for _, n in sorted(truth_names.items()) if n in pred_names.values()))
+    if not shared:
+        raise EmsegError(f"prediction and ground truth share no class name (prediction: "
+                         f"{', '.join(sorted(set(pred_names.values())))}; ground truth: "
+                         f"{', '.join(sorted(set(truth_names.values())))}); they cannot be scored against each other")
+    index = {name: k for k, name in enumerate(shared, start=1)}
+    skipped = {n: "prediction only" for n in pred_names.values() if n not in index}
+    skipped.update({n: "ground truth only" for n in truth_names.values() if n not in index})
+    return ClassMatch(tuple(shared), {v: index.get(n, 0) for v, n in pred_names.items()},
+                      {v: index.get(n, 0) for v, n in truth_names.items()}, skipped)
+
+
+def remap_labels(labels: np.ndarray, mapping: dict[int, int], name: str) -> np.ndarray:
+    """`labels` (any shape, integers) with each value v > 0 replaced by mapping[v] (0 stays 0) → int32, same shape.
+
+    EmsegError naming the first value that `mapping` (the values the metadata names) does not cover."""
+    labels = labels.astype(np.uint8) if labels.dtype == bool else labels
+    covered = ", ".join(str(v) for v in sorted(mapping))
+    if labels.size == 0:
+        return labels.astype(np.int32)
+    low, high = int(labels.min()), int(labels.max())
+    top = max(mapping, default=0)
+    if low < 0 or high > top:
+        raise EmsegError(f"{name} holds label {low if low < 0 else high}, which its image-label properties do not "
+                         f"name (named values: {covered})")
+    table = np.full(top + 1, -1, np.int32)
+    table[0] = 0
+    for value, target in mapping.items():
+        table[value] = target
+    remapped = table[labels]
+    if (remapped < 0).any():
+        bad = int(labels[remapped < 0][0])
+        raise EmsegError(f"{name} holds label {bad}, which its image-label properties do not name "
+                         f"(named values: {covered})")
+    return remapped
+
+
+def evaluate_labels(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    pred_names: dict[int, str] | None = None,
+    truth_names: dict[int, str] | None = None,
+    instance_metrics: bool = True,
+) -> SegmentationScores:
+    """Score integer label arrays pred and truth (same shape, 2D or 3D), classes matched by name when both
+    sides name them, else by label value (module docstring); EmsegError as `evaluate`, and for a value the
+    names do not cover when matching by name."""
+    _check_pair(pred, truth)
+    if not (pred_names and truth_names):
+        names = pred_names or truth_names
+        return evaluate(pred, truth, class_names_by_value(names) if names else DEFAULT_CLASS_NAMES,
+                        instance_metrics)
+    match = match_classes(pred_names, truth_names)
+    scores = evaluate(remap_labels(pred, match.pred_values, "prediction"),
+                      remap_labels(truth, match.truth_values, "ground truth"), match.names, instance_metrics)
+    scores.skipped = match.skipped
     return scores

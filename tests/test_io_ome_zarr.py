@@ -90,3 +90,21 @@ def test_volume_with_labels_is_written_whole_and_read_back_by_label_name(tmp_pat
     with pytest.raises(EmsegError, match="does not exist"):
         write_volume_with_labels(tmp_path / "no" / "v.zarr", image, {}, ("a", "b"))
     assert list_label_groups(tmp_path / "missing.zarr") == []
+
+
+def test_scale_and_translation_compose_dataset_and_multiscales_transforms(tmp_path):
+    """OME-Zarr 0.5: physical = (index · s_dataset + t_dataset) · s_multiscales + t_multiscales, per level."""
+    image = np.random.default_rng(4).integers(0, 256, (3, 16, 12), dtype=np.uint8)
+    path = write_ome_image(tmp_path / "img.zarr", image, voxel_size=(30.0, 4.0, 4.0), levels=2)
+    group = zarr.open_group(str(path), mode="r+")
+    ome = dict(group.attrs["ome"])
+    ome["multiscales"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [2.0, 1.0, 1.0]}, {"type": "translation", "translation": [1000.0, 64.0, 32.0]}]
+    ome["multiscales"][0]["datasets"][1]["coordinateTransformations"].append(
+        {"type": "translation", "translation": [0.0, 1.0, 1.0]})  # our stride-sampled levels carry none
+    group.attrs["ome"] = ome
+    s0, s1 = open_volume(path), open_volume(path, level=1)
+    assert s0.voxel_size == (60.0, 4.0, 4.0) and s0.translation == (1000.0, 64.0, 32.0)
+    assert s1.voxel_size == (60.0, 8.0, 8.0) and s1.translation == (1000.0, 65.0, 33.0)  # t_d · s_m + t_m
+    plain = open_volume(write_ome_image(tmp_path / "plain.zarr", image))
+    assert plain.voxel_size == (1.0, 1.0, 1.0) and plain.translation == (0.0, 0.0, 0.0)

@@ -12,28 +12,45 @@ from emseg_rt.cli.app import app
 
 @app.command("eval")
 def eval_command(
-    pred: Path = typer.Argument(..., help="Predicted labels: a zarr array, an OME-Zarr label group "
-                                "(OUT.zarr/labels/organelles) or an OME-Zarr image with --pred-labels."),
-    gt: Path = typer.Argument(..., help="Ground truth, same forms (e.g. cell.zarr/labels/ground_truth)."),
-    pred_labels: str | None = typer.Option(None, "--pred-labels", help="Label group name inside PRED."),
-    gt_labels: str | None = typer.Option(None, "--gt-labels", help="Label group name inside GT."),
+    pred: Path = typer.Argument(..., help="Predicted labels: a segment output (OUT.zarr), an OME-Zarr image with "
+                                "labels/ (the one label image that is not ground_truth, or --pred-labels), a label "
+                                "group (IN.zarr/labels/organelles) or an integer label array."),
+    gt: Path = typer.Argument(..., help="Ground truth, same forms (an image with labels/: labels/ground_truth "
+                              "unless --gt-labels; e.g. cell.zarr from `emseg-rt phantom`)."),
+    pred_labels: str | None = typer.Option(None, "--pred-labels", help="Label image NAME under PRED/labels/."),
+    gt_labels: str | None = typer.Option(None, "--gt-labels", help="Label image NAME under GT/labels/."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     no_instances: bool = typer.Option(False, "--no-instances", help="Skip AJI and PQ (faster on big volumes)."),
 ) -> None:
-    """Per-class Dice and IoU, mean IoU, and instance-level AJI and PQ (definitions: emseg_rt.metrics)."""
-    from emseg_rt.metrics import evaluate
+    """Per-class Dice and IoU, mean IoU, and instance-level AJI and PQ (definitions: emseg_rt.metrics).
 
-    scores = evaluate(read_volume_or_fail(pred, pred_labels), read_volume_or_fail(gt, gt_labels),
-                      instance_metrics=not no_instances)
+    Classes are matched by name when both label images name them (image-label properties), else by value.
+    """
+    from emseg_rt.io.label_images import check_same_shape, open_label_image
+    from emseg_rt.metrics import evaluate_labels
+
+    prediction = open_label_image(pred, pred_labels, role="prediction")
+    truth = open_label_image(gt, gt_labels, role="truth")
+    check_same_shape(prediction, truth)
+    scores = evaluate_labels(prediction.read(), truth.read(), prediction.class_names, truth.class_names,
+                             instance_metrics=not no_instances)
+    print_skipped(scores.skipped)
     if as_json:
         typer.echo(scores.to_json())
         return
     print_scores(scores)
 
 
+def print_skipped(skipped: dict[str, str]) -> None:
+    """One note line on stderr naming the classes only one side has (stdout stays the scores alone)."""
+    if skipped:
+        listed = ", ".join(f"{name} ({side})" for name, side in skipped.items())
+        typer.echo(f"note: not scored, named on one side only: {listed}", err=True)
+
+
 def read_volume_or_fail(path: Path, labels: str | None = None):
     """`io.read_volume(path, labels=labels)`, with a chunk that cannot be read or decoded (corrupt,
-    truncated, unreadable) as an EmsegError naming the volume instead of a codec traceback."""
+    truncated, unreadable) as an EmsegError naming the volume instead of a codec traceback (used by `train`)."""
     from emseg_rt.errors import EmsegError
     from emseg_rt.io.ome_zarr import read_volume
 

@@ -1,29 +1,21 @@
-"""OME-Zarr 0.5 (zarr v3) images and label images, and a reader for zarr v2/v3 arrays and OME-Zarr images.
+"""OME-Zarr 0.5 (zarr v3) images and label images (writers); the readers live in `readers` and re-export here.
 
 Writers:
     write_ome_image(path, array, voxel_size=..., axes="zyx")      → an image group with multiscales s0, s1, ...
     write_ome_labels(image_path, name, labels, class_names, ...)  → image/labels/<name>, an `image-label` group
     create_ome_image / create_ome_labels                           → empty arrays to fill chunk by chunk (streaming)
     write_volume_with_labels(path, image, {name: labels}, ...)    → image + label groups, atomically (temp + rename)
-Readers:
-    open_volume(path, key=None, level=None, labels=None) → Volume (lazy zarr array + axes, voxel size, units)
-    read_volume(path, key=None, level=None, labels=None) → numpy array (the whole level in memory)
-    list_label_groups(path)                              → names of the image's label groups
-
-`path` may be a plain zarr array, an OME-Zarr image group, or a label group (`VOL.zarr/labels/organelles`);
-`labels=NAME` on an image picks its label group `labels/NAME` (an EmsegError lists the groups it has).
-
-ome-zarr-py names levels s0, s1, ...; other writers use 0, 1, ...: dataset paths are always taken from the
-`multiscales` metadata, never assumed. OME-Zarr 0.4 (zarr v2, attributes at the top level) is read too.
+Readers (in `readers` / `zarr_reader`, importable from here too):
+    open_volume(source, key=None, level=None, labels=None) → Volume (lazy array + axes, voxel size, units)
+    read_volume(source, key=None, level=None, labels=None) → numpy array (the whole level in memory)
+    list_label_groups(path)                                → names of the image's label groups
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +23,9 @@ import numpy as np
 import zarr
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.readers import open_volume, read_volume  # noqa: F401  (the readers' old home; kept importable)
+from emseg_rt.io.volume import AXIS_TYPES, Volume  # noqa: F401
+from emseg_rt.io.zarr_reader import _scale_of, list_label_groups, read_label_metadata  # noqa: F401
 
 OME_VERSION = "0.5"
 DEFAULT_UNIT = "nanometer"
@@ -41,7 +36,6 @@ LABEL_PALETTE: tuple[tuple[int, int, int, int], ...] = (
     (213, 94, 0, 255), (204, 121, 167, 255), (31, 119, 180, 255), (255, 127, 14, 255), (44, 160, 44, 255),
     (214, 39, 40, 255), (148, 103, 189, 255), (140, 86, 75, 255), (227, 119, 194, 255), (127, 127, 127, 255),
 )
-AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 
 def default_colors(num_classes: int) -> list[tuple[int, int, int, int]]:
@@ -78,13 +72,17 @@ def multiscales_metadata(
     level_factors: Sequence[Sequence[float]],
     units: str | Sequence[str | None] | None = DEFAULT_UNIT,
     name: str | None = None,
+    translation: Sequence[float] | None = None,
 ) -> list[dict]:
-    """The `multiscales` list for one image: one dataset per level with its scale transformation."""
+    """The `multiscales` list for one image: one dataset per level with its scale (and translation).
+
+    Levels here are stride-sampled (voxel j of a level is voxel j·f of s0), so every level keeps s0's
+    `translation`; only averaging would shift level centres by half a voxel.
+    """
+    translation = [float(t) for t in translation] if translation is not None else [0.0] * len(voxel_size)
     datasets = []
     for path, factors in zip(level_paths, level_factors):
         scale = [float(v) * float(f) for v, f in zip(voxel_size, factors)]
-        # Level centres shift by half the factor minus half a voxel (the ome-zarr-py convention).
-        translation = [float(v) * (float(f) - 1.0) / 2.0 for v, f in zip(voxel_size, factors)]
         transforms: list[dict] = [{"type": "scale", "scale": scale}]
         if any(translation):
             transforms.append({"type": "translation", "translation": translation})
@@ -235,8 +233,7 @@ def _register_label(container: zarr.Group, name: str) -> zarr.Group:
     names = list(ome.get("labels", []))
     if name not in names:
         names.append(name)
-    ome["labels"] = names
-    labels_group.attrs.update({"ome": ome})
+    labels_group.attrs.update({"ome": {**ome, "version": OME_VERSION, "labels": names}})
     return labels_group
 
 
@@ -312,7 +309,7 @@ def write_ome_labels(
         levels = levels or len(ms["datasets"])
     axes = axes or "zyx"
     levels = levels or 1
-    units = units if units is not None else DEFAULT_UNIT
+    # no unit is invented: an image without units gets labels without units
     voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * labels.ndim
     labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
     if np.dtype(labels.dtype).kind not in "ui":
@@ -362,152 +359,3 @@ def write_volume_with_labels(
         zarr.open_group(str(tmp), mode="r+").attrs.update(attributes)
     tmp.rename(path)
     return path
-
-
-# ---------------------------------------------------------------------------------------------- readers
-
-
-@dataclass
-class Volume:
-    """A lazily read volume: the zarr array plus what OME metadata says about it.
-
-    array:      the zarr array (indexing reads only the chunks it touches).
-    axes:       axis names, e.g. ("z", "y", "x").
-    voxel_size: physical size per axis at this level (1.0 where unknown).
-    units:      unit per axis (None where unknown).
-    """
-
-    path: Path
-    array: Any
-    axes: tuple[str, ...]
-    voxel_size: tuple[float, ...]
-    units: tuple[str | None, ...]
-    is_ome: bool = False
-    dataset_path: str | None = None
-    attributes: dict = field(default_factory=dict)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.array.shape)
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        return tuple(self.array.chunks)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return self.array[index]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = np.asarray(self.array[...])
-        return data.astype(dtype) if dtype is not None else data
-
-
-def _scale_of(dataset: dict) -> tuple[float, ...]:
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            return tuple(float(v) for v in transform["scale"])
-    return ()
-
-
-def _looks_like_zarr(path: Path) -> bool:
-    return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
-
-
-def list_label_groups(path: str | Path) -> list[str]:
-    """Names of the label groups of the OME-Zarr image at `path` (empty when it has none or is no image)."""
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception:  # not zarr at all: no label groups
-        return []
-    if not isinstance(node, zarr.Group) or "labels" not in node:
-        return []
-    attrs = dict(node["labels"].attrs)
-    return list(attrs.get("ome", attrs).get("labels", []))
-
-
-def open_volume(path: str | Path, key: str | None = None, level: int | None = None,
-                labels: str | None = None) -> Volume:
-    """Open a zarr v2/v3 array, an array inside a group (`key`), or an OME-Zarr image (level 0 unless `level`).
-
-    labels: the name of a label group of the image at `path` (opens `path/labels/<labels>` instead).
-    Nothing is read but metadata. Raises EmsegError naming the path and what to do when the input is missing,
-    not zarr, a group without `key`, an image without label group `labels`, or an OME image without the
-    requested level.
-    """
-    path = Path(path)
-    if labels is not None:
-        if not path.exists():
-            raise EmsegError(f"input {path} does not exist")
-        groups = list_label_groups(path)
-        if labels not in groups:
-            raise EmsegError(f"{path} has no label group labels/{labels}; it has: {', '.join(groups) or 'none'}")
-        path = path / "labels" / labels
-    if not path.exists():
-        raise EmsegError(f"input {path} does not exist")
-    if not path.is_dir() or not _looks_like_zarr(path):
-        raise EmsegError(f"input {path} is not a zarr array or group (no zarr.json, .zarray or .zgroup found)")
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:  # zarr raises many types for malformed metadata
-        raise EmsegError(f"input {path} could not be opened as zarr: {exc}") from exc
-    node_path = path
-    if key:
-        if not isinstance(node, zarr.Group):
-            raise EmsegError(f"--key {key!r} given but {path} is an array, not a group")
-        try:
-            node = node[key]
-        except KeyError:
-            raise EmsegError(f"{path} has no member {key!r}; members: {', '.join(sorted(node.keys())) or 'none'}") from None
-        node_path = path / key
-    if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-        if not multiscales:
-            members = sorted(node.array_keys())
-            hint = f" (arrays: {', '.join(members)})" if members else ""
-            raise EmsegError(f"{node_path} is a zarr group, not an array or OME-Zarr image: choose an array with --key{hint}")
-        ms = multiscales[0]
-        datasets = ms["datasets"]
-        level = 0 if level is None else level
-        if not 0 <= level < len(datasets):
-            raise EmsegError(f"{node_path} has {len(datasets)} level(s); --level {level} is out of range")
-        dataset_path = datasets[level]["path"]
-        try:
-            array = node[dataset_path]
-        except KeyError:
-            raise EmsegError(f"{node_path}: multiscales names level {dataset_path!r}, which does not exist") from None
-        axes_meta = ms.get("axes") or [{"name": n} for n in "tczyx"[-array.ndim:]]
-        axes = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes_meta)
-        units = tuple(a.get("unit") if isinstance(a, dict) else None for a in axes_meta)
-        voxel_size = _scale_of(datasets[level]) or (1.0,) * array.ndim
-        return Volume(node_path, array, axes, voxel_size, units, True, dataset_path, attrs)
-    if level not in (None, 0):
-        raise EmsegError(f"--level {level} given but {node_path} is a plain array, not an OME-Zarr image")
-    dim_names = getattr(node.metadata, "dimension_names", None)
-    axes = tuple(dim_names) if dim_names and all(dim_names) else tuple("tczyx"[-node.ndim:]) if node.ndim <= 5 else tuple(
-        f"d{i}" for i in range(node.ndim))
-    return Volume(node_path, node, axes, (1.0,) * node.ndim, (None,) * node.ndim, False, None, dict(node.attrs))
-
-
-def read_volume(path: str | Path, key: str | None = None, level: int | None = None,
-                labels: str | None = None) -> np.ndarray:
-    """Read a whole zarr array / OME-Zarr level / label group into memory (arguments as `open_volume`)."""
-    return np.asarray(open_volume(path, key=key, level=level, labels=labels).array[...])
-
-
-def read_label_metadata(label_path: str | Path) -> dict:
-    """The `image-label` dict of an OME label group (colours, properties with class names)."""
-    group = zarr.open_group(str(label_path), mode="r")
-    attrs = dict(group.attrs)
-    meta = attrs.get("ome", {}).get("image-label") or attrs.get("image-label")
-    if meta is None:
-        raise EmsegError(f"{label_path} is not an OME-Zarr label image (no image-label metadata)")
-    return json.loads(json.dumps(meta))

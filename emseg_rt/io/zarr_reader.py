@@ -1,0 +1,251 @@
+"""Reading zarr v2/v3 arrays and OME-Zarr 0.4/0.5 images: local, remote (fsspec URLs) and in memory.
+
+`path` may be a plain zarr array, an OME-Zarr image group, a label image (a `segment` output, `VOL.zarr/labels/organelles`) or a
+bioformats2raw container (whose image `0` is opened); `labels=NAME` on an image picks its label group
+`labels/NAME`. Dataset paths are taken from the `multiscales` metadata, never assumed (ome-zarr-py names
+levels s0, s1, ...; other writers 0, 1, ...). Scale and translation compose the dataset's transforms with
+the multiscales-level ones, as the OME-Zarr spec lays out. Remote stores (`http(s)://`, `s3://`, any
+fsspec protocol) go through zarr's FsspecStore, with the path left exactly as given.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.io.volume import (
+    Volume,
+    default_axes,
+    first_line,
+    import_optional,
+    squeeze_non_spatial,
+)
+
+Location = Path | str  # a local path, or a URL kept as the string the user gave
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# What a protocol needs beyond fsspec (the ImportError fsspec raises names it; we name the extra).
+_PROTOCOL_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "http": "aiohttp", "https": "aiohttp", "gs": "gcsfs",
+                      "gcs": "gcsfs"}
+
+
+def is_url(source: Any) -> bool:
+    """True for 'scheme://...' strings other than file:// (those are local paths)."""
+    return isinstance(source, str) and bool(_URL.match(source)) and not source.startswith("file://")
+
+
+def join_location(location: Location, *parts: str) -> Location:
+    """`location/part/...`: Path joining for local paths, '/'-joining for URLs (never through Path)."""
+    if isinstance(location, Path):
+        return location.joinpath(*parts)
+    return posixpath.join(location.rstrip("/"), *(p.strip("/") for p in parts))
+
+
+def fsspec_store(url: str) -> Any:
+    """A read-only zarr FsspecStore for `url`; a missing protocol library is a one-line EmsegError naming the extra."""
+    import_optional("fsspec", f"{url.split('://')[0]}:// URLs")
+    from zarr.storage import FsspecStore
+
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        return FsspecStore.from_url(url, read_only=True)
+    except ImportError as exc:
+        package = _PROTOCOL_PACKAGES.get(protocol, "the fsspec implementation for it")
+        raise EmsegError(f"reading {protocol}:// URLs needs {package}, which is not installed: "
+                         "pip install 'emseg-rt[remote]'") from exc
+    except (ValueError, TypeError) as exc:
+        raise EmsegError(f"input {url}: cannot open this URL ({first_line(exc)})") from exc
+
+
+def _looks_like_zarr(path: Path) -> bool:
+    return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def _open_node(location: Location) -> Any:
+    """The zarr array or group at `location` (local path or URL), read-only; EmsegError when there is none."""
+    if isinstance(location, Path):
+        try:
+            return zarr.open(str(location), mode="r")
+        except Exception as exc:  # zarr raises many types for malformed metadata
+            raise EmsegError(f"input {location} could not be opened as zarr: {first_line(exc)}") from exc
+    store = fsspec_store(location)
+    try:
+        return zarr.open(store=store, mode="r")
+    except (FileNotFoundError, KeyError) as exc:  # zarr 3.1: GroupNotFoundError is a FileNotFoundError
+        raise EmsegError(f"input {location} is not a zarr array or group (no zarr.json, .zarray or .zgroup "
+                         "found there)") from exc
+    except EmsegError:
+        raise
+    except Exception as exc:  # network, permission and parse errors from fsspec / the server
+        hint = ""
+        if type(exc).__name__ == "NoCredentialsError":
+            hint = "; for a public bucket set FSSPEC_S3='{\"anon\": true}'"
+        raise EmsegError(f"input {location} could not be read: {first_line(exc)}{hint}") from exc
+
+
+def list_label_groups(path: Location) -> list[str]:
+    """Names of the label groups of the OME-Zarr image at `path` (empty when it has none or is no image)."""
+    try:
+        node = zarr.open(str(path), mode="r") if not is_url(path) else zarr.open(store=fsspec_store(path), mode="r")
+    except Exception:  # not zarr at all: no label groups
+        return []
+    try:
+        if not isinstance(node, zarr.Group) or "labels" not in node:
+            return []
+        attrs = dict(node["labels"].attrs)
+    except Exception:  # a remote store that cannot answer: no label groups found
+        return []
+    return list(attrs.get("ome", attrs).get("labels", []))
+
+
+def read_label_metadata(label_path: Location) -> dict:
+    """The `image-label` dict of an OME label group (colours, properties with class names)."""
+    group = zarr.open_group(str(label_path), mode="r") if not is_url(label_path) else zarr.open_group(
+        store=fsspec_store(str(label_path)), mode="r")
+    attrs = dict(group.attrs)
+    meta = attrs.get("ome", {}).get("image-label") or attrs.get("image-label")
+    if meta is None:
+        raise EmsegError(f"{label_path} is not an OME-Zarr label image (no image-label metadata)")
+    return json.loads(json.dumps(meta))
+
+
+def _scale_of(dataset: dict) -> tuple[float, ...]:
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            return tuple(float(v) for v in transform["scale"])
+    return ()
+
+
+def _transform_values(transforms: list, kind: str, ndim: int) -> np.ndarray | None:
+    for transform in transforms or []:
+        values = transform.get(kind) if isinstance(transform, dict) and transform.get("type") == kind else None
+        if values is not None and len(values) == ndim:
+            return np.asarray(values, dtype=np.float64)
+    return None
+
+
+def ome_scale_translation(multiscale: dict, dataset: dict, ndim: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Voxel size and origin of one level: the dataset's scale/translation, then the multiscales-level ones.
+
+    physical = (index · s_dataset + t_dataset) · s_multiscale + t_multiscale.
+    """
+    ones, zeros = np.ones(ndim), np.zeros(ndim)
+    level_transforms = dataset.get("coordinateTransformations", [])
+    common = multiscale.get("coordinateTransformations", [])
+    s_d = _transform_values(level_transforms, "scale", ndim)
+    t_d = _transform_values(level_transforms, "translation", ndim)
+    s_m = _transform_values(common, "scale", ndim)
+    t_m = _transform_values(common, "translation", ndim)
+    s_d, t_d = (ones if s_d is None else s_d), (zeros if t_d is None else t_d)
+    s_m, t_m = (ones if s_m is None else s_m), (zeros if t_m is None else t_m)
+    return tuple(float(v) for v in s_d * s_m), tuple(float(v) for v in t_d * s_m + t_m)
+
+
+def _multiscales(attrs: dict) -> list | None:
+    return attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+
+
+def _member_hint(group: Any) -> str:
+    try:
+        members = sorted(group.array_keys())
+    except Exception:  # a remote store that cannot list
+        return ""
+    return f" (arrays: {', '.join(members)})" if members else ""
+
+
+def zarr_volume(location: Location, key: str | None = None, level: int | None = None, labels: str | None = None,
+                *, spatial: bool = False) -> Volume:
+    """Open a zarr / OME-Zarr volume at a local path or URL (see the module docstring); nothing but metadata is read."""
+    if labels is not None:
+        groups = list_label_groups(location)
+        if labels not in groups:
+            raise EmsegError(f"{location} has no label group labels/{labels}; it has: {', '.join(groups) or 'none'}")
+        location = join_location(location, "labels", labels)
+    if isinstance(location, Path):
+        if not location.exists():
+            raise EmsegError(f"input {location} does not exist")
+        if not location.is_dir() or not _looks_like_zarr(location):
+            raise EmsegError(f"input {location} is not a zarr array or group (no zarr.json, .zarray or .zgroup found)")
+    return node_volume(_open_node(location), location, key, level, spatial=spatial)
+
+
+def node_volume(node: Any, location: Location | None, key: str | None = None, level: int | None = None, *,
+                spatial: bool = False) -> Volume:
+    """A Volume for an open zarr array or group (`location` names it in messages; None for one in memory)."""
+    kind = "group" if isinstance(node, zarr.Group) else "array"
+    name = location if location is not None else f"in-memory zarr {kind}"
+    node_path = location
+    if key:
+        if not isinstance(node, zarr.Group):
+            raise EmsegError(f"--key {key!r} given but {name} is an array, not a group")
+        try:
+            node = node[key]
+        except KeyError:
+            try:
+                members = ", ".join(sorted(node.keys())) or "none"
+            except Exception:  # a remote store that cannot list
+                members = "unknown (the store cannot list them)"
+            raise EmsegError(f"{name} has no member {key!r}; members: {members}") from None
+        node_path = join_location(location, key) if location is not None else None
+        name = node_path if node_path is not None else f"{name} member {key!r}"
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        if not _multiscales(attrs) and "bioformats2raw.layout" in attrs and not key:
+            node, node_path, name = _bioformats2raw_image(node, node_path, name)
+            attrs = dict(node.attrs)
+        multiscales = _multiscales(attrs)
+        if not multiscales:
+            raise EmsegError(f"{name} is a zarr group, not an array or OME-Zarr image: choose an array with --key"
+                             f"{_member_hint(node)}")
+        return _ome_volume(node, multiscales[0], attrs, node_path, name, level, spatial)
+    if level not in (None, 0):
+        raise EmsegError(f"--level {level} given but {name} is a plain array, not an OME-Zarr image")
+    names = getattr(node.metadata, "dimension_names", None) or node.attrs.get("_ARRAY_DIMENSIONS")
+    named = bool(names) and len(names) == node.ndim and all(names)
+    axes = tuple(str(n) for n in names) if named else default_axes(node.ndim)
+    volume = Volume(node_path, node, axes, (1.0,) * node.ndim, (None,) * node.ndim, False, None, dict(node.attrs),
+                    format="zarr" if location is not None else "memory")
+    if not named:
+        return volume
+    return squeeze_non_spatial(volume, [None] * node.ndim, f"input {name}", spatial)
+
+
+def _bioformats2raw_image(group: Any, node_path: Location | None, name: Any) -> tuple[Any, Location | None, Any]:
+    """The one image of a bioformats2raw container (series `0`); EmsegError when it holds several."""
+    if "0" not in group:
+        raise EmsegError(f"{name} is a bioformats2raw container without image 0; choose an image with --key")
+    if "1" in group:
+        raise EmsegError(f"{name} is a bioformats2raw container with several images: choose one with --key 0, 1, ...")
+    path = join_location(node_path, "0") if node_path is not None else None
+    return group["0"], path, path if path is not None else f"{name} image '0'"
+
+
+def _ome_volume(group: Any, ms: dict, attrs: dict, node_path: Location | None, name: Any, level: int | None,
+                spatial: bool) -> Volume:
+    datasets = ms["datasets"]
+    level = 0 if level is None else level
+    if not 0 <= level < len(datasets):
+        raise EmsegError(f"{name} has {len(datasets)} level(s); --level {level} is out of range")
+    dataset_path = datasets[level]["path"]
+    try:
+        array = group[dataset_path]
+    except KeyError:
+        raise EmsegError(f"{name}: multiscales names level {dataset_path!r}, which does not exist") from None
+    axes_meta = ms.get("axes") or [{"name": n} for n in default_axes(array.ndim)]
+    if len(axes_meta) != array.ndim:
+        raise EmsegError(f"{name}: multiscales lists {len(axes_meta)} axes but level {dataset_path!r} has "
+                         f"{array.ndim} dimensions")
+    axes = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes_meta)
+    units = tuple(a.get("unit") if isinstance(a, dict) else None for a in axes_meta)
+    types = [a.get("type") if isinstance(a, dict) else None for a in axes_meta]
+    voxel_size, translation = ome_scale_translation(ms, datasets[level], array.ndim)
+    volume = Volume(node_path, array, axes, voxel_size, units, True, dataset_path, attrs, translation,
+                    format="zarr" if node_path is not None else "memory")
+    return squeeze_non_spatial(volume, types, f"input {name}", spatial)
