@@ -5,7 +5,7 @@
 Each phantom (16×256×256) is written as OME-Zarr and segmented by `segment_volume`, the path `emseg-rt
 segment` runs: the embedded default model on the torch backend, the runtime's defaults (128² tiles, halo
 tile // 8 = 16 px, centre-crop stitching, batch 4), one torch thread. The labels are read back from the
-output's `labels/organelles` group and scored with emseg_rt.metrics over the whole volume.
+output (an OME-Zarr label image) and scored with emseg_rt.metrics over the whole volume.
 """
 
 from __future__ import annotations

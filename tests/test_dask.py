@@ -18,6 +18,7 @@ import pytest
 
 from emseg_rt.io import write_ome_image
 from emseg_rt.runtime import segment_volume
+from emseg_rt.runtime.output import done_markers
 
 MODEL = "scsam-tiny"
 
@@ -50,8 +51,8 @@ def single_process(volume, tmp_path_factory):
 
 
 def labels_tree(out: Path) -> dict[str, bytes]:
-    root = out / "labels"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    root = out
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("s*/**/*")) if p.is_file()}
 
 
 def test_dask_output_is_byte_identical_and_resume_computes_nothing(cluster, volume, single_process, tmp_path):
@@ -78,7 +79,7 @@ def test_a_worker_killed_mid_run_still_gives_the_identical_complete_output(clust
     def kill_one_worker_after_the_first_block() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            markers = list((out / ".emseg-rt" / "done").glob("*/*")) if out.exists() else []
+            markers = done_markers(out) if out.exists() else set()
             if markers:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])

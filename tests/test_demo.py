@@ -62,7 +62,7 @@ def test_demo_cli_prints_dice_and_time(tmp_path, monkeypatch, capsys):
                           r"eval (\S+) s\)$", out, re.MULTILINE)
     assert dice_line and time_line, out
     # The printed Dice is the Dice of the files the demo wrote, to the 3 printed decimals.
-    prediction = read_volume(tmp_path / "demo" / "segmentation.zarr" / "labels" / "organelles")
+    prediction = read_volume(tmp_path / "demo" / "segmentation.zarr")
     truth = read_volume(tmp_path / "demo" / "phantom.zarr", labels=GROUND_TRUTH)
     assert prediction.shape == (2, 128, 128)
     scores = evaluate(prediction, truth)

@@ -35,7 +35,7 @@ def test_torch_and_onnxruntime_agree_on_a_volume(tmp_path, torch_backend, ort_ba
         out = tmp_path / f"{engine.name}.zarr"
         report = segment_volume(src, out, backend=engine, block=2)
         assert report.complete and report.backend == engine.name
-        labels[engine.name] = read_volume(out / "labels" / "organelles")
+        labels[engine.name] = read_volume(out)
     agreement = (labels["torch"] == labels["onnxruntime"]).mean()
     assert labels["torch"].shape == image.shape
     assert agreement >= 0.999, agreement
@@ -75,7 +75,7 @@ def test_segment_array_is_segment_volume_in_memory(tmp_path, torch_backend):
     image = rng.integers(0, 256, (3, 140, 150), dtype=np.uint8)
     src = write_ome_image(tmp_path / "in.zarr", image)
     segment_volume(src, tmp_path / "out.zarr", backend=torch_backend, block=3)
-    on_disk = read_volume(tmp_path / "out.zarr" / "labels" / "organelles")
+    on_disk = read_volume(tmp_path / "out.zarr")
     assert np.array_equal(segment_array(torch_backend, image), on_disk)
     assert np.array_equal(segment_array(torch_backend, image[1]), on_disk[1])
 

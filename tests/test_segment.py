@@ -16,6 +16,7 @@ import zarr
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import open_volume, read_label_metadata, read_volume, write_ome_image
+from emseg_rt.runtime.output import done_markers
 from emseg_rt.runtime import load_backend, segment_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_output_is_an_ome_zarr_label_image(tmp_path, image, engine):
     out = tmp_path / "out.zarr"
     report = segment_volume(src, out, backend=engine, block=4, probabilities=True, report=tmp_path / "r.json")
     assert report.complete and report.slices_computed == 6 and report.tiles_computed == 6 * 9
-    labels_path = out / "labels" / "organelles"
+    labels_path = out  # the output root is the label image
     vol = open_volume(labels_path)
     assert vol.shape == data.shape and vol.dtype == np.uint8 and vol.chunks == (4, 200, 200)
     assert vol.voxel_size == (30.0, 5.0, 5.0) and vol.units == ("nanometer",) * 3
@@ -75,8 +76,8 @@ def test_slicing_axis_y_equals_transposed_z(tmp_path, engine):
     write_ome_image(tmp_path / "b.zarr", np.ascontiguousarray(data.transpose(1, 0, 2)))
     segment_volume(tmp_path / "a.zarr", tmp_path / "oa.zarr", backend=engine, axis="y", block=2)
     segment_volume(tmp_path / "b.zarr", tmp_path / "ob.zarr", backend=engine, axis="z", block=2)
-    a = read_volume(tmp_path / "oa.zarr" / "labels" / "organelles")
-    b = read_volume(tmp_path / "ob.zarr" / "labels" / "organelles")
+    a = read_volume(tmp_path / "oa.zarr")
+    b = read_volume(tmp_path / "ob.zarr")
     np.testing.assert_array_equal(a, b.transpose(1, 0, 2))
 
 
@@ -92,15 +93,15 @@ def test_uint16_and_float_use_dataset_percentiles(tmp_path, engine):
     as_float = (base.astype(np.float32) - 128) / 7.0
     zarr.save_array(str(tmp_path / "f.zarr"), as_float)
     segment_volume(tmp_path / "f.zarr", tmp_path / "of.zarr", backend=engine)
-    a = read_volume(tmp_path / "o16.zarr" / "labels" / "organelles")
-    b = read_volume(tmp_path / "of.zarr" / "labels" / "organelles")
+    a = read_volume(tmp_path / "o16.zarr")
+    b = read_volume(tmp_path / "of.zarr")
     assert (a == b).mean() > 0.99  # same image up to an affine intensity map → same normalised tiles
 
 
 def test_volume_smaller_than_one_tile(tmp_path, engine):
     zarr.save_array(str(tmp_path / "small.zarr"), np.random.default_rng(24).integers(0, 255, (2, 17, 9), np.uint8))
     segment_volume(tmp_path / "small.zarr", tmp_path / "o.zarr", backend=engine)
-    assert read_volume(tmp_path / "o.zarr" / "labels" / "organelles").shape == (2, 17, 9)
+    assert read_volume(tmp_path / "o.zarr").shape == (2, 17, 9)
 
 
 def test_existing_output_needs_resume_or_overwrite(tmp_path, image, engine):
@@ -117,7 +118,7 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path, image, engine):
 
 
 def _chunk_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "labels").rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("s*/**/*")) if p.is_file()}
 
 
 def test_sigkill_then_resume_is_byte_identical(tmp_path):
@@ -135,7 +136,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     deadline = time.time() + 180
     killed_after = None
     while time.time() < deadline and proc.poll() is None:
-        markers = list((out / ".emseg-rt" / "done").glob("*/*")) if (out / ".emseg-rt" / "done").exists() else []
+        markers = done_markers(out)
         if len(markers) >= 3:
             os.kill(proc.pid, signal.SIGKILL)
             killed_after = len(markers)
@@ -145,7 +146,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     assert killed_after is not None, "run finished before it could be killed; make the volume larger"
     assert proc.returncode == -signal.SIGKILL
     assert zarr.open_group(str(out), mode="r").attrs["emseg_rt"]["status"] == "incomplete"
-    done = len(list((out / ".emseg-rt" / "done").glob("*/*")))
+    done = len(done_markers(out))
     assert done < 40
 
     resumed = run_cli(str(src), "--out", str(out), *args, "--resume", "--report", str(tmp_path / "r.json"))
@@ -154,8 +155,8 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     assert report["blocks_done_before"] >= killed_after and report["complete"]
     assert report["slices_computed"] == 40 - report["blocks_done_before"]
     assert _chunk_bytes(out) == _chunk_bytes(reference)
-    np.testing.assert_array_equal(read_volume(out / "labels" / "organelles"),
-                                  read_volume(reference / "labels" / "organelles"))
+    np.testing.assert_array_equal(read_volume(out),
+                                  read_volume(reference))
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
@@ -204,8 +205,7 @@ def test_corrupt_chunk_fails_and_output_stays_incomplete(tmp_path, engine):
     with pytest.raises(EmsegError, match="corrupt"):
         segment_volume(src, out, backend=engine, block=1)
     assert zarr.open_group(str(out), mode="r").attrs["emseg_rt"]["status"] == "incomplete"
-    assert not (out / ".emseg-rt" / "done" / "x").exists()
-    assert "2" not in {p.name for p in (out / ".emseg-rt" / "done").glob("*/*")}
+    assert 2 not in done_markers(out)
 
 
 def test_bad_output_locations(tmp_path, image, engine):
@@ -238,7 +238,7 @@ def test_segment_with_a_model_package(tmp_path, image, package_dir):
     src, data = image
     report = segment_volume(src, tmp_path / "o.zarr", model=str(package_dir), backend="auto", block=3)
     assert report.backend == "onnxruntime" and report.complete
-    assert read_volume(tmp_path / "o.zarr" / "labels" / "organelles").shape == data.shape
+    assert read_volume(tmp_path / "o.zarr").shape == data.shape
     with pytest.raises(EmsegError, match="--batch 8 exceeds"):
         segment_volume(src, tmp_path / "o2.zarr", model=str(package_dir), backend="onnxruntime", batch=8)
 
@@ -256,8 +256,7 @@ def test_package_with_bad_hash_or_missing_file_is_refused(tmp_path, image, packa
     onnx_file.unlink()
     with pytest.raises(EmsegError, match="full.onnx"):
         segment_volume(src, tmp_path / "o.zarr", model=str(broken), backend="onnxruntime")
-    assert not (tmp_path / "o.zarr" / ".emseg-rt" / "done").exists() or not any(
-        (tmp_path / "o.zarr" / ".emseg-rt" / "done").rglob("*"))
+    assert not done_markers(tmp_path / "o.zarr")
     with pytest.raises(EmsegError, match="does not exist"):
         segment_volume(src, tmp_path / "o.zarr", model=str(tmp_path / "no-package"), backend="onnxruntime")
 
@@ -285,7 +284,7 @@ def test_checkpoint_weights_are_used_and_bad_checkpoints_refused(tmp_path, image
                     tile = np.ascontiguousarray(data[z, y:y + 128, x:x + 128])
                     labels = trained(torch.from_numpy(tile)[None, None])["labels"][0].numpy()
                     expected[z, y0:y1, x0:x1] = labels[y0 - y:y1 - y, x0 - x:x1 - x]
-    agreement = (read_volume(out / "labels" / "organelles") == expected).mean()
+    agreement = (read_volume(out) == expected).mean()
     assert agreement > 0.999
 
     bad = tmp_path / "bad.pt"

@@ -1,4 +1,5 @@
-"""`emseg-rt segment`: stream a zarr / OME-Zarr volume through a backend into OME-Zarr labels."""
+"""`emseg-rt segment`: stream a volume (zarr / OME-Zarr, N5, HDF5, TIFF, URL) through a backend into an
+OME-Zarr label image."""
 
 from __future__ import annotations
 
@@ -13,8 +14,18 @@ from emseg_rt.constants import DEFAULT_LABEL_NAME
 
 @app.command("segment")
 def segment_command(
-    input: Path = typer.Argument(..., help="zarr v2/v3 array, group (with --key) or OME-Zarr image; 3D (z, y, x)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output OME-Zarr container (a new directory)."),
+    input: str = typer.Argument(..., help="3D (z, y, x) volume: zarr v2/v3 array or group (--key), OME-Zarr image "
+                                "(--level), N5 or HDF5 (--key: dataset), TIFF file or folder of pages, or an "
+                                "http(s):// or s3:// URL of zarr / N5."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output: a new directory that becomes an OME-Zarr "
+                                       "label image (napari / neuroglancer open it as it is)."),
+    into_input: bool = typer.Option(False, "--into-input", help="Write the label image into the input OME-Zarr "
+                                    "image's own labels/<--label-name> instead of --out."),
+    levels: Optional[int] = typer.Option(None, "--levels", help="Pyramid levels of the labels, each 2x smaller in "
+                                         "y and x (default: down to ~256 px; --into-input: the image's levels)."),
+    window: Optional[str] = typer.Option(None, "--window", help="Intensity window for the uint8 the model sees: "
+                                         "LOW,HIGH values or percentiles (1%,99%); default 0.5%,99.5% for "
+                                         "non-uint8 input."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or model package directory "
                                         "(default: the embedded default model)."),
     checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
@@ -32,7 +43,7 @@ def segment_command(
     block: int = typer.Option(8, "--block", help="Slices per write block (= output chunk depth, resume unit)."),
     key: Optional[str] = typer.Option(None, "--key", help="Array inside a zarr group."),
     level: Optional[int] = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0)."),
-    label_name: str = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Name under OUT/labels/."),
+    label_name: str = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Label image name (its labels/ name with --into-input)."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run of the same configuration."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class uint8 probabilities."),
@@ -43,13 +54,14 @@ def segment_command(
                                               "never written as the array's fill value instead of refusing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
-    """Segment organelles in a 3D EM volume; writes OUT/labels/<name> (OME-Zarr 0.5)."""
+    """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""
     from emseg_rt.runtime import segment_volume
 
     result = segment_volume(
         input, out, model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision, batch=batch, halo=halo,
         blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite, probabilities=probabilities,
-        key=key, level=level, label_name=label_name, progress=not quiet, report=report,
+        key=key, level=level, label_name=label_name, levels=levels, into_input=into_input, window=window,
+        progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
         allow_missing_chunks=allow_missing_chunks, dask=dask,
     )

@@ -2,7 +2,8 @@
 
 Guarantees (docs/runtime.md "What --overwrite, --resume and the lock promise"):
 
-- An output is ours only if it holds our run record (`.emseg-rt/run.json`, written first and atomically).
+- An output is ours only if it holds our run record (the attributes of the zarr group `.emseg-rt`, written
+  first, in one atomic file; outputs of earlier versions held `.emseg-rt/run.json`, still recognised).
   Anything else that is not an empty directory is never deleted, resumed into or written into.
 - One writer at a time: an exclusive OS lock (`fcntl.flock`) on `<parent>/.<name>.emseg-rt.lock`, held for
   the run's life and released by the kernel when the process dies, so a stale lock cannot block anyone. A
@@ -30,17 +31,36 @@ from typing import IO
 from emseg_rt.errors import EmsegError
 
 RUN_DIR = ".emseg-rt"
-RUN_RECORD = "run.json"
+RUN_KEY = "emseg_rt_run"  # the run record's key in the attributes of the RUN_DIR zarr group
+LEGACY_RECORD = "run.json"
 _STAGING, _OLD = "emseg-rt-new", "emseg-rt-old"
+
+
+def record_files(attributes: dict, zarr_format: int) -> list[tuple[str, dict]]:
+    """The metadata files of a zarr group holding `attributes`, in the order to write them: v3 one
+    `zarr.json`; v2 `.zattrs` first (the record), then `.zgroup`."""
+    if zarr_format == 2:
+        return [(".zattrs", attributes), (".zgroup", {"zarr_format": 2})]
+    return [("zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes})]
+
+
+def read_record(path: Path) -> dict | None:
+    """The run record in `path`'s run-state group (v3, v2 or a legacy run.json), or None."""
+    state = path / RUN_DIR
+    for name, pick in (("zarr.json", lambda d: d.get("attributes", {}).get(RUN_KEY)),
+                       (".zattrs", lambda d: d.get(RUN_KEY)), (LEGACY_RECORD, lambda d: d)):
+        try:
+            record = pick(json.loads((state / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(record, dict) and "config_hash" in record:
+            return record
+    return None
 
 
 def is_our_output(path: Path) -> bool:
     """True when `path` holds an emseg-rt run record (and so may be resumed or replaced)."""
-    record = path / RUN_DIR / RUN_RECORD
-    try:
-        return "config_hash" in json.loads(record.read_text())
-    except (OSError, ValueError):
-        return False
+    return read_record(path) is not None
 
 
 @dataclass
@@ -73,11 +93,17 @@ class OutputClaim:
         self.lock.close()
 
 
-def claim_output(output: Path, source: Path, *, resume: bool, overwrite: bool) -> OutputClaim:
+def claim_output(output: Path, source: Path | None, *, resume: bool, overwrite: bool,
+                 into_input: bool = False, lock_path: Path | None = None) -> OutputClaim:
     """Check `output`, take its lock, and decide where this run writes. EmsegError (one line) when the
-    output may not be written: inside or around the input, a symlink, not ours, locked, not writable."""
-    _check_location(output, source)
-    lock = _lock(output)
+    output may not be written: inside or around the input, a symlink, not ours, locked, not writable.
+
+    source:     the local input (None for an array in memory or a URL: nothing local to protect).
+    into_input: the output is the input image's `labels/<name>` (`--into-input`): inside it on purpose.
+    lock_path:  the lock file (default: `.<name>.emseg-rt.lock` beside the output).
+    """
+    _check_location(output, source, into_input)
+    lock = _lock(output, lock_path)
     try:
         _recover_interrupted_swap(output)
         _remove_stale_siblings(output)
@@ -88,13 +114,13 @@ def claim_output(output: Path, source: Path, *, resume: bool, overwrite: bool) -
     return OutputClaim(output, target, resumable, lock)
 
 
-def _check_location(output: Path, source: Path) -> None:
+def _check_location(output: Path, source: Path | None, into_input: bool = False) -> None:
     if output.is_symlink():
         raise EmsegError(f"output {output} is a symbolic link; pass the directory it points to as --out")
-    out, src = output.resolve(), source.resolve()
-    if out == src or src in out.parents:
+    out, src = output.resolve(), (source or output).resolve()
+    if source is not None and not into_input and (out == src or src in out.parents):
         raise EmsegError(f"output {output} is the input or inside it; choose another --out")
-    if out in src.parents:
+    if source is not None and out in src.parents:
         raise EmsegError(f"output {output} contains the input {source}; choose another --out")
     if output.exists() and not output.is_dir():
         raise EmsegError(f"output {output} is a file, not a directory; choose another --out")
@@ -113,10 +139,10 @@ def _sibling(output: Path, kind: str) -> Path:
     return _parent(output) / f".{output.name}.{kind}-{secrets.token_hex(4)}"
 
 
-def _lock(output: Path) -> IO[str]:
+def _lock(output: Path, lock_path: Path | None = None) -> IO[str]:
     import fcntl
 
-    path = _parent(output) / f".{output.name}.emseg-rt.lock"
+    path = lock_path or _parent(output) / f".{output.name}.emseg-rt.lock"
     try:
         handle = open(path, "a+")  # noqa: SIM115  (held open for the run's life)
     except OSError as exc:
@@ -141,7 +167,7 @@ def _target(output: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
         return output, False
     if not is_our_output(output):
         action = "replace" if overwrite else "resume into" if resume else "write into"
-        raise EmsegError(f"output {output} exists and is not an emseg-rt output (no {RUN_DIR}/{RUN_RECORD}); "
+        raise EmsegError(f"output {output} exists and is not an emseg-rt output (no {RUN_DIR} run record); "
                          f"refusing to {action} it; choose another --out")
     if overwrite:
         return _sibling(output, _STAGING), False  # the old output stays until the new one is complete

@@ -104,7 +104,7 @@ def run_block(task: BlockTask, index: int, start: int, stop: int) -> dict[str, A
     if backend.spec.identity != task.identity:
         raise EmsegError(f"a worker loaded a different model ({backend.spec.identity} vs {task.identity}); "
                          "workers need the same packages, checkpoints and library versions as the driver")
-    volume = open_volume(task.source, key=task.key, level=task.level)
+    volume = open_volume(task.source, key=task.key, level=task.level, spatial=True)
     slab = read_slab(volume.array, start, stop, task.axis_index, task.axis, task.norm, task.where)
     timings: dict[str, float] = {}
     plan = plan_tiles(task.plane_shape, task.tile, task.halo)

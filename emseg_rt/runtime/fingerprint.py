@@ -24,18 +24,26 @@ def array_directory(array: Any) -> Path | None:
     return Path(root) / getattr(array, "path", "")
 
 
-def input_fingerprint(array: Any) -> str:
-    """sha256 hex of the array's metadata and its files' (path, size, mtime_ns)."""
+def input_fingerprint(array: Any, path: Any = None) -> str:
+    """sha256 hex of the array's metadata and its files' (path, size, mtime_ns): the zarr array's directory,
+    else the local file or folder `path` it was read from (N5, HDF5, TIFF); metadata only for URLs and
+    arrays in memory."""
     digest = hashlib.sha256()
-    digest.update(repr((tuple(array.shape), str(array.dtype), tuple(getattr(array, "chunks", ())))).encode())
-    directory = array_directory(array)
-    if directory is not None and directory.is_dir():
-        for dirpath, dirnames, filenames in os.walk(directory):
+    chunks = tuple(getattr(array, "chunks", None) or ())
+    digest.update(repr((tuple(array.shape), str(array.dtype), chunks)).encode())
+    location = array_directory(array)
+    if location is None and isinstance(path, (str, os.PathLike)) and "://" not in str(path):
+        location = Path(path)
+    if location is not None and location.is_file():
+        stat = location.stat()
+        digest.update(f"{location.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    elif location is not None and location.is_dir():
+        for dirpath, dirnames, filenames in os.walk(location):
             dirnames.sort()
             for name in sorted(filenames):
-                path = Path(dirpath) / name
-                stat = path.stat()
-                digest.update(f"{path.relative_to(directory)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                file = Path(dirpath) / name
+                stat = file.stat()
+                digest.update(f"{file.relative_to(location)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

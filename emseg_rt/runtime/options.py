@@ -17,6 +17,8 @@ class SegmentOptions:
 
     halo:   context pixels per tile side (None: tile // 8); blend: 'center' crop or 'gaussian' weighting.
     axis:   the axis planes are perpendicular to; block: planes per write block (= output chunk depth).
+    levels: pyramid levels of the label image (None: from the plane size); into_input: write the label
+            image into the input image's labels/<label_name>.
     """
 
     batch: int = 4
@@ -29,6 +31,8 @@ class SegmentOptions:
     probabilities: bool = False
     label_name: str = DEFAULT_LABEL_NAME
     prefetch: int = 2
+    levels: int | None = None
+    into_input: bool = False
 
     def validate(self) -> SegmentOptions:
         """EmsegError naming the option when one is out of range; returns self."""
@@ -40,6 +44,8 @@ class SegmentOptions:
             raise EmsegError(f"--block {self.block} must be >= 1")
         if self.axis not in AXES:
             raise EmsegError(f"--axis {self.axis!r} must be one of z, y, x")
+        if self.levels is not None and not 1 <= self.levels <= 16:
+            raise EmsegError(f"--levels {self.levels} must be between 1 and 16")
         if self.halo is not None and self.halo < 0:
             raise EmsegError(f"--halo {self.halo} must be >= 0")
         if not self.label_name or "/" in self.label_name or self.label_name.startswith("."):

@@ -1,17 +1,23 @@
-"""The output of a `segment_volume` run: its location checks, its arrays, its run record and done-markers.
+"""The output of a `segment_volume` run: its arrays, its run record and its done-markers.
 
-Layout (OME-Zarr 0.5, zarr v3)::
+The output root is an OME-Zarr label image (docs/runtime.md "Output layout" says why)::
 
-    OUT.zarr/zarr.json                   root group; attributes["emseg_rt"] = run configuration + status
-    OUT.zarr/labels/<name>/s0            (Z, Y, X) uint8 labels (uint16 past 255 classes), image-label metadata
-    OUT.zarr/probabilities/s0            (K, Z, Y, X) uint8 per-class probabilities (with probabilities=True)
-    OUT.zarr/.emseg-rt/run.json          configuration and its hash
-    OUT.zarr/.emseg-rt/done/<hash>/<i>   one empty marker per finished write block (whole output chunks)
+    OUT.zarr/zarr.json             `multiscales` + `image-label` (classes, colours); attributes["emseg_rt"]:
+                                   run configuration and status ("incomplete" until every level is written)
+    OUT.zarr/s0, s1, ...           (Z, Y, X) uint8 labels (uint16 past 255 classes); s1.. stride-sampled
+    OUT.zarr/probabilities/s0      (K, Z, Y, X) uint8 per-class probabilities (with probabilities=True)
+    OUT.zarr/.emseg-rt/            a zarr group holding the run state, so zarr and OME readers walk it
+                                   without warnings: attributes["emseg_rt_run"] = configuration, its hash and
+                                   the input fingerprint; `done-<hash>` (one uint8 per write block) and
+                                   `levels-<hash>` (one per pyramid level) are the done-markers
 
-The run record is written first (atomically), so a directory is recognisably ours before anything else
-is in it (`runtime.claim`). A block's marker is touched only after all its chunks are written, so a crash
-leaves at worst a block without its marker, redone on resume; the root says "complete" only once every
-block has its marker. The record holds the input's fingerprint: a resume refuses an input that changed.
+With `--into-input` the same label image is `IN.zarr/labels/<name>`, in the input's zarr format and
+OME-Zarr version, and its name joins the `labels` list only once it is complete.
+
+The run record is written first (one atomic file), so a directory is recognisably ours before anything else
+is in it (`runtime.claim`). A block's marker is written only after all its chunks are, so a crash leaves at
+worst a block without its marker, redone on resume; the root says "complete" only once every block and
+every level has its marker. The record holds the input's fingerprint: a resume refuses an input that changed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +34,15 @@ import zarr
 import zarr.errors
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.ome_zarr import create_ome_image, create_ome_labels
-from emseg_rt.runtime.claim import RUN_DIR, RUN_RECORD
+from emseg_rt.io.label_writer import (
+    LabelImageSpec,
+    Level,
+    create_array,
+    create_label_image,
+    label_image_metadata,
+    write_lower_levels,
+)
+from emseg_rt.runtime.claim import RUN_DIR, RUN_KEY, record_files
 
 
 def config_hash(config: dict) -> str:
@@ -45,7 +58,8 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """What the output arrays look like: shape (Z, Y, X), chunks, label dtype and the OME metadata."""
+    """What the output looks like: s0's shape (Z, Y, X) and chunks, the label dtype, the OME metadata and
+    the pyramid levels (s0 first), the number of write blocks. `nested`: the label image sits in an image's `labels/` (`--into-input`)."""
 
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
@@ -53,9 +67,21 @@ class OutputLayout:
     label_dtype: np.dtype
     label_name: str
     voxel_size: tuple[float, ...]
-    units: Any
+    units: tuple[str | None, ...]
     axes: str
     probabilities: bool
+    levels: tuple[Level, ...] = field(default=())
+    blocks: int = 1
+    version: str = "0.5"
+    nested: bool = False
+
+    @property
+    def zarr_format(self) -> int:
+        return 2 if self.version == "0.4" else 3
+
+    def label_spec(self) -> LabelImageSpec:
+        return LabelImageSpec(name=self.label_name, axes=self.axes, units=self.units, classes=self.classes,
+                              levels=self.levels, dtype=self.label_dtype, chunks=self.chunks, version=self.version)
 
 
 class OutputStore:
@@ -65,79 +91,101 @@ class OutputStore:
         self.root = root
         self.layout = layout
         self.run_hash = run_hash
-        self.done_dir = root / RUN_DIR / "done" / run_hash[:16]
+        self.state = root / RUN_DIR
         self.labels: Any = None
         self.probabilities: Any = None
 
     @property
     def label_path(self) -> Path:
-        return self.root / "labels" / self.layout.label_name
+        return self.root
 
     def create(self, config: dict, root_attrs: dict, fingerprint: str) -> None:
-        """Write the run record (first), the root group and the label (and probability) arrays."""
+        """Write the run record (first), then the label image, its level arrays and the markers."""
         try:
-            (self.root / RUN_DIR).mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.root / RUN_DIR / RUN_RECORD,
-                              {"config_hash": self.run_hash, "config": config, "input_fingerprint": fingerprint})
-            group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
-            group.attrs.update({"ome": {"version": "0.5"}, "emseg_rt": root_attrs})
-            self._create_arrays()
+            self.state.mkdir(parents=True, exist_ok=True)
+            record = {"config_hash": self.run_hash, "config": config, "input_fingerprint": fingerprint}
+            for name, payload in record_files({RUN_KEY: record}, self.layout.zarr_format):
+                write_json_atomic(self.state / name, payload)
+            self._create_arrays(root_attrs)
         except OSError as exc:
             raise _write_error(self.root, exc) from exc
-        self.done_dir.mkdir(parents=True, exist_ok=True)
 
-    def _create_arrays(self) -> None:
+    def _create_arrays(self, root_attrs: dict) -> None:
         layout = self.layout
-        self.labels = create_ome_labels(self.root, layout.label_name, layout.shape, layout.classes,
-                                        voxel_size=layout.voxel_size, axes=layout.axes, units=layout.units,
-                                        chunks=layout.chunks, dtype=layout.label_dtype)
+        source = "../../" if layout.nested else None
+        arrays = create_label_image(self.root, layout.label_spec(), source_image=source,
+                                    extra_attributes={"emseg_rt": root_attrs})
+        self.labels = arrays[0]
+        state = zarr.open_group(str(self.state), mode="r+")
+        for name, length in ((self._done_name, layout.blocks), (self._levels_name, len(layout.levels))):
+            create_array(state, name, (max(length, 1),), np.uint8, (1,), None, layout.zarr_format, overwrite=True,
+                         compressors=None)
         if layout.probabilities:
             self.probabilities = self._create_probabilities()
 
+    @property
+    def _done_name(self) -> str:
+        return f"done-{self.run_hash[:16]}"
+
+    @property
+    def _levels_name(self) -> str:
+        return f"levels-{self.run_hash[:16]}"
+
     def _create_probabilities(self) -> Any:
         layout = self.layout
-        units = layout.units if isinstance(layout.units, tuple) else (layout.units,) * len(layout.shape)
-        return create_ome_image(
-            self.root / "probabilities", (len(layout.classes),) + layout.shape, np.uint8,
-            voxel_size=(1.0,) + layout.voxel_size, axes="c" + layout.axes, units=(None,) + tuple(units),
-            chunks=(1,) + layout.chunks, name="probabilities",
-            extra_attributes={"emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}})
+        s0 = layout.levels[0]
+        spec = LabelImageSpec(name="probabilities", axes="c" + layout.axes, units=(None,) + tuple(layout.units),
+                              classes=(), dtype=np.dtype(np.uint8), chunks=(1,) + layout.chunks,
+                              version=layout.version,
+                              levels=(Level("s0", (len(layout.classes),) + layout.shape, (1.0,) + s0.scale,
+                                            (0.0,) + s0.translation),))
+        group = zarr.open_group(str(self.root / "probabilities"), mode="a", zarr_format=layout.zarr_format)
+        array = create_array(group, "s0", spec.levels[0].shape, np.uint8, spec.chunks, list(spec.axes),
+                             layout.zarr_format, overwrite=True)
+        meta = label_image_metadata(spec)
+        meta.get("ome", meta).pop("image-label")
+        group.attrs.update({**meta, "emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}})
+        return array
 
     def reopen(self, fingerprint: str, root_attrs: dict) -> None:
         """Open an interrupted run's arrays (creating any a kill left unwritten). EmsegError when it was
         written with another configuration or the input changed since."""
-        previous = json.loads((self.root / RUN_DIR / RUN_RECORD).read_text())
+        previous = read_run_record(self.root) or {}
         if previous.get("config_hash") != self.run_hash:
             raise EmsegError(f"{self.root} was written with a different configuration (model, backend, precision, "
-                             "tiling or input differ); pass --overwrite to start again")
+                             "tiling, levels or input differ); pass --overwrite to start again")
         if previous.get("input_fingerprint") != fingerprint:
             raise EmsegError(f"the input changed since {self.root} was started (its chunk files differ); a resume "
                              "would mix old and new blocks; pass --overwrite to start again")
         try:
-            self.labels = zarr.open_array(str(self.label_path / "s0"), mode="r+")
-            if self.layout.probabilities:
-                self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
-        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            self.attach()
+        except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
             self._recreate_before_any_marker(root_attrs)
-        self.done_dir.mkdir(parents=True, exist_ok=True)
 
     def _recreate_before_any_marker(self, root_attrs: dict) -> None:
         """A kill between the run record and the arrays: no block can be marked done yet, so create them."""
-        if self.done_dir.is_dir() and any(self.done_dir.iterdir()):
-            raise EmsegError(f"{self.root}: done-markers exist but the label array is missing; the output was "
-                             "damaged; pass --overwrite to start again")
-        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
-        group.attrs.update({"ome": {"version": "0.5"}, "emseg_rt": root_attrs})
-        self._create_arrays()
+        try:
+            if self.done_blocks():
+                raise EmsegError(f"{self.root}: done-markers exist but the label array is missing; the output was "
+                                 "damaged; pass --overwrite to start again")
+        except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+            pass
+        self._create_arrays(root_attrs)
 
     def attach(self) -> None:
         """Open the arrays of an output the driver created (a Dask worker writing its blocks)."""
-        self.labels = zarr.open_array(str(self.label_path / "s0"), mode="r+")
+        self.labels = zarr.open_array(str(self.root / self.layout.levels[0].path), mode="r+")
+        self._markers(self._done_name)
         if self.layout.probabilities:
             self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
 
+    def _markers(self, name: str) -> Any:
+        return zarr.open_array(str(self.state / name), mode="r+")
+
     def done_blocks(self) -> set[int]:
-        return {int(p.name) for p in self.done_dir.iterdir() if p.name.isdigit()}
+        if not (self.state / self._done_name).is_dir():
+            raise FileNotFoundError(self.state / self._done_name)
+        return marker_indices(self.state / self._done_name)
 
     def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None
                     ) -> None:
@@ -146,19 +194,61 @@ class OutputStore:
             self.labels[region] = labels
             if self.probabilities is not None and probabilities is not None:
                 self.probabilities[(slice(None),) + region] = probabilities
-            (self.done_dir / str(index)).touch()
+            self.mark_done(index)
         except OSError as exc:
             raise _write_error(self.root, exc) from exc
 
+    def mark_done(self, index: int) -> None:
+        """Write block `index`'s done-marker (its chunks must be written already)."""
+        self._markers(self._done_name)[index] = 1
+
+    def write_pyramid(self) -> int:
+        """Fill the levels below s0 that have no marker yet (stride sampling, one streaming pass each, only
+        once every block is done); returns how many it wrote."""
+        markers = self._markers(self._levels_name)
+        done = marker_indices(self.state / self._levels_name)
+        pending = [i for i in range(1, len(self.layout.levels)) if i not in done]
+        for index in pending:
+            try:
+                write_lower_levels(self.root, self.layout.label_spec(), [index])
+                markers[index] = 1
+            except OSError as exc:
+                raise _write_error(self.root, exc) from exc
+        return len(pending)
+
     def mark_complete_if_done(self, blocks_total: int) -> bool:
-        """Set the root's status to 'complete' when every block has its marker; returns whether it did."""
-        if not all((self.done_dir / str(i)).exists() for i in range(blocks_total)):
+        """Write the pyramid once every block has its marker, then set the root's status to 'complete';
+        returns whether the output is complete."""
+        if len(self.done_blocks() & set(range(blocks_total))) < blocks_total:
             return False
-        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
+        self.write_pyramid()
+        group = zarr.open_group(str(self.root), mode="r+")
         attrs = dict(group.attrs.get("emseg_rt", {}))
         attrs["status"] = "complete"
         group.attrs.update({"emseg_rt": attrs})
         return True
+
+
+def marker_indices(array_dir: Path) -> set[int]:
+    """The set markers of a 1-D marker array: the indices of its chunk files (one element per chunk). zarr
+    writes each chunk file atomically, so a file that exists is a marker that was completely written."""
+    chunk_dir = array_dir / "c" if (array_dir / "c").is_dir() else array_dir  # v3 keys c/i, v2 ('/') keys i
+    try:
+        return {int(p.name) for p in chunk_dir.iterdir() if p.name.isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+def done_markers(root: Path) -> set[int]:
+    """The finished write blocks of the output at `root` (any configuration's markers)."""
+    return set().union(*(marker_indices(d) for d in (root / RUN_DIR).glob("done-*")))
+
+
+def read_run_record(root: Path) -> dict | None:
+    """The run record of the output at `root` (None when there is none)."""
+    from emseg_rt.runtime.claim import read_record
+
+    return read_record(root)
 
 
 def _write_error(root: Path, exc: OSError) -> EmsegError:

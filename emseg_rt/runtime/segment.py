@@ -20,25 +20,34 @@ from typing import Any
 import numpy as np
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.ome_zarr import label_dtype, open_volume
+from emseg_rt.io import is_array, is_url, open_volume, source_name
+from emseg_rt.io.ome_zarr import label_dtype
 from emseg_rt.runtime.backends.base import Backend
-from emseg_rt.runtime.normalise import Normalisation, check_dtype, check_finite, dataset_normalisation, to_uint8
-from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
 from emseg_rt.runtime.claim import OutputClaim, claim_output
+from emseg_rt.runtime.normalise import (
+    Normalisation,
+    check_dtype,
+    check_finite,
+    dataset_normalisation,
+    parse_window,
+    to_uint8,
+)
+from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
 from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, check_address, run_blocks_on_cluster
 from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
 from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
-from emseg_rt.runtime.report import SegmentReport, progress_bar
+from emseg_rt.runtime.report import ProgressLog, SegmentReport, progress_bar
 from emseg_rt.runtime.slab import segment_slab
 from emseg_rt.runtime.stream import run_stream
+from emseg_rt.runtime.target import OutputTarget, plan_target
 from emseg_rt.runtime.tiling import plan_tiles
 
 Block = tuple[int, int, int]  # (index, first plane, end plane)
 
 
 def segment_volume(
-    input: str | Path,
-    output: str | Path,
+    input: Any,
+    output: str | Path | None = None,
     *,
     model: str | None = None,
     checkpoints: Sequence[str | Path] = (),
@@ -56,6 +65,9 @@ def segment_volume(
     key: str | None = None,
     level: int | None = None,
     label_name: str = DEFAULT_LABEL_NAME,
+    levels: int | None = None,
+    into_input: bool = False,
+    window: str | None = None,
     progress: bool = False,
     report: str | Path | None = None,
     prefetch: int = 2,
@@ -63,43 +75,45 @@ def segment_volume(
     allow_missing_chunks: bool = False,
     dask: str | None = None,
 ) -> SegmentReport:
-    """Segment a 3D volume plane by plane into `output` (an OME-Zarr container) and return a SegmentReport.
+    """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport.
 
-    input:   zarr v2/v3 array, group + `key`, or OME-Zarr image (`level`, default 0); (Z, Y, X) uint8, uint16
-             or float (non-uint8 is mapped to uint8 with dataset-level robust percentiles).
-    output:  new directory; refuses an existing one unless `resume` (finish what is missing) or `overwrite`.
+    input:   a path or URL that `io.open_volume` reads (zarr / OME-Zarr, N5, HDF5, TIFF; `key` picks a dataset,
+             `level` an OME level), or a numpy / dask / zarr array (Z, Y, X). Non-uint8 intensities are mapped
+             to uint8 with dataset-level robust percentiles, or `window` ("LOW,HIGH", "1%,99%").
+    output:  new directory that becomes the label image; refuses an existing one unless `resume` (finish what
+             is missing) or `overwrite`. None with `into_input`: the labels go to INPUT/labels/<label_name>.
     model:   registry name or model package directory; None → the embedded default model.
     checkpoints: weights loaded in order into a registry model (emseg_rt.models.checkpoint formats).
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
     precision: 'fp32', 'fp16' or 'bf16' (bf16 on the torch backend only).
-    say:     receives one-line notes (which backend `auto` chose and why).
+    levels:  pyramid levels s0..s(levels-1), each 2× smaller in y and x (default: from the plane size); with
+             `into_input` the input image's own levels.
+    say:     receives one-line notes (which backend `auto` chose and why, progress when not on a terminal).
     allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
     dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),
              the same computation and output as without it.
     Tiling, batching and output options: see `SegmentOptions`. What `overwrite`, `resume` and the output
-    lock guarantee: `runtime.claim`.
+    lock guarantee: `runtime.claim`. In-memory labels without writing: `segment_labels`.
     """
     t_start = time.perf_counter()
     options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume,
                              overwrite=overwrite, probabilities=probabilities, label_name=label_name,
-                             prefetch=prefetch).validate()
-    if dask is not None:
-        check_address(dask)
-        if not isinstance(backend, str):
-            raise EmsegError("--dask: workers load the model themselves; pass a backend name, not a loaded backend")
-    source, output = Path(input), Path(output)
-    volume = open_volume(source, key=key, level=level)
-    where = f"input {source}" + (f" (key {key})" if key else "") + (f" (level {volume.dataset_path})" if volume.is_ome else "")
-    _check_volume(volume, where)
+                             prefetch=prefetch, levels=levels, into_input=into_input).validate()
+    source = input if is_array(input) or is_url(input) else Path(input)
+    _check_dask(dask, backend, source)
+    volume, where = open_input(source, key, level)
     check_no_missing_chunks(volume.array, where, allow_missing_chunks)
-    norm = dataset_normalisation(volume.array, where)
-    claim = claim_output(output, source, resume=options.resume, overwrite=options.overwrite)
+    norm = dataset_normalisation(volume.array, where, window=parse_window(window) if window else None)
+    target = plan_target(source, volume, output, options, level)
+    claim = claim_output(target.output, source if isinstance(source, Path) else None, resume=options.resume,
+                         overwrite=options.overwrite, into_input=options.into_input, lock_path=target.lock)
     try:
-        rep = _segment_claimed(claim, source, volume, options, norm, where, model=model, checkpoints=checkpoints,
-                               backend=backend, device=device, precision=precision, progress=progress, say=say,
-                               t_start=t_start, dask=dask, key=key, level=level)
+        rep = _segment_claimed(claim, source, volume, options, norm, where, target, model=model,
+                               checkpoints=checkpoints, backend=backend, device=device, precision=precision,
+                               progress=progress, say=say, t_start=t_start, dask=dask, key=key, level=level)
         if rep.complete:
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
+            target.register()
     finally:
         claim.release()
     rep.wall_seconds = time.perf_counter() - t_start
@@ -108,7 +122,27 @@ def segment_volume(
     return rep
 
 
-def _segment_claimed(claim: OutputClaim, source: Path, volume: Any, options: SegmentOptions, norm: Normalisation, where: str, *,
+def open_input(source: Any, key: str | None, level: int | None) -> tuple[Any, str]:
+    """The input as a checked 3D Volume (singleton t/c squeezed) and how messages name it."""
+    volume = open_volume(source, key=key, level=level, spatial=True)
+    where = f"input {source_name(source)}" + (f" (key {key})" if key else "") + (
+        f" (level {volume.dataset_path})" if volume.is_ome else "")
+    _check_volume(volume, where)
+    return volume, where
+
+
+def _check_dask(dask: str | None, backend: Any, source: Any) -> None:
+    if dask is None:
+        return
+    check_address(dask)
+    if not isinstance(backend, str):
+        raise EmsegError("--dask: workers load the model themselves; pass a backend name, not a loaded backend")
+    if is_array(source):
+        raise EmsegError("--dask: workers read the input themselves; pass a path or URL, not an in-memory array")
+
+
+def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: SegmentOptions, norm: Normalisation,
+                     where: str, target: OutputTarget, *,
                      model: str | None, checkpoints: Sequence[str | Path], backend: str | Backend, device: str,
                      precision: str, progress: bool, say: Callable[[str], None] | None,
                      t_start: float, dask: str | None = None, key: str | None = None,
@@ -129,12 +163,12 @@ def _segment_claimed(claim: OutputClaim, source: Path, volume: Any, options: Seg
         engine, owns_backend = backend, False
     try:
         _check_backend(engine, options)
-        run = _RunPlan(engine, volume, options, norm)
+        run = _RunPlan(engine, volume, options, norm, target)
         _check_memory(run, volume)
-        rep = run.report(source, claim.output, model or "default", device, " ".join(notes))
-        store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array))
+        rep = run.report(source_name(source), claim.output, model or "default", device, " ".join(notes))
+        store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array, volume.path))
         if dask is None:
-            _stream(engine, volume, run, store, rep, where, progress)
+            _stream(engine, volume, run, store, rep, where, progress, say)
     finally:
         if owns_backend:
             engine.close()
@@ -215,7 +249,8 @@ def _check_backend(engine: Backend, options: SegmentOptions) -> None:
 class _RunPlan:
     """Everything derived from the backend, the volume and the options: tile plan, blocks, layout, config."""
 
-    def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation) -> None:
+    def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation,
+                 target: OutputTarget) -> None:
         spec = engine.spec
         self.options = options
         self.norm = norm
@@ -227,14 +262,17 @@ class _RunPlan:
         self.tile_plan = plan_tiles(self.plane_shape, spec.tile, self.halo)  # EmsegError for a bad halo
         self.blocks: list[Block] = [(i, b, min(b + options.block, self.depth))
                                     for i, b in enumerate(range(0, self.depth, options.block))]
-        self.layout = _layout(volume, options, self.shape, self.axis_index, tuple(spec.classes))
+        self.layout = _layout(volume, options, self.shape, self.axis_index, tuple(spec.classes), target,
+                              len(self.blocks))
         self.config = {
-            "format": 2, "backend": spec.identity,  # 2: last tile flush with the edge (runtime.tiling)
+            "format": 3, "backend": spec.identity,  # 2: last tile flush with the edge; 3: label image root, levels
             "tile": spec.tile, "halo": self.halo, "blend": options.blend,
             "axis": options.axis, "batch": options.batch, "block": options.block,
             "probabilities": options.probabilities, "shape": list(self.shape), "dtype": volume.dtype.name,
             "normalisation": norm.to_dict(), "classes": list(spec.classes), "label_name": options.label_name,
-            "label_dtype": self.layout.label_dtype.name,
+            "label_dtype": self.layout.label_dtype.name, "version": self.layout.version,
+            "levels": [[lvl.path, list(lvl.shape), list(lvl.scale), list(lvl.translation)]
+                       for lvl in self.layout.levels],
         }
         self.hash = config_hash(self.config)
         self.engine = engine
@@ -242,10 +280,10 @@ class _RunPlan:
         self.loop_seconds = 0.0
         self.setup_done = 0.0
 
-    def report(self, source: Path, output: Path, model: str, device: str, choice: str) -> SegmentReport:
+    def report(self, source: str, output: Path, model: str, device: str, choice: str) -> SegmentReport:
         spec, options = self.engine.spec, self.options
         return SegmentReport(
-            input=str(source), output=str(output), label_path=str(output / "labels" / options.label_name),
+            input=source, output=str(output), label_path=str(output),
             model=model, backend=self.engine.name, device=device, precision=spec.precision, shape=self.shape,
             dtype=self.config["dtype"], axis=options.axis, tile=spec.tile, halo=self.halo, blend=options.blend,
             batch=options.batch, block=options.block, classes=tuple(spec.classes), config_hash=self.hash,
@@ -271,14 +309,16 @@ class _RunPlan:
 
 
 def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_index: int,
-            classes: tuple[str, ...]) -> OutputLayout:
-    voxel_size = tuple(volume.voxel_size) if len(volume.voxel_size) == 3 else (1.0, 1.0, 1.0)
-    units = tuple(volume.units) if any(volume.units) else "nanometer" if volume.is_ome else None
+            classes: tuple[str, ...], target: OutputTarget, blocks: int) -> OutputLayout:
+    """The label image's layout: the input's axes, scale, translation and units (none invented), `target`'s
+    levels, zarr format and OME-Zarr version; chunks aligned to write blocks."""
     axes = "".join(volume.axes) if len(volume.axes) == 3 and set(volume.axes) <= set(AXES) else "zyx"
+    units = tuple(volume.units) if len(volume.units) == 3 else (None, None, None)
     chunks = tuple(min(options.block, s) if i == axis_index else min(s, 1024) for i, s in enumerate(shape))
     return OutputLayout(shape=shape, chunks=chunks, classes=classes, label_dtype=label_dtype(len(classes)),
-                        label_name=options.label_name, voxel_size=voxel_size, units=units, axes=axes,
-                        probabilities=options.probabilities)
+                        label_name=options.label_name, voxel_size=target.levels[0].scale, units=units, axes=axes,
+                        probabilities=options.probabilities, levels=target.levels, blocks=blocks,
+                        version=target.version, nested=target.nested)
 
 
 def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key: str | None, level: int | None,
@@ -315,8 +355,9 @@ def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key:
 
 
 def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep: SegmentReport, where: str,
-            progress: bool) -> None:
-    """Read, segment and write every block without a done-marker; fills `rep`'s counters."""
+            progress: bool, say: Callable[[str], None] | None = None) -> None:
+    """Read, segment and write every block without a done-marker; fills `rep`'s counters. Progress: a bar on
+    a terminal, else a `ProgressLog` line every 10 s through `say` (batch jobs' logs)."""
     import sys
 
     done_before = store.done_blocks()
@@ -325,9 +366,12 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
     plane_voxels = int(np.prod(run.plane_shape))
     label_counts = np.zeros(len(run.layout.classes) + 1, dtype=np.int64)
     options, axis_index, timings = run.options, run.axis_index, run.timings
-    bar = task = None
+    bar = task = log = None
     if progress and sys.stderr.isatty():
         bar, task = progress_bar(run.depth, sum(b1 - b0 for _, b0, b1 in pending), plane_voxels)
+    elif progress and say is not None and pending:
+        log = ProgressLog(run.depth, run.depth - sum(b1 - b0 for _, b0, b1 in pending), say=say,
+                          voxels_per_plane=plane_voxels)
 
     def read(item: Block) -> np.ndarray:
         _, b0, b1 = item
@@ -356,6 +400,8 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
         rep.voxels_computed += (b1 - b0) * plane_voxels
         if bar is not None:
             bar.update(task, advance=b1 - b0)
+        if log is not None:
+            log.update(b1 - b0)
 
     run.setup_done = time.perf_counter()
     try:
@@ -364,5 +410,7 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
         run.loop_seconds = time.perf_counter() - run.setup_done
         if bar is not None:
             bar.stop()
+    if log is not None:
+        log.finish()
     classes = run.layout.classes
     rep.label_counts = {("background" if i == 0 else classes[i - 1]): int(c) for i, c in enumerate(label_counts)}
