@@ -2,14 +2,13 @@
 inputs that are no label image in one line with exit code 2."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from cli_helpers import assert_one_line, run_cli
 
-from emseg_rt.cli import main
 from emseg_rt.constants import GROUND_TRUTH
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.label_images import open_label_image
@@ -18,28 +17,6 @@ from emseg_rt.metrics import evaluate_labels, remap_labels
 
 SHAPE = (2, 16, 24)
 AXES = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """`emseg-rt ARGS` in-process as the console script runs it → (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["emseg-rt", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(result: tuple[int, str, str], *fragments: str) -> str:
-    """Exit code 2 and exactly one line on stderr, holding every fragment (no traceback)."""
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("emseg-rt: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def random_labels(seed: int, num_classes: int = 3) -> np.ndarray:
@@ -189,18 +166,18 @@ def test_classes_named_on_one_side_only_are_skipped_with_a_note(tmp_path, monkey
 def test_image_without_labels_is_refused_in_one_line(tmp_path, monkeypatch, capsys, phantom):
     vol, truth = phantom
     image = write_ome_image(tmp_path / "raw.zarr", np.zeros(truth.shape, np.uint8))
-    assert_refused(run_cli(monkeypatch, capsys, "eval", vol, image),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", vol, image),
                    str(image), "is an image, not a label image, and has no labels/ group")
 
 
 def test_float_array_and_group_without_labels_are_refused(tmp_path, monkeypatch, capsys, phantom):
     vol, truth = phantom
     zarr.create_array(str(tmp_path / "float.zarr"), data=truth.astype(np.float32))
-    assert_refused(run_cli(monkeypatch, capsys, "eval", tmp_path / "float.zarr", vol),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", tmp_path / "float.zarr", vol),
                    "float.zarr", "float32", "not integer labels")
     group = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     group.create_array("data", data=truth)
-    assert_refused(run_cli(monkeypatch, capsys, "eval", tmp_path / "plain.zarr", vol),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", tmp_path / "plain.zarr", vol),
                    "plain.zarr", "neither a label image", "labels/ group")
 
 
@@ -208,11 +185,11 @@ def test_ambiguous_label_images_name_the_option_that_picks_one(tmp_path, monkeyp
     cell = write_ome_image(tmp_path / "cell.zarr", np.zeros(SHAPE, np.uint8))
     for name, seed in (("manual", 4), ("auto", 5)):
         write_ome_labels(cell, name, random_labels(seed), ["nucleus", "mitochondria", "granules"])
-    assert_refused(run_cli(monkeypatch, capsys, "eval", cell, cell, "--pred-labels", "auto"),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", cell, cell, "--pred-labels", "auto"),
                    "several label images", "manual, auto", "--gt-labels")
     write_ome_labels(cell, GROUND_TRUTH, random_labels(6), ["nucleus", "mitochondria", "granules"])
-    assert_refused(run_cli(monkeypatch, capsys, "eval", cell, cell), "--pred-labels", "ground_truth")
-    assert_refused(run_cli(monkeypatch, capsys, "eval", cell, cell, "--pred-labels", "nope"),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", cell, cell), "--pred-labels", "ground_truth")
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", cell, cell, "--pred-labels", "nope"),
                    "--pred-labels nope", "manual, auto, ground_truth")
     code, out, err = run_cli(monkeypatch, capsys, "eval", cell, cell, "--pred-labels", "auto", "--json")
     assert code == 0, err
@@ -222,10 +199,10 @@ def test_ambiguous_label_images_name_the_option_that_picks_one(tmp_path, monkeyp
 def test_shapes_that_differ_and_unfinished_outputs_are_refused(tmp_path, monkeypatch, capsys, phantom):
     vol, truth = phantom
     out = write_root_label_image(tmp_path / "OUT.zarr", random_labels(7), {1: "nucleus"})
-    assert_refused(run_cli(monkeypatch, capsys, "eval", out, vol), str(SHAPE), str(truth.shape))
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", out, vol), str(SHAPE), str(truth.shape))
     unfinished = write_root_label_image(tmp_path / "RUN.zarr", truth, {1: "nucleus"}, status="incomplete")
-    assert_refused(run_cli(monkeypatch, capsys, "eval", unfinished, vol), "RUN.zarr", "unfinished")
-    assert_refused(run_cli(monkeypatch, capsys, "eval", out, vol, "--pred-labels", "organelles"),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", unfinished, vol), "RUN.zarr", "unfinished")
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", out, vol, "--pred-labels", "organelles"),
                    "--pred-labels organelles", "label image itself")
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,8 @@ import onnx
 import pytest
 import torch
 import zarr
+from cli_helpers import assert_one_line, run_cli
 
-from emseg_rt.cli import main
 from emseg_rt.errors import EmsegError
 from emseg_rt.package import MANIFEST_HASH_NAME, MANIFEST_NAME, load_package, sha256_file, write_manifest
 
@@ -64,27 +63,6 @@ def edit_manifest(package_dir: Path, edit) -> dict:
     edit(manifest)
     write_manifest(package_dir, manifest)
     return manifest
-
-
-def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run `emseg-rt ARGS` in-process as the console script does; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["emseg-rt", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line(result: tuple[int, str, str], *fragments: str) -> str:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("emseg-rt: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def matmul_graph(location: str | None, weight: np.ndarray) -> onnx.ModelProto:
@@ -141,14 +119,14 @@ def test_edited_manifest_is_refused(package, field, value):
 def test_edited_manifest_is_one_line_in_inspect(package, monkeypatch, capsys):
     text = (package / MANIFEST_NAME).read_text()
     (package / MANIFEST_NAME).write_text(text.replace('"tile": 128', '"tile": 96'))
-    assert_one_line(cli(monkeypatch, capsys, "inspect", package), "does not match manifest.sha256")
+    assert_one_line(run_cli(monkeypatch, capsys, "inspect", package), "does not match manifest.sha256")
 
 
 def test_package_without_manifest_hash_is_refused_with_re_export(package, monkeypatch, capsys):
     (package / MANIFEST_HASH_NAME).unlink()
     with pytest.raises(EmsegError, match="no manifest.sha256.*re-export"):
         load_package(package)
-    assert_one_line(cli(monkeypatch, capsys, "inspect", package), "re-export")
+    assert_one_line(run_cli(monkeypatch, capsys, "inspect", package), "re-export")
 
 
 # --------------------------------------------------------------------------- names become paths
@@ -182,9 +160,9 @@ def test_build_never_writes_outside_the_package(package, tmp_path, monkeypatch, 
     """A component named '../../escaped' used to become engines/../../escaped.sm86.engine, outside the package."""
     edit_manifest(package, lambda m: m["components"].__setitem__("../../escaped", m["components"]["full"]))
     before = sorted(p for p in tmp_path.rglob("*"))
-    assert_one_line(cli(monkeypatch, capsys, "build", package, "--target", "sm86"), "not an identifier")
+    assert_one_line(run_cli(monkeypatch, capsys, "build", package, "--target", "sm86"), "not an identifier")
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere, engines/ included
-    assert_one_line(cli(monkeypatch, capsys, "build", package, "--target", "sm86/../.."), "--target")
+    assert_one_line(run_cli(monkeypatch, capsys, "build", package, "--target", "sm86/../.."), "--target")
 
 
 # ------------------------------------------------------------------------------ external data
@@ -204,9 +182,9 @@ def test_external_data_symlinked_outside_is_refused(package, tmp_path, monkeypat
         load_package(package)
     with pytest.raises(EmsegError, match="outside the package"):
         load_package(package, verify=False)
-    assert_one_line(cli(monkeypatch, capsys, "inspect", package, "--no-verify"), "outside the package")
+    assert_one_line(run_cli(monkeypatch, capsys, "inspect", package, "--no-verify"), "outside the package")
     if HAVE_RTX:
-        assert_one_line(cli(monkeypatch, capsys, "build", package, "--target", "sm86"), "outside the package")
+        assert_one_line(run_cli(monkeypatch, capsys, "build", package, "--target", "sm86"), "outside the package")
         assert not (package / "engines").exists()
 
 
@@ -270,7 +248,7 @@ def test_any_symlink_leaving_the_package_is_refused(package, tmp_path):
 
 def test_inspect_no_verify_with_a_missing_file_is_one_line(package, monkeypatch, capsys):
     (package / "full.onnx").unlink()
-    assert_one_line(cli(monkeypatch, capsys, "inspect", package, "--no-verify"), "full.onnx is missing")
+    assert_one_line(run_cli(monkeypatch, capsys, "inspect", package, "--no-verify"), "full.onnx is missing")
 
 
 # ------------------------------------------------------------------------------ training state
@@ -320,7 +298,7 @@ def test_foreign_state_file_is_one_line(tmp_path, monkeypatch, capsys, small_vol
         torch.save({"epoch": 3, "weights": torch.zeros(2)}, state)
     else:
         torch.save(torch.zeros(3), state)
-    assert_one_line(cli(monkeypatch, capsys, "train", MODEL, "--data", data, "--labels", tmp_path / "truth.zarr",
+    assert_one_line(run_cli(monkeypatch, capsys, "train", MODEL, "--data", data, "--labels", tmp_path / "truth.zarr",
                         "--out", tmp_path / "head.pt", "--resume", "--steps", "2", "--quiet"),
                     "--resume", "not a training state")
 
@@ -345,7 +323,7 @@ def test_export_overwrite_keeps_a_directory_that_is_not_a_package(tmp_path, monk
     (project / "manifest.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(EmsegError, match="not an emseg-rt model package"):
         export_package("sam-star-tiny", project, overwrite=True)
-    assert_one_line(cli(monkeypatch, capsys, "export", "sam-star-tiny", "--out", project, "--overwrite"),
+    assert_one_line(run_cli(monkeypatch, capsys, "export", "sam-star-tiny", "--out", project, "--overwrite"),
                     "not an emseg-rt model package")
     assert sorted(p.name for p in project.iterdir()) == ["manifest.json", "notes.txt"]
     assert (project / "notes.txt").read_text() == "mine"
@@ -410,7 +388,7 @@ def test_train_cache_keeps_a_directory_that_is_not_a_cache(tmp_path, monkeypatch
     data = tmp_path / "img.zarr"
     zarr.create_array(str(data), data=image)
     zarr.create_array(str(tmp_path / "truth.zarr"), data=labels)
-    assert_one_line(cli(monkeypatch, capsys, "train", MODEL, "--data", data, "--labels", tmp_path / "truth.zarr",
+    assert_one_line(run_cli(monkeypatch, capsys, "train", MODEL, "--data", data, "--labels", tmp_path / "truth.zarr",
                         "--out", tmp_path / "h.pt", "--cache", tmp_path / "c.zarr", "--steps", "1", "--quiet"),
                     "c.zarr.partial", "not an emseg-rt embedding cache")
     assert (tmp_path / "c.zarr.partial" / "keep.txt").read_text() == "mine"
@@ -436,7 +414,7 @@ def test_a_stale_cache_of_ours_is_rebuilt_in_place(tmp_path):
 
 
 def test_bench_refuses_an_unknown_device(monkeypatch, capsys):
-    assert_one_line(cli(monkeypatch, capsys, "bench", "--device", "tpu", "--size", "tiny", "--models", "scsam",
+    assert_one_line(run_cli(monkeypatch, capsys, "bench", "--device", "tpu", "--size", "tiny", "--models", "scsam",
                         "--quiet"), "--device 'tpu'", "cpu, cuda or auto")
     from emseg_rt.bench.table5 import BenchConfig
 
@@ -472,7 +450,7 @@ def test_train_refuses_wrong_data(tmp_path, monkeypatch, capsys, small_volume, t
     truth = write("truth.zarr", label_array)
     expected = {"float labels": "integer class ids", "negative labels": "negative",
                 "NaN data": "NaN", "float data": "uint8"}[case]
-    assert_one_line(cli(monkeypatch, capsys, "train", MODEL, "--data", data, "--labels", truth,
+    assert_one_line(run_cli(monkeypatch, capsys, "train", MODEL, "--data", data, "--labels", truth,
                         "--out", tmp_path / "head.pt", "--steps", "1", "--quiet"), expected)
     assert not (tmp_path / "head.pt").exists() and not (tmp_path / "head.pt.cache.zarr").exists()
 
@@ -494,7 +472,7 @@ def test_eval_refuses_wrong_or_corrupt_labels(tmp_path, monkeypatch, capsys, cas
         chunk.write_bytes(b"not a compressed chunk" * 4)
     expected = {"negative prediction": "prediction holds label -1", "out-of-range truth": "ground truth holds label 7",
                 "corrupt chunk": "corrupt"}[case]
-    assert_one_line(cli(monkeypatch, capsys, "eval", tmp_path / "pred.zarr", tmp_path / "truth.zarr", "--json"),
+    assert_one_line(run_cli(monkeypatch, capsys, "eval", tmp_path / "pred.zarr", tmp_path / "truth.zarr", "--json"),
                     expected)
 
 
@@ -519,14 +497,14 @@ def read_only_dir(tmp_path):
 
 def test_phantom_and_train_on_a_read_only_filesystem(read_only_dir, tmp_path, monkeypatch, capsys,
                                                      small_volume):
-    assert_one_line(cli(monkeypatch, capsys, "phantom", read_only_dir / "cell.zarr", "--shape", "2,32,32"),
+    assert_one_line(run_cli(monkeypatch, capsys, "phantom", read_only_dir / "cell.zarr", "--shape", "2,32,32"),
                     "Read-only file system")
     image, labels = small_volume
     zarr.create_array(str(tmp_path / "img.zarr"), data=image)
     zarr.create_array(str(tmp_path / "truth.zarr"), data=labels)
-    assert_one_line(cli(monkeypatch, capsys, "train", MODEL, "--data", tmp_path / "img.zarr",
+    assert_one_line(run_cli(monkeypatch, capsys, "train", MODEL, "--data", tmp_path / "img.zarr",
                         "--labels", tmp_path / "truth.zarr", "--out", read_only_dir / "head.pt",
                         "--steps", "1", "--quiet"), "Read-only file system")
-    assert_one_line(cli(monkeypatch, capsys, "train", MODEL, "--data", tmp_path / "img.zarr",
+    assert_one_line(run_cli(monkeypatch, capsys, "train", MODEL, "--data", tmp_path / "img.zarr",
                         "--labels", tmp_path / "truth.zarr", "--out", tmp_path / "head.pt",
                         "--cache", read_only_dir / "c.zarr", "--steps", "1", "--quiet"), "Read-only file system")

@@ -1,27 +1,15 @@
 """CLI: phantom, eval and train work end to end; bad inputs give one clear line on stderr and exit code 2."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
-from emseg_rt.cli import main
 from emseg_rt.io import read_volume, write_ome_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["emseg-rt", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, *fragments):

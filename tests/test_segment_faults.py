@@ -7,7 +7,6 @@ SIGKILL where the instant should be arbitrary.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

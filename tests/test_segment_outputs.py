@@ -24,7 +24,6 @@ from ome_zarr_models.v05 import Labels as Labels05
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import open_volume, read_volume, write_ome_image
 from emseg_rt.runtime import load_backend, segment_labels, segment_volume
-from emseg_rt.runtime.output import done_markers
 
 MODEL = "scsam-tiny"
 

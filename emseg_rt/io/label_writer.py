@@ -30,8 +30,7 @@ import numpy as np
 import zarr
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.ome_zarr import default_colors
-from emseg_rt.io.volume import AXIS_TYPES
+from emseg_rt.io.ome_zarr import axes_metadata, default_colors
 
 ZARR_FORMAT = {"0.5": 3, "0.4": 2}
 MIN_LEVEL_SIZE = 256  # default pyramids stop once the in-plane size would drop below this
@@ -109,16 +108,6 @@ def levels_like_image(image: zarr.Group, multiscale: dict, shape: Sequence[int])
     return tuple(levels)
 
 
-def _axes(axes: str, units: Sequence[str | None]) -> list[dict]:
-    entries = []
-    for name, unit in zip(axes, units):
-        entry: dict[str, Any] = {"name": name, "type": AXIS_TYPES.get(name, "space")}
-        if unit:
-            entry["unit"] = unit
-        entries.append(entry)
-    return entries
-
-
 def _transforms(level: Level) -> list[dict]:
     transforms: list[dict] = [{"type": "scale", "scale": list(level.scale)}]
     if any(level.translation):
@@ -131,7 +120,7 @@ def label_image_metadata(spec: LabelImageSpec, source_image: str | None = "../..
     under "ome" for 0.5, at the top level with a "version" in each for 0.4."""
     colors = spec.colors or tuple(default_colors(len(spec.classes)))
     multiscale: dict[str, Any] = {
-        "name": spec.name, "axes": _axes(spec.axes, spec.units),
+        "name": spec.name, "axes": axes_metadata(spec.axes, list(spec.units)),
         "datasets": [{"path": lvl.path, "coordinateTransformations": _transforms(lvl)} for lvl in spec.levels],
     }
     image_label: dict[str, Any] = {

@@ -24,6 +24,8 @@ from emseg_rt.io import is_array, is_url, open_volume, source_name
 from emseg_rt.io.ome_zarr import label_dtype
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.claim import OutputClaim, claim_output
+from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, check_address, run_blocks_on_cluster
+from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
 from emseg_rt.runtime.normalise import (
     Normalisation,
     check_dtype,
@@ -33,8 +35,6 @@ from emseg_rt.runtime.normalise import (
     to_uint8,
 )
 from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
-from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, check_address, run_blocks_on_cluster
-from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
 from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
 from emseg_rt.runtime.report import ProgressLog, SegmentReport, progress_bar
 from emseg_rt.runtime.slab import segment_slab
