@@ -25,6 +25,7 @@ scores are not supported (the Triton kernel skips them; torch's argmin returns t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -59,6 +60,14 @@ def _check_label_dtype(labels_dtype: torch.dtype, clusters: int) -> None:
         raise ValueError(f"{clusters} centres do not fit in {labels_dtype} labels")
 
 
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that computes in the tensors' own dtype (autocast off); a no-op on devices without autocast
+    (meta, where parameter and FLOP counts run)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def token_scores(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Score of every token against every centre: s = ‖c‖² − 2 t·c (= ‖t − c‖² − ‖t‖²).
 
@@ -68,7 +77,7 @@ def token_scores(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """
     _check_tokens_centres(tokens, centres)
     batch, channels, height, width = tokens.shape
-    with torch.autocast(device_type=tokens.device.type, enabled=False):
+    with no_autocast(tokens.device):
         centres32 = centres.to(device=tokens.device, dtype=torch.float32)
         dots = torch.matmul(centres32, tokens.to(torch.float32).reshape(batch, channels, height * width))
         scores = (centres32 * centres32).sum(dim=1)[None, :, None] - 2.0 * dots  # (B, K, h·w)

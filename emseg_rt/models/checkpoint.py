@@ -144,6 +144,9 @@ def apply_checkpoint(model: nn.Module, raw: Mapping[str, object], source: Path) 
     """Load an already-read checkpoint mapping into `model`; `source` names it in error messages."""
     fmt, state, groups = normalise_checkpoint(raw, model, source)
     name = _model_name(model)
+    for prefix, module in model.named_modules():
+        if hasattr(module, "resize_for"):  # e.g. a clustering head takes K from its fitted checkpoint
+            module.resize_for(state, f"{prefix}." if prefix else "")
     expected = model.state_dict()
     unexpected = [key for key in state if key not in expected]
     if unexpected or not state:

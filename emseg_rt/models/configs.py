@@ -69,6 +69,68 @@ class MaeEncoderConfig:
 
 
 @dataclass(frozen=True)
+class FovEncoderConfig:
+    """MAESTER's / HiS4MAE's encoder: a timm ViT over one small field of view (FOV) of a slice.
+
+    MAESTER (Xie et al. 2023, DESIGN.md §2) and HiS4MAE (Table 1, §3.1) use the same shape: FOV 80, patch 5,
+    192 dims, 14 layers, 1 head, MLP ratio 2, one grey channel.
+    """
+
+    field_of_view: int = 80  # HiS4MAE §3.1: FOV 80×80, as MAESTER
+    patch_size: int = 5  # MAESTER config
+    embed_dim: int = 192  # HiS4MAE Table 1
+    depth: int = 14  # MAESTER config
+    num_heads: int = 1  # MAESTER config
+    mlp_ratio: float = 2.0  # MAESTER config
+    in_chans: int = 1  # grey EM
+    pixel_mean: float = 0.5  # not published: intensities scaled to [0, 1], then (x − mean) / std
+    pixel_std: float = 0.25
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side of one FOV (16 for FOV 80, patch 5)."""
+        return self.field_of_view // self.patch_size
+
+
+@dataclass(frozen=True)
+class ClusterHeadConfig:
+    """Fixed cluster centres on interpolated patch tokens (HiS4MAE §3.3) and their classes.
+
+    clusters: K centres (K-means, `emseg-rt cluster fit`). The default K = classes + 1 (the paper's four
+              categories nucleus, mitochondria, granules, unrecognised, matched one-to-one by the Hungarian
+              algorithm); a fitted checkpoint may carry any K ≥ 1 and the head takes its size on load.
+    """
+
+    clusters: int | None = None  # None: num_classes + 1
+
+
+@dataclass(frozen=True)
+class MaskedPretrainConfig:
+    """Masked-image-modelling pretraining of a FOV encoder (MAESTER; HiS4MAE eqs. 2–6, Tables 1–2).
+
+    kind: 'maester' (MAE: masked reconstruction only) or 'his4mae' (+ EMA teacher and discrete codebook).
+    """
+
+    kind: str = "his4mae"
+    decoder_embed_dim: int = 128  # MAESTER config
+    decoder_depth: int = 7  # MAESTER config
+    decoder_num_heads: int = 8  # MAESTER config
+    mask_ratio: float = 0.5  # MAESTER config
+    codebook_size: int = 512  # HiS4MAE Table 1: k
+    alpha: float = 1e-3  # HiS4MAE Table 1: weight of L_tea (eq. 5)
+    beta: float = 2.5e-4  # HiS4MAE Table 1: weight of L_stu, 0.25 α (VQ-VAE)
+    gamma: float = 0.8  # HiS4MAE Table 1: isolated-code update rate (eq. 6)
+    ema_momentum: float = 0.996  # not published: SdAE/BYOL-style teacher EMA
+    lr: float = 5e-4  # HiS4MAE Table 2
+    min_lr: float = 8e-7  # HiS4MAE Table 2
+    batch_size: int = 256  # HiS4MAE Table 2
+    samples_per_epoch: int = 20000  # HiS4MAE Table 2: sample number
+    epochs: int = 2800  # HiS4MAE Table 2
+    warmup_epochs: int = 40  # not published
+    weight_decay: float = 0.05  # not published: MAE default
+
+
+@dataclass(frozen=True)
 class AlignmentConfig:
     """Two-layer MLP projection Linear–ReLU–Linear to the prompt width (ScSAM eq. 2)."""
 
@@ -114,7 +176,7 @@ class MaskDecoderConfig:
 class PipelineConfig:
     """One registry entry: which encoders, which head, and the widths that tie them together.
 
-    family:      "vanilla-sam", "sam-star", "mae-star", "surgicalsam" or "scsam" (later: his4mae, ...)
+    family:      "vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "maester" or "his4mae"
     prompt_dim:  N, the width of the decoder's tokens and embeddings (256 in SAM and ScSAM).
     tile:        side of the square uint8 tile the pipeline takes.
     """
@@ -131,7 +193,16 @@ class PipelineConfig:
     class_prompt: ClassPromptConfig | None = None
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
     max_points: int = 4  # vanilla-sam: padded point prompts per class
+    fov_encoder: FovEncoderConfig | None = None  # maester / his4mae
+    cluster_head: ClusterHeadConfig | None = None  # maester / his4mae
+    pretrain: MaskedPretrainConfig | None = None  # maester / his4mae: `emseg-rt pretrain`
     description: str = ""
+
+    @property
+    def num_clusters(self) -> int:
+        """K cluster centres of a clustering head (num_classes + 1 unless the config says otherwise)."""
+        head = self.cluster_head or ClusterHeadConfig()
+        return head.clusters if head.clusters is not None else self.num_classes + 1
 
     @property
     def num_classes(self) -> int:
@@ -142,5 +213,7 @@ class PipelineConfig:
         """Side of the embedding grid every encoder of this pipeline produces."""
         if self.sam_encoder is not None:
             return self.sam_encoder.grid
+        if self.fov_encoder is not None:
+            return self.fov_encoder.grid
         assert self.mae_encoder is not None
         return self.mae_encoder.grid

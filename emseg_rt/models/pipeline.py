@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from emseg_rt.models.class_prompted_head import ClassPromptedHead
+from emseg_rt.models.cluster_head import ClusterHead
 from emseg_rt.models.configs import PipelineConfig
+from emseg_rt.models.fov_encoder import FovEncoder
 from emseg_rt.models.mae_encoder import MaeImageEncoder
 from emseg_rt.models.sam_encoder import SamImageEncoder
 from emseg_rt.models.vanilla_sam_head import VanillaSamHead
@@ -36,6 +38,11 @@ class SegmentationPipeline(nn.Module):
         """Extra forward inputs besides the tiles (empty for prompt-free pipelines)."""
         return ("point_coords", "point_labels") if self.config.family == "vanilla-sam" else ()
 
+    @property
+    def can_skip_logits(self) -> bool:
+        """Whether `forward(..., want_logits=False)` computes labels only (the clustering head does)."""
+        return bool(getattr(self.head, "can_skip_logits", False))
+
     def embed(self, tiles: torch.Tensor) -> dict[str, torch.Tensor]:
         """tiles (B, 1, T, T) uint8 → {'sam_embedding': (B, C_s, H, W), 'mae_embedding': (B, C_m, H, W), ...}."""
         return {embedding_name(name): encoder(tiles) for name, encoder in self.encoders.items()}
@@ -44,7 +51,8 @@ class SegmentationPipeline(nn.Module):
         """Segment a batch of tiles.
 
         tiles:    (B, 1, T, T) uint8, raw EM intensities.
-        prompts:  vanilla-sam only: point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4).
+        prompts:  vanilla-sam only: point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4);
+                  want_logits=False where `can_skip_logits` (then only labels are returned).
         returns   logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background).
         """
         return self.head(**self.embed(tiles), **prompts)
@@ -66,6 +74,8 @@ class SegmentationPipeline(nn.Module):
 def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
     """Assemble the modules a pipeline config describes (random weights)."""
     encoders: dict[str, nn.Module] = {}
+    if config.fov_encoder is not None:  # maester / his4mae: one FOV encoder + fixed cluster centres
+        return SegmentationPipeline(config, {"fov_encoder": FovEncoder(config.fov_encoder)}, ClusterHead(config))
     if config.sam_encoder is not None:
         encoders["sam_encoder"] = SamImageEncoder(config.sam_encoder)
     if config.mae_encoder is not None:

@@ -17,9 +17,12 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.models.configs import (
     AlignmentConfig,
     ClassPromptConfig,
+    ClusterHeadConfig,
     FafmConfig,
+    FovEncoderConfig,
     MaeEncoderConfig,
     MaskDecoderConfig,
+    MaskedPretrainConfig,
     PipelineConfig,
     SamEncoderConfig,
 )
@@ -48,6 +51,16 @@ DECODERS = {
     "vit-b": MaskDecoderConfig(),
     "tiny": MaskDecoderConfig(mlp_dim=64, num_heads=2, iou_head_hidden_dim=32),
 }
+FOV_ENCODERS: dict[str, FovEncoderConfig] = {
+    "fov80": FovEncoderConfig(),  # MAESTER / HiS4MAE paper size
+    # Same code at test speed: a 40² FOV of 8×8 tokens, 64 dims, 4 layers.
+    "tiny": FovEncoderConfig(field_of_view=40, embed_dim=64, depth=4),
+}
+PRETRAIN_SIZES: dict[str, dict[str, int]] = {
+    "fov80": {},
+    "tiny": {"decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 2, "codebook_size": 64,
+             "batch_size": 64, "samples_per_epoch": 512, "warmup_epochs": 2},
+}
 TINY_FAFM = FafmConfig(alignment=AlignmentConfig(hidden_dim=32), gn_groups=8, cam_reduction=4)
 TINY_PROMPT = {"dense_hidden": 16, "sparse_hidden": 16, "residual_hidden": 16}
 
@@ -57,7 +70,10 @@ FAMILY_DESCRIPTIONS = {
     "mae-star": "MAE embedding projected to 256 + cosine class prompt encoder + decoder (ScSAM Table 5, MAE*)",
     "surgicalsam": "SAM embedding + dot-product class prototypes + decoder (SurgicalSAM)",
     "scsam": "SAM + MAE encoders + FAFM + cosine class prompt encoder + decoder (ScSAM)",
+    "maester": "FOV-80 MAE encoder (masked reconstruction) + nearest fixed K-means centre per pixel (MAESTER)",
+    "his4mae": "self-distilled FOV-80 MAE with codebook + nearest fixed K-means centre, expand-stride (HiS4MAE)",
 }
+CLUSTER_FAMILIES = ("maester", "his4mae")
 
 
 class ModelRegistry:
@@ -129,11 +145,31 @@ def _vanilla(size: str) -> PipelineConfig:
     )
 
 
+def _clustering(family: str, size: str) -> PipelineConfig:
+    """maester-* / his4mae-*: the FOV is the tile; the runtime's tile stride is the expand stride S."""
+    encoder = FOV_ENCODERS[size]
+    return PipelineConfig(
+        name=f"{family}-{size}",
+        family=family,
+        size=size,
+        tile=encoder.field_of_view,
+        prompt_dim=encoder.embed_dim,
+        fov_encoder=encoder,
+        cluster_head=ClusterHeadConfig(),
+        pretrain=MaskedPretrainConfig(kind=family, **PRETRAIN_SIZES[size]),
+        description=FAMILY_DESCRIPTIONS[family],
+    )
+
+
 def _default_registry() -> ModelRegistry:
     registry = ModelRegistry()
     for family in FAMILY_DESCRIPTIONS:
         registry.register_family(family, build_pipeline)
     for family in FAMILY_DESCRIPTIONS:
+        if family in CLUSTER_FAMILIES:
+            for size in FOV_ENCODERS:
+                registry.register(_clustering(family, size))
+            continue
         for size in ("vit-h", "vit-b", "tiny"):
             registry.register(_vanilla(size) if family == "vanilla-sam" else _class_prompted(family, size))
     return registry

@@ -91,6 +91,8 @@ class TorchBackend:
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
         extra = {name: torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
                  for name, value in (prompts or {}).items()}
+        if getattr(self.model, "can_skip_logits", False):
+            extra["want_logits"] = want_logits  # labels only: the clustering head's fused kernel on CUDA
         dtype = AUTOCAST_DTYPES.get(self.precision)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.forward(batch, **extra)
