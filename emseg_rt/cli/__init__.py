@@ -12,6 +12,8 @@ from emseg_rt.cli import bench_cmd, models_cmd  # noqa: F401  (register the comm
 from emseg_rt.cli import segment_cmd  # noqa: F401  (registers `segment`)
 from emseg_rt.cli import export_cmd  # noqa: F401  (registers `export`, `build`, `inspect`)
 from emseg_rt.cli import phantom_cmd, eval_cmd, train_cmd, demo_cmd  # noqa: F401  (register phantom, eval, train, demo)
+from emseg_rt.cli import pretrain_cmd  # noqa: F401  (registers `pretrain`)
+from emseg_rt.cli import cluster_cmd  # noqa: F401  (registers `cluster fit`)
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
 

@@ -83,7 +83,7 @@ def sample_positions(shape: tuple[int, int, int], fraction: float = DEFAULT_FRAC
     if not 0.0 < fraction <= 1.0:
         raise EmsegError(f"--fraction {fraction} must be in (0, 1] (the share of voxels sampled; HiS4MAE: 0.001)")
     total = int(np.prod(shape))
-    count = min(max(int(round(fraction * total)), int(min_samples), 1), total)
+    count = min(max(round(fraction * total), int(min_samples), 1), total)
     flat = np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
     return np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
 
@@ -140,7 +140,9 @@ def sample_pixel_features(pipeline: nn.Module, volume: np.ndarray, *, fraction: 
     returns      features (N, C) float32 and positions (N, 3) int64 (z, y, x; z = 0 for a 2D volume), in the
                  same order, sorted plane by plane.
     """
-    planes = volume[None] if volume.ndim == 2 else volume
+    if volume.dtype != np.uint8:
+        raise EmsegError(f"the volume is {volume.dtype}; cluster fitting reads uint8 intensities (what the model sees)")
+    planes = np.asarray(volume)[None] if volume.ndim == 2 else volume
     tile = pipeline.config.tile
     plan = plan_tiles(tuple(planes.shape[1:]), tile, tile // 8 if halo is None else int(halo))
     positions = sample_positions(tuple(planes.shape), fraction, seed, min_samples)

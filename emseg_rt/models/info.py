@@ -25,9 +25,24 @@ class ModelInfo:
         return asdict(self)
 
 
+SLICE = 1024  # the papers' slice side
+
+
+def tiles_per_slice(config) -> int:
+    """Tiles a slice costs: 1 where the tile is the model's slice (the SAM families, whose tiny sizes just
+    take smaller slices); for MAESTER/HiS4MAE the FOVs of one 1024² slice at the runtime's default halo
+    (tile // 8): 324 at FOV 80 (expand stride 60)."""
+    if config.fov_encoder is None:
+        return 1
+    from emseg_rt.runtime.tiling import plan_tiles
+
+    return plan_tiles((SLICE, SLICE), config.tile, config.tile // 8).num_tiles
+
+
 def model_info(name: str) -> ModelInfo:
     """Build `name` on the meta device (no weights allocated) and count its parameters and the FLOPs
-    of one forward pass on one tile (torch's FlopCounterMode: 2 per multiply-add of matmuls and convs)."""
+    of one slice (torch's FlopCounterMode on one tile: 2 per multiply-add of matmuls and convs, times the
+    tiles of a slice: `tiles_per_slice`)."""
     config = get_config(name)
     with torch.device("meta"):
         model = REGISTRY.build_from_config(config).eval().requires_grad_(False)
@@ -39,7 +54,7 @@ def model_info(name: str) -> ModelInfo:
         name=name,
         family=config.family,
         params=params,
-        gflops_per_slice=round(counter.get_total_flops() / 1e9, 3),
+        gflops_per_slice=round(counter.get_total_flops() * tiles_per_slice(config) / 1e9, 3),
         tile=config.tile,
         classes=list(config.classes),
     )

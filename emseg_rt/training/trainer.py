@@ -52,7 +52,7 @@ STATE_KEYS = {"model": str, "cache_key": str, "step": int, "head": dict, "optimi
               "torch_rng": torch.Tensor, "losses": list}
 
 
-def _atomic_save(obj: object, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
     """torch.save to a temporary name, then rename; EmsegError (one line) when the file cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -64,7 +64,7 @@ def _atomic_save(obj: object, path: Path) -> None:
         raise EmsegError(f"cannot write {path} ({detail}); choose a writable --out with free space") from None
 
 
-def _check_writable(folder: Path, what: str) -> None:
+def check_writable(folder: Path, what: str) -> None:
     """EmsegError naming `what` when no file can be created in `folder` (read-only filesystem, permissions)."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".emseg-rt-write-test-", dir=folder)
@@ -175,10 +175,10 @@ def train_head(
         raise EmsegError(f"--resume: no training state {state_path} next to {out}; start without --resume")
     if not out.parent.exists():
         raise EmsegError(f"output folder {out.parent} does not exist")
-    _check_writable(out.parent, "--out")
+    check_writable(out.parent, "--out")
     cache_path = check_cache_path(Path(cache_path) if cache_path else out.with_name(out.name + ".cache.zarr"))
     if cache_path.parent.is_dir():
-        _check_writable(cache_path.parent, "--cache")
+        check_writable(cache_path.parent, "--cache")
     state = load_training_state(state_path) if resume else None  # before the slow cache: a bad file fails fast
 
     sources = sources or [hashlib.sha256(image.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()]
@@ -209,8 +209,8 @@ def train_head(
         start_step, losses = state["step"], list(state["losses"])
 
     def save(step: int) -> None:
-        _atomic_save(head_state(model), out)
-        _atomic_save({"model": model.config.name, "cache_key": cache.key, "step": step,
+        atomic_save(head_state(model), out)
+        atomic_save({"model": model.config.name, "cache_key": cache.key, "step": step,
                       "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                       "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses},
                      state_path)

@@ -1,0 +1,359 @@
+"""Masked pretraining of a MAESTER / HiS4MAE FOV encoder on unlabelled volumes (HiS4MAE §4.2, Table 2).
+
+Every epoch draws `samples_per_epoch` fresh FOVs (`FovSampler`), trains the `MaskedPretrainer` with AdamW and
+a per-step cosine learning rate with linear warm-up, updates the EMA teacher after every step and refreshes
+the isolated codebook vectors (eq. 6) after every epoch.
+
+Files written for `--out CKPT`:
+- CKPT: the STUDENT encoder's weights under the pipeline's keys (`encoders.fov_encoder.vit.*`), so
+  `build(name, checkpoint=CKPT)` loads them; rewritten atomically at every checkpoint.
+- CKPT.state: everything an exact resume needs (epoch, student, teacher, codebook, decoder, usage counts,
+  optimizer, numpy and torch RNG states, per-epoch losses, model name, data digest and settings), read back
+  with `torch.load(weights_only=True)` and checked field by field. A resume with another model, other data
+  or other settings is refused. Resuming gives bit-identical weights to an uninterrupted run (on the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.models.checkpoint import load_error_detail
+from emseg_rt.models.masked_pretrain import MaskedPretrainer
+from emseg_rt.training.trainer import STATE_SUFFIX, atomic_save, check_writable
+
+STATE_FORMAT = "emseg-rt pretrain state 1"
+CROP_MARGIN = 1.25  # ours: the random crop takes the FOV out of a window 1.25× its side (where the plane allows)
+ADAMW_BETAS = (0.9, 0.95)  # MAE's pretraining betas
+PLANES = ("z", "y", "x")  # the axis a FOV is perpendicular to: z → a (Y, X) plane, y → (Z, X), x → (Z, Y)
+NO_DECAY_NAMES = ("pos_embed", "mask_token", "codebook")  # besides biases and norms (MAE / timm convention)
+
+
+@dataclass
+class PretrainReport:
+    """What a pretraining run did: epochs, per-epoch mean losses, time, files."""
+
+    model: str
+    kind: str
+    epochs: int
+    start_epoch: int
+    end_epoch: int
+    steps: int
+    seconds: float
+    losses: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: str = ""
+    state: str = ""
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The numbers a resumed run must share with the run it continues (defaults: the model's config)."""
+
+    epochs: int
+    samples_per_epoch: int
+    batch: int
+    lr: float
+    min_lr: float
+    warmup_epochs: int
+    weight_decay: float
+    seed: int
+
+    def batch_sizes(self) -> list[int]:
+        """The batches of one epoch: full ones, then the remainder (the epoch has exactly samples_per_epoch FOVs)."""
+        full, rest = divmod(self.samples_per_epoch, self.batch)
+        return [self.batch] * full + ([rest] if rest else [])
+
+
+def check_volume(volume: Any, name: str) -> None:
+    """Refuse a training volume the sampler would misread: it must be (Z, Y, X) uint8."""
+    shape, dtype = tuple(getattr(volume, "shape", ())), getattr(volume, "dtype", None)
+    if len(shape) != 3:
+        raise EmsegError(f"{name}: pretraining needs a 3D volume (Z, Y, X), got shape {shape}")
+    if np.dtype(dtype) != np.uint8:
+        raise EmsegError(f"{name}: dtype {dtype}; pretraining needs uint8 intensities (0-255), convert it first")
+
+
+class FovSampler:
+    """Random FOVs from uint8 volumes (HiS4MAE §4.2): a random volume (weighted by its usable voxels), a random
+    plane orientation among those the volume is large enough for (z, y or x), a random window of
+    min(1.25·F, plane) per side, a random F×F crop of it, and random vertical / horizontal flips.
+
+    volumes: (Z, Y, X) uint8 numpy arrays or array-likes that slice (zarr, dask).
+    rng:     the numpy Generator every choice comes from (its state is the sampler's state).
+    """
+
+    def __init__(self, volumes: Sequence[Any], field_of_view: int, rng: np.random.Generator,
+                 names: Sequence[str] | None = None) -> None:
+        names = list(names) if names is not None else [f"volume {i}" for i in range(len(volumes))]
+        if not volumes:
+            raise EmsegError("pretraining needs at least one --data volume")
+        self.volumes = list(volumes)
+        self.fov = field_of_view
+        self.rng = rng
+        self.planes: list[list[int]] = []
+        for volume, name in zip(self.volumes, names):
+            check_volume(volume, name)
+            fits = [axis for axis in range(3) if min(np.delete(volume.shape, axis)) >= field_of_view]
+            if not fits:
+                raise EmsegError(f"{name}: shape {tuple(volume.shape)} has no plane of at least "
+                                 f"{field_of_view}×{field_of_view} (the model's field of view); use a larger volume")
+            self.planes.append(fits)
+        sizes = np.array([float(np.prod(v.shape)) for v in self.volumes])
+        self.weights = sizes / sizes.sum()
+
+    def sample(self, count: int) -> np.ndarray:
+        """`count` random FOVs → (count, 1, F, F) uint8."""
+        return np.stack([self._one() for _ in range(count)])[:, None]
+
+    def _one(self) -> np.ndarray:
+        index = int(self.rng.choice(len(self.volumes), p=self.weights))
+        volume, axis = self.volumes[index], int(self.rng.choice(self.planes[index]))
+        plane_shape = np.delete(volume.shape, axis)  # (rows, cols) of the plane
+        window = [min(int(round(CROP_MARGIN * self.fov)), int(side)) for side in plane_shape]
+        depth = int(self.rng.integers(volume.shape[axis]))
+        row, col = (int(self.rng.integers(side - w + 1)) for side, w in zip(plane_shape, window))
+        region = [slice(row, row + window[0]), slice(col, col + window[1])]
+        region.insert(axis, depth)  # type: ignore[arg-type]
+        patch = np.asarray(volume[tuple(region)])  # (window rows, window cols)
+        top, left = (int(self.rng.integers(w - self.fov + 1)) for w in window)
+        fov = patch[top : top + self.fov, left : left + self.fov]
+        if self.rng.random() < 0.5:
+            fov = fov[::-1]
+        if self.rng.random() < 0.5:
+            fov = fov[:, ::-1]
+        return np.ascontiguousarray(fov, dtype=np.uint8)
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up to `lr` over `warmup_steps`, then cosine
+    decay to `min_lr` at the last step (MAE's schedule, per step instead of per fractional epoch)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - 1 - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def volumes_digest(volumes: Sequence[Any]) -> str:
+    """sha256 over every volume's shape, dtype and bytes (slice by slice, so array-likes are read once)."""
+    digest = hashlib.sha256()
+    for volume in volumes:
+        digest.update(f"{tuple(volume.shape)} {np.dtype(volume.dtype)}".encode())
+        for z in range(volume.shape[0]):
+            digest.update(np.ascontiguousarray(volume[z]).tobytes())
+    return digest.hexdigest()
+
+
+def parameter_groups(pretrainer: MaskedPretrainer, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; none on biases, norms, position embeddings, the mask
+    token and the codebook. The teacher (no gradient) is left out."""
+    decay, no_decay = [], []
+    for name, parameter in pretrainer.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        plain = parameter.ndim <= 1 or any(part in name for part in NO_DECAY_NAMES)
+        (no_decay if plain else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def student_checkpoint(pretrainer: MaskedPretrainer) -> dict[str, torch.Tensor]:
+    """The student's weights under the pipeline's keys (`encoders.fov_encoder.vit.*`), on the CPU."""
+    return {f"encoders.fov_encoder.{k}": v.detach().cpu().clone() for k, v in pretrainer.student.state_dict().items()}
+
+
+STATE_KEYS = {"format": str, "model": str, "data": str, "settings": dict, "epoch": int, "step": int,
+              "pretrainer": dict, "optimizer": dict, "rng": dict, "torch_rng": torch.Tensor,
+              "torch_global_rng": torch.Tensor, "losses": list}
+
+
+def load_pretrain_state(state_path: Path) -> dict:
+    """Read a `--resume` state with torch.load(weights_only=True) and check its fields; EmsegError (one line)
+    for a file `emseg-rt pretrain` did not write (foreign, corrupt, or a pickle that would run code)."""
+    foreign = f"--resume: {state_path} is not a pretraining state written by `emseg-rt pretrain`"
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any failure to unpickle safely is a bad file, reported in one line
+        raise EmsegError(f"{foreign} ({load_error_detail(exc)}); start a new --out") from None
+    if not isinstance(state, dict):
+        raise EmsegError(f"{foreign} (holds a {type(state).__name__}); start a new --out")
+    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state.get(key), kind)]
+    if wrong or state["format"] != STATE_FORMAT:
+        raise EmsegError(f"{foreign} (missing or wrong: {', '.join(wrong) or 'format'}); start a new --out")
+    return state
+
+
+def _check_same_run(state: dict, model: str, data: str, settings: dict[str, Any], state_path: Path) -> None:
+    if state["model"] != model:
+        raise EmsegError(f"--resume: {state_path} belongs to model {state['model']}, not {model}; start a new --out")
+    if state["data"] != data:
+        raise EmsegError(f"--resume: {state_path} was trained on other --data volumes; pass the same ones or "
+                         "start a new --out")
+    changed = [f"{k} {state['settings'].get(k)!r} → {v!r}" for k, v in settings.items()
+               if state["settings"].get(k) != v]
+    if changed:
+        raise EmsegError(f"--resume: {state_path} was written with other settings ({'; '.join(changed)}); "
+                         "resume with the same ones (the schedule spans --epochs; --stop-after ends early)")
+
+
+def _restore(state: dict, pretrainer: nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+             generator: torch.Generator, state_path: Path) -> None:
+    try:
+        pretrainer.load_state_dict(state["pretrainer"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        generator.set_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_global_rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmsegError(f"--resume: {state_path} does not fit this model ({detail[:200]}); start a new --out") from None
+
+
+def _check_out(out: Path, state_path: Path, resume: bool) -> None:
+    if out.exists() and not resume:
+        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
+    if resume and not state_path.exists():
+        raise EmsegError(f"--resume: no pretraining state {state_path} next to {out}; start without --resume")
+    if not out.parent.exists():
+        raise EmsegError(f"output folder {out.parent} does not exist")
+    check_writable(out.parent, "--out")
+
+
+def _settings(pipeline: nn.Module, overrides: dict[str, Any]) -> PretrainSettings:
+    config = pipeline.config.pretrain
+    defaults = {"epochs": config.epochs, "samples_per_epoch": config.samples_per_epoch, "batch": config.batch_size,
+                "lr": config.lr, "min_lr": config.min_lr, "warmup_epochs": config.warmup_epochs,
+                "weight_decay": config.weight_decay, "seed": 0}
+    settings = PretrainSettings(**{k: v if overrides.get(k) is None else overrides[k] for k, v in defaults.items()})
+    if min(settings.epochs, settings.samples_per_epoch, settings.batch) < 1 or settings.warmup_epochs < 0:
+        raise EmsegError("--epochs, --samples-per-epoch and --batch must be >= 1 (warm-up epochs >= 0)")
+    if not (settings.lr > 0 and 0 <= settings.min_lr <= settings.lr):
+        raise EmsegError(f"--lr must be > 0 and at least the minimum lr {settings.min_lr}, got {settings.lr}")
+    return settings
+
+
+def _train_epoch(pretrainer: MaskedPretrainer, optimizer: torch.optim.Optimizer, sampler: FovSampler,
+                 generator: torch.Generator, settings: PretrainSettings, step: int) -> tuple[dict[str, float], int]:
+    """One epoch of steps (lr set per step, EMA after each), then eq. 6 → (mean losses and lr, next step)."""
+    sizes = settings.batch_sizes()
+    total_steps, warmup_steps = settings.epochs * len(sizes), settings.warmup_epochs * len(sizes)
+    device = next(pretrainer.student.parameters()).device
+    records = []
+    for size in sizes:
+        lr = cosine_lr(step, total_steps, warmup_steps, settings.lr, settings.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        terms = pretrainer(torch.from_numpy(sampler.sample(size)).to(device), generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        pretrainer.update_teacher()
+        step += 1
+        records.append(terms.as_floats())
+    weights = np.asarray(sizes, dtype=np.float64)
+    means = {key: float(np.average([r[key] for r in records], weights=weights)) for key in records[0]}
+    return {**means, "lr": lr, "refreshed_codes": pretrainer.refresh_isolated_codes(generator)}, step
+
+
+def pretrain(
+    pipeline: nn.Module,
+    volumes: Sequence[Any],
+    out: str | Path,
+    *,
+    epochs: int | None = None,
+    samples_per_epoch: int | None = None,
+    batch: int | None = None,
+    lr: float | None = None,
+    min_lr: float | None = None,
+    warmup_epochs: int | None = None,
+    weight_decay: float | None = None,
+    checkpoint_every_epochs: int = 1,
+    stop_after: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> PretrainReport:
+    """Pretrain `pipeline.encoders["fov_encoder"]` in place on FOVs drawn from `volumes`.
+
+    volumes:    (Z, Y, X) uint8 arrays (numpy or array-likes); `names` names them in error messages.
+    epochs ...: default to `pipeline.config.pretrain` (HiS4MAE Table 2 at paper size); `epochs` is the length
+                of the cosine schedule.
+    stop_after: end after this epoch (≤ epochs) with everything saved; `resume=True` then continues exactly.
+    resume:     continue from out + '.state' (same model, data and settings).
+    on_epoch:   on_epoch(epoch, epochs, mean losses of the epoch) after every epoch (and its checkpoint).
+    The training runs on the student's device; exact resume is guaranteed on the CPU.
+    """
+    config = pipeline.config
+    if config.pretrain is None or config.fov_encoder is None:
+        raise EmsegError(f"model {config.name} has no masked pretraining; `emseg-rt pretrain` is for the "
+                         "maester-* and his4mae-* models (ScSAM-family heads: `emseg-rt train`)")
+    settings = _settings(pipeline, {"epochs": epochs, "samples_per_epoch": samples_per_epoch, "batch": batch,
+                                    "lr": lr, "min_lr": min_lr, "warmup_epochs": warmup_epochs,
+                                    "weight_decay": weight_decay, "seed": seed})
+    stop = settings.epochs if stop_after is None else stop_after
+    if not 1 <= stop <= settings.epochs or checkpoint_every_epochs < 1:
+        raise EmsegError(f"--stop-after must be between 1 and --epochs ({settings.epochs}), "
+                         "--checkpoint-every at least 1")
+    out = Path(out)
+    state_path = out.with_name(out.name + STATE_SUFFIX)
+    _check_out(out, state_path, resume)
+    rng = np.random.default_rng(settings.seed)
+    sampler = FovSampler(volumes, config.fov_encoder.field_of_view, rng, names)
+    state = load_pretrain_state(state_path) if resume else None
+    data = volumes_digest(volumes)
+    fingerprint = {**dataclasses.asdict(settings),
+                   "config": hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True,
+                                                       default=str).encode()).hexdigest()}
+    if state is not None:
+        _check_same_run(state, config.name, data, fingerprint, state_path)
+
+    student = pipeline.encoders["fov_encoder"]
+    device = next(student.parameters()).device
+    with torch.random.fork_rng(devices=[]):  # the decoder and codebook start from `seed`, the global RNG untouched
+        torch.manual_seed(settings.seed)
+        pretrainer = MaskedPretrainer(config, student).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(pretrainer, settings.weight_decay), lr=settings.lr,
+                                  betas=ADAMW_BETAS)
+    generator = torch.Generator().manual_seed(settings.seed)
+    start_epoch, step, losses = 0, 0, []
+    if state is not None:
+        _restore(state, pretrainer, optimizer, rng, generator, state_path)
+        start_epoch, step, losses = state["epoch"], state["step"], list(state["losses"])
+
+    def save(epoch: int) -> None:
+        atomic_save(student_checkpoint(pretrainer), out)
+        atomic_save({"format": STATE_FORMAT, "model": config.name, "data": data, "settings": fingerprint,
+                      "epoch": epoch, "step": step, "pretrainer": pretrainer.state_dict(),
+                      "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                      "torch_rng": generator.get_state(), "torch_global_rng": torch.get_rng_state(),
+                      "losses": losses}, state_path)
+
+    was_training = student.training
+    pretrainer.train()
+    began = time.perf_counter()
+    for epoch in range(start_epoch + 1, stop + 1):
+        record, step = _train_epoch(pretrainer, optimizer, sampler, generator, settings, step)
+        losses.append({"epoch": epoch, **record})
+        if epoch % checkpoint_every_epochs == 0 or epoch == stop:
+            save(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, settings.epochs, losses[-1])
+    student.train(was_training)
+    if start_epoch >= stop and not out.exists():
+        save(start_epoch)
+    return PretrainReport(model=config.name, kind=config.pretrain.kind, epochs=settings.epochs,
+                          start_epoch=start_epoch, end_epoch=max(start_epoch, stop), steps=step,
+                          seconds=time.perf_counter() - began, losses=losses, checkpoint=str(out),
+                          state=str(state_path))
