@@ -121,3 +121,13 @@ def test_segment_writes_a_valid_label_image_through_the_volume_runtime(tmp_path,
     blended = tmp_path / "blended.zarr"
     segment_volume(src, blended, backend=engine, halo=5, levels=1, blend="gaussian")
     assert (read_volume(blended) == labels).mean() > 0.9  # blending scores = blending features
+
+
+def test_the_package_manifest_records_the_fitted_clusters():
+    from emseg_rt.export.writer import clusters_record
+
+    model = build("his4mae-tiny")
+    model.head.set_clusters(torch.randn(5, 64), torch.tensor([0, 1, 2, 3, 3]))
+    record = clusters_record(model)
+    assert record["clusters"] == 5 and record["cluster_classes"] == [0, 1, 2, 3, 3]
+    assert clusters_record(build("scsam-tiny")) is None

@@ -316,6 +316,7 @@ def _manifest(staging: Path, traced: TracedGraphs, options: _WriteOptions, compo
             "normalisation": normalisation_record(config),
         },
         "prompts": list(model.prompt_names),
+        **({"clusters": clusters_record(model)} if clusters_record(model) else {}),
         "components": components,
         "files": files,
         "parity": parity,
@@ -365,4 +366,18 @@ def normalisation_record(config: Any) -> dict[str, Any]:
             "scale": 1.0 / 255.0, "mean": config.mae_encoder.pixel_mean, "std": config.mae_encoder.pixel_std,
             "channels": "grey", "formula": "(x / 255 - mean) / std",
         }
+    if config.fov_encoder is not None:
+        record["fov_encoder"] = {
+            "scale": 1.0 / 255.0, "mean": config.fov_encoder.pixel_mean, "std": config.fov_encoder.pixel_std,
+            "channels": "grey", "formula": "(x / 255 - mean) / std",
+        }
     return record
+
+
+def clusters_record(model: Any) -> dict[str, Any] | None:
+    """A clustering head's K and the class of each centre (the centres themselves are graph weights)."""
+    head = getattr(model, "head", None)
+    if not hasattr(head, "cluster_classes"):
+        return None
+    return {"clusters": int(head.num_clusters), "cluster_classes": [int(c) for c in head.cluster_classes.tolist()],
+            "rule": "label = class of the nearest centre of the bilinearly interpolated patch tokens"}
