@@ -256,3 +256,13 @@ def test_cli_refusals_are_one_line(tmp_path, monkeypatch, capsys, phantom_path):
     assert_one_line(run_cli(monkeypatch, capsys, "pretrain", "his4mae-tiny", "--data", phantom_path,
                             "--out", tmp_path / "no" / "a.pt", *base), "does not exist")
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_a_pipeline_frozen_for_inference_still_trains(tmp_path, volume):
+    """A pipeline a backend has put in inference mode (requires_grad off) is trained, not silently skipped."""
+    torch.manual_seed(0)
+    pipeline = build("his4mae-tiny").eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in pipeline.encoders["fov_encoder"].state_dict().items()}
+    pretrain(pipeline, [volume], tmp_path / "enc.pt", **{**RUN, "epochs": 1})
+    after = pipeline.encoders["fov_encoder"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -319,7 +319,7 @@ def pretrain(
     if state is not None:
         _check_same_run(state, config.name, data, fingerprint, state_path)
 
-    student = pipeline.encoders["fov_encoder"]
+    student = pipeline.encoders["fov_encoder"].requires_grad_(True)  # a pipeline used for inference had it off
     device = next(student.parameters()).device
     with torch.random.fork_rng(devices=[]):  # the decoder and codebook start from `seed`, the global RNG untouched
         torch.manual_seed(settings.seed)
