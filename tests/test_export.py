@@ -19,7 +19,7 @@ from emseg_rt.export.parity import ParityTargets, compare_outputs, decision_marg
 from emseg_rt.models import build
 from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
 
-FAMILIES = ["vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "his4mae"]
+FAMILIES = ["vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "his4mae", "prompt-das"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

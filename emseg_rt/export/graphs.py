@@ -43,38 +43,46 @@ class EncoderGraph(nn.Module):
         return self.encoder(tiles)
 
 
+OUTPUTS = ("logits", "labels")  # what every family's graphs return; a family may add more (Prompt-DAS: density)
+
+
 class HeadGraph(nn.Module):
     """The head (FAFM + class prompt encoder + mask decoder + class merge) as a graph."""
 
-    def __init__(self, head: nn.Module, input_names: Sequence[str]) -> None:
+    def __init__(self, head: nn.Module, input_names: Sequence[str], output_names: Sequence[str] = OUTPUTS) -> None:
         super().__init__()
         self.head = head
         self.input_names = tuple(input_names)
+        self.output_names = tuple(output_names)
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """inputs, in `input_names` order: each embedding (B, C, G, G) float32, then any prompts (B, ...).
 
-        returns logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background).
+        returns, in `output_names` order: logits (B, K, T, T) float32, labels (B, T, T) uint8 (0 = background),
+        then any extra outputs of the family (Prompt-DAS: density (B, 1, T, T) float32).
         """
         out = self.head(**dict(zip(self.input_names, inputs)))
-        return out["logits"], out["labels"]
+        return tuple(out[name] for name in self.output_names)
 
 
 class FullGraph(nn.Module):
     """The whole per-slice pipeline as one graph."""
 
-    def __init__(self, pipeline: nn.Module, prompt_names: Sequence[str]) -> None:
+    def __init__(self, pipeline: nn.Module, prompt_names: Sequence[str], output_names: Sequence[str] = OUTPUTS
+                 ) -> None:
         super().__init__()
         self.pipeline = pipeline
         self.prompt_names = tuple(prompt_names)
+        self.output_names = tuple(output_names)
 
-    def forward(self, tiles: torch.Tensor, *prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tiles: torch.Tensor, *prompts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """tiles (B, 1, T, T) uint8 (+ prompts in `prompt_names` order, batch first).
 
-        returns logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background).
+        returns, in `output_names` order: logits (B, K, T, T) float32, labels (B, T, T) uint8 (0 = background),
+        then any extra outputs (as HeadGraph).
         """
         out = self.pipeline(tiles, **dict(zip(self.prompt_names, prompts)))
-        return out["logits"], out["labels"]
+        return tuple(out[name] for name in self.output_names)
 
 
 def component_graphs(pipeline: nn.Module) -> list[ComponentGraph]:
@@ -82,11 +90,12 @@ def component_graphs(pipeline: nn.Module) -> list[ComponentGraph]:
     from emseg_rt.models.pipeline import embedding_name
 
     prompts = tuple(pipeline.prompt_names)
+    outputs = tuple(getattr(pipeline, "output_names", OUTPUTS))
     graphs = [
         ComponentGraph(name, "encoder", EncoderGraph(encoder), ("tiles",), (embedding_name(name),))
         for name, encoder in pipeline.encoders.items()
     ]
     head_inputs = tuple(embedding_name(name) for name in pipeline.encoders) + prompts
-    graphs.append(ComponentGraph(HEAD, "head", HeadGraph(pipeline.head, head_inputs), head_inputs, ("logits", "labels")))
-    graphs.append(ComponentGraph(FULL, "full", FullGraph(pipeline, prompts), ("tiles", *prompts), ("logits", "labels")))
+    graphs.append(ComponentGraph(HEAD, "head", HeadGraph(pipeline.head, head_inputs, outputs), head_inputs, outputs))
+    graphs.append(ComponentGraph(FULL, "full", FullGraph(pipeline, prompts, outputs), ("tiles", *prompts), outputs))
     return graphs

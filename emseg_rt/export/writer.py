@@ -366,6 +366,12 @@ def normalisation_record(config: Any) -> dict[str, Any]:
             "scale": 1.0 / 255.0, "mean": config.mae_encoder.pixel_mean, "std": config.mae_encoder.pixel_std,
             "channels": "grey", "formula": "(x / 255 - mean) / std",
         }
+    if getattr(config, "dino_encoder", None) is not None:
+        record["dino_encoder"] = {
+            "scale": 1.0 / 255.0, "mean": list(config.dino_encoder.pixel_mean),
+            "std": list(config.dino_encoder.pixel_std), "channels": "grey repeated to RGB",
+            "formula": "(x / 255 - mean) / std",
+        }
     if config.fov_encoder is not None:
         record["fov_encoder"] = {
             "scale": 1.0 / 255.0, "mean": config.fov_encoder.pixel_mean, "std": config.fov_encoder.pixel_std,

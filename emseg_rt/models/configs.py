@@ -12,6 +12,8 @@ from emseg_rt.constants import DEFAULT_CLASSES  # ScSAM §4.1 (BetaSeg), labels 
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM build_sam / Sam.pixel_mean
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)  # SAM build_sam / Sam.pixel_std
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # Prompt-DAS code (build_data.py): ImageNet normalisation, as DINO
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,49 @@ class FovEncoderConfig:
     def grid(self) -> int:
         """Tokens per side of one FOV (16 for FOV 80, patch 5)."""
         return self.field_of_view // self.patch_size
+
+
+@dataclass(frozen=True)
+class DinoEncoderConfig:
+    """Prompt-DAS's image encoder: a DINO ViT-S/8 (timm `VisionTransformer`) over one 384² window.
+
+    Prompt-DAS §3 (implementation details): "pre-trained ViT-S/8 with DINO"; its code drops the class token
+    and feeds the 48×48 patch tokens (384 dims) straight to the decoder, with no neck.
+    """
+
+    img_size: int = 384  # Prompt-DAS code: sliding window 384, stride 128 (DESIGN.md §2)
+    patch_size: int = 8  # Prompt-DAS §3: ViT-S/8
+    embed_dim: int = 384  # DINO vit_small
+    depth: int = 12  # DINO vit_small
+    num_heads: int = 6  # DINO vit_small
+    mlp_ratio: float = 4.0  # DINO vit_small
+    in_chans: int = 3  # DINO checkpoints have an RGB patch embedding: grey EM is repeated to 3 channels
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN  # on intensities scaled to [0, 1]
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def grid(self) -> int:
+        """Side of the patch-token grid (48 for a 384² window with patch 8)."""
+        return self.img_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class PromptDasHeadConfig:
+    """Prompt-DAS's point prompt encoder, two-way decoder and its two heads (Prompt-DAS §2, Fig. 1).
+
+    The decoder width is the pipeline's `prompt_dim`, equal to the encoder's width (384 at paper size: the
+    code's `prompt_embed_dim = 384` for ViT-S, no projection to SAM's 256).
+    """
+
+    transformer_depth: int = 2  # Prompt-DAS code (build.py), as SAM
+    mlp_dim: int = 2048  # Prompt-DAS code (build.py), as SAM
+    num_heads: int = 8  # Prompt-DAS code (build.py), as SAM
+    density_hidden: int = 256  # Prompt-DAS code: detection head conv widths (C/8 → 256 → 256 → 1)
+    density_groups: int = 8  # Prompt-DAS code: GroupNorm(8, 256) in the detection head
+    # Ours: a learned embedding per point label (positive / negative) added to the Fourier encoding, as SAM.
+    # The paper's prompt encoder is "a standard positional embedding" (all prompts are positive centre
+    # points); set False to run that encoder (e.g. with weights trained by the Prompt-DAS code).
+    label_embeddings: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,7 +221,8 @@ class MaskDecoderConfig:
 class PipelineConfig:
     """One registry entry: which encoders, which head, and the widths that tie them together.
 
-    family:      "vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "maester" or "his4mae"
+    family:      "vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "maester", "his4mae" or
+                 "prompt-das"
     prompt_dim:  N, the width of the decoder's tokens and embeddings (256 in SAM and ScSAM).
     tile:        side of the square uint8 tile the pipeline takes.
     """
@@ -192,10 +238,12 @@ class PipelineConfig:
     fafm: FafmConfig | None = None
     class_prompt: ClassPromptConfig | None = None
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
-    max_points: int = 4  # vanilla-sam: padded point prompts per class
+    max_points: int = 4  # vanilla-sam: padded point prompts per class; prompt-das: per window
     fov_encoder: FovEncoderConfig | None = None  # maester / his4mae
     cluster_head: ClusterHeadConfig | None = None  # maester / his4mae
     pretrain: MaskedPretrainConfig | None = None  # maester / his4mae: `emseg-rt pretrain`
+    dino_encoder: DinoEncoderConfig | None = None  # prompt-das
+    prompt_das: PromptDasHeadConfig | None = None  # prompt-das
     description: str = ""
 
     @property
@@ -215,5 +263,7 @@ class PipelineConfig:
             return self.sam_encoder.grid
         if self.fov_encoder is not None:
             return self.fov_encoder.grid
+        if self.dino_encoder is not None:
+            return self.dino_encoder.grid
         assert self.mae_encoder is not None
         return self.mae_encoder.grid

@@ -10,8 +10,11 @@ from emseg_rt.models.cluster_head import ClusterHead
 from emseg_rt.models.configs import PipelineConfig
 from emseg_rt.models.fov_encoder import FovEncoder
 from emseg_rt.models.mae_encoder import MaeImageEncoder
+from emseg_rt.models.prompt_das import DinoEncoder, PromptDasHead
 from emseg_rt.models.sam_encoder import SamImageEncoder
 from emseg_rt.models.vanilla_sam_head import VanillaSamHead
+
+POINT_PROMPTED = ("vanilla-sam", "prompt-das")  # families whose forward takes point_coords, point_labels
 
 
 def embedding_name(encoder_name: str) -> str:
@@ -24,7 +27,7 @@ class SegmentationPipeline(nn.Module):
 
     The split is the export split: each encoder and the head become a component of the model package,
     and `forward` is the whole per-slice graph. Heads take the encoders' embeddings by keyword
-    (`sam_embedding`, `mae_embedding`) plus any prompts.
+    (`sam_embedding`, `mae_embedding`, `dino_embedding`) plus any prompts.
     """
 
     def __init__(self, config: PipelineConfig, encoders: dict[str, nn.Module], head: nn.Module) -> None:
@@ -36,7 +39,12 @@ class SegmentationPipeline(nn.Module):
     @property
     def prompt_names(self) -> tuple[str, ...]:
         """Extra forward inputs besides the tiles (empty for prompt-free pipelines)."""
-        return ("point_coords", "point_labels") if self.config.family == "vanilla-sam" else ()
+        return ("point_coords", "point_labels") if self.config.family in POINT_PROMPTED else ()
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Outputs of `forward`: logits and labels, then any the head adds (prompt-das: 'density')."""
+        return ("logits", "labels", *getattr(self.head, "extra_outputs", ()))
 
     @property
     def can_skip_logits(self) -> bool:
@@ -51,9 +59,11 @@ class SegmentationPipeline(nn.Module):
         """Segment a batch of tiles.
 
         tiles:    (B, 1, T, T) uint8, raw EM intensities.
-        prompts:  vanilla-sam only: point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4);
+        prompts:  vanilla-sam: point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4);
+                  prompt-das: point_coords (B, P, 2) float32, point_labels (B, P) int64 (−1 = padding);
                   want_logits=False where `can_skip_logits` (then only labels are returned).
-        returns   logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background).
+        returns   logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background);
+                  prompt-das also density (B, 1, T, T) float32.
         """
         return self.head(**self.embed(tiles), **prompts)
 
@@ -68,12 +78,25 @@ class SegmentationPipeline(nn.Module):
             labels = torch.randint(0, 2, (batch, k, p), generator=gen)
             labels[..., -1] = -1  # last point is padding
             inputs["point_labels"] = labels
+        if cfg.family == "prompt-das":  # M real points per tile, 0 ≤ M < P, the rest padding
+            p = cfg.max_points
+            inputs["point_coords"] = torch.rand(batch, p, 2, generator=gen) * cfg.tile
+            labels = torch.randint(0, 2, (batch, p), generator=gen)
+            real = torch.randint(0, p, (batch, 1), generator=gen)
+            inputs["point_labels"] = torch.where(torch.arange(p) < real, labels, -1)
         return {name: tensor.to(device) for name, tensor in inputs.items()}
 
 
 def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
     """Assemble the modules a pipeline config describes (random weights)."""
     encoders: dict[str, nn.Module] = {}
+    if config.dino_encoder is not None:  # prompt-das: DINO ViT-S/8 + point prompts + decoder + density head
+        if config.dino_encoder.embed_dim != config.prompt_dim:
+            raise ValueError(f"{config.name}: encoder width {config.dino_encoder.embed_dim} != decoder width "
+                             f"{config.prompt_dim} (Prompt-DAS has no projection between them)")
+        if config.num_classes != 1:
+            raise ValueError(f"{config.name}: Prompt-DAS segments one class, got {config.classes}")
+        return SegmentationPipeline(config, {"dino_encoder": DinoEncoder(config.dino_encoder)}, PromptDasHead(config))
     if config.fov_encoder is not None:  # maester / his4mae: one FOV encoder + fixed cluster centres
         return SegmentationPipeline(config, {"fov_encoder": FovEncoder(config.fov_encoder)}, ClusterHead(config))
     if config.sam_encoder is not None:

@@ -18,12 +18,14 @@ from emseg_rt.models.configs import (
     AlignmentConfig,
     ClassPromptConfig,
     ClusterHeadConfig,
+    DinoEncoderConfig,
     FafmConfig,
     FovEncoderConfig,
     MaeEncoderConfig,
     MaskDecoderConfig,
     MaskedPretrainConfig,
     PipelineConfig,
+    PromptDasHeadConfig,
     SamEncoderConfig,
 )
 from emseg_rt.models.pipeline import build_pipeline
@@ -61,6 +63,19 @@ PRETRAIN_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 2, "codebook_size": 64,
              "batch_size": 64, "samples_per_epoch": 512, "warmup_epochs": 2},
 }
+DINO_ENCODERS: dict[str, DinoEncoderConfig] = {
+    "vit-s8": DinoEncoderConfig(),  # Prompt-DAS: DINO ViT-S/8 at 384²
+    # Same code at test speed: 64² tiles, patch 8 → an 8×8 grid, 32 dims.
+    "tiny": DinoEncoderConfig(img_size=64, embed_dim=32, depth=2, num_heads=2),
+}
+PROMPT_DAS_HEADS: dict[str, PromptDasHeadConfig] = {
+    "vit-s8": PromptDasHeadConfig(),
+    "tiny": PromptDasHeadConfig(mlp_dim=64, num_heads=2, density_hidden=16),
+}
+PROMPT_DAS_MAX_POINTS = {
+    "vit-s8": 100,  # Prompt-DAS code (util/point_prompt.py): window prompts padded to 100 points
+    "tiny": 4,
+}
 TINY_FAFM = FafmConfig(alignment=AlignmentConfig(hidden_dim=32), gn_groups=8, cam_reduction=4)
 TINY_PROMPT = {"dense_hidden": 16, "sparse_hidden": 16, "residual_hidden": 16}
 
@@ -72,6 +87,7 @@ FAMILY_DESCRIPTIONS = {
     "scsam": "SAM + MAE encoders + FAFM + cosine class prompt encoder + decoder (ScSAM)",
     "maester": "FOV-80 MAE encoder (masked reconstruction) + nearest fixed K-means centre per pixel (MAESTER)",
     "his4mae": "self-distilled FOV-80 MAE with codebook + nearest fixed K-means centre, expand-stride (HiS4MAE)",
+    "prompt-das": "DINO ViT-S/8 + point prompts (M >= 0) + two-way decoder; mitochondria + centre density (Prompt-DAS)",
 }
 CLUSTER_FAMILIES = ("maester", "his4mae")
 
@@ -161,6 +177,23 @@ def _clustering(family: str, size: str) -> PipelineConfig:
     )
 
 
+def _prompt_das(size: str) -> PipelineConfig:
+    """prompt-das-*: one class (mitochondria, MitoEM), decoder as wide as the encoder, no projection."""
+    encoder = DINO_ENCODERS[size]
+    return PipelineConfig(
+        name=f"prompt-das-{size}",
+        family="prompt-das",
+        size=size,
+        tile=encoder.img_size,
+        prompt_dim=encoder.embed_dim,  # Prompt-DAS code: prompt_embed_dim = 384 for ViT-S
+        classes=("mitochondria",),  # Prompt-DAS §3: MitoEM, mitochondria vs background
+        dino_encoder=encoder,
+        prompt_das=PROMPT_DAS_HEADS[size],
+        max_points=PROMPT_DAS_MAX_POINTS[size],
+        description=FAMILY_DESCRIPTIONS["prompt-das"],
+    )
+
+
 def _default_registry() -> ModelRegistry:
     registry = ModelRegistry()
     for family in FAMILY_DESCRIPTIONS:
@@ -169,6 +202,10 @@ def _default_registry() -> ModelRegistry:
         if family in CLUSTER_FAMILIES:
             for size in FOV_ENCODERS:
                 registry.register(_clustering(family, size))
+            continue
+        if family == "prompt-das":
+            for size in DINO_ENCODERS:
+                registry.register(_prompt_das(size))
             continue
         for size in ("vit-h", "vit-b", "tiny"):
             registry.register(_vanilla(size) if family == "vanilla-sam" else _class_prompted(family, size))
