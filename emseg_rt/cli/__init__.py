@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import sys
 
-from emseg_rt.cli import bench_cmd, models_cmd  # noqa: F401  (register the commands)
-from emseg_rt.cli import segment_cmd  # noqa: F401  (registers `segment`)
-from emseg_rt.cli import export_cmd  # noqa: F401  (registers `export`, `build`, `inspect`)
-from emseg_rt.cli import phantom_cmd, eval_cmd, train_cmd, demo_cmd  # noqa: F401  (register phantom, eval, train, demo)
-from emseg_rt.cli import pretrain_cmd  # noqa: F401  (registers `pretrain`)
-from emseg_rt.cli import cluster_cmd  # noqa: F401  (registers `cluster fit`)
+from emseg_rt.cli import (  # noqa: F401  (each module registers its commands on `app`)
+    bench_cmd,
+    cluster_cmd,
+    demo_cmd,
+    eval_cmd,
+    export_cmd,
+    models_cmd,
+    phantom_cmd,
+    pretrain_cmd,
+    segment_cmd,
+    train_cmd,
+)
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
 

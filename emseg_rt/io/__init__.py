@@ -3,6 +3,7 @@
 Knows nothing of models or backends. `open_volume` is the one way in; `readers` says which library reads what.
 """
 
+from emseg_rt.io.label_images import LabelImage, open_label_image
 from emseg_rt.io.ome_zarr import (
     create_ome_image,
     create_ome_labels,
@@ -10,7 +11,6 @@ from emseg_rt.io.ome_zarr import (
     write_ome_labels,
     write_volume_with_labels,
 )
-from emseg_rt.io.label_images import LabelImage, open_label_image
 from emseg_rt.io.readers import is_array, open_volume, read_volume, source_name
 from emseg_rt.io.volume import ArrayView, SqueezedArray, Volume
 from emseg_rt.io.zarr_reader import is_url, list_label_groups, read_label_metadata
