@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from emseg_rt.models.configs import FovEncoderConfig
+from emseg_rt.models.vit import token_vit
 
 
 class FovEncoder(nn.Module):
@@ -20,17 +20,14 @@ class FovEncoder(nn.Module):
     def __init__(self, config: FovEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.vit = VisionTransformer(
+        self.vit = token_vit(
             img_size=config.field_of_view,
             patch_size=config.patch_size,
             in_chans=config.in_chans,
-            num_classes=0,
-            global_pool="",
             embed_dim=config.embed_dim,
             depth=config.depth,
             num_heads=config.num_heads,
             mlp_ratio=config.mlp_ratio,
-            qkv_bias=True,
             class_token=False,
         )
 

@@ -25,11 +25,11 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from emseg_rt.models.class_merge import ClassMerge
 from emseg_rt.models.configs import DinoEncoderConfig, PipelineConfig
+from emseg_rt.models.vit import token_vit
 
 POSITIVE, NEGATIVE, PADDING = 1, 0, -1
 
@@ -46,17 +46,14 @@ class DinoEncoder(nn.Module):
     def __init__(self, config: DinoEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.vit = VisionTransformer(
+        self.vit = token_vit(
             img_size=config.img_size,
             patch_size=config.patch_size,
             in_chans=config.in_chans,
-            num_classes=0,
-            global_pool="",
             embed_dim=config.embed_dim,
             depth=config.depth,
             num_heads=config.num_heads,
             mlp_ratio=config.mlp_ratio,
-            qkv_bias=True,  # DINO vit_small
             class_token=False,
         )
         shape = (1, config.in_chans, 1, 1)

@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.models.checkpoint import load_error_detail
 from emseg_rt.models.masked_pretrain import MaskedPretrainer
-from emseg_rt.training.trainer import STATE_SUFFIX, atomic_save, check_writable
+from emseg_rt.training.trainer import STATE_SUFFIX, atomic_save, check_writable, read_resume_state
 
 STATE_FORMAT = "emseg-rt pretrain state 1"
 CROP_MARGIN = 1.25  # ours: the random crop takes the FOV out of a window 1.25× its side (where the plane allows)
@@ -179,18 +178,12 @@ STATE_KEYS = {"format": str, "model": str, "data": str, "settings": dict, "epoch
 
 
 def load_pretrain_state(state_path: Path) -> dict:
-    """Read a `--resume` state with torch.load(weights_only=True) and check its fields; EmsegError (one line)
-    for a file `emseg-rt pretrain` did not write (foreign, corrupt, or a pickle that would run code)."""
-    foreign = f"--resume: {state_path} is not a pretraining state written by `emseg-rt pretrain`"
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  any failure to unpickle safely is a bad file, reported in one line
-        raise EmsegError(f"{foreign} ({load_error_detail(exc)}); start a new --out") from None
-    if not isinstance(state, dict):
-        raise EmsegError(f"{foreign} (holds a {type(state).__name__}); start a new --out")
-    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state.get(key), kind)]
-    if wrong or state["format"] != STATE_FORMAT:
-        raise EmsegError(f"{foreign} (missing or wrong: {', '.join(wrong) or 'format'}); start a new --out")
+    """Read a `--resume` state (`trainer.read_resume_state`) and check its format; EmsegError (one line) for a
+    file `emseg-rt pretrain` did not write."""
+    state = read_resume_state(state_path, STATE_KEYS, "emseg-rt pretrain")
+    if state["format"] != STATE_FORMAT:
+        raise EmsegError(f"--resume: {state_path} is not a pretraining state written by `emseg-rt pretrain` "
+                         "(format); start a new --out")
     return state
 
 

@@ -102,20 +102,26 @@ def check_training_data(image: np.ndarray, labels: np.ndarray, num_classes: int,
     return labels.astype(np.uint8, copy=False)
 
 
-def load_training_state(state_path: Path) -> dict:
-    """Read a `--resume` state with torch.load(weights_only=True) and check its fields; EmsegError (one line)
-    for a file emseg-rt did not write (foreign, corrupt, or a pickle that would run code)."""
-    foreign = f"--resume: {state_path} is not a training state written by `emseg-rt train`"
+def read_resume_state(state_path: Path, keys: dict[str, type], command: str) -> dict:
+    """Read a `--resume` state with torch.load(weights_only=True) and check that `keys` hold values of their
+    types; EmsegError (one line) for a file `command` did not write (foreign, corrupt, or a pickle that would
+    run code)."""
+    foreign = f"--resume: {state_path} is not a {command.split()[-1]}ing state written by `{command}`"
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  any failure to unpickle safely is a bad file, reported in one line
         raise EmsegError(f"{foreign} ({load_error_detail(exc)}); start a new --out") from None
     if not isinstance(state, dict):
         raise EmsegError(f"{foreign} (holds a {type(state).__name__}); start a new --out")
-    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state.get(key), kind)]
+    wrong = [key for key, kind in keys.items() if not isinstance(state.get(key), kind)]
     if wrong:
         raise EmsegError(f"{foreign} (missing or wrong: {', '.join(wrong)}); start a new --out")
     return state
+
+
+def load_training_state(state_path: Path) -> dict:
+    """The head trainer's `--resume` state (`read_resume_state` with its keys)."""
+    return read_resume_state(state_path, STATE_KEYS, "emseg-rt train")
 
 
 def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
