@@ -20,16 +20,7 @@ class FovEncoder(nn.Module):
     def __init__(self, config: FovEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.vit = token_vit(
-            img_size=config.field_of_view,
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            class_token=False,
-        )
+        self.vit = token_vit(config, img_size=config.field_of_view, class_token=False)
 
     def normalise(self, tiles: torch.Tensor) -> torch.Tensor:
         """(B, 1, F, F) uint8 (or float in [0, 255]) → float32 (x / 255 − mean) / std."""

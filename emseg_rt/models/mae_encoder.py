@@ -20,16 +20,7 @@ class MaeImageEncoder(nn.Module):
     def __init__(self, config: MaeEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.vit = token_vit(
-            img_size=config.field_of_view,
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            class_token=True,
-        )
+        self.vit = token_vit(config, img_size=config.field_of_view, class_token=True)
 
     def split_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, S) → (B·t·t, 1, F, F) with t = tiles_per_side, F = field_of_view, row-major."""

@@ -46,16 +46,7 @@ class DinoEncoder(nn.Module):
     def __init__(self, config: DinoEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.vit = token_vit(
-            img_size=config.img_size,
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            class_token=False,
-        )
+        self.vit = token_vit(config, img_size=config.img_size, class_token=False)
         shape = (1, config.in_chans, 1, 1)
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).reshape(shape), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).reshape(shape), persistent=False)
