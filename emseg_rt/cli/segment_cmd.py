@@ -52,6 +52,11 @@ def segment_command(
                                        "one-thread worker processes here) or a scheduler address (tcp://host:8786)."),
     allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read input chunks that were "
                                               "never written as the array's fill value instead of refusing."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Point prompts for prompt-das-* models: a CSV "
+                                           "z,y,x[,label] (label 1 positive, 0 negative; default 1) or a zarr "
+                                           "array (N, 3|4), in voxel coordinates of the input."),
+    tta: bool = typer.Option(False, "--tta", help="Rotation test-time augmentation: each tile run at 0/90/180/270 "
+                             "degrees, logits averaged (4x the compute)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""
@@ -63,7 +68,7 @@ def segment_command(
         key=key, level=level, label_name=label_name, levels=levels, into_input=into_input, window=window,
         progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
-        allow_missing_chunks=allow_missing_chunks, dask=dask,
+        allow_missing_chunks=allow_missing_chunks, dask=dask, prompts=prompts, tta=tta,
     )
     if not quiet:
         typer.echo(

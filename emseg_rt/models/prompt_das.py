@@ -115,14 +115,16 @@ def masked_attention(
 ) -> torch.Tensor:
     """segment_anything's `Attention.forward`, with the keys where `key_valid` (B, S) is False given
     weight exactly 0 (scores set to −inf before the softmax). Unmasked, it computes what SAM's does,
-    operation for operation. q (B, L, C), k and v (B, S, C) → (B, L, C)."""
+    operation for operation. q (B, L, C), k and v (B, S, C) → (B, L, C). `key_valid` may also be a
+    per-query mask (B, L, S) (`PromptDasHead.forward_with_queries`); every row must allow some key."""
     q = attention._separate_heads(attention.q_proj(q), attention.num_heads)
     k = attention._separate_heads(attention.k_proj(k), attention.num_heads)
     v = attention._separate_heads(attention.v_proj(v), attention.num_heads)
     scores = q @ k.permute(0, 1, 3, 2)
     scores = scores / math.sqrt(q.shape[-1])
     if key_valid is not None:
-        scores = torch.where(key_valid[:, None, None, :], scores, float("-inf"))
+        mask = key_valid[:, None, None, :] if key_valid.dim() == 2 else key_valid[:, None, :, :]
+        scores = torch.where(mask, scores, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return attention.out_proj(attention._recombine_heads(weights @ v))
 
@@ -134,14 +136,17 @@ def masked_two_way_block(
     query_pe: torch.Tensor,
     key_pe: torch.Tensor,
     token_valid: torch.Tensor | None,
+    token_attention: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """segment_anything's `TwoWayAttentionBlock.forward` with padding tokens masked out wherever tokens
-    are the keys (token self-attention, image-to-token attention)."""
+    are the keys (token self-attention, image-to-token attention). `token_attention` (B, S, S), if given,
+    replaces `token_valid` in the token self-attention (row i: the tokens token i may attend to)."""
+    self_mask = token_valid if token_attention is None else token_attention
     if block.skip_first_layer_pe:
-        queries = masked_attention(block.self_attn, queries, queries, queries, token_valid)
+        queries = masked_attention(block.self_attn, queries, queries, queries, self_mask)
     else:
         q = queries + query_pe
-        queries = queries + masked_attention(block.self_attn, q, q, queries, token_valid)
+        queries = queries + masked_attention(block.self_attn, q, q, queries, self_mask)
     queries = block.norm1(queries)
     q = queries + query_pe
     k = keys + key_pe
@@ -163,15 +168,18 @@ class MaskedTwoWayTransformer(TwoWayTransformer):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         token_valid: torch.Tensor | None = None,
+        token_attention: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding (B, N, h, w), image_pe (1 or B, N, h, w), point_embedding (B, S, N) tokens,
-        token_valid (B, S) bool or None (all valid).
+        token_valid (B, S) bool or None (all valid), token_attention (B, S, S) bool or None (= token_valid
+        for every row): which tokens each token may attend to in the token self-attention.
         returns the processed tokens (B, S, N) and image embedding (B, h·w, N)."""
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = masked_two_way_block(layer, queries, keys, point_embedding, key_pe, token_valid)
+            queries, keys = masked_two_way_block(layer, queries, keys, point_embedding, key_pe, token_valid,
+                                                 token_attention)
         q = queries + point_embedding
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
@@ -251,4 +259,48 @@ class PromptDasHead(nn.Module):
         low_res = (hyper_in.unsqueeze(1) @ upscaled.reshape(b, up_ch, up_h * up_w)).reshape(b, 1, up_h, up_w)
         out = self.class_merge(low_res)
         out["density"] = self.density_head(upscaled)
+        return out
+
+    def forward_with_queries(
+        self,
+        dino_embedding: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        query_coords: torch.Tensor,
+        query_valid: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """`forward`, plus decoder tokens for extra query points that cannot change it (training only).
+
+        For Prompt-DAS's prompt-guided contrastive loss (§2, eq. 3: z = φ(f_D(f_P(p)))). The query points are
+        encoded as positive points and appended to the tokens with DN-DETR's leakage-preventing attention
+        mask: a query token attends to the mask token, the real prompts and itself, and nothing attends to
+        it (neither the other tokens nor the image), so logits, labels and density equal `forward`'s.
+
+        dino_embedding, point_coords, point_labels: as `forward`.
+        query_coords:  (B, Q, 2) float pixel (x, y) in the tile.
+        query_valid:   (B, Q) bool; False rows are padding (their tokens are meaningless).
+        returns        forward's outputs plus prompt_tokens (B, P, N) and query_tokens (B, Q, N) float32:
+                       the decoder's output tokens of the prompts and of the queries.
+        """
+        b, n, h, w = dino_embedding.shape
+        p, q = point_labels.shape[1], query_valid.shape[1]
+        prompt_tokens, is_point = self.point_encoder(point_coords, point_labels)
+        query_labels = torch.where(query_valid, POSITIVE, PADDING)
+        query_tokens, _ = self.point_encoder(query_coords, query_labels)
+        mask_token = self.mask_token.weight.unsqueeze(0).expand(b, -1, -1)
+        tokens = torch.cat([mask_token, prompt_tokens, query_tokens], dim=1)
+        token_valid = torch.cat([is_point.new_ones((b, 1)), is_point, query_valid.new_zeros((b, q))], dim=1)
+        is_query = torch.cat([query_valid.new_zeros((b, 1 + p)), query_valid], dim=1)
+        itself = torch.eye(1 + p + q, dtype=torch.bool, device=tokens.device)
+        token_attention = token_valid[:, None, :] | (itself[None] & is_query[:, :, None])  # (B, S, S)
+        hs, src = self.transformer(dino_embedding, self.point_encoder.dense_pe(), tokens, token_valid,
+                                   token_attention)
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, n, h, w))
+        hyper_in = self.mask_hypernetwork(hs[:, 0, :])
+        up_ch, up_h, up_w = upscaled.shape[1:]
+        low_res = (hyper_in.unsqueeze(1) @ upscaled.reshape(b, up_ch, up_h * up_w)).reshape(b, 1, up_h, up_w)
+        out = self.class_merge(low_res)
+        out["density"] = self.density_head(upscaled)
+        out["prompt_tokens"] = hs[:, 1 : 1 + p]
+        out["query_tokens"] = hs[:, 1 + p :]
         return out

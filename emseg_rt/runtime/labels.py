@@ -17,6 +17,7 @@ from emseg_rt.io.ome_zarr import label_dtype
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.options import SegmentOptions
+from emseg_rt.runtime.prompts import PointSet, load_points, slab_prompts
 from emseg_rt.runtime.slab import segment_slab
 from emseg_rt.runtime.tiling import plan_tiles
 
@@ -38,22 +39,27 @@ def segment_labels(
     level: int | None = None,
     window: str | None = None,
     say: Callable[[str], None] | None = None,
+    prompts: str | Path | PointSet | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Segment a 3D volume and return its labels (Z, Y, X) uint8 (uint16 past 255 classes), 0 = background.
 
     input: a numpy / dask / zarr array (Z, Y, X), or any path or URL `segment_volume` reads. The other
-    arguments mean what they mean for `segment_volume`. Holds the whole label volume in memory.
+    arguments (`prompts`, `tta` included) mean what they mean for `segment_volume`. Holds the whole label
+    volume in memory.
     """
     from emseg_rt.runtime.loader import load_backend
-    from emseg_rt.runtime.segment import open_input, read_slab, region_of
+    from emseg_rt.runtime.segment import _check_backend, open_input, read_slab, region_of
 
-    options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block).validate()
+    options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, tta=tta).validate()
+    points = None if prompts is None else load_points(prompts)
     source = input if is_array(input) or is_url(input) else Path(input)
     volume, where = open_input(source, key, level)
     norm = dataset_normalisation(volume.array, where, window=parse_window(window) if window else None)
     owns = isinstance(backend, str)
     engine = load_backend(model, backend, device, precision, checkpoints, say=say) if owns else backend
     try:
+        max_points = _check_backend(engine, options, points)
         axis_index = options.axis_index(volume.axes)
         shape = volume.shape
         plan = plan_tiles(tuple(s for i, s in enumerate(shape) if i != axis_index), engine.spec.tile,
@@ -62,8 +68,9 @@ def segment_labels(
         for start in range(0, shape[axis_index], options.block):
             stop = min(start + options.block, shape[axis_index])
             slab = read_slab(volume.array, start, stop, axis_index, options.axis, norm, where)
+            extra = None if max_points is None else slab_prompts(points, start, stop, axis_index, plan, max_points)
             labels, _, _ = segment_slab(engine, slab, plan, batch=options.batch, blend=options.blend,
-                                        probabilities=False, label_type=out.dtype)
+                                        probabilities=False, label_type=out.dtype, prompts=extra, tta=options.tta)
             out[region_of(start, stop, axis_index)] = np.moveaxis(labels, 0, axis_index)
         return out
     finally:

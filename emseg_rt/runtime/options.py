@@ -19,6 +19,7 @@ class SegmentOptions:
     axis:   the axis planes are perpendicular to; block: planes per write block (= output chunk depth).
     levels: pyramid levels of the label image (None: from the plane size); into_input: write the label
             image into the input image's labels/<label_name>.
+    tta:    rotation test-time augmentation: every tile run turned by 0, 90, 180 and 270°, logits averaged.
     """
 
     batch: int = 4
@@ -33,6 +34,7 @@ class SegmentOptions:
     prefetch: int = 2
     levels: int | None = None
     into_input: bool = False
+    tta: bool = False
 
     def validate(self) -> SegmentOptions:
         """EmsegError naming the option when one is out of range; returns self."""

@@ -36,6 +36,7 @@ from emseg_rt.runtime.normalise import (
 )
 from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
 from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
+from emseg_rt.runtime.prompts import PointSet, load_points, plane_of, points_per_window, slab_prompts
 from emseg_rt.runtime.report import ProgressLog, SegmentReport, progress_bar
 from emseg_rt.runtime.slab import segment_slab
 from emseg_rt.runtime.stream import run_stream
@@ -74,6 +75,8 @@ def segment_volume(
     say: Callable[[str], None] | None = None,
     allow_missing_chunks: bool = False,
     dask: str | None = None,
+    prompts: str | Path | PointSet | None = None,
+    tta: bool = False,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport.
 
@@ -92,15 +95,21 @@ def segment_volume(
     allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
     dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),
              the same computation and output as without it.
+    prompts: point prompts for a window-prompted model (prompt-das-*): a CSV z,y,x[,label], a zarr array
+             (N, 3|4) or a `PointSet`, in voxel coordinates of the input (`runtime.prompts`); None: none.
+    tta:     rotation test-time augmentation (4 quarter turns per tile, logits averaged).
     Tiling, batching and output options: see `SegmentOptions`. What `overwrite`, `resume` and the output
     lock guarantee: `runtime.claim`. In-memory labels without writing: `segment_labels`.
     """
     t_start = time.perf_counter()
     options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume,
                              overwrite=overwrite, probabilities=probabilities, label_name=label_name,
-                             prefetch=prefetch, levels=levels, into_input=into_input).validate()
+                             prefetch=prefetch, levels=levels, into_input=into_input, tta=tta).validate()
+    points = None if prompts is None else load_points(prompts)
     source = input if is_array(input) or is_url(input) else Path(input)
     _check_dask(dask, backend, source)
+    if dask is not None and (points is not None or tta):
+        raise EmsegError("--dask does not carry --prompts / --tta to its workers yet; run without --dask")
     volume, where = open_input(source, key, level)
     check_no_missing_chunks(volume.array, where, allow_missing_chunks)
     norm = dataset_normalisation(volume.array, where, window=parse_window(window) if window else None)
@@ -110,7 +119,8 @@ def segment_volume(
     try:
         rep = _segment_claimed(claim, source, volume, options, norm, where, target, model=model,
                                checkpoints=checkpoints, backend=backend, device=device, precision=precision,
-                               progress=progress, say=say, t_start=t_start, dask=dask, key=key, level=level)
+                               progress=progress, say=say, t_start=t_start, dask=dask, key=key, level=level,
+                               points=points)
         if rep.complete:
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
             target.register()
@@ -146,7 +156,7 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
                      model: str | None, checkpoints: Sequence[str | Path], backend: str | Backend, device: str,
                      precision: str, progress: bool, say: Callable[[str], None] | None,
                      t_start: float, dask: str | None = None, key: str | None = None,
-                     level: int | None = None) -> SegmentReport:
+                     level: int | None = None, points: PointSet | None = None) -> SegmentReport:
     """Load the backend, open or create the output at `claim.target`, compute every pending block (here,
     or one task per block on a Dask cluster)."""
     notes: list[str] = []
@@ -162,8 +172,9 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
     else:
         engine, owns_backend = backend, False
     try:
-        _check_backend(engine, options)
-        run = _RunPlan(engine, volume, options, norm, target)
+        max_points = _check_backend(engine, options, points, dask)
+        run = _RunPlan(engine, volume, options, norm, target, points, max_points)
+        _note_points_outside(points, run.shape, say or (lambda m: None))
         _check_memory(run, volume)
         rep = run.report(source_name(source), claim.output, model or "default", device, " ".join(notes))
         store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array, volume.path))
@@ -236,23 +247,48 @@ def _check_memory(run: "_RunPlan", volume: Any) -> None:
                          f"buffers, more than the {available / 2**30:.1f} GiB available; use smaller values")
 
 
-def _check_backend(engine: Backend, options: SegmentOptions) -> None:
+def _check_backend(engine: Backend, options: SegmentOptions, points: PointSet | None = None,
+                   dask: str | None = None) -> int | None:
+    """Refuse what this backend cannot run; return P, the points per tile of a window-prompted model (None
+    for a prompt-free one)."""
+    max_points = None
     if engine.spec.prompts:
-        raise EmsegError(f"the model needs per-tile prompts ({', '.join(engine.spec.prompts)}); `segment` runs "
-                         "prompt-free models (scsam-*, sam-star-*, mae-star-*, surgicalsam-*)")
+        max_points = points_per_window(engine)  # None: vanilla-sam's per-class prompts, or an unknown layout
+        if max_points is None:
+            raise EmsegError(f"the model needs per-tile prompts ({', '.join(engine.spec.prompts)}); `segment` runs "
+                             "prompt-free models (scsam-*, sam-star-*, mae-star-*, surgicalsam-*) and "
+                             "window-prompted ones (prompt-das-*)")
+        if dask is not None:
+            raise EmsegError("--dask does not run prompted models (prompt-das-*) yet; run without --dask")
+    elif points is not None:
+        raise EmsegError("--prompts: this model takes no prompts (point prompts are for prompt-das-*)")
     batch_max = engine.spec.details.get("batch_max")
     if batch_max and options.batch > batch_max:
         raise EmsegError(f"--batch {options.batch} exceeds the model package's largest batch ({batch_max}); "
                          f"pass --batch {batch_max} or export with a larger --batch-max")
+    return max_points
+
+
+def _note_points_outside(points: PointSet | None, shape: tuple[int, ...], note: Callable[[str], None]) -> None:
+    """One note when some prompts lie outside the volume (they prompt nothing)."""
+    if points is None or not len(points):
+        return
+    planes = np.stack([plane_of(points, i) for i in range(3)], axis=1)
+    outside = int((~((planes >= 0) & (planes < np.array(shape))).all(axis=1)).sum())
+    if outside:
+        note(f"prompts: {outside} of {len(points)} points lie outside the volume {tuple(shape)} (z, y, x) and "
+             "prompt nothing")
 
 
 class _RunPlan:
     """Everything derived from the backend, the volume and the options: tile plan, blocks, layout, config."""
 
     def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation,
-                 target: OutputTarget) -> None:
+                 target: OutputTarget, points: PointSet | None = None, max_points: int | None = None) -> None:
         spec = engine.spec
         self.options = options
+        self.points, self.max_points = points, max_points
+        self.prompt_counts: dict[str, int] = {}
         self.norm = norm
         self.axis_index = options.axis_index(volume.axes)
         self.halo = options.halo_for(spec.tile)
@@ -274,6 +310,11 @@ class _RunPlan:
             "levels": [[lvl.path, list(lvl.shape), list(lvl.scale), list(lvl.translation)]
                        for lvl in self.layout.levels],
         }
+        if max_points is not None:  # prompted runs only, so other runs keep their identity
+            self.config["prompts"] = {"points": points.digest if points is not None else None,
+                                      "max_points": max_points}
+        if options.tta:
+            self.config["tta"] = "rot90x4"
         self.hash = config_hash(self.config)
         self.engine = engine
         self.timings = {"read": 0.0, "write": 0.0, "compute": 0.0, "stitch": 0.0}
@@ -306,6 +347,13 @@ class _RunPlan:
 
     def region(self, start: int, stop: int) -> tuple[slice, ...]:
         return region_of(start, stop, self.axis_index)
+
+    def prompts_for(self, start: int, stop: int) -> dict[str, np.ndarray] | None:
+        """Per-tile prompts of planes start..stop-1 (None for a prompt-free model)."""
+        if self.max_points is None:
+            return None
+        return slab_prompts(self.points, start, stop, self.axis_index, self.tile_plan, self.max_points,
+                            self.prompt_counts)
 
 
 def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_index: int,
@@ -381,9 +429,11 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
         return slab
 
     def compute(item: Block, slab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        _, b0, b1 = item
         labels, probs, n_tiles = segment_slab(engine, slab, run.tile_plan, batch=options.batch, blend=options.blend,
                                               probabilities=options.probabilities,
-                                              label_type=run.layout.label_dtype, timings=timings)
+                                              label_type=run.layout.label_dtype, timings=timings,
+                                              prompts=run.prompts_for(b0, b1), tta=options.tta)
         rep.tiles_computed += n_tiles
         return labels, probs
 
@@ -412,5 +462,8 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
             bar.stop()
     if log is not None:
         log.finish()
+    if run.prompt_counts.get("tiles_over") and say is not None:
+        say(f"prompts: {run.prompt_counts['tiles_over']} tiles held more than {run.max_points} points; kept the "
+            f"{run.max_points} nearest each tile's centre ({run.prompt_counts['points_dropped']} dropped)")
     classes = run.layout.classes
     rep.label_counts = {("background" if i == 0 else classes[i - 1]): int(c) for i, c in enumerate(label_counts)}

@@ -10,12 +10,13 @@ backend calls, no zarr.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.runtime.prompts import rotate_points
 from emseg_rt.runtime.tiling import (
     TilePlan,
     blend_gaussian,
@@ -50,24 +51,68 @@ def tile_batches(slab: np.ndarray, plan: TilePlan, batch: int) -> Iterator[TileB
         yield TileBatch(start, real, chunk)
 
 
+def batch_prompts(prompts: Mapping[str, np.ndarray] | None, item: TileBatch) -> dict[str, np.ndarray] | None:
+    """The rows of per-tile prompts (slab tile order) for one batch, padded as its tiles are: the padding
+    entries repeat the last real tile's prompts."""
+    if not prompts:
+        return None
+    out = {}
+    for name, rows in prompts.items():
+        chunk = rows[item.start:item.start + item.real]
+        pad = item.tiles.shape[0] - item.real
+        out[name] = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
+    return out
+
+
+def run_tta(backend: Backend, tiles: np.ndarray, prompts: Mapping[str, np.ndarray] | None = None
+            ) -> dict[str, np.ndarray]:
+    """Rotation test-time augmentation: the batch run 4 times, turned by k·90° (`np.rot90` on the (T, T) axes,
+    point prompts turned with it by `prompts.rotate_points`), each output turned back; logits (B, K, T, T)
+    are the mean of the four, labels (B, T, T) the class merge of that mean at the backend's threshold."""
+    tile = tiles.shape[-1]
+    total = None
+    for k in range(4):
+        turned = None
+        if prompts:
+            turned = dict(prompts)
+            if "point_coords" in prompts and "point_labels" in prompts:
+                turned["point_coords"] = rotate_points(prompts["point_coords"], prompts["point_labels"], k, tile)
+        out = backend.run(np.ascontiguousarray(np.rot90(tiles, k, axes=(-2, -1))), want_logits=True, prompts=turned)
+        back = np.rot90(out["logits"].astype(np.float32, copy=False), -k, axes=(-2, -1))
+        total = back.copy() if total is None else total + back
+    logits = total / np.float32(4)
+    labels = np.stack([merge_classes(tile_logits, backend.spec.threshold) for tile_logits in logits])
+    return {"logits": logits, "labels": labels}
+
+
 def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: int, blend: str,
-                 probabilities: bool, label_type: np.dtype, timings: dict | None = None
+                 probabilities: bool, label_type: np.dtype, timings: dict | None = None,
+                 prompts: Mapping[str, np.ndarray] | None = None, tta: bool = False
                  ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Segment a slab of planes.
 
     slab:    (N, H, W) uint8 planes.
+    prompts: per-tile prompt arrays by name, N·n_tiles rows in tile order (`prompts.slab_prompts`), for
+             prompted models; each batch gets its rows, padded like its tiles.
+    tta:     rotation test-time augmentation (`run_tta`); needs logits, so labels come from the stitched mean.
     returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
     `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
     """
     n_planes, per_plane = slab.shape[0], plan.num_tiles
-    want_logits = blend == "gaussian" or probabilities
+    want_logits = blend == "gaussian" or probabilities or tta
     labels_out = np.empty((n_planes,) + plan.plane_shape, dtype=label_type)
     stitcher = _PlaneStitcher(plan, blend, backend.spec.threshold, label_type, labels_out, probabilities)
     tile_labels = None if want_logits else np.empty((n_planes * per_plane, plan.tile, plan.tile), label_type)
     compute_s = stitch_s = 0.0
     for item in tile_batches(slab, plan, batch):
         t0 = time.perf_counter()
-        out = backend.run(item.tiles, want_logits=want_logits)
+        extra = batch_prompts(prompts, item)
+        if tta:
+            out = run_tta(backend, item.tiles, extra)
+        elif extra is None:
+            out = backend.run(item.tiles, want_logits=want_logits)
+        else:
+            out = backend.run(item.tiles, want_logits=want_logits, prompts=extra)
         compute_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         if tile_labels is not None:
