@@ -11,6 +11,8 @@ voxels labelled k in the prediction and the ground truth.
   as ScSAM reports organelle scores).
 - Instances are the connected components of each class mask, face connectivity (4-neighbour in 2D,
   6-neighbour in 3D), found per class so touching objects of different classes stay apart.
+  A prediction may bring its own instance IDs per class instead (`pred_instances`: a `segment
+  --instances` output's <class>_instances); `SegmentationScores.instance_source` says which was used.
 - AJI (aggregated Jaccard index, Kumar et al. 2017, as in HoVer-Net's `get_fast_aji`), per class:
   every ground-truth instance G_i is paired with the predicted instance S_j of largest IoU among those
   that overlap it; C = Σ_i |G_i ∩ S_j(i)|, U = Σ_i |G_i ∪ S_j(i)| over paired G_i, plus |G_i| for every
@@ -96,19 +98,29 @@ def _overlaps(true_ids: np.ndarray, n_true: int, pred_ids: np.ndarray, n_pred: i
     return true_area, pred_area, ti, pi, inter, union
 
 
-def _instance_overlaps(pred_mask: np.ndarray, true_mask: np.ndarray):
-    """Connected-component instances of both masks and their pairwise overlaps (see `_overlaps`);
-    None when neither mask has an instance. Returns (n_true, n_pred, overlaps)."""
+def _consecutive(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Instance IDs (any integers, 0 = background) renumbered 1..n → (int32 ids, n)."""
+    values, inverse = np.unique(ids, return_inverse=True)
+    if values.size and values[0] == 0:
+        return inverse.reshape(ids.shape).astype(np.int32), int(values.size - 1)
+    return (inverse.reshape(ids.shape) + 1).astype(np.int32), int(values.size)
+
+
+def _instance_overlaps(pred_mask: np.ndarray, true_mask: np.ndarray, pred_ids: np.ndarray | None = None):
+    """Connected-component instances of both masks (or the given predicted instance IDs, 0 = none) and their
+    pairwise overlaps (see `_overlaps`); None when neither side has an instance. Returns (n_true, n_pred,
+    overlaps)."""
     true_ids, n_true = instances(true_mask)
-    pred_ids, n_pred = instances(pred_mask)
+    pred_ids, n_pred = instances(pred_mask) if pred_ids is None else _consecutive(pred_ids)
     if n_true == 0 and n_pred == 0:
         return None
     return n_true, n_pred, _overlaps(true_ids, n_true, pred_ids, n_pred)
 
 
-def aji(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
-    """Aggregated Jaccard index of two boolean masks, instances by connected components (module docstring)."""
-    overlaps = _instance_overlaps(pred_mask, true_mask)
+def aji(pred_mask: np.ndarray, true_mask: np.ndarray, pred_ids: np.ndarray | None = None) -> float:
+    """Aggregated Jaccard index of two boolean masks, instances by connected components (module docstring);
+    `pred_ids`: the prediction's own instance IDs instead of its mask's components (`segment --instances`)."""
+    overlaps = _instance_overlaps(pred_mask, true_mask, pred_ids)
     if overlaps is None:
         return float("nan")
     n_true, n_pred, (true_area, pred_area, ti, pi, inter, union) = overlaps
@@ -129,9 +141,10 @@ def aji(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
     return _ratio(c, u)
 
 
-def panoptic_quality(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
-    """Panoptic quality of two boolean masks, instances by connected components, match at IoU > 0.5."""
-    overlaps = _instance_overlaps(pred_mask, true_mask)
+def panoptic_quality(pred_mask: np.ndarray, true_mask: np.ndarray, pred_ids: np.ndarray | None = None) -> float:
+    """Panoptic quality of two boolean masks, instances by connected components (or the prediction's own
+    `pred_ids`), match at IoU > 0.5."""
+    overlaps = _instance_overlaps(pred_mask, true_mask, pred_ids)
     if overlaps is None:
         return float("nan")
     n_true, n_pred, (_, _, _, _, inter, union) = overlaps
@@ -159,6 +172,9 @@ class SegmentationScores:
     mean_aji: float = float("nan")
     mean_pq: float = float("nan")
     skipped: dict[str, str] = field(default_factory=dict)  # class name → "prediction only" / "ground truth only"
+    # class name → where AJI / PQ took the predicted instances from: "connected components" of the class mask,
+    # or "instance label image" (a `segment --instances` output's <class>_instances)
+    instance_source: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """JSON with NaN written as null."""
@@ -176,8 +192,11 @@ def evaluate(
     truth: np.ndarray,
     class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES,
     instance_metrics: bool = True,
+    pred_instances: dict[str, np.ndarray] | None = None,
 ) -> SegmentationScores:
     """Score integer label arrays pred and truth (same shape, 2D or 3D) for classes 1..len(class_names).
+    pred_instances: class name → the prediction's instance IDs for that class (AJI and PQ use them instead
+    of the connected components of the class mask).
 
     EmsegError for different shapes, non-integer dtypes, or a value outside 0..len(class_names)."""
     _check_pair(pred, truth)
@@ -189,8 +208,12 @@ def evaluate(
         scores.iou[name] = iou(pred, truth, label)
         if instance_metrics:
             p, g = pred == label, truth == label
-            scores.aji[name] = aji(p, g)
-            scores.pq[name] = panoptic_quality(p, g)
+            ids = (pred_instances or {}).get(name)
+            if ids is not None and ids.shape != pred.shape:
+                raise EmsegError(f"the {name} instance IDs have shape {ids.shape}, not the prediction's {pred.shape}")
+            scores.aji[name] = aji(p, g, ids)
+            scores.pq[name] = panoptic_quality(p, g, ids)
+            scores.instance_source[name] = "connected components" if ids is None else "instance label image"
     scores.mean_dice = _nanmean(list(scores.dice.values()))
     scores.mean_iou = _nanmean(list(scores.iou.values()))
     if instance_metrics:
@@ -265,6 +288,7 @@ def evaluate_labels(
     pred_names: dict[int, str] | None = None,
     truth_names: dict[int, str] | None = None,
     instance_metrics: bool = True,
+    pred_instances: dict[str, np.ndarray] | None = None,
 ) -> SegmentationScores:
     """Score integer label arrays pred and truth (same shape, 2D or 3D), classes matched by name when both
     sides name them, else by label value (module docstring); EmsegError as `evaluate`, and for a value the
@@ -273,9 +297,10 @@ def evaluate_labels(
     if not (pred_names and truth_names):
         names = pred_names or truth_names
         return evaluate(pred, truth, class_names_by_value(names) if names else DEFAULT_CLASS_NAMES,
-                        instance_metrics)
+                        instance_metrics, pred_instances)
     match = match_classes(pred_names, truth_names)
     scores = evaluate(remap_labels(pred, match.pred_values, "prediction"),
-                      remap_labels(truth, match.truth_values, "ground truth"), match.names, instance_metrics)
+                      remap_labels(truth, match.truth_values, "ground truth"), match.names, instance_metrics,
+                      pred_instances)
     scores.skipped = match.skipped
     return scores

@@ -26,14 +26,16 @@ def eval_command(
 
     Classes are matched by name when both label images name them (image-label properties), else by value.
     """
-    from emseg_rt.io.label_images import check_same_shape, open_label_image
+    from emseg_rt.io.label_images import check_same_shape, instance_images, open_label_image
     from emseg_rt.metrics import evaluate_labels
 
     prediction = open_label_image(pred, pred_labels, role="prediction")
     truth = open_label_image(gt, gt_labels, role="truth")
     check_same_shape(prediction, truth)
+    pred_instances = {} if no_instances else {name: image.read() for name, image in
+                                              instance_images(prediction).items()}
     scores = evaluate_labels(prediction.read(), truth.read(), prediction.class_names, truth.class_names,
-                             instance_metrics=not no_instances)
+                             instance_metrics=not no_instances, pred_instances=pred_instances)
     print_skipped(scores.skipped)
     if as_json:
         typer.echo(scores.to_json())
@@ -79,4 +81,8 @@ def print_scores(scores) -> None:
         table.add_row(name, fmt(scores.dice[name]), fmt(scores.iou[name]),
                       fmt(scores.aji.get(name, float("nan"))), fmt(scores.pq.get(name, float("nan"))))
     table.add_row("mean", fmt(scores.mean_dice), fmt(scores.mean_iou), fmt(scores.mean_aji), fmt(scores.mean_pq))
+    from_images = [n for n, source in scores.instance_source.items() if source == "instance label image"]
+    if from_images:
+        table.caption = (f"AJI/PQ instances: {', '.join(from_images)} from <class>_instances label images, "
+                         "others from connected components")
     Console().print(table)

@@ -57,6 +57,9 @@ def segment_command(
                                            "array (N, 3|4), in voxel coordinates of the input."),
     tta: bool = typer.Option(False, "--tta", help="Rotation test-time augmentation: each tile run at 0/90/180/270 "
                              "degrees, logits averaged (4x the compute)."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="Also write instances of these classes "
+                                            "(CLASS[,CLASS]): connected components as a uint32 label image "
+                                            "<class>_instances beside the semantic one, IDs unique across blocks."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""
@@ -69,6 +72,7 @@ def segment_command(
         progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
         allow_missing_chunks=allow_missing_chunks, dask=dask, prompts=prompts, tta=tta,
+        instances=instances,
     )
     if not quiet:
         typer.echo(

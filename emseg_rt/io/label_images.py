@@ -35,6 +35,7 @@ from emseg_rt.io.zarr_reader import _looks_like_zarr
 
 ROLES = {"prediction": "--pred-labels", "truth": "--gt-labels"}  # role → the eval option that names a label image
 ROLE_WORDS = {"prediction": "prediction", "truth": "ground truth"}
+INSTANCE_SUFFIX = "_instances"  # `segment --instances`: <class>_instances beside the semantic label image
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,28 @@ def open_label_image(path: str | Path, name: str | None = None, *, role: str) ->
     if isinstance(node, zarr.Array):
         return _plain_label_volume(open_volume(path), path, name, role)
     return _label_image_in_group(node, path, name, role)
+
+
+def instance_images(label: LabelImage) -> dict[str, LabelImage]:
+    """The finished `segment --instances` label images of `label`'s classes, by class name: inside a
+    `segment` output root (OUT.zarr/<class>_instances) or beside a label image under labels/
+    (IN.zarr/labels/<class>_instances). Unfinished ones (status "incomplete") are left out."""
+    found: dict[str, LabelImage] = {}
+    places = [label.path] + ([label.path.parent] if label.name is not None else [])
+    for class_name in sorted(set((label.class_names or {}).values())):
+        for place in places:
+            path = place / f"{class_name}{INSTANCE_SUFFIX}"
+            if not (path.is_dir() and _looks_like_zarr(path)):
+                continue
+            try:
+                node = _open_zarr(path)
+                if not isinstance(node, zarr.Group) or not _is_label_image(_ome_attributes(node)):
+                    continue
+                found[class_name] = _label_image(node, path, None, "prediction")
+            except EmsegError:
+                continue  # unfinished or not integer: scored by connected components instead
+            break
+    return found
 
 
 def check_same_shape(prediction: LabelImage, truth: LabelImage) -> None:
@@ -156,7 +179,7 @@ def choose_label_name(names: list[str], path: Path, role: str) -> str:
         return names[0]
     if role == "truth" and GROUND_TRUTH in names:
         return GROUND_TRUTH
-    others = [n for n in names if n != GROUND_TRUTH]
+    others = [n for n in names if n != GROUND_TRUTH and not n.endswith(INSTANCE_SUFFIX)]
     if role == "prediction" and len(others) == 1:
         return others[0]
     if not names:

@@ -123,10 +123,10 @@ def label_image_metadata(spec: LabelImageSpec, source_image: str | None = "../..
         "name": spec.name, "axes": axes_metadata(spec.axes, list(spec.units)),
         "datasets": [{"path": lvl.path, "coordinateTransformations": _transforms(lvl)} for lvl in spec.levels],
     }
-    image_label: dict[str, Any] = {
+    image_label: dict[str, Any] = {  # no classes (instance IDs): no colours or properties, viewers pick colours
         "colors": [{"label-value": i + 1, "rgba": [int(c) for c in colors[i]]} for i in range(len(spec.classes))],
         "properties": [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(spec.classes)],
-    }
+    } if spec.classes else {}
     if source_image:
         image_label["source"] = {"image": source_image}
     if spec.version == "0.4":

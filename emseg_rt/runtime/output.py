@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,12 +217,17 @@ class OutputStore:
                 raise _write_error(self.root, exc) from exc
         return len(pending)
 
-    def mark_complete_if_done(self, blocks_total: int) -> bool:
-        """Write the pyramid once every block has its marker, then set the root's status to 'complete';
-        returns whether the output is complete."""
+    def mark_complete_if_done(self, blocks_total: int, before_complete: Callable[[], None] | None = None) -> bool:
+        """Write the pyramid once every block has its marker, run `before_complete` (the instance stage), then
+        set the root's status to 'complete'; returns whether the output is complete."""
         if len(self.done_blocks() & set(range(blocks_total))) < blocks_total:
             return False
         self.write_pyramid()
+        if before_complete is not None:
+            try:
+                before_complete()
+            except OSError as exc:
+                raise _write_error(self.root, exc) from exc
         group = zarr.open_group(str(self.root), mode="r+")
         attrs = dict(group.attrs.get("emseg_rt", {}))
         attrs["status"] = "complete"

@@ -58,6 +58,8 @@ class SegmentReport:
     voxels_per_second: float = 0.0
     normalisation: dict = field(default_factory=dict)
     label_counts: dict = field(default_factory=dict)
+    instances: dict = field(default_factory=dict)  # class → instance count (--instances)
+    instance_seconds: float = 0.0
     complete: bool = False
 
     @property

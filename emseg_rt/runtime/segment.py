@@ -26,6 +26,7 @@ from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.claim import OutputClaim, claim_output
 from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, check_address, run_blocks_on_cluster
 from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
+from emseg_rt.runtime.instances import instance_label_name, instance_stages, parse_instance_classes
 from emseg_rt.runtime.normalise import (
     Normalisation,
     check_dtype,
@@ -77,6 +78,7 @@ def segment_volume(
     dask: str | None = None,
     prompts: str | Path | PointSet | None = None,
     tta: bool = False,
+    instances: str | Sequence[str] | None = None,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport.
 
@@ -98,6 +100,9 @@ def segment_volume(
     prompts: point prompts for a window-prompted model (prompt-das-*): a CSV z,y,x[,label], a zarr array
              (N, 3|4) or a `PointSet`, in voxel coordinates of the input (`runtime.prompts`); None: none.
     tta:     rotation test-time augmentation (4 quarter turns per tile, logits averaged).
+    instances: class names (or "a,b"): also write each class's connected components as a uint32 label
+             image `<class>_instances` beside the semantic one (`runtime.instances`), IDs unique across
+             blocks and resumed runs.
     Tiling, batching and output options: see `SegmentOptions`. What `overwrite`, `resume` and the output
     lock guarantee: `runtime.claim`. In-memory labels without writing: `segment_labels`.
     """
@@ -120,10 +125,10 @@ def segment_volume(
         rep = _segment_claimed(claim, source, volume, options, norm, where, target, model=model,
                                checkpoints=checkpoints, backend=backend, device=device, precision=precision,
                                progress=progress, say=say, t_start=t_start, dask=dask, key=key, level=level,
-                               points=points)
+                               points=points, instances=instances)
         if rep.complete:
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
-            target.register()
+            target.register(tuple(instance_label_name(c) for c in rep.instances))
     finally:
         claim.release()
     rep.wall_seconds = time.perf_counter() - t_start
@@ -156,7 +161,8 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
                      model: str | None, checkpoints: Sequence[str | Path], backend: str | Backend, device: str,
                      precision: str, progress: bool, say: Callable[[str], None] | None,
                      t_start: float, dask: str | None = None, key: str | None = None,
-                     level: int | None = None, points: PointSet | None = None) -> SegmentReport:
+                     level: int | None = None, points: PointSet | None = None,
+                     instances: str | Sequence[str] | None = None) -> SegmentReport:
     """Load the backend, open or create the output at `claim.target`, compute every pending block (here,
     or one task per block on a Dask cluster)."""
     notes: list[str] = []
@@ -173,7 +179,8 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
         engine, owns_backend = backend, False
     try:
         max_points = _check_backend(engine, options, points, dask)
-        run = _RunPlan(engine, volume, options, norm, target, points, max_points)
+        instance_classes = parse_instance_classes(instances, tuple(engine.spec.classes))
+        run = _RunPlan(engine, volume, options, norm, target, points, max_points, instance_classes)
         _note_points_outside(points, run.shape, say or (lambda m: None))
         _check_memory(run, volume)
         rep = run.report(source_name(source), claim.output, model or "default", device, " ".join(notes))
@@ -186,7 +193,7 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
     if dask is not None:
         recipe = BackendRecipe(model, str(backend), device, precision, tuple(str(c) for c in checkpoints))
         _stream_on_cluster(dask, recipe, source, key, level, run, store, rep, where, say or (lambda m: None))
-    rep.complete = store.mark_complete_if_done(len(run.blocks))
+    rep.complete = store.mark_complete_if_done(len(run.blocks), lambda: _instance_stage(run, store, rep, target))
     rep.finish(run.timings, run.loop_seconds, time.perf_counter() - t_start)
     rep.setup_seconds = run.setup_done - t_start
     return rep
@@ -284,9 +291,11 @@ class _RunPlan:
     """Everything derived from the backend, the volume and the options: tile plan, blocks, layout, config."""
 
     def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation,
-                 target: OutputTarget, points: PointSet | None = None, max_points: int | None = None) -> None:
+                 target: OutputTarget, points: PointSet | None = None, max_points: int | None = None,
+                 instances: tuple[str, ...] = ()) -> None:
         spec = engine.spec
         self.options = options
+        self.instances = instances
         self.points, self.max_points = points, max_points
         self.prompt_counts: dict[str, int] = {}
         self.norm = norm
@@ -315,6 +324,8 @@ class _RunPlan:
                                       "max_points": max_points}
         if options.tta:
             self.config["tta"] = "rot90x4"
+        if instances:  # runs with --instances only, so other runs keep their identity
+            self.config["instances"] = {"classes": list(instances), "method": "connected components, face"}
         self.hash = config_hash(self.config)
         self.engine = engine
         self.timings = {"read": 0.0, "write": 0.0, "compute": 0.0, "stitch": 0.0}
@@ -367,6 +378,34 @@ def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_i
                         label_name=options.label_name, voxel_size=target.levels[0].scale, units=units, axes=axes,
                         probabilities=options.probabilities, levels=target.levels, blocks=blocks,
                         version=target.version, nested=target.nested)
+
+
+def _instance_stage(run: _RunPlan, store: OutputStore, rep: SegmentReport, target: OutputTarget) -> None:
+    """Every requested class's instance label image, after the semantic blocks and pyramid, before the root
+    is marked complete (`runtime.instances`); resumes from its own markers."""
+    if not run.instances:
+        return
+    import dataclasses
+
+    t0 = time.perf_counter()
+    layout = store.layout
+    base = layout.label_spec()
+    semantic = zarr_open_array(store.root / layout.levels[0].path)
+    parent = store.root.parent if layout.nested else store.root
+    stages = instance_stages(
+        run.instances, layout.classes, semantic, store.root, parent,
+        lambda name: dataclasses.replace(base, name=instance_label_name(name), classes=(),
+                                         dtype=np.dtype(np.uint32), colors=()),
+        run.blocks, run.axis_index, store.state, run.hash, "../../" if layout.nested else None)
+    for stage in stages:
+        rep.instances[stage.class_name] = stage.run()
+    rep.instance_seconds = time.perf_counter() - t0
+
+
+def zarr_open_array(path: Path) -> Any:
+    import zarr
+
+    return zarr.open_array(str(path), mode="r")
 
 
 def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key: str | None, level: int | None,

@@ -44,10 +44,12 @@ class OutputTarget:
     def nested(self) -> bool:
         return self.image is not None
 
-    def register(self) -> None:
-        """Add the finished label image to the input image's `labels` list (no-op for a new output)."""
+    def register(self, extra: tuple[str, ...] = ()) -> None:
+        """Add the finished label image (and `extra` ones beside it: instance label images) to the input
+        image's `labels` list (no-op for a new output)."""
         if self.image is not None:
-            register_label(self.image, self.name, self.version, _lock_beside(self.image, "labels"))
+            for name in (self.name, *extra):
+                register_label(self.image, name, self.version, _lock_beside(self.image, "labels"))
 
 
 def plan_target(source: Any, volume: Any, output: str | Path | None, options: SegmentOptions,

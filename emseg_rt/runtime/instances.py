@@ -1,0 +1,295 @@
+"""Instances from the semantic labels: `segment --instances CLASS[,CLASS]`, a stage every model family gets.
+
+Each requested class's mask (s0 == the class's label value) is split into connected components, face
+connectivity (6-neighbour in 3D), exactly as `scipy.ndimage.label` would split the whole volume, but one
+write block at a time (planes b0..b1-1 along the segmenting axis), so only one block and the equivalence
+table are ever in memory:
+
+1. provisional pass, per block k: `ndimage.label` of the block's mask gives local IDs 1..n_k (in scan order
+   of first appearance, planes first); global provisional ID = offset_k + local, offset_k = n_0+..+n_(k-1).
+   Where a foreground voxel of block k-1's last plane faces one of block k's first plane (same in-plane
+   position), their two components are one: the pass records those (local k-1, local k) pairs and n_k.
+2. equivalence table: union-find over the provisional IDs joined by the recorded pairs; every set gets the
+   final ID of the rank of its smallest provisional ID. Provisional IDs are ordered by first appearance in
+   scan order, so final IDs are 1..N in order of first appearance: the result equals the whole-volume
+   `ndimage.label` relabelled by first appearance (`relabel_by_first_appearance`), voxel for voxel.
+3. relabel pass, per block: label the block again (deterministic: the same local IDs), map each local ID
+   through the table, write uint32.
+
+No density head exists in the runtime yet, so there is no marker watershed: components only.
+
+Resumability (`InstanceStage`): per class, the provisional pass saves one small file per block
+(`.emseg-rt/instances-<hash>/<class>/block-<k>.npz`, written atomically: it is that block's marker), the
+table is one atomic `table.npz`, the relabel pass has a done-marker array (one uint8 per block) and the
+pyramid one marker. The instance label image's root says `"status": "incomplete"` until all of it is
+written, and the run's root is marked complete only after every class's instance stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from scipy import ndimage
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.io.label_writer import LabelImageSpec, create_array, create_label_image, write_lower_levels
+
+INSTANCE_SUFFIX = "_instances"
+MAX_ID = np.iinfo(np.uint32).max
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def label_block(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of one block's boolean mask (N, H, W), face connectivity → (local IDs int32
+    1..n in scan order of first appearance, 0 background; n)."""
+    ids, count = ndimage.label(np.asarray(mask, dtype=bool))
+    return ids.astype(np.int32, copy=False), int(count)
+
+
+def boundary_pairs(last_plane: np.ndarray, first_plane: np.ndarray) -> np.ndarray:
+    """The (id in `last_plane`, id in `first_plane`) pairs of components that touch across a block boundary:
+    both foreground at the same in-plane position (face connectivity). (P, 2) int64, unique, sorted."""
+    both = (last_plane > 0) & (first_plane > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    pairs = np.stack([last_plane[both].astype(np.int64), first_plane[both].astype(np.int64)], axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def equivalence_table(counts: Sequence[int], pairs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Final IDs for provisional ones. counts[k]: block k's local IDs 1..counts[k]; pairs[k]: (P, 2) local-ID
+    pairs (block k-1, block k) that are one component (pairs[0] is empty).
+
+    Returns (offsets, table): provisional ID of local id j in block k = offsets[k] + j; table[provisional] =
+    final uint32 ID (table[0] = 0), consecutive 1..N in order of the smallest provisional ID of each set."""
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    total = int(counts.sum())
+    parent = np.arange(total + 1, dtype=np.int64)
+
+    def find(x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for k, block_pairs in enumerate(pairs):
+        if k == 0 or len(block_pairs) == 0:
+            continue
+        for a, b in np.asarray(block_pairs, dtype=np.int64):
+            ra, rb = find(int(offsets[k - 1] + a)), find(int(offsets[k] + b))
+            if ra != rb:  # keep the smaller ID as root: a set's root is its first appearance
+                parent[max(ra, rb)] = min(ra, rb)
+    roots = parent
+    while True:  # pointer jumping: every ID to its set's root, vectorised
+        jumped = roots[roots]
+        if np.array_equal(jumped, roots):
+            break
+        roots = jumped
+    is_root = roots == np.arange(total + 1)
+    is_root[0] = False
+    final_of_root = np.cumsum(is_root)  # the rank of each root among roots, in ID order
+    if int(final_of_root[-1]) > MAX_ID:
+        raise EmsegError(f"{int(final_of_root[-1])} instances do not fit uint32 IDs")
+    table = final_of_root[roots].astype(np.uint32)
+    table[0] = 0
+    return offsets, table
+
+
+def relabel_block(local_ids: np.ndarray, offset: int, table: np.ndarray) -> np.ndarray:
+    """Final uint32 IDs of one block from its local IDs (0 stays 0)."""
+    provisional = np.where(local_ids > 0, local_ids.astype(np.int64) + offset, 0)
+    return table[provisional]
+
+
+def relabel_by_first_appearance(ids: np.ndarray) -> np.ndarray:
+    """`ids` with nonzero IDs renumbered 1..N in order of first appearance in C (scan) order → uint32."""
+    flat = ids.ravel()
+    values, first = np.unique(flat, return_index=True)
+    keep = values != 0
+    values, first = values[keep], first[keep]
+    order = values[np.argsort(first, kind="stable")]
+    lookup = np.zeros(int(flat.max(initial=0)) + 1, np.uint32)
+    lookup[order] = np.arange(1, len(order) + 1, dtype=np.uint32)
+    return lookup[ids]
+
+
+def blockwise_instances(mask: np.ndarray, block: int) -> np.ndarray:
+    """Instances of a (Z, Y, X) mask computed as the runtime does, blocks of `block` planes along axis 0 (one
+    block in memory at a time, besides the in-memory input and result of this reference form)."""
+    bounds = [(b, min(b + block, mask.shape[0])) for b in range(0, mask.shape[0], block)]
+    counts, pairs, last = [], [], None
+    for b0, b1 in bounds:  # provisional pass
+        ids, n = label_block(mask[b0:b1])
+        pairs.append(boundary_pairs(last, ids[0]) if last is not None else np.zeros((0, 2), np.int64))
+        counts.append(n)
+        last = ids[-1]
+    offsets, table = equivalence_table(counts, pairs)
+    out = np.zeros(mask.shape, np.uint32)
+    for k, (b0, b1) in enumerate(bounds):  # relabel pass
+        out[b0:b1] = relabel_block(label_block(mask[b0:b1])[0], int(offsets[k]), table)
+    return out
+
+
+# ---------------------------------------------------------------- the runtime stage
+
+
+def parse_instance_classes(value: str | Iterable[str] | None, classes: Sequence[str]) -> tuple[str, ...]:
+    """`--instances a,b` (or a sequence) → class names, checked against the model's classes (one-line
+    EmsegError naming them); () for None or empty."""
+    if value is None:
+        return ()
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    names = list(dict.fromkeys(n for n in names if n))
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise EmsegError(f"--instances: unknown class {', '.join(map(repr, unknown))}; the model's classes are "
+                         f"{', '.join(classes)}")
+    return tuple(names)
+
+
+def instance_label_name(class_name: str) -> str:
+    return f"{class_name}{INSTANCE_SUFFIX}"
+
+
+@dataclass
+class InstanceStage:
+    """The instance stage of one run for one class; every pass skips what its markers say is done.
+
+    semantic:  the run's s0 label array (read only); value: the class's label value in it.
+    image:     where the instance label image goes; spec: its LabelImageSpec (uint32, the run's levels).
+    state:     this class's run-state group (`.emseg-rt/instances-<hash>-<class>`), all zarr so that
+               readers walk the output without warnings: `provisional`, `relabelled` (one uint8 marker per
+               block), `counts` and `pairs-<k>` (the provisional pass's results), `offsets` and `table`
+               with their marker `table-done`, and `pyramid` (one marker).
+    blocks:    (index, first plane, end plane) write blocks; axis_index: the segmenting axis.
+    """
+
+    class_name: str
+    value: int
+    semantic: Any
+    image: Path
+    spec: LabelImageSpec
+    state: Path
+    blocks: Sequence[tuple[int, int, int]]
+    axis_index: int
+    source_image: str | None
+    run_hash: str
+
+    def _region(self, b0: int, b1: int) -> tuple[slice, ...]:
+        return tuple(slice(b0, b1) if i == self.axis_index else slice(None) for i in range(3))
+
+    def _local_ids(self, b0: int, b1: int) -> tuple[np.ndarray, int]:
+        labels = np.moveaxis(np.asarray(self.semantic[self._region(b0, b1)]), self.axis_index, 0)
+        return label_block(labels == self.value)
+
+    def _group(self) -> Any:
+        return zarr.open_group(str(self.state), mode="r+")
+
+    def _new_array(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
+        return create_array(self._group(), name, shape, dtype, chunks, None, self.spec.zarr_format,
+                            overwrite=True)
+
+    def _done(self, name: str) -> set[int]:
+        from emseg_rt.runtime.output import marker_indices
+
+        return marker_indices(self.state / name)
+
+    def _attrs(self, status: str) -> dict:
+        return {"status": status, "instances_of": self.class_name, "connectivity": "face",
+                "method": "connected components", "config_hash": self.run_hash}
+
+    # -- passes
+    def open(self) -> None:
+        """Create the state group and the (incomplete) instance label image, unless a resumed run made them."""
+        if (self.state / "pyramid").is_dir():
+            return  # everything below was created by an earlier run of this configuration
+        zarr.open_group(str(self.state), mode="a", zarr_format=self.spec.zarr_format)
+        create_label_image(self.image, self.spec, source_image=self.source_image,
+                           extra_attributes={"emseg_rt": self._attrs("incomplete")})
+        blocks = max(len(self.blocks), 1)
+        self._new_array("counts", (blocks,), np.int64, (1,))
+        for name, length in (("provisional", blocks), ("relabelled", blocks), ("table-done", 1), ("pyramid", 1)):
+            create_array(self._group(), name, (length,), np.uint8, (1,), None, self.spec.zarr_format,
+                         overwrite=True, compressors=None)  # "pyramid" last: its presence says all exist
+
+    def provisional_pass(self) -> None:
+        done = self._done("provisional")
+        group = self._group()
+        counts, markers = group["counts"], group["provisional"]
+        previous_last = None
+        for index, b0, b1 in self.blocks:
+            if index in done:
+                previous_last = None
+                continue
+            ids, count = self._local_ids(b0, b1)
+            if index > 0 and previous_last is None:  # resumed here: label the previous block again
+                _, p0, p1 = self.blocks[index - 1]
+                previous_last = self._local_ids(p0, p1)[0][-1]
+            pairs = boundary_pairs(previous_last, ids[0]) if index > 0 else np.zeros((0, 2), np.int64)
+            self._new_array(f"pairs-{index}", pairs.shape, np.int64, (max(len(pairs), 1), 2))[...] = pairs
+            counts[index] = count
+            markers[index] = 1  # after the block's results: a marker means they are complete
+            previous_last = ids[-1]
+
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        group = self._group()
+        if self._done("table-done"):
+            return np.asarray(group["offsets"][...]), np.asarray(group["table"][...])
+        counts = np.asarray(group["counts"][: len(self.blocks)])
+        pairs = [np.asarray(group[f"pairs-{index}"][...]) for index, _, _ in self.blocks]
+        offsets, table = equivalence_table(counts, pairs)
+        self._new_array("offsets", offsets.shape, np.int64, (max(len(offsets), 1),))[...] = offsets
+        self._new_array("table", table.shape, np.uint32, (min(len(table), 2**20),))[...] = table
+        group["table-done"][0] = 1  # after both arrays are completely written
+        return offsets, table
+
+    def relabel_pass(self, offsets: np.ndarray, table: np.ndarray) -> None:
+        target = zarr.open_array(str(self.image / self.spec.levels[0].path), mode="r+")
+        markers, done = self._group()["relabelled"], self._done("relabelled")
+        for index, b0, b1 in self.blocks:
+            if index in done:
+                continue
+            ids = relabel_block(self._local_ids(b0, b1)[0], int(offsets[index]), table)
+            target[self._region(b0, b1)] = np.moveaxis(ids, 0, self.axis_index)
+            markers[index] = 1
+
+    def finish(self) -> None:
+        if not self._done("pyramid"):
+            write_lower_levels(self.image, self.spec, range(1, len(self.spec.levels)))
+            self._group()["pyramid"][0] = 1
+        group = zarr.open_group(str(self.image), mode="r+")
+        group.attrs.update({"emseg_rt": self._attrs("complete")})
+
+    def run(self) -> int:
+        """Every pass that is not done yet; returns the number of instances."""
+        self.open()
+        self.provisional_pass()
+        offsets, table = self.table()
+        self.relabel_pass(offsets, table)
+        self.finish()
+        return int(table.max(initial=0))
+
+
+def instance_stages(classes: Sequence[str], all_classes: Sequence[str], semantic: Any, root: Path,
+                    image_parent: Path, spec_of: Callable[[str], LabelImageSpec], blocks: Sequence[tuple[int, int, int]],
+                    axis_index: int, state_dir: Path, run_hash: str, source_image: str | None
+                    ) -> list[InstanceStage]:
+    """One InstanceStage per requested class (the run's wiring, `runtime.segment`)."""
+    stages = []
+    for name in classes:
+        stages.append(InstanceStage(
+            class_name=name, value=list(all_classes).index(name) + 1, semantic=semantic,
+            image=image_parent / instance_label_name(name), spec=spec_of(name),
+            state=state_dir / f"instances-{run_hash[:16]}-{name}", blocks=blocks, axis_index=axis_index,
+            source_image=source_image, run_hash=run_hash))
+    return stages

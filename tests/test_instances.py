@@ -1,0 +1,205 @@
+"""`segment --instances`: connected components block by block (`runtime.instances`) equal the whole-volume
+`ndimage.label`, IDs stay unique and consistent across block boundaries and resumed runs, and the instance
+label images validate as OME-Zarr."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from cli_helpers import assert_one_line, run_cli
+from ome_zarr_models import open_ome_zarr
+from ome_zarr_models.v05 import ImageLabel as ImageLabel05
+from scipy import ndimage
+
+from emseg_rt.errors import EmsegError
+from emseg_rt.io import write_ome_image
+from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime.instances import (
+    blockwise_instances,
+    boundary_pairs,
+    equivalence_table,
+    label_block,
+    relabel_by_first_appearance,
+)
+from emseg_rt.runtime.output import marker_indices
+
+MODEL = "scsam-tiny"
+
+
+@pytest.fixture(scope="module")
+def engine(one_torch_thread):
+    return load_backend(MODEL, "torch")
+
+
+def reference(mask: np.ndarray) -> np.ndarray:
+    """Whole-volume connected components (3D, face connectivity), IDs by first appearance in scan order."""
+    return relabel_by_first_appearance(ndimage.label(mask)[0])
+
+
+def random_blobs(seed: int, shape=(13, 24, 20)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ndimage.binary_opening(ndimage.gaussian_filter(rng.random(shape), 1.0) > 0.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 8, 13, 40])
+def test_blockwise_components_equal_whole_volume_label(seed, block):
+    mask = random_blobs(seed) if seed % 2 else np.random.default_rng(seed).random((9, 10, 11)) > 0.55
+    expected = reference(mask)
+    assert expected.max() > 1
+    np.testing.assert_array_equal(blockwise_instances(mask, block), expected)
+
+
+def test_a_u_shape_joined_only_in_a_later_block_is_one_instance():
+    mask = np.zeros((6, 5, 7), bool)
+    mask[0:5, 2, 1] = True  # left arm, planes 0..4
+    mask[0:5, 2, 5] = True  # right arm, planes 0..4
+    mask[5, 2, 1:6] = True  # the bottom joins them in plane 5 only
+    mask[0, 4, 3] = True  # a separate dot, after the U in scan order
+    for block in (1, 2, 4):
+        ids = blockwise_instances(mask, block)
+        assert ids[0, 2, 1] == ids[0, 2, 5] == ids[5, 2, 3] == 1 and ids[0, 4, 3] == 2
+        np.testing.assert_array_equal(ids, reference(mask))
+
+
+def test_ids_are_unique_and_consistent_across_a_block_boundary():
+    mask = np.zeros((4, 6, 6), bool)
+    mask[0:4, 1, 1] = True  # crosses the boundary between planes 1 and 2
+    mask[0:2, 4, 4] = True  # ends at the boundary
+    mask[2:4, 4, 3] = True  # starts after it, diagonal to the one above: not face-connected
+    ids = blockwise_instances(mask, 2)
+    assert len({int(v) for v in ids[:, 1, 1]}) == 1  # one ID on both sides of the boundary
+    assert len({int(ids[0, 1, 1]), int(ids[0, 4, 4]), int(ids[2, 4, 3])}) == 3  # distinct objects stay apart
+    assert sorted(np.unique(ids[ids > 0]).tolist()) == [1, 2, 3]  # consecutive, no gaps from provisional IDs
+
+
+def test_pure_steps():
+    first, n1 = label_block(np.array([[[1, 0, 1]]], bool))
+    second, n2 = label_block(np.array([[[1, 1, 1]]], bool))
+    pairs = boundary_pairs(first[-1], second[0])
+    assert (n1, n2) == (2, 1) and pairs.tolist() == [[1, 1], [2, 1]]
+    offsets, table = equivalence_table([n1, n2], [np.zeros((0, 2)), pairs])
+    assert offsets.tolist() == [0, 2] and table.tolist() == [0, 1, 1, 1] and table.dtype == np.uint32
+    offsets, table = equivalence_table([0, 0], [np.zeros((0, 2)), np.zeros((0, 2))])
+    assert table.tolist() == [0]
+
+
+def digest(path: Path) -> str:
+    """Hash of the instance label image's files (metadata and chunks)."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(path)).encode() + file.read_bytes())
+    return h.hexdigest()
+
+
+def phantom(tmp_path: Path) -> Path:
+    from emseg_rt.data.phantom import generate_phantom, write_phantom
+
+    return write_phantom(tmp_path / "cell.zarr", generate_phantom((5, 64, 64), seed=3))
+
+
+def test_segment_writes_instance_label_images_equal_to_whole_volume_components(tmp_path, engine):
+    cell = phantom(tmp_path)
+    out = tmp_path / "out.zarr"
+    classes = ("mitochondria", "granules")
+    report = segment_volume(cell, out, backend=engine, block=2, levels=2, instances=classes)
+    assert report.complete and set(report.instances) == set(classes)
+    semantic = zarr.open_array(str(out / "s0"), mode="r")[...]
+    for name in classes:
+        group = zarr.open_group(str(out / f"{name}_instances"), mode="r")
+        assert isinstance(open_ome_zarr(group), ImageLabel05)
+        ome = dict(group.attrs)["ome"]
+        assert ome["image-label"] == {} and dict(group.attrs)["emseg_rt"]["status"] == "complete"
+        ids = group["s0"][...]
+        assert ids.dtype == np.uint32 and group["s0"].chunks[0] == 2
+        expected = reference(semantic == engine.spec.classes.index(name) + 1)
+        np.testing.assert_array_equal(ids, expected)
+        assert report.instances[name] == int(expected.max()) > 0
+        np.testing.assert_array_equal(group["s1"][...], ids[:, ::2, ::2])
+    assert not (out / "nucleus_instances").exists()
+    record = json.loads((out / ".emseg-rt" / "zarr.json").read_text())["attributes"]["emseg_rt_run"]
+    assert record["config"]["instances"]["classes"] == list(classes)
+    with pytest.raises(EmsegError, match="different configuration"):  # other --instances: another run
+        segment_volume(cell, out, backend=engine, block=2, levels=2, instances=("granules",), resume=True)
+
+
+def test_a_crash_in_the_relabel_pass_is_resumed_to_identical_bytes(tmp_path, engine, monkeypatch):
+    cell = phantom(tmp_path)
+    segment_volume(cell, tmp_path / "ref.zarr", backend=engine, block=2, instances="mitochondria")
+    from emseg_rt.runtime import instances as stage_module
+
+    real_relabel, calls = stage_module.relabel_block, []
+
+    def killed_at_the_second_block(*args):
+        calls.append(1)
+        if len(calls) == 2:  # block 0 written and marked, block 1 not
+            raise RuntimeError("killed in the relabel pass")
+        return real_relabel(*args)
+
+    monkeypatch.setattr(stage_module, "relabel_block", killed_at_the_second_block)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError, match="relabel pass"):
+        segment_volume(cell, out, backend=engine, block=2, instances="mitochondria")
+    root = dict(zarr.open_group(str(out), mode="r").attrs)
+    assert root["emseg_rt"]["status"] == "incomplete"
+    assert dict(zarr.open_group(str(out / "mitochondria_instances"), mode="r").attrs)["emseg_rt"]["status"] \
+        == "incomplete"
+    assert len(marker_indices(next((out / ".emseg-rt").glob("instances-*")) / "relabelled")) == 1
+    monkeypatch.setattr(stage_module, "relabel_block", real_relabel)
+    report = segment_volume(cell, out, backend=engine, block=2, instances="mitochondria", resume=True)
+    assert report.complete and report.blocks_computed == 0
+    assert digest(out / "mitochondria_instances") == digest(tmp_path / "ref.zarr" / "mitochondria_instances")
+
+
+def test_into_input_registers_the_instance_label_image(tmp_path, engine):
+    data = np.random.default_rng(5).integers(0, 256, (3, 64, 64), np.uint8)
+    src = write_ome_image(tmp_path / "in.zarr", data, levels=2)
+    report = segment_volume(src, None, into_input=True, backend=engine, block=2, instances=("granules",))
+    assert report.complete
+    labels = zarr.open_group(str(src / "labels"), mode="r")
+    assert dict(labels.attrs)["ome"]["labels"] == ["organelles", "granules_instances"]
+    group = labels["granules_instances"]
+    assert isinstance(open_ome_zarr(group), ImageLabel05)
+    assert dict(group.attrs)["ome"]["image-label"]["source"] == {"image": "../../"}
+    semantic = labels["organelles"]["s0"][...]
+    np.testing.assert_array_equal(group["s0"][...], reference(semantic == 3))
+
+
+def test_unknown_instance_class_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    data = np.random.default_rng(6).integers(0, 256, (2, 32, 32), np.uint8)
+    src = write_ome_image(tmp_path / "in.zarr", data)
+    line = assert_one_line(run_cli(monkeypatch, capsys, "segment", src, "--out", tmp_path / "o.zarr", "--model",
+                                   MODEL, "--backend", "torch", "--instances", "mitochondria,nosuch", "-q"),
+                           "--instances", "'nosuch'", "mitochondria, granules")
+    assert "nucleus" in line
+    assert not (tmp_path / "o.zarr").exists() or not any((tmp_path / "o.zarr").iterdir())
+
+
+def test_eval_uses_the_instance_label_images_and_says_so(tmp_path, engine, monkeypatch, capsys):
+    from emseg_rt.io.label_images import open_label_image
+    from emseg_rt.metrics import evaluate_labels
+
+    cell = phantom(tmp_path)
+    out = tmp_path / "seg.zarr"
+    segment_volume(cell, out, backend=engine, block=2, instances=("mitochondria",))
+    code, stdout, _ = run_cli(monkeypatch, capsys, "eval", out, cell, "--json")
+    assert code == 0
+    scores = json.loads(stdout)
+    assert scores["instance_source"] == {"nucleus": "connected components", "mitochondria": "instance label image",
+                                         "granules": "connected components"}
+    pred, truth = open_label_image(out, role="prediction"), open_label_image(cell, role="truth")
+    plain = evaluate_labels(pred.read(), truth.read(), pred.class_names, truth.class_names)
+    # the instance image holds exactly the components of the mask, so the scores agree
+    assert scores["pq"]["mitochondria"] == pytest.approx(plain.pq["mitochondria"], nan_ok=True)
+    assert scores["aji"]["mitochondria"] == pytest.approx(plain.aji["mitochondria"], nan_ok=True)
+    # the instance image is what is scored: the ground truth's own mitochondria as instances score 1
+    value = {n: v for v, n in truth.class_names.items()}["mitochondria"]
+    zarr.open_array(str(out / "mitochondria_instances" / "s0"), mode="r+")[...] = ndimage.label(
+        truth.read() == value)[0].astype(np.uint32)
+    code, stdout, _ = run_cli(monkeypatch, capsys, "eval", out, cell, "--json")
+    assert json.loads(stdout)["pq"]["mitochondria"] == json.loads(stdout)["aji"]["mitochondria"] == 1.0
