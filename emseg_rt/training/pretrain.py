@@ -31,7 +31,14 @@ from torch import nn
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.masked_pretrain import MaskedPretrainer
-from emseg_rt.training.trainer import STATE_SUFFIX, atomic_save, check_writable, read_resume_state
+from emseg_rt.training.trainer import (
+    STATE_SUFFIX,
+    atomic_save,
+    check_same_run,
+    check_writable,
+    read_resume_state,
+    restore_error,
+)
 
 STATE_FORMAT = "emseg-rt pretrain state 1"
 CROP_MARGIN = 1.25  # ours: the random crop takes the FOV out of a window 1.25× its side (where the plane allows)
@@ -187,19 +194,6 @@ def load_pretrain_state(state_path: Path) -> dict:
     return state
 
 
-def _check_same_run(state: dict, model: str, data: str, settings: dict[str, Any], state_path: Path) -> None:
-    if state["model"] != model:
-        raise EmsegError(f"--resume: {state_path} belongs to model {state['model']}, not {model}; start a new --out")
-    if state["data"] != data:
-        raise EmsegError(f"--resume: {state_path} was trained on other --data volumes; pass the same ones or "
-                         "start a new --out")
-    changed = [f"{k} {state['settings'].get(k)!r} → {v!r}" for k, v in settings.items()
-               if state["settings"].get(k) != v]
-    if changed:
-        raise EmsegError(f"--resume: {state_path} was written with other settings ({'; '.join(changed)}); "
-                         "resume with the same ones (the schedule spans --epochs; --stop-after ends early)")
-
-
 def _restore(state: dict, pretrainer: nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
              generator: torch.Generator, state_path: Path) -> None:
     try:
@@ -209,8 +203,7 @@ def _restore(state: dict, pretrainer: nn.Module, optimizer: torch.optim.Optimize
         generator.set_state(state["torch_rng"])
         torch.set_rng_state(state["torch_global_rng"])
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EmsegError(f"--resume: {state_path} does not fit this model ({detail[:200]}); start a new --out") from None
+        raise restore_error(exc, state_path, "this model") from None
 
 
 def _check_out(out: Path, state_path: Path, resume: bool) -> None:
@@ -310,7 +303,8 @@ def pretrain(
                    "config": hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True,
                                                        default=str).encode()).hexdigest()}
     if state is not None:
-        _check_same_run(state, config.name, data, fingerprint, state_path)
+        check_same_run(state, config.name, data, fingerprint, state_path,
+                       "the schedule spans --epochs; --stop-after ends early")
 
     student = pipeline.encoders["fov_encoder"].requires_grad_(True)  # a pipeline used for inference had it off
     device = next(student.parameters()).device

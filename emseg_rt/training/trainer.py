@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,6 +120,27 @@ def read_resume_state(state_path: Path, keys: dict[str, type], command: str) -> 
     return state
 
 
+def check_same_run(state: dict, model: str, data: str, settings: dict[str, Any], state_path: Path,
+                   hint: str = "--stop-after ends a run early") -> None:
+    """Refuse a `--resume` whose model, data or any setting differs from the state's, naming what differs."""
+    if state["model"] != model:
+        raise EmsegError(f"--resume: {state_path} belongs to model {state['model']}, not {model}; start a new --out")
+    if state["data"] != data:
+        raise EmsegError(f"--resume: {state_path} was trained on other --data volumes; pass the same ones or "
+                         "start a new --out")
+    changed = [f"{k} {state['settings'].get(k)!r} → {v!r}" for k, v in settings.items()
+               if state["settings"].get(k) != v]
+    if changed:
+        raise EmsegError(f"--resume: {state_path} was written with other settings ({'; '.join(changed)}); resume "
+                         f"with the same ones ({hint})")
+
+
+def restore_error(exc: BaseException, state_path: Path, what: str) -> EmsegError:
+    """The one-line error for a state whose tensors do not load into `what` (another size, a damaged file)."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return EmsegError(f"--resume: {state_path} does not fit {what} ({detail[:200]}); start a new --out")
+
+
 def load_training_state(state_path: Path) -> dict:
     """The head trainer's `--resume` state (`read_resume_state` with its keys)."""
     return read_resume_state(state_path, STATE_KEYS, "emseg-rt train")
@@ -209,9 +231,7 @@ def train_head(
             rng.bit_generator.state = state["rng"]
             torch.set_rng_state(state["torch_rng"])
         except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EmsegError(f"--resume: {state_path} does not fit {model.config.name}'s head ({detail[:200]}); "
-                             "start a new --out") from None
+            raise restore_error(exc, state_path, f"{model.config.name}'s head") from None
         start_step, losses = state["step"], list(state["losses"])
 
     def save(step: int) -> None:
