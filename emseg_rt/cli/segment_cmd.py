@@ -52,9 +52,14 @@ def segment_command(
                                        "one-thread worker processes here) or a scheduler address (tcp://host:8786)."),
     allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read input chunks that were "
                                               "never written as the array's fill value instead of refusing."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Point prompts for prompt-das-* models: a CSV "
-                                           "z,y,x[,label] (label 1 positive, 0 negative; default 1) or a zarr "
-                                           "array (N, 3|4), in voxel coordinates of the input."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Point prompts for prompt-das-* models: a CSV "
+                                          "z,y,x[,label] (label 1 positive, 0 negative; default 1) or a zarr "
+                                          "array (N, 3|4), in voxel coordinates of the input; or 'auto': the "
+                                          "model's own density peaks, per slab (a prompt-free pass, then a "
+                                          "prompted one)."),
+    peak_threshold: Optional[float] = typer.Option(None, "--peak-threshold", help="--prompts auto: density "
+                                                   "peaks at or above this become prompts (default 0.49 = 125/255, "
+                                                   "the Prompt-DAS code's; density is 1 at a trained centre)."),
     tta: bool = typer.Option(False, "--tta", help="Rotation test-time augmentation: each tile run at 0/90/180/270 "
                              "degrees, logits averaged (4x the compute)."),
     instances: Optional[str] = typer.Option(None, "--instances", help="Also write instances of these classes "
@@ -71,8 +76,9 @@ def segment_command(
         key=key, level=level, label_name=label_name, levels=levels, into_input=into_input, window=window,
         progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
-        allow_missing_chunks=allow_missing_chunks, dask=dask, prompts=prompts, tta=tta,
-        instances=instances,
+        allow_missing_chunks=allow_missing_chunks, dask=dask,
+        prompts=None if prompts is None else (prompts if prompts == "auto" else Path(prompts)), tta=tta,
+        instances=instances, peak_threshold=peak_threshold,
     )
     if not quiet:
         typer.echo(

@@ -18,7 +18,7 @@ from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.options import SegmentOptions
 from emseg_rt.runtime.prompts import PointSet, load_points, slab_prompts
-from emseg_rt.runtime.slab import segment_slab
+from emseg_rt.runtime.slab import segment_slab, segment_slab_auto
 from emseg_rt.runtime.tiling import plan_tiles
 
 
@@ -41,25 +41,28 @@ def segment_labels(
     say: Callable[[str], None] | None = None,
     prompts: str | Path | PointSet | None = None,
     tta: bool = False,
+    peak_threshold: float | None = None,
 ) -> np.ndarray:
     """Segment a 3D volume and return its labels (Z, Y, X) uint8 (uint16 past 255 classes), 0 = background.
 
     input: a numpy / dask / zarr array (Z, Y, X), or any path or URL `segment_volume` reads. The other
-    arguments (`prompts`, `tta` included) mean what they mean for `segment_volume`. Holds the whole label
+    arguments (`prompts` with "auto", `tta`, `peak_threshold` included) mean what they mean for `segment_volume`. Holds the whole label
     volume in memory.
     """
     from emseg_rt.runtime.loader import load_backend
-    from emseg_rt.runtime.segment import _check_backend, open_input, read_slab, region_of
+    from emseg_rt.runtime.segment import _check_backend, _peak_threshold, open_input, read_slab, region_of
 
     options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, tta=tta).validate()
-    points = None if prompts is None else load_points(prompts)
+    auto = isinstance(prompts, str) and prompts == "auto"
+    points = None if prompts is None or auto else load_points(prompts)
+    auto_threshold = _peak_threshold(auto, peak_threshold)
     source = input if is_array(input) or is_url(input) else Path(input)
     volume, where = open_input(source, key, level)
     norm = dataset_normalisation(volume.array, where, window=parse_window(window) if window else None)
     owns = isinstance(backend, str)
     engine = load_backend(model, backend, device, precision, checkpoints, say=say) if owns else backend
     try:
-        max_points = _check_backend(engine, options, points)
+        max_points = _check_backend(engine, options, points, auto=auto_threshold is not None)
         axis_index = options.axis_index(volume.axes)
         shape = volume.shape
         plan = plan_tiles(tuple(s for i, s in enumerate(shape) if i != axis_index), engine.spec.tile,
@@ -68,9 +71,17 @@ def segment_labels(
         for start in range(0, shape[axis_index], options.block):
             stop = min(start + options.block, shape[axis_index])
             slab = read_slab(volume.array, start, stop, axis_index, options.axis, norm, where)
-            extra = None if max_points is None else slab_prompts(points, start, stop, axis_index, plan, max_points)
-            labels, _, _ = segment_slab(engine, slab, plan, batch=options.batch, blend=options.blend,
-                                        probabilities=False, label_type=out.dtype, prompts=extra, tta=options.tta)
+            if auto_threshold is not None:
+                labels, _, _, _ = segment_slab_auto(engine, slab, plan, start=start, axis=axis_index,
+                                                    max_points=max_points, peak_threshold=auto_threshold,
+                                                    batch=options.batch, blend=options.blend, probabilities=False,
+                                                    label_type=out.dtype, tta=options.tta)
+            else:
+                extra = None if max_points is None else slab_prompts(points, start, stop, axis_index, plan,
+                                                                     max_points)
+                labels, _, _ = segment_slab(engine, slab, plan, batch=options.batch, blend=options.blend,
+                                            probabilities=False, label_type=out.dtype, prompts=extra,
+                                            tta=options.tta)
             out[region_of(start, stop, axis_index)] = np.moveaxis(labels, 0, axis_index)
         return out
     finally:

@@ -12,6 +12,11 @@ A point belongs to the plane its coordinate along the slicing axis rounds to (ha
 are padding (coordinates 0, label −1); a tile with no point is all padding, Prompt-DAS's prompt-free mode.
 A tile holding more than P points keeps the P nearest its centre (`counts` says how many were dropped).
 
+`--prompts auto` (Prompt-DAS's detection-to-segmentation loop): the model's centre-point density, blended
+per plane, gives its local maxima above a threshold (`peak_points`: max-pool NMS, kernel 5, as the
+Prompt-DAS code) as positive points of that plane (`peaks_to_points`), which then go through
+`window_prompts` like given points.
+
 Rotation test-time augmentation turns tiles with `np.rot90` (k quarter turns counter-clockwise on the
 (T, T) axes) and their points with `rotate_points`: one turn maps pixel (x, y) to (y, T − 1 − x).
 """
@@ -33,6 +38,10 @@ from emseg_rt.runtime.tiling import TilePlan
 POINT_PROMPTS = ("point_coords", "point_labels")  # a window-prompted model's inputs (Prompt-DAS)
 AXES = ("z", "y", "x")
 COLUMNS = ("z", "y", "x", "label")
+# Prompt-DAS code (util/point_prompt.py): heatmap >= 125 of 255, nms(kernel=5). Our density head is trained
+# on peak-normalised targets (1 at a centre), so the code's 125/255 is 0.49 on our scale.
+PEAK_THRESHOLD = 125 / 255
+NMS_KERNEL = 5
 
 
 @dataclass(frozen=True)
@@ -269,3 +278,45 @@ def points_per_window(engine: Any) -> int | None:
         if shape is not None and len(shape) == 2 and isinstance(shape[1], int):
             return int(shape[1])
     return None
+
+
+def peak_points(density: Any, threshold: float, kernel: int = NMS_KERNEL) -> list[np.ndarray]:
+    """Local maxima of densities (non-maximum suppression by max-pooling, the Prompt-DAS code's `nms`): pixels
+    equal to the maximum of their kernel×kernel neighbourhood, ≥ threshold and > 0.
+
+    density:  (B, 1, T, T) float, a torch tensor (any device) or a numpy array.
+    returns   per window a (K, 2) float32 array of pixel (x, y), strongest first (ties in raster order).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(density, np.ndarray):
+        density = torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))
+    pooled = F.max_pool2d(density, kernel, stride=1, padding=kernel // 2)
+    keep = (density == pooled) & (density >= threshold) & (density > 0)
+    points = []
+    for window, kept in zip(density[:, 0], keep[:, 0]):
+        ys, xs = torch.nonzero(kept, as_tuple=True)
+        order = torch.argsort(window[ys, xs], descending=True, stable=True)
+        points.append(torch.stack([xs[order], ys[order]], dim=1).cpu().numpy().astype(np.float32))
+    return points
+
+
+def peaks_to_points(density: np.ndarray, start: int, axis: str | int, threshold: float,
+                    kernel: int = NMS_KERNEL) -> PointSet:
+    """Positive point prompts at the density peaks of planes start, start+1, ... along `axis`.
+
+    density: (N, H, W) float, plane n's rows and columns the volume's other two axes in order.
+    returns  a PointSet in voxel coordinates (z, y, x) of the volume, label 1, each plane's strongest first.
+    """
+    ai = _axis_index(axis)
+    row_axis, col_axis = (i for i in range(3) if i != ai)
+    found = peak_points(np.asarray(density, np.float32)[:, None], threshold, kernel)
+    parts = []
+    for n, xy in enumerate(found):
+        part = np.zeros((len(xy), 3), np.float64)
+        part[:, ai] = start + n
+        part[:, row_axis], part[:, col_axis] = xy[:, 1], xy[:, 0]
+        parts.append(part)
+    points = np.concatenate(parts) if parts else np.zeros((0, 3), np.float64)
+    return PointSet(points, np.ones(len(points), np.int64), source="--prompts auto")

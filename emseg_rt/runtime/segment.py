@@ -37,9 +37,17 @@ from emseg_rt.runtime.normalise import (
 )
 from emseg_rt.runtime.options import AXES, DEFAULT_LABEL_NAME, SegmentOptions
 from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
-from emseg_rt.runtime.prompts import PointSet, load_points, plane_of, points_per_window, slab_prompts
+from emseg_rt.runtime.prompts import (
+    NMS_KERNEL,
+    PEAK_THRESHOLD,
+    PointSet,
+    load_points,
+    plane_of,
+    points_per_window,
+    slab_prompts,
+)
 from emseg_rt.runtime.report import ProgressLog, SegmentReport, progress_bar
-from emseg_rt.runtime.slab import segment_slab
+from emseg_rt.runtime.slab import segment_slab, segment_slab_auto
 from emseg_rt.runtime.stream import run_stream
 from emseg_rt.runtime.target import OutputTarget, plan_target
 from emseg_rt.runtime.tiling import plan_tiles
@@ -79,6 +87,7 @@ def segment_volume(
     prompts: str | Path | PointSet | None = None,
     tta: bool = False,
     instances: str | Sequence[str] | None = None,
+    peak_threshold: float | None = None,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport.
 
@@ -98,7 +107,10 @@ def segment_volume(
     dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),
              the same computation and output as without it.
     prompts: point prompts for a window-prompted model (prompt-das-*): a CSV z,y,x[,label], a zarr array
-             (N, 3|4) or a `PointSet`, in voxel coordinates of the input (`runtime.prompts`); None: none.
+             (N, 3|4) or a `PointSet`, in voxel coordinates of the input (`runtime.prompts`); None: none;
+             "auto": per slab, a prompt-free pass gives the blended density, its peaks (`peak_threshold`,
+             default 125/255 as the Prompt-DAS code; NMS kernel 5) are the positive points of a second pass
+             (`slab.segment_slab_auto`).
     tta:     rotation test-time augmentation (4 quarter turns per tile, logits averaged).
     instances: class names (or "a,b"): also write each class's connected components as a uint32 label
              image `<class>_instances` beside the semantic one (`runtime.instances`), IDs unique across
@@ -110,10 +122,12 @@ def segment_volume(
     options = SegmentOptions(batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume,
                              overwrite=overwrite, probabilities=probabilities, label_name=label_name,
                              prefetch=prefetch, levels=levels, into_input=into_input, tta=tta).validate()
-    points = None if prompts is None else load_points(prompts)
+    auto = isinstance(prompts, str) and prompts == "auto"
+    points = None if prompts is None or auto else load_points(prompts)
+    auto_threshold = _peak_threshold(auto, peak_threshold)
     source = input if is_array(input) or is_url(input) else Path(input)
     _check_dask(dask, backend, source)
-    if dask is not None and (points is not None or tta):
+    if dask is not None and (points is not None or tta or auto):
         raise EmsegError("--dask does not carry --prompts / --tta to its workers yet; run without --dask")
     volume, where = open_input(source, key, level)
     check_no_missing_chunks(volume.array, where, allow_missing_chunks)
@@ -125,7 +139,7 @@ def segment_volume(
         rep = _segment_claimed(claim, source, volume, options, norm, where, target, model=model,
                                checkpoints=checkpoints, backend=backend, device=device, precision=precision,
                                progress=progress, say=say, t_start=t_start, dask=dask, key=key, level=level,
-                               points=points, instances=instances)
+                               points=points, instances=instances, auto_threshold=auto_threshold)
         if rep.complete:
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
             target.register(tuple(instance_label_name(c) for c in rep.instances))
@@ -135,6 +149,18 @@ def segment_volume(
     if report is not None:
         rep.write_json(report)
     return rep
+
+
+def _peak_threshold(auto: bool, peak_threshold: float | None) -> float | None:
+    """The density threshold of `--prompts auto` (None when not auto); --peak-threshold alone is refused."""
+    if not auto:
+        if peak_threshold is not None:
+            raise EmsegError("--peak-threshold is for --prompts auto")
+        return None
+    threshold = PEAK_THRESHOLD if peak_threshold is None else float(peak_threshold)
+    if not np.isfinite(threshold):
+        raise EmsegError(f"--peak-threshold {peak_threshold} must be a finite number")
+    return threshold
 
 
 def open_input(source: Any, key: str | None, level: int | None) -> tuple[Any, str]:
@@ -162,7 +188,8 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
                      precision: str, progress: bool, say: Callable[[str], None] | None,
                      t_start: float, dask: str | None = None, key: str | None = None,
                      level: int | None = None, points: PointSet | None = None,
-                     instances: str | Sequence[str] | None = None) -> SegmentReport:
+                     instances: str | Sequence[str] | None = None,
+                     auto_threshold: float | None = None) -> SegmentReport:
     """Load the backend, open or create the output at `claim.target`, compute every pending block (here,
     or one task per block on a Dask cluster)."""
     notes: list[str] = []
@@ -178,9 +205,9 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
     else:
         engine, owns_backend = backend, False
     try:
-        max_points = _check_backend(engine, options, points, dask)
+        max_points = _check_backend(engine, options, points, dask, auto=auto_threshold is not None)
         instance_classes = parse_instance_classes(instances, tuple(engine.spec.classes))
-        run = _RunPlan(engine, volume, options, norm, target, points, max_points, instance_classes)
+        run = _RunPlan(engine, volume, options, norm, target, points, max_points, instance_classes, auto_threshold)
         _note_points_outside(points, run.shape, say or (lambda m: None))
         _check_memory(run, volume)
         rep = run.report(source_name(source), claim.output, model or "default", device, " ".join(notes))
@@ -255,10 +282,12 @@ def _check_memory(run: "_RunPlan", volume: Any) -> None:
 
 
 def _check_backend(engine: Backend, options: SegmentOptions, points: PointSet | None = None,
-                   dask: str | None = None) -> int | None:
+                   dask: str | None = None, auto: bool = False) -> int | None:
     """Refuse what this backend cannot run; return P, the points per tile of a window-prompted model (None
-    for a prompt-free one)."""
+    for a prompt-free one). `auto` (--prompts auto) needs a window-prompted model with a density output."""
     max_points = None
+    if auto and (not engine.spec.prompts or "density" not in getattr(engine.spec, "extra_outputs", ())):
+        raise EmsegError("--prompts auto needs a point-prompted model with a density output (prompt-das-*)")
     if engine.spec.prompts:
         max_points = points_per_window(engine)  # None: vanilla-sam's per-class prompts, or an unknown layout
         if max_points is None:
@@ -292,11 +321,12 @@ class _RunPlan:
 
     def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation,
                  target: OutputTarget, points: PointSet | None = None, max_points: int | None = None,
-                 instances: tuple[str, ...] = ()) -> None:
+                 instances: tuple[str, ...] = (), auto_threshold: float | None = None) -> None:
         spec = engine.spec
         self.options = options
         self.instances = instances
         self.points, self.max_points = points, max_points
+        self.auto_threshold = auto_threshold
         self.prompt_counts: dict[str, int] = {}
         self.norm = norm
         self.axis_index = options.axis_index(volume.axes)
@@ -322,6 +352,9 @@ class _RunPlan:
         if max_points is not None:  # prompted runs only, so other runs keep their identity
             self.config["prompts"] = {"points": points.digest if points is not None else None,
                                       "max_points": max_points}
+            if auto_threshold is not None:  # --prompts auto only, so other prompted runs keep their identity
+                self.config["prompts"]["auto"] = {"peak_threshold": auto_threshold, "nms_kernel": NMS_KERNEL,
+                                                  "density_blend": "gaussian"}
         if options.tta:
             self.config["tta"] = "rot90x4"
         if instances:  # runs with --instances only, so other runs keep their identity
@@ -469,10 +502,17 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
 
     def compute(item: Block, slab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         _, b0, b1 = item
-        labels, probs, n_tiles = segment_slab(engine, slab, run.tile_plan, batch=options.batch, blend=options.blend,
-                                              probabilities=options.probabilities,
-                                              label_type=run.layout.label_dtype, timings=timings,
-                                              prompts=run.prompts_for(b0, b1), tta=options.tta)
+        if run.auto_threshold is not None:
+            labels, probs, n_tiles, _ = segment_slab_auto(
+                engine, slab, run.tile_plan, start=b0, axis=axis_index, max_points=run.max_points,
+                peak_threshold=run.auto_threshold, batch=options.batch, blend=options.blend,
+                probabilities=options.probabilities, label_type=run.layout.label_dtype, timings=timings,
+                tta=options.tta, counts=run.prompt_counts)
+        else:
+            labels, probs, n_tiles = segment_slab(engine, slab, run.tile_plan, batch=options.batch,
+                                                  blend=options.blend, probabilities=options.probabilities,
+                                                  label_type=run.layout.label_dtype, timings=timings,
+                                                  prompts=run.prompts_for(b0, b1), tta=options.tta)
         rep.tiles_computed += n_tiles
         return labels, probs
 
@@ -501,6 +541,9 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
             bar.stop()
     if log is not None:
         log.finish()
+    if run.auto_threshold is not None and pending and say is not None:
+        say(f"prompts auto: {run.prompt_counts.get('auto_points', 0)} density peaks >= {run.auto_threshold:.3g} "
+            f"in {sum(b1 - b0 for _, b0, b1 in pending)} planes became positive prompts")
     if run.prompt_counts.get("tiles_over") and say is not None:
         say(f"prompts: {run.prompt_counts['tiles_over']} tiles held more than {run.max_points} points; kept the "
             f"{run.max_points} nearest each tile's centre ({run.prompt_counts['points_dropped']} dropped)")

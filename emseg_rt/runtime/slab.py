@@ -3,20 +3,21 @@
 `tile_batches` is the one batching rule (batches never span slabs; the last batch is padded to full size
 with copies of its last tile, so a plane's numbers do not depend on its neighbours in the batch order).
 `segment_slab` runs those batches through a `Backend` and stitches planes as soon as their tiles are back.
-`segment_array` is the in-memory entry for training validation and scripts: the same tiler, the same
+`segment_slab_auto` is `--prompts auto`: a prompt-free pass for the density, its peaks as point prompts,
+a prompted pass for the labels. `segment_array` is the in-memory entry for training validation and scripts: the same tiler, the same
 backend calls, no zarr.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from emseg_rt.runtime.backends.base import Backend
-from emseg_rt.runtime.prompts import rotate_points
+from emseg_rt.runtime.prompts import NMS_KERNEL, PointSet, peaks_to_points, rotate_points, slab_prompts
 from emseg_rt.runtime.tiling import (
     TilePlan,
     blend_gaussian,
@@ -64,37 +65,49 @@ def batch_prompts(prompts: Mapping[str, np.ndarray] | None, item: TileBatch) -> 
     return out
 
 
-def run_tta(backend: Backend, tiles: np.ndarray, prompts: Mapping[str, np.ndarray] | None = None
-            ) -> dict[str, np.ndarray]:
+def run_tta(backend: Backend, tiles: np.ndarray, prompts: Mapping[str, np.ndarray] | None = None,
+            outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Rotation test-time augmentation: the batch run 4 times, turned by k·90° (`np.rot90` on the (T, T) axes,
     point prompts turned with it by `prompts.rotate_points`), each output turned back; logits (B, K, T, T)
-    are the mean of the four, labels (B, T, T) the class merge of that mean at the backend's threshold."""
+    are the mean of the four, labels (B, T, T) the class merge of that mean at the backend's threshold.
+    `outputs`: extra per-pixel outputs (e.g. 'density' (B, 1, T, T)), each turned back and averaged too."""
     tile = tiles.shape[-1]
     total = None
+    extra_totals: dict[str, np.ndarray] = {}
     for k in range(4):
         turned = None
         if prompts:
             turned = dict(prompts)
             if "point_coords" in prompts and "point_labels" in prompts:
                 turned["point_coords"] = rotate_points(prompts["point_coords"], prompts["point_labels"], k, tile)
-        out = backend.run(np.ascontiguousarray(np.rot90(tiles, k, axes=(-2, -1))), want_logits=True, prompts=turned)
+        turned_tiles = np.ascontiguousarray(np.rot90(tiles, k, axes=(-2, -1)))
+        if outputs:
+            out = backend.run(turned_tiles, want_logits=True, prompts=turned, outputs=tuple(outputs))
+        else:
+            out = backend.run(turned_tiles, want_logits=True, prompts=turned)
         back = np.rot90(out["logits"].astype(np.float32, copy=False), -k, axes=(-2, -1))
         total = back.copy() if total is None else total + back
+        for name in outputs:
+            back = np.rot90(out[name].astype(np.float32, copy=False), -k, axes=(-2, -1))
+            extra_totals[name] = back.copy() if name not in extra_totals else extra_totals[name] + back
     logits = total / np.float32(4)
     labels = np.stack([merge_classes(tile_logits, backend.spec.threshold) for tile_logits in logits])
-    return {"logits": logits, "labels": labels}
+    return {"logits": logits, "labels": labels, **{name: t / np.float32(4) for name, t in extra_totals.items()}}
 
 
 def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: int, blend: str,
                  probabilities: bool, label_type: np.dtype, timings: dict | None = None,
-                 prompts: Mapping[str, np.ndarray] | None = None, tta: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray | None, int]:
+                 prompts: Mapping[str, np.ndarray] | None = None, tta: bool = False,
+                 density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Segment a slab of planes.
 
     slab:    (N, H, W) uint8 planes.
     prompts: per-tile prompt arrays by name, N·n_tiles rows in tile order (`prompts.slab_prompts`), for
              prompted models; each batch gets its rows, padded like its tiles.
     tta:     rotation test-time augmentation (`run_tta`); needs logits, so labels come from the stitched mean.
+    density_out: (N, H, W) float32, filled with each plane's density (a model with a 'density' extra output:
+             Prompt-DAS), its tiles always blended with `blend_gaussian` (with `tta`: each tile's mean of
+             the four turned back).
     returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
     `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
     """
@@ -103,22 +116,27 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
     labels_out = np.empty((n_planes,) + plan.plane_shape, dtype=label_type)
     stitcher = _PlaneStitcher(plan, blend, backend.spec.threshold, label_type, labels_out, probabilities)
     tile_labels = None if want_logits else np.empty((n_planes * per_plane, plan.tile, plan.tile), label_type)
+    outputs = ("density",) if density_out is not None else ()
+    densities = None if density_out is None else _DensityBlender(plan, density_out)
     compute_s = stitch_s = 0.0
     for item in tile_batches(slab, plan, batch):
         t0 = time.perf_counter()
         extra = batch_prompts(prompts, item)
+        kwargs: dict = {} if extra is None else {"prompts": extra}
+        if outputs:
+            kwargs["outputs"] = outputs
         if tta:
-            out = run_tta(backend, item.tiles, extra)
-        elif extra is None:
-            out = backend.run(item.tiles, want_logits=want_logits)
+            out = run_tta(backend, item.tiles, extra, outputs)
         else:
-            out = backend.run(item.tiles, want_logits=want_logits, prompts=extra)
+            out = backend.run(item.tiles, want_logits=want_logits, **kwargs)
         compute_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         if tile_labels is not None:
             tile_labels[item.start:item.start + item.real] = out["labels"][:item.real]
         else:
             stitcher.add(out["logits"][:item.real])
+        if densities is not None:
+            densities.add(out["density"][:item.real])
         stitch_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     if tile_labels is not None:
@@ -129,6 +147,63 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
         timings["compute"] = timings.get("compute", 0.0) + compute_s
         timings["stitch"] = timings.get("stitch", 0.0) + stitch_s
     return labels_out, stitcher.probabilities, n_planes * per_plane
+
+
+def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, start: int, axis: str | int,
+                      max_points: int, peak_threshold: float, batch: int, blend: str, probabilities: bool,
+                      label_type: np.dtype, timings: dict | None = None, tta: bool = False,
+                      counts: dict[str, int] | None = None, kernel: int = NMS_KERNEL
+                      ) -> tuple[np.ndarray, np.ndarray | None, int, PointSet]:
+    """`--prompts auto` on one slab (planes start.. along `axis` of the volume): Prompt-DAS's detection →
+    segmentation loop at inference.
+
+    Pass 1 runs without prompts and blends each plane's density (`segment_slab(density_out=)`); its peaks
+    (`prompts.peaks_to_points`: ≥ peak_threshold, NMS kernel) become positive points of their plane, cut per
+    tile like given points (`prompts.slab_prompts`, at most `max_points` per tile, nearest its centre); pass 2
+    runs with them. Where no plane of the slab has a peak, pass 1's labels are the result (pass 2 would
+    compute the same numbers).
+    returns  labels, probabilities (or None) of the prompted pass, the number of tiles run (both passes) and
+             the points found. `counts` accumulates window_prompts' counters and 'auto_points'.
+    """
+    density = np.empty((slab.shape[0],) + plan.plane_shape, np.float32)
+    no_points = slab_prompts(None, start, start + slab.shape[0], axis, plan, max_points)
+    first = segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
+                         label_type=label_type, timings=timings, prompts=no_points, tta=tta, density_out=density)
+    t0 = time.perf_counter()
+    points = peaks_to_points(density, start, axis, peak_threshold, kernel)
+    if timings is not None:
+        timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t0
+    if counts is not None:
+        counts["auto_points"] = counts.get("auto_points", 0) + len(points)
+    if not len(points):
+        return first[0], first[1], first[2], points
+    prompts = slab_prompts(points, start, start + slab.shape[0], axis, plan, max_points, counts)
+    labels, probs, n_tiles = segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
+                                          label_type=label_type, timings=timings, prompts=prompts, tta=tta)
+    return labels, probs, first[2] + n_tiles, points
+
+
+class _DensityBlender:
+    """Collects tile densities (n, 1, T, T) in plane order and writes each plane's `blend_gaussian` into
+    `out[plane]` once all its tiles are in."""
+
+    def __init__(self, plan: TilePlan, out: np.ndarray) -> None:
+        self.plan, self.out = plan, out
+        self.pending: list[np.ndarray] = []
+        self.pending_count = 0
+        self.planes_done = 0
+
+    def add(self, maps: np.ndarray) -> None:
+        self.pending.append(np.asarray(maps, np.float32))
+        self.pending_count += maps.shape[0]
+        per_plane = self.plan.num_tiles
+        while self.pending_count >= per_plane:
+            stacked = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.out[self.planes_done] = blend_gaussian(stacked[:per_plane], self.plan)[0]
+            self.planes_done += 1
+            rest = stacked[per_plane:]
+            self.pending = [rest] if len(rest) else []
+            self.pending_count = len(rest)
 
 
 class _PlaneStitcher:

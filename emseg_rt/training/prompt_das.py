@@ -42,9 +42,17 @@ from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.runtime.prompts import peak_points
 from emseg_rt.training.losses import dice_loss
 from emseg_rt.training.pretrain import volumes_digest
-from emseg_rt.training.trainer import STATE_SUFFIX, atomic_save, check_writable, read_resume_state
+from emseg_rt.training.trainer import (
+    STATE_SUFFIX,
+    atomic_save,
+    check_same_run,
+    check_writable,
+    read_resume_state,
+    restore_error,
+)
 
 STATE_FORMAT = "emseg-rt prompt-das train state 1"
 MITOCHONDRIA_CLASS = 2  # the phantom's label of mitochondria (emseg_rt.data.phantom.MITOCHONDRIA)
@@ -189,22 +197,6 @@ def sample_prompts(
         extra = min(len(negatives), max_points - count)
         coords[count : count + extra], labels[count : count + extra] = negatives[:extra], 0
     return coords, labels
-
-
-def peak_points(density: torch.Tensor, threshold: float, kernel: int) -> list[np.ndarray]:
-    """Local maxima of predicted densities (non-maximum suppression by max-pooling, the code's `nms`).
-
-    density:  (B, 1, T, T) float.
-    returns   per window a (K, 2) float32 array of pixel (x, y), strongest first, with density ≥ threshold.
-    """
-    pooled = F.max_pool2d(density, kernel, stride=1, padding=kernel // 2)
-    keep = (density == pooled) & (density >= threshold) & (density > 0)
-    points = []
-    for window, kept in zip(density[:, 0], keep[:, 0]):
-        ys, xs = torch.nonzero(kept, as_tuple=True)
-        order = torch.argsort(window[ys, xs], descending=True, stable=True)
-        points.append(torch.stack([xs[order], ys[order]], dim=1).cpu().numpy().astype(np.float32))
-    return points
 
 
 # ------------------------------------------------------------------------------------------ data windows
@@ -427,16 +419,7 @@ STATE_KEYS = {"format": str, "model": str, "data": str, "settings": dict, "step"
 def _check_same_run(state: dict, model: str, data: str, settings: dict[str, Any], state_path: Path) -> None:
     if state["format"] != STATE_FORMAT:
         raise EmsegError(f"--resume: {state_path} is not a Prompt-DAS training state (format); start a new --out")
-    if state["model"] != model:
-        raise EmsegError(f"--resume: {state_path} belongs to model {state['model']}, not {model}; start a new --out")
-    if state["data"] != data:
-        raise EmsegError(f"--resume: {state_path} was trained on other volumes; pass the same ones or start a "
-                         "new --out")
-    changed = [f"{k} {state['settings'].get(k)!r} → {v!r}" for k, v in settings.items()
-               if state["settings"].get(k) != v]
-    if changed:
-        raise EmsegError(f"--resume: {state_path} was written with other settings ({'; '.join(changed)}); resume "
-                         "with the same ones (--stop-after ends a run early)")
+    check_same_run(state, model, data, settings, state_path)
 
 
 def train_prompt_das(
@@ -544,9 +527,7 @@ def train_prompt_das(
             rng.bit_generator.state = state["rng"]
             torch.set_rng_state(state["torch_rng"])
         except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EmsegError(f"--resume: {state_path} does not fit {config.name} ({detail[:200]}); start a new "
-                             "--out") from None
+            raise restore_error(exc, state_path, config.name) from None
         start, losses = state["step"], list(state["losses"])
 
     def save(step: int) -> None:

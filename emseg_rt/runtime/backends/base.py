@@ -6,11 +6,13 @@ backend it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from emseg_rt.errors import EmsegError
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # what --backend accepts
 PRECISIONS = ("fp32", "fp16", "bf16")  # what --precision accepts
@@ -25,6 +27,8 @@ class BackendSpec:
     tile:        T, tiles are (B, 1, T, T) uint8.
     classes:     class names for labels 1..K (0 = background).
     input_name / output_names: the graph's I/O names ('tiles' → 'logits', 'labels').
+    extra_outputs: further per-tile outputs `run(..., outputs=)` can return, e.g. Prompt-DAS's 'density'
+                 (B, 1, T, T); empty for families without any.
     prompts:     names of extra per-tile prompt inputs (vanilla-sam's points/boxes); empty for prompt-free
                  models, the only kind `segment` runs.
     threshold:   the class merge's background threshold (labels are 0 where no logit exceeds it).
@@ -37,6 +41,7 @@ class BackendSpec:
     classes: tuple[str, ...]
     input_name: str = "tiles"
     output_names: tuple[str, ...] = ("logits", "labels")
+    extra_outputs: tuple[str, ...] = ()
     threshold: float = 0.0
     prompts: tuple[str, ...] = ()
     precision: str = "fp32"
@@ -52,11 +57,12 @@ class Backend(Protocol):
     spec: BackendSpec
 
     def run(self, tiles: np.ndarray, want_logits: bool = False,
-            prompts: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+            prompts: Mapping[str, np.ndarray] | None = None, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Segment a batch of tiles.
 
         tiles:   (B, 1, T, T) uint8, raw EM intensities (preprocessing is inside the graph).
         prompts: the arrays named in `spec.prompts`, batch first (only for prompted models).
+        outputs: names from `spec.extra_outputs` to return as well (float32 host arrays, e.g. 'density').
         returns  labels (B, T, T) uint8 and, when want_logits, logits (B, K, T, T) float32, as host arrays.
         """
         ...
@@ -64,3 +70,12 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release sessions, engines and device memory."""
         ...
+
+
+def check_outputs(spec: BackendSpec, outputs: Sequence[str]) -> tuple[str, ...]:
+    """The requested extra outputs, refused (EmsegError) when the graph has no such output."""
+    missing = [name for name in outputs if name not in spec.extra_outputs]
+    if missing:
+        offered = ", ".join(spec.extra_outputs) or "none"
+        raise EmsegError(f"this model has no output {', '.join(missing)} (extra outputs: {offered})")
+    return tuple(outputs)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.backends.base import BackendSpec
+from emseg_rt.runtime.backends.base import BackendSpec, check_outputs
 
 
 def providers_for(device: str) -> list[str]:
@@ -92,22 +92,27 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         prompts = tuple(n for n in self.graph.input_names if n != input_name)
+        extras = tuple(n for n in self.graph.output_names if n not in output_names)
         self.spec = BackendSpec(tile=tile, classes=tuple(classes), input_name=input_name,
-                                output_names=tuple(output_names), threshold=threshold, prompts=prompts,
+                                output_names=tuple(output_names), extra_outputs=extras, threshold=threshold, prompts=prompts,
                                 precision=precision,
                                 identity=f"onnxruntime|{self.providers[0]}|{precision}|{model_id}",
                                 details={"onnxruntime": ort.__version__, "providers": self.providers,
                                          "onnx": str(onnx_path), "batch_max": batch_max})
 
     def run(self, tiles: np.ndarray, want_logits: bool = False,
-            prompts: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """tiles (B, 1, T, T) uint8 [+ prompts by name] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
+            prompts: Mapping[str, np.ndarray] | None = None, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """tiles (B, 1, T, T) uint8 [+ prompts by name] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]
+        [+ the named extra outputs, float32]."""
+        extras = check_outputs(self.spec, outputs)
         logits_name, labels_name = self.output_names[0], self.output_names[1]
-        wanted = [labels_name, logits_name] if want_logits else [labels_name]
-        outputs = self.graph.run({self.input_name: tiles, **(prompts or {})}, wanted)
-        result = {"labels": outputs[labels_name]}
+        wanted = ([labels_name, logits_name] if want_logits else [labels_name]) + list(extras)
+        got = self.graph.run({self.input_name: tiles, **(prompts or {})}, wanted)
+        result = {"labels": got[labels_name]}
         if want_logits:
-            result["logits"] = outputs[logits_name].astype(np.float32, copy=False)
+            result["logits"] = got[logits_name].astype(np.float32, copy=False)
+        for name in extras:
+            result[name] = got[name].astype(np.float32, copy=False)
         return result
 
     def close(self) -> None:

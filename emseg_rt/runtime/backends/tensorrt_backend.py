@@ -6,12 +6,12 @@ a mismatch is refused there with a message that says what to rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from emseg_rt.runtime.backends.base import BackendSpec
+from emseg_rt.runtime.backends.base import BackendSpec, check_outputs
 
 
 class TensorRTBackend:
@@ -27,6 +27,7 @@ class TensorRTBackend:
         self.spec = BackendSpec(
             tile=package.tile, classes=tuple(package.classes), threshold=threshold, precision=package.precision,
             prompts=tuple(package.manifest.get("prompts", ())),
+            extra_outputs=tuple(n for n in getattr(runner, "output_names", ()) if n not in ("logits", "labels")),
             identity=f"tensorrt|{record.target}|{record.flavour}{record.trt_version}|{package.precision}|{file_hash}",
             details={"engine": str(record.path), "target": record.target, "flavour": record.flavour,
                      "batch_max": record.batch_max},
@@ -41,12 +42,16 @@ class TensorRTBackend:
         return cls(EngineRunner(package, component="full", target=record.target), package)
 
     def run(self, tiles: np.ndarray, want_logits: bool = False,
-            prompts: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """tiles (B, 1, T, T) uint8 [+ prompts] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
-        outputs = self.runner.run({self.runner.input_names[0]: tiles, **(prompts or {})})
-        result = {"labels": outputs["labels"].cpu().numpy()}
+            prompts: Mapping[str, np.ndarray] | None = None, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """tiles (B, 1, T, T) uint8 [+ prompts] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]
+        [+ the named extra outputs (the engine's other outputs), float32]."""
+        extras = check_outputs(self.spec, outputs)
+        got = self.runner.run({self.runner.input_names[0]: tiles, **(prompts or {})})
+        result = {"labels": got["labels"].cpu().numpy()}
         if want_logits:
-            result["logits"] = outputs["logits"].float().cpu().numpy()
+            result["logits"] = got["logits"].float().cpu().numpy()
+        for name in extras:
+            result[name] = got[name].float().cpu().numpy()
         return result
 
     def close(self) -> None:

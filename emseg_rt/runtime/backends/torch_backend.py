@@ -14,7 +14,7 @@ Precision names what runs: 'fp32', 'fp16' (autocast float16: the fast choice on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec
+from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec, check_outputs
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -78,16 +78,20 @@ class TorchBackend:
             model_id = state_dict_digest(model)
         mode = ("sdpa+compile" if self.compiled else "sdpa") if fast else "reference"
         config = model.config
+        extras = tuple(n for n in getattr(model, "output_names", ()) if n not in ("logits", "labels"))
         self.spec = BackendSpec(
             tile=config.tile, classes=tuple(config.classes), threshold=_class_merge_threshold(model),
+            extra_outputs=extras,
             prompts=tuple(getattr(model, "prompt_names", ())), precision=precision,
             identity=f"torch|{self.device.type}|{precision}|{mode}|{model_id}",
             details={"torch": torch.__version__, "device": str(self.device), "mode": mode},
         )
 
     def run(self, tiles: np.ndarray, want_logits: bool = False,
-            prompts: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """tiles (B, 1, T, T) uint8 [+ prompts by name] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]."""
+            prompts: Mapping[str, np.ndarray] | None = None, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """tiles (B, 1, T, T) uint8 [+ prompts by name] → labels (B, T, T) uint8 [+ logits (B, K, T, T) float32]
+        [+ the named extra outputs, float32]."""
+        extras = check_outputs(self.spec, outputs)
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
         extra = {name: torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
                  for name, value in (prompts or {}).items()}
@@ -99,6 +103,8 @@ class TorchBackend:
         result = {"labels": out["labels"].cpu().numpy()}
         if want_logits:
             result["logits"] = out["logits"].float().cpu().numpy()
+        for name in extras:
+            result[name] = out[name].float().cpu().numpy()
         return result
 
     def close(self) -> None:
