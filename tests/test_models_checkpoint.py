@@ -94,3 +94,13 @@ def test_missing_file_garbage_and_unsafe_pickles_are_refused(tmp_path):
     torch.save(torch.zeros(3), tensor_file)
     with pytest.raises(EmsegError, match="expected a state dict"):
         build("scsam-tiny", checkpoint=tensor_file)
+
+
+def test_a_directory_given_as_checkpoint_is_named_as_such(tmp_path):
+    import pytest
+
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.models import build
+
+    with pytest.raises(EmsegError, match="is a directory, not a checkpoint file"):
+        build("his4mae-tiny", checkpoint=tmp_path)

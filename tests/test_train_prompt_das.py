@@ -186,3 +186,18 @@ def test_cli_trains_prompt_das_and_refuses_bad_options(tmp_path, monkeypatch, ca
     assert_one_line(run_cli(monkeypatch, capsys, "train", "prompt-das-tiny", "--data", volume, "--out", ckpt,
                             "--steps", "2", "--quiet"), "--resume")
     assert MITOCHONDRIA == 2  # the default --class-id
+
+
+def test_a_class_id_no_label_holds_is_refused(tmp_path):
+    """--class-id naming a class absent from every label volume would train on empty masks: one line instead."""
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.models import build
+    from emseg_rt.training import train_prompt_das
+
+    image = np.zeros((2, 64, 64), np.uint8)
+    labels = np.zeros((2, 64, 64), np.uint8)
+    labels[:, 10:20, 10:20] = 2
+    with pytest.raises(EmsegError, match="no voxel of the labels has class id 9"):
+        train_prompt_das(build("prompt-das-tiny"), [image], [labels], tmp_path / "p.pt", steps=1, batch=1,
+                         class_id=9)
+    assert not (tmp_path / "p.pt").exists()

@@ -44,6 +44,9 @@ def load_error_detail(exc: BaseException) -> str:
 def read_state_dict(path: str | Path) -> Mapping[str, object]:
     """torch.load(path, weights_only=True) with one-line errors for missing, corrupt or unsafe files."""
     path = Path(path)
+    if path.is_dir():
+        raise EmsegError(f"checkpoint {path}: is a directory, not a checkpoint file (a model package goes to "
+                         "--model)")
     if not path.is_file():
         raise EmsegError(f"checkpoint {path}: no such file")
     try:

@@ -202,7 +202,10 @@ def sample_prompts(
 # ------------------------------------------------------------------------------------------ data windows
 
 
-def check_volumes(volumes: Sequence[Any], labels: Sequence[Any] | None, tile: int, what: str) -> None:
+def check_volumes(volumes: Sequence[Any], labels: Sequence[Any] | None, tile: int, what: str,
+                  class_id: int | None = None) -> None:
+    """One-line EmsegError for training data the sampler would misread; with `class_id`, also when no label
+    volume holds that class (the masks would all be empty and the run would learn background only)."""
     if not volumes:
         raise EmsegError(f"{what}: give at least one volume")
     if labels is not None and len(labels) != len(volumes):
@@ -222,6 +225,9 @@ def check_volumes(volumes: Sequence[Any], labels: Sequence[Any] | None, tile: in
             if not np.issubdtype(np.dtype(labels[index].dtype), np.integer):
                 raise EmsegError(f"{what} volume {index}: labels have dtype {labels[index].dtype}; they must be "
                                  "integer class ids")
+    if labels is not None and class_id is not None and not any((np.asarray(lab) == class_id).any() for lab in labels):
+        raise EmsegError(f"{what}: no voxel of the labels has class id {class_id} (--class-id); the phantom's "
+                         "mitochondria are 2")
 
 
 class WindowSampler:
@@ -474,7 +480,7 @@ def train_prompt_das(
                          "loss of the mean-teacher stage)")
     if mean_teacher is not None and not 0.0 <= mean_teacher.ema_decay < 1.0:
         raise EmsegError(f"--ema-decay must be in [0, 1), got {mean_teacher.ema_decay}")
-    check_volumes(volumes, labels, config.tile, "--data")
+    check_volumes(volumes, labels, config.tile, "--data", class_id)
     if mean_teacher is not None:
         check_volumes(mean_teacher.targets, None, config.tile, "--target")
     out = Path(out)
