@@ -17,8 +17,8 @@ from emseg_rt.io.ome_zarr import label_dtype
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.options import SegmentOptions
-from emseg_rt.runtime.prompts import PointSet, load_points, slab_prompts
-from emseg_rt.runtime.slab import segment_slab, segment_slab_auto
+from emseg_rt.runtime.prompts import PointSet, load_points
+from emseg_rt.runtime.slab import PromptMode, segment_planes
 from emseg_rt.runtime.tiling import plan_tiles
 
 
@@ -71,17 +71,9 @@ def segment_labels(
         for start in range(0, shape[axis_index], options.block):
             stop = min(start + options.block, shape[axis_index])
             slab = read_slab(volume.array, start, stop, axis_index, options.axis, norm, where)
-            if auto_threshold is not None:
-                labels, _, _, _ = segment_slab_auto(engine, slab, plan, start=start, axis=axis_index,
-                                                    max_points=max_points, peak_threshold=auto_threshold,
-                                                    batch=options.batch, blend=options.blend, probabilities=False,
-                                                    label_type=out.dtype, tta=options.tta)
-            else:
-                extra = None if max_points is None else slab_prompts(points, start, stop, axis_index, plan,
-                                                                     max_points)
-                labels, _, _ = segment_slab(engine, slab, plan, batch=options.batch, blend=options.blend,
-                                            probabilities=False, label_type=out.dtype, prompts=extra,
-                                            tta=options.tta)
+            labels, _, _ = segment_planes(engine, slab, plan, PromptMode(max_points, points, auto_threshold),
+                                          start=start, axis=axis_index, batch=options.batch, blend=options.blend,
+                                          probabilities=False, label_type=out.dtype, tta=options.tta)
             out[region_of(start, stop, axis_index)] = np.moveaxis(labels, 0, axis_index)
         return out
     finally:

@@ -44,10 +44,9 @@ from emseg_rt.runtime.prompts import (
     load_points,
     plane_of,
     points_per_window,
-    slab_prompts,
 )
 from emseg_rt.runtime.report import ProgressLog, SegmentReport, progress_bar
-from emseg_rt.runtime.slab import segment_slab, segment_slab_auto
+from emseg_rt.runtime.slab import PromptMode, segment_planes
 from emseg_rt.runtime.stream import run_stream
 from emseg_rt.runtime.target import OutputTarget, plan_target
 from emseg_rt.runtime.tiling import plan_tiles
@@ -392,13 +391,6 @@ class _RunPlan:
     def region(self, start: int, stop: int) -> tuple[slice, ...]:
         return region_of(start, stop, self.axis_index)
 
-    def prompts_for(self, start: int, stop: int) -> dict[str, np.ndarray] | None:
-        """Per-tile prompts of planes start..stop-1 (None for a prompt-free model)."""
-        if self.max_points is None:
-            return None
-        return slab_prompts(self.points, start, stop, self.axis_index, self.tile_plan, self.max_points,
-                            self.prompt_counts)
-
 
 def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_index: int,
             classes: tuple[str, ...], target: OutputTarget, blocks: int) -> OutputLayout:
@@ -501,18 +493,11 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
         return slab
 
     def compute(item: Block, slab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        _, b0, b1 = item
-        if run.auto_threshold is not None:
-            labels, probs, n_tiles, _ = segment_slab_auto(
-                engine, slab, run.tile_plan, start=b0, axis=axis_index, max_points=run.max_points,
-                peak_threshold=run.auto_threshold, batch=options.batch, blend=options.blend,
-                probabilities=options.probabilities, label_type=run.layout.label_dtype, timings=timings,
-                tta=options.tta, counts=run.prompt_counts)
-        else:
-            labels, probs, n_tiles = segment_slab(engine, slab, run.tile_plan, batch=options.batch,
-                                                  blend=options.blend, probabilities=options.probabilities,
-                                                  label_type=run.layout.label_dtype, timings=timings,
-                                                  prompts=run.prompts_for(b0, b1), tta=options.tta)
+        _, b0, _ = item
+        labels, probs, n_tiles = segment_planes(
+            engine, slab, run.tile_plan, PromptMode(run.max_points, run.points, run.auto_threshold), start=b0,
+            axis=axis_index, batch=options.batch, blend=options.blend, probabilities=options.probabilities,
+            label_type=run.layout.label_dtype, timings=timings, tta=options.tta, counts=run.prompt_counts)
         rep.tiles_computed += n_tiles
         return labels, probs
 

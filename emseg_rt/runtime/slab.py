@@ -183,6 +183,33 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, sta
     return labels, probs, first[2] + n_tiles, points
 
 
+@dataclass(frozen=True)
+class PromptMode:
+    """How a run prompts its tiles: `max_points` None for prompt-free models; else `points` (None: no
+    prompts, the prompt-free mode of a prompted model) or, with `auto_threshold`, `--prompts auto`."""
+
+    max_points: int | None = None
+    points: PointSet | None = None
+    auto_threshold: float | None = None
+
+
+def segment_planes(backend: Backend, slab: np.ndarray, plan: TilePlan, mode: PromptMode, *, start: int,
+                   axis: str | int, batch: int, blend: str, probabilities: bool, label_type: np.dtype,
+                   timings: dict | None = None, tta: bool = False, counts: dict[str, int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Planes start.. of the volume along `axis` → labels, probabilities, tiles run: the one place that picks
+    `segment_slab` with the slab's prompts or `segment_slab_auto` (segment_volume and segment_labels)."""
+    if mode.auto_threshold is not None:
+        return segment_slab_auto(backend, slab, plan, start=start, axis=axis, max_points=mode.max_points,
+                                 peak_threshold=mode.auto_threshold, batch=batch, blend=blend,
+                                 probabilities=probabilities, label_type=label_type, timings=timings, tta=tta,
+                                 counts=counts)[:3]
+    prompts = None if mode.max_points is None else slab_prompts(
+        mode.points, start, start + slab.shape[0], axis, plan, mode.max_points, counts)
+    return segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
+                        label_type=label_type, timings=timings, prompts=prompts, tta=tta)
+
+
 class _DensityBlender:
     """Collects tile densities (n, 1, T, T) in plane order and writes each plane's `blend_gaussian` into
     `out[plane]` once all its tiles are in."""
