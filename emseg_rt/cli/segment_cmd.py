@@ -58,13 +58,15 @@ def segment_command(
                                           "model's own density peaks, per slab (a prompt-free pass, then a "
                                           "prompted one)."),
     peak_threshold: Optional[float] = typer.Option(None, "--peak-threshold", help="--prompts auto: density "
-                                                   "peaks at or above this become prompts (default 0.49 = 125/255, "
-                                                   "the Prompt-DAS code's; density is 1 at a trained centre)."),
+                                                   "peaks at or above this become prompts; --instances on a density "
+                                                   "model: they seed the watershed (default 0.49 = 125/255, the "
+                                                   "Prompt-DAS code's; density is 1 at a trained centre)."),
     tta: bool = typer.Option(False, "--tta", help="Rotation test-time augmentation: each tile run at 0/90/180/270 "
                              "degrees, logits averaged (4x the compute)."),
     instances: Optional[str] = typer.Option(None, "--instances", help="Also write instances of these classes "
-                                            "(CLASS[,CLASS]): connected components as a uint32 label image "
-                                            "<class>_instances beside the semantic one, IDs unique across blocks."),
+                                            "(CLASS[,CLASS]) as a uint32 label image <class>_instances beside "
+                                            "the semantic one, IDs unique across blocks: connected components, or "
+                                            "a watershed seeded by density peaks on prompt-das-* models."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""

@@ -16,7 +16,13 @@ table are ever in memory:
 3. relabel pass, per block: label the block again (deterministic: the same local IDs), map each local ID
    through the table, write uint32.
 
-No density head exists in the runtime yet, so there is no marker watershed: components only.
+With a density head (Prompt-DAS), `seeds` switches the method to a marker watershed that splits touching
+objects: per plane, the density's peaks inside the mask (`peak_markers`: the same max-pool NMS and threshold
+as `--prompts auto`, a plateau peak one marker) flood `-density` within the mask (scikit-image), mask
+components without a peak stay whole; each piece then continues the piece of the previous plane it overlaps
+most when that piece overlaps it most too (`overlap_pairs`, mutual best overlap). That rule sees two adjacent
+planes only, and within a plane block IDs are pieces one to one, so the three passes below stay the same with
+it in place of face contact, and the result stays independent of the block size.
 
 Resumability (`InstanceStage`): per class, the provisional pass saves one small file per block
 (`.emseg-rt/instances-<hash>/<class>/block-<k>.npz`, written atomically: it is that block's marker), the
@@ -44,6 +50,85 @@ MAX_ID = np.iinfo(np.uint32).max
 
 
 # ---------------------------------------------------------------- pure functions
+
+
+@dataclass(frozen=True)
+class WatershedSeeds:
+    """Marker watershed settings: density peaks ≥ `threshold` (the density's 0..1 scale) after max-pool NMS
+    with a `kernel`×`kernel` window seed the flooding (`runtime.prompts.peak_points`' rule)."""
+
+    threshold: float
+    kernel: int = 5
+
+    def describe(self) -> str:
+        return (f"marker watershed on density peaks >= {self.threshold:.4g} (NMS {self.kernel}), per plane, "
+                "linked by mutual best overlap")
+
+
+def peak_markers(density: np.ndarray, mask: np.ndarray, seeds: WatershedSeeds) -> np.ndarray:
+    """Markers of one plane: density (H, W) float, mask (H, W) bool → int32 (H, W), 0 where no marker, 1..m
+    numbered in scan order; connected (8-neighbour) peak pixels, a plateau, are one marker."""
+    from emseg_rt.runtime.prompts import peak_points
+
+    peaks = np.zeros(density.shape, bool)
+    for x, y in peak_points(density[None, None].astype(np.float32), seeds.threshold, seeds.kernel)[0].astype(int):
+        peaks[y, x] = True
+    markers, _ = ndimage.label(peaks & mask, structure=np.ones((3, 3), bool))
+    return markers.astype(np.int32, copy=False)
+
+
+def watershed_plane(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds) -> tuple[np.ndarray, int]:
+    """Pieces of one plane's mask (H, W) bool: marker watershed of -density (H, W) from `peak_markers`,
+    face connectivity, inside the mask; mask components no marker reaches are pieces of their own. Returns
+    (int32 IDs 1..n in scan order of first appearance, n)."""
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, dtype=bool)
+    markers = peak_markers(density, mask, seeds)
+    pieces = watershed(-density.astype(np.float32), markers, mask=mask) if markers.any() else np.zeros(
+        mask.shape, np.int32)
+    rest, count = ndimage.label(mask & (pieces == 0))
+    pieces = np.where(rest > 0, rest.astype(np.int64) + int(markers.max()), pieces)
+    ids = relabel_by_first_appearance(pieces).astype(np.int32)
+    return ids, int(ids.max(initial=0))
+
+
+def overlap_pairs(last_plane: np.ndarray, first_plane: np.ndarray) -> np.ndarray:
+    """The (id in `last_plane`, id in `first_plane`) pairs that continue each other across adjacent planes:
+    each is the other's largest overlap; ties go to the partner whose first pixel comes first in scan order
+    (not to the smaller ID: IDs are numbered differently per block, positions are not). (P, 2) int64, sorted."""
+    both = (last_plane > 0) & (first_plane > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    pairs, area = np.unique(np.stack([last_plane[both], first_plane[both]], axis=1).astype(np.int64), axis=0,
+                            return_counts=True)
+
+    def first_pixel(plane: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        values, index = np.unique(plane.ravel(), return_index=True)
+        return index[np.searchsorted(values, ids)]
+
+    def best(keys: np.ndarray, partners: np.ndarray, partner_position: np.ndarray) -> dict[int, int]:
+        order = np.lexsort((partner_position, -area, keys))  # per key: largest area, then first in scan order
+        keys_sorted = keys[order]
+        first = np.concatenate([[True], keys_sorted[1:] != keys_sorted[:-1]])
+        return dict(zip(keys_sorted[first].tolist(), partners[order][first].tolist()))
+
+    forward = best(pairs[:, 0], pairs[:, 1], first_pixel(first_plane, pairs[:, 1]))
+    backward = best(pairs[:, 1], pairs[:, 0], first_pixel(last_plane, pairs[:, 0]))
+    keep = [i for i, (a, b) in enumerate(pairs.tolist()) if forward[a] == b and backward[b] == a]
+    return pairs[keep]
+
+
+def watershed_block(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds) -> tuple[np.ndarray, int]:
+    """Instances of one block, mask (N, H, W) bool and density (N, H, W) float: `watershed_plane` per plane,
+    pieces of adjacent planes joined by `overlap_pairs` → (int32 IDs 1..n by first appearance, planes first; n)."""
+    planes = [watershed_plane(m, d, seeds) for m, d in zip(mask, density)]
+    counts = [n for _, n in planes]
+    pairs = [np.zeros((0, 2), np.int64)] + [overlap_pairs(planes[p - 1][0], planes[p][0])
+                                            for p in range(1, len(planes))]
+    offsets, table = equivalence_table(counts, pairs)
+    ids = np.stack([relabel_block(piece, int(offsets[p]), table) for p, (piece, _) in enumerate(planes)])
+    return ids.astype(np.int32), int(table.max(initial=0))
 
 
 def label_block(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -123,20 +208,38 @@ def relabel_by_first_appearance(ids: np.ndarray) -> np.ndarray:
     return lookup[ids]
 
 
-def blockwise_instances(mask: np.ndarray, block: int) -> np.ndarray:
+def block_ids(mask: np.ndarray, density: np.ndarray | None = None, seeds: WatershedSeeds | None = None
+              ) -> tuple[np.ndarray, int]:
+    """One block's local IDs by the run's method: components, or with `seeds` (and density) the watershed."""
+    return label_block(mask) if seeds is None else watershed_block(mask, density, seeds)
+
+
+def link_pairs(last_plane: np.ndarray, first_plane: np.ndarray, seeds: WatershedSeeds | None = None) -> np.ndarray:
+    """The method's rule across a block boundary: face contact for components, mutual best overlap for the
+    watershed."""
+    return boundary_pairs(last_plane, first_plane) if seeds is None else overlap_pairs(last_plane, first_plane)
+
+
+def blockwise_instances(mask: np.ndarray, block: int, density: np.ndarray | None = None,
+                        seeds: WatershedSeeds | None = None) -> np.ndarray:
     """Instances of a (Z, Y, X) mask computed as the runtime does, blocks of `block` planes along axis 0 (one
-    block in memory at a time, besides the in-memory input and result of this reference form)."""
+    block in memory at a time, besides the in-memory input and result of this reference form); with `seeds`,
+    the watershed on `density` (Z, Y, X) float."""
     bounds = [(b, min(b + block, mask.shape[0])) for b in range(0, mask.shape[0], block)]
+
+    def ids_of(b0: int, b1: int) -> tuple[np.ndarray, int]:
+        return block_ids(mask[b0:b1], None if density is None else density[b0:b1], seeds)
+
     counts, pairs, last = [], [], None
     for b0, b1 in bounds:  # provisional pass
-        ids, n = label_block(mask[b0:b1])
-        pairs.append(boundary_pairs(last, ids[0]) if last is not None else np.zeros((0, 2), np.int64))
+        ids, n = ids_of(b0, b1)
+        pairs.append(link_pairs(last, ids[0], seeds) if last is not None else np.zeros((0, 2), np.int64))
         counts.append(n)
         last = ids[-1]
     offsets, table = equivalence_table(counts, pairs)
     out = np.zeros(mask.shape, np.uint32)
     for k, (b0, b1) in enumerate(bounds):  # relabel pass
-        out[b0:b1] = relabel_block(label_block(mask[b0:b1])[0], int(offsets[k]), table)
+        out[b0:b1] = relabel_block(ids_of(b0, b1)[0], int(offsets[k]), table)
     return out
 
 
@@ -184,13 +287,19 @@ class InstanceStage:
     axis_index: int
     source_image: str | None
     run_hash: str
+    density: Any = None  # the run's stored density (uint8, value/255), read with `seeds`
+    seeds: WatershedSeeds | None = None
 
     def _region(self, b0: int, b1: int) -> tuple[slice, ...]:
         return tuple(slice(b0, b1) if i == self.axis_index else slice(None) for i in range(3))
 
     def _local_ids(self, b0: int, b1: int) -> tuple[np.ndarray, int]:
-        labels = np.moveaxis(np.asarray(self.semantic[self._region(b0, b1)]), self.axis_index, 0)
-        return label_block(labels == self.value)
+        region = self._region(b0, b1)
+        labels = np.moveaxis(np.asarray(self.semantic[region]), self.axis_index, 0)
+        if self.seeds is None:
+            return label_block(labels == self.value)
+        density = np.moveaxis(np.asarray(self.density[region]), self.axis_index, 0).astype(np.float32) / 255
+        return watershed_block(labels == self.value, density, self.seeds)
 
     def _group(self) -> Any:
         return zarr.open_group(str(self.state), mode="r+")
@@ -205,8 +314,9 @@ class InstanceStage:
         return marker_indices(self.state / name)
 
     def _attrs(self, status: str) -> dict:
+        method = "connected components" if self.seeds is None else self.seeds.describe()
         return {"status": status, "instances_of": self.class_name, "connectivity": "face",
-                "method": "connected components", "config_hash": self.run_hash}
+                "method": method, "config_hash": self.run_hash}
 
     # -- passes
     def open(self) -> None:
@@ -235,7 +345,7 @@ class InstanceStage:
             if index > 0 and previous_last is None:  # resumed here: label the previous block again
                 _, p0, p1 = self.blocks[index - 1]
                 previous_last = self._local_ids(p0, p1)[0][-1]
-            pairs = boundary_pairs(previous_last, ids[0]) if index > 0 else np.zeros((0, 2), np.int64)
+            pairs = link_pairs(previous_last, ids[0], self.seeds) if index > 0 else np.zeros((0, 2), np.int64)
             self._new_array(f"pairs-{index}", pairs.shape, np.int64, (max(len(pairs), 1), 2))[...] = pairs
             counts[index] = count
             markers[index] = 1  # after the block's results: a marker means they are complete
@@ -282,14 +392,15 @@ class InstanceStage:
 
 def instance_stages(classes: Sequence[str], all_classes: Sequence[str], semantic: Any, root: Path,
                     image_parent: Path, spec_of: Callable[[str], LabelImageSpec], blocks: Sequence[tuple[int, int, int]],
-                    axis_index: int, state_dir: Path, run_hash: str, source_image: str | None
-                    ) -> list[InstanceStage]:
-    """One InstanceStage per requested class (the run's wiring, `runtime.segment`)."""
+                    axis_index: int, state_dir: Path, run_hash: str, source_image: str | None,
+                    density: Any = None, seeds: WatershedSeeds | None = None) -> list[InstanceStage]:
+    """One InstanceStage per requested class (the run's wiring, `runtime.segment`); `density` and `seeds`
+    for the marker watershed of a model with a density head."""
     stages = []
     for name in classes:
         stages.append(InstanceStage(
             class_name=name, value=list(all_classes).index(name) + 1, semantic=semantic,
             image=image_parent / instance_label_name(name), spec=spec_of(name),
             state=state_dir / f"instances-{run_hash[:16]}-{name}", blocks=blocks, axis_index=axis_index,
-            source_image=source_image, run_hash=run_hash))
+            source_image=source_image, run_hash=run_hash, density=density, seeds=seeds))
     return stages

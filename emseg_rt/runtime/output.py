@@ -75,6 +75,7 @@ class OutputLayout:
     blocks: int = 1
     version: str = "0.5"
     nested: bool = False
+    density: bool = False  # keep the model's density per voxel in the run state (the instance watershed)
 
     @property
     def zarr_format(self) -> int:
@@ -95,6 +96,7 @@ class OutputStore:
         self.state = root / RUN_DIR
         self.labels: Any = None
         self.probabilities: Any = None
+        self.density: Any = None
 
     @property
     def label_path(self) -> Path:
@@ -123,6 +125,18 @@ class OutputStore:
                          compressors=None)
         if layout.probabilities:
             self.probabilities = self._create_probabilities()
+        if layout.density:
+            self.density = create_array(state, self._density_name, layout.shape, np.uint8, layout.chunks, None,
+                                        layout.zarr_format, overwrite=True)
+
+    @property
+    def _density_name(self) -> str:
+        return f"density-{self.run_hash[:16]}"
+
+    @property
+    def density_path(self) -> Path:
+        """The run state's density array (Z, Y, X) uint8, density·255 rounded (with layout.density)."""
+        return self.state / self._density_name
 
     @property
     def _done_name(self) -> str:
@@ -179,6 +193,8 @@ class OutputStore:
         self._markers(self._done_name)
         if self.layout.probabilities:
             self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
+        if self.layout.density:
+            self.density = zarr.open_array(str(self.density_path), mode="r+")
 
     def _markers(self, name: str) -> Any:
         return zarr.open_array(str(self.state / name), mode="r+")
@@ -188,13 +204,16 @@ class OutputStore:
             raise FileNotFoundError(self.state / self._done_name)
         return marker_indices(self.state / self._done_name)
 
-    def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None
-                    ) -> None:
-        """Write one block's whole chunks, then its done-marker (never the other way round)."""
+    def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None,
+                    density: np.ndarray | None = None) -> None:
+        """Write one block's whole chunks, then its done-marker (never the other way round). density: the
+        block's (Z, Y, X) float density (layout.density), stored as uint8 round(clip(d, 0, 1)·255)."""
         try:
             self.labels[region] = labels
             if self.probabilities is not None and probabilities is not None:
                 self.probabilities[(slice(None),) + region] = probabilities
+            if self.density is not None and density is not None:
+                self.density[region] = np.rint(np.clip(density, 0.0, 1.0) * 255).astype(np.uint8)
             self.mark_done(index)
         except OSError as exc:
             raise _write_error(self.root, exc) from exc

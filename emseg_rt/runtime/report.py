@@ -59,6 +59,7 @@ class SegmentReport:
     normalisation: dict = field(default_factory=dict)
     label_counts: dict = field(default_factory=dict)
     instances: dict = field(default_factory=dict)  # class → instance count (--instances)
+    auto_points: int = 0  # --prompts auto: density peaks that became prompts in the blocks computed
     instance_seconds: float = 0.0
     complete: bool = False
 

@@ -26,7 +26,12 @@ from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.claim import OutputClaim, claim_output
 from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, check_address, run_blocks_on_cluster
 from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
-from emseg_rt.runtime.instances import instance_label_name, instance_stages, parse_instance_classes
+from emseg_rt.runtime.instances import (
+    WatershedSeeds,
+    instance_label_name,
+    instance_stages,
+    parse_instance_classes,
+)
 from emseg_rt.runtime.normalise import (
     Normalisation,
     check_dtype,
@@ -111,9 +116,10 @@ def segment_volume(
              default 125/255 as the Prompt-DAS code; NMS kernel 5) are the positive points of a second pass
              (`slab.segment_slab_auto`).
     tta:     rotation test-time augmentation (4 quarter turns per tile, logits averaged).
-    instances: class names (or "a,b"): also write each class's connected components as a uint32 label
-             image `<class>_instances` beside the semantic one (`runtime.instances`), IDs unique across
-             blocks and resumed runs.
+    instances: class names (or "a,b"): also write each class's instances as a uint32 label image
+             `<class>_instances` beside the semantic one (`runtime.instances`), IDs unique across blocks and
+             resumed runs: connected components, or for a model with a density output (prompt-das-*) a
+             marker watershed seeded by the density's peaks (`peak_threshold`, default 125/255; NMS 5).
     Tiling, batching and output options: see `SegmentOptions`. What `overwrite`, `resume` and the output
     lock guarantee: `runtime.claim`. In-memory labels without writing: `segment_labels`.
     """
@@ -123,7 +129,7 @@ def segment_volume(
                              prefetch=prefetch, levels=levels, into_input=into_input, tta=tta).validate()
     auto = isinstance(prompts, str) and prompts == "auto"
     points = None if prompts is None or auto else load_points(prompts)
-    auto_threshold = _peak_threshold(auto, peak_threshold)
+    auto_threshold = _peak_threshold(auto, peak_threshold, bool(instances))
     source = input if is_array(input) or is_url(input) else Path(input)
     _check_dask(dask, backend, source)
     if dask is not None and (points is not None or tta or auto):
@@ -138,7 +144,8 @@ def segment_volume(
         rep = _segment_claimed(claim, source, volume, options, norm, where, target, model=model,
                                checkpoints=checkpoints, backend=backend, device=device, precision=precision,
                                progress=progress, say=say, t_start=t_start, dask=dask, key=key, level=level,
-                               points=points, instances=instances, auto_threshold=auto_threshold)
+                               points=points, instances=instances, auto_threshold=auto_threshold,
+                               peak_threshold=peak_threshold)
         if rep.complete:
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
             target.register(tuple(instance_label_name(c) for c in rep.instances))
@@ -150,11 +157,14 @@ def segment_volume(
     return rep
 
 
-def _peak_threshold(auto: bool, peak_threshold: float | None) -> float | None:
-    """The density threshold of `--prompts auto` (None when not auto); --peak-threshold alone is refused."""
+def _peak_threshold(auto: bool, peak_threshold: float | None, instances: bool = False) -> float | None:
+    """The density threshold of `--prompts auto` (None when not auto); --peak-threshold without --prompts auto
+    or --instances is refused (with --instances alone it is checked once the model is known)."""
     if not auto:
-        if peak_threshold is not None:
-            raise EmsegError("--peak-threshold is for --prompts auto")
+        if peak_threshold is not None and not instances:
+            raise EmsegError("--peak-threshold is for --prompts auto and for --instances on a density model")
+        if peak_threshold is not None and not np.isfinite(float(peak_threshold)):
+            raise EmsegError(f"--peak-threshold {peak_threshold} must be a finite number")
         return None
     threshold = PEAK_THRESHOLD if peak_threshold is None else float(peak_threshold)
     if not np.isfinite(threshold):
@@ -188,7 +198,7 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
                      t_start: float, dask: str | None = None, key: str | None = None,
                      level: int | None = None, points: PointSet | None = None,
                      instances: str | Sequence[str] | None = None,
-                     auto_threshold: float | None = None) -> SegmentReport:
+                     auto_threshold: float | None = None, peak_threshold: float | None = None) -> SegmentReport:
     """Load the backend, open or create the output at `claim.target`, compute every pending block (here,
     or one task per block on a Dask cluster)."""
     notes: list[str] = []
@@ -206,7 +216,9 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
     try:
         max_points = _check_backend(engine, options, points, dask, auto=auto_threshold is not None)
         instance_classes = parse_instance_classes(instances, tuple(engine.spec.classes))
-        run = _RunPlan(engine, volume, options, norm, target, points, max_points, instance_classes, auto_threshold)
+        seeds = _watershed_seeds(engine, instance_classes, auto_threshold, peak_threshold)
+        run = _RunPlan(engine, volume, options, norm, target, points, max_points, instance_classes, auto_threshold,
+                       seeds)
         _note_points_outside(points, run.shape, say or (lambda m: None))
         _check_memory(run, volume)
         rep = run.report(source_name(source), claim.output, model or "default", device, " ".join(notes))
@@ -304,6 +316,20 @@ def _check_backend(engine: Backend, options: SegmentOptions, points: PointSet | 
     return max_points
 
 
+def _watershed_seeds(engine: Backend, instances: tuple[str, ...], auto_threshold: float | None,
+                     peak_threshold: float | None) -> WatershedSeeds | None:
+    """The instance stage's watershed settings: for --instances on a model with a density output, its peaks
+    (the auto threshold, else --peak-threshold, else PEAK_THRESHOLD) seed it; None: connected components."""
+    has_density = "density" in getattr(engine.spec, "extra_outputs", ())
+    if not instances or not has_density:
+        if peak_threshold is not None and auto_threshold is None:
+            raise EmsegError("--peak-threshold with --instances needs a model with a density output (prompt-das-*)")
+        return None
+    threshold = auto_threshold if auto_threshold is not None else (
+        PEAK_THRESHOLD if peak_threshold is None else float(peak_threshold))
+    return WatershedSeeds(threshold, NMS_KERNEL)
+
+
 def _note_points_outside(points: PointSet | None, shape: tuple[int, ...], note: Callable[[str], None]) -> None:
     """One note when some prompts lie outside the volume (they prompt nothing)."""
     if points is None or not len(points):
@@ -320,10 +346,12 @@ class _RunPlan:
 
     def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation,
                  target: OutputTarget, points: PointSet | None = None, max_points: int | None = None,
-                 instances: tuple[str, ...] = (), auto_threshold: float | None = None) -> None:
+                 instances: tuple[str, ...] = (), auto_threshold: float | None = None,
+                 seeds: WatershedSeeds | None = None) -> None:
         spec = engine.spec
         self.options = options
         self.instances = instances
+        self.seeds = seeds
         self.points, self.max_points = points, max_points
         self.auto_threshold = auto_threshold
         self.prompt_counts: dict[str, int] = {}
@@ -337,7 +365,7 @@ class _RunPlan:
         self.blocks: list[Block] = [(i, b, min(b + options.block, self.depth))
                                     for i, b in enumerate(range(0, self.depth, options.block))]
         self.layout = _layout(volume, options, self.shape, self.axis_index, tuple(spec.classes), target,
-                              len(self.blocks))
+                              len(self.blocks), density=seeds is not None)
         self.config = {
             "format": 3, "backend": spec.identity,  # 2: last tile flush with the edge; 3: label image root, levels
             "tile": spec.tile, "halo": self.halo, "blend": options.blend,
@@ -358,6 +386,9 @@ class _RunPlan:
             self.config["tta"] = "rot90x4"
         if instances:  # runs with --instances only, so other runs keep their identity
             self.config["instances"] = {"classes": list(instances), "method": "connected components, face"}
+            if seeds is not None:  # density models: their watershed and its density store
+                self.config["instances"].update(method="marker watershed", peak_threshold=seeds.threshold,
+                                                nms_kernel=seeds.kernel, density_blend="gaussian")
         self.hash = config_hash(self.config)
         self.engine = engine
         self.timings = {"read": 0.0, "write": 0.0, "compute": 0.0, "stitch": 0.0}
@@ -393,7 +424,7 @@ class _RunPlan:
 
 
 def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_index: int,
-            classes: tuple[str, ...], target: OutputTarget, blocks: int) -> OutputLayout:
+            classes: tuple[str, ...], target: OutputTarget, blocks: int, density: bool = False) -> OutputLayout:
     """The label image's layout: the input's axes, scale, translation and units (none invented), `target`'s
     levels, zarr format and OME-Zarr version; chunks aligned to write blocks."""
     axes = "".join(volume.axes) if len(volume.axes) == 3 and set(volume.axes) <= set(AXES) else "zyx"
@@ -402,7 +433,7 @@ def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_i
     return OutputLayout(shape=shape, chunks=chunks, classes=classes, label_dtype=label_dtype(len(classes)),
                         label_name=options.label_name, voxel_size=target.levels[0].scale, units=units, axes=axes,
                         probabilities=options.probabilities, levels=target.levels, blocks=blocks,
-                        version=target.version, nested=target.nested)
+                        version=target.version, nested=target.nested, density=density)
 
 
 def _instance_stage(run: _RunPlan, store: OutputStore, rep: SegmentReport, target: OutputTarget) -> None:
@@ -421,7 +452,8 @@ def _instance_stage(run: _RunPlan, store: OutputStore, rep: SegmentReport, targe
         run.instances, layout.classes, semantic, store.root, parent,
         lambda name: dataclasses.replace(base, name=instance_label_name(name), classes=(),
                                          dtype=np.dtype(np.uint32), colors=()),
-        run.blocks, run.axis_index, store.state, run.hash, "../../" if layout.nested else None)
+        run.blocks, run.axis_index, store.state, run.hash, "../../" if layout.nested else None,
+        density=zarr_open_array(store.density_path) if run.seeds is not None else None, seeds=run.seeds)
     for stage in stages:
         rep.instances[stage.class_name] = stage.run()
     rep.instance_seconds = time.perf_counter() - t0
@@ -492,21 +524,24 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
         timings["read"] += time.perf_counter() - t0
         return slab
 
-    def compute(item: Block, slab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def compute(item: Block, slab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         _, b0, _ = item
+        density = np.empty(slab.shape, np.float32) if run.seeds is not None else None
         labels, probs, n_tiles = segment_planes(
             engine, slab, run.tile_plan, PromptMode(run.max_points, run.points, run.auto_threshold), start=b0,
             axis=axis_index, batch=options.batch, blend=options.blend, probabilities=options.probabilities,
-            label_type=run.layout.label_dtype, timings=timings, tta=options.tta, counts=run.prompt_counts)
+            label_type=run.layout.label_dtype, timings=timings, tta=options.tta, counts=run.prompt_counts,
+            density_out=density)
         rep.tiles_computed += n_tiles
-        return labels, probs
+        return labels, probs, density
 
-    def write(item: Block, result: tuple[np.ndarray, np.ndarray | None]) -> None:
+    def write(item: Block, result: tuple[np.ndarray, np.ndarray | None, np.ndarray | None]) -> None:
         index, b0, b1 = item
-        labels, probs = result
+        labels, probs, density = result
         t0 = time.perf_counter()
         store.write_block(index, run.region(b0, b1), np.moveaxis(labels, 0, axis_index),
-                          None if probs is None else np.moveaxis(probs, 1, axis_index + 1))
+                          None if probs is None else np.moveaxis(probs, 1, axis_index + 1),
+                          None if density is None else np.moveaxis(density, 0, axis_index))
         timings["write"] += time.perf_counter() - t0
         label_counts[:] += np.bincount(labels.ravel(), minlength=len(label_counts))[: len(label_counts)]
         rep.blocks_computed += 1
@@ -526,6 +561,7 @@ def _stream(engine: Backend, volume: Any, run: _RunPlan, store: OutputStore, rep
             bar.stop()
     if log is not None:
         log.finish()
+    rep.auto_points = run.prompt_counts.get("auto_points", 0)
     if run.auto_threshold is not None and pending and say is not None:
         say(f"prompts auto: {run.prompt_counts.get('auto_points', 0)} density peaks >= {run.auto_threshold:.3g} "
             f"in {sum(b1 - b0 for _, b0, b1 in pending)} planes became positive prompts")

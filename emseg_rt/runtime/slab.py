@@ -152,8 +152,8 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
 def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, start: int, axis: str | int,
                       max_points: int, peak_threshold: float, batch: int, blend: str, probabilities: bool,
                       label_type: np.dtype, timings: dict | None = None, tta: bool = False,
-                      counts: dict[str, int] | None = None, kernel: int = NMS_KERNEL
-                      ) -> tuple[np.ndarray, np.ndarray | None, int, PointSet]:
+                      counts: dict[str, int] | None = None, kernel: int = NMS_KERNEL,
+                      density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int, PointSet]:
     """`--prompts auto` on one slab (planes start.. along `axis` of the volume): Prompt-DAS's detection →
     segmentation loop at inference.
 
@@ -164,6 +164,7 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, sta
     compute the same numbers).
     returns  labels, probabilities (or None) of the prompted pass, the number of tiles run (both passes) and
              the points found. `counts` accumulates window_prompts' counters and 'auto_points'.
+    density_out: (N, H, W) float32, filled with the density of the pass that gave the labels.
     """
     density = np.empty((slab.shape[0],) + plan.plane_shape, np.float32)
     no_points = slab_prompts(None, start, start + slab.shape[0], axis, plan, max_points)
@@ -176,10 +177,13 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, sta
     if counts is not None:
         counts["auto_points"] = counts.get("auto_points", 0) + len(points)
     if not len(points):
+        if density_out is not None:
+            density_out[...] = density
         return first[0], first[1], first[2], points
     prompts = slab_prompts(points, start, start + slab.shape[0], axis, plan, max_points, counts)
     labels, probs, n_tiles = segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
-                                          label_type=label_type, timings=timings, prompts=prompts, tta=tta)
+                                          label_type=label_type, timings=timings, prompts=prompts, tta=tta,
+                                          density_out=density_out)
     return labels, probs, first[2] + n_tiles, points
 
 
@@ -195,19 +199,20 @@ class PromptMode:
 
 def segment_planes(backend: Backend, slab: np.ndarray, plan: TilePlan, mode: PromptMode, *, start: int,
                    axis: str | int, batch: int, blend: str, probabilities: bool, label_type: np.dtype,
-                   timings: dict | None = None, tta: bool = False, counts: dict[str, int] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray | None, int]:
+                   timings: dict | None = None, tta: bool = False, counts: dict[str, int] | None = None,
+                   density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Planes start.. of the volume along `axis` → labels, probabilities, tiles run: the one place that picks
-    `segment_slab` with the slab's prompts or `segment_slab_auto` (segment_volume and segment_labels)."""
+    `segment_slab` with the slab's prompts or `segment_slab_auto` (segment_volume and segment_labels).
+    density_out: (N, H, W) float32 to fill with the blended density of the labels' pass (density models)."""
     if mode.auto_threshold is not None:
         return segment_slab_auto(backend, slab, plan, start=start, axis=axis, max_points=mode.max_points,
                                  peak_threshold=mode.auto_threshold, batch=batch, blend=blend,
                                  probabilities=probabilities, label_type=label_type, timings=timings, tta=tta,
-                                 counts=counts)[:3]
+                                 counts=counts, density_out=density_out)[:3]
     prompts = None if mode.max_points is None else slab_prompts(
         mode.points, start, start + slab.shape[0], axis, plan, mode.max_points, counts)
     return segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
-                        label_type=label_type, timings=timings, prompts=prompts, tta=tta)
+                        label_type=label_type, timings=timings, prompts=prompts, tta=tta, density_out=density_out)
 
 
 class _DensityBlender:
