@@ -1,7 +1,8 @@
 """`segment --dask`: the same block computation as the single-process stream, one Dask task per block.
 
 A block is `block` whole planes, so its output is whole chunks that no other task touches. A task runs
-exactly what the threaded stream runs for a block (`read_slab` → `segment_slab` → `OutputStore.write_block`,
+exactly what the threaded stream runs for a block (`read_slab` → `segment_planes` (prompts, `--prompts auto`,
+`--tta`, the density for the instance watershed) → `OutputStore.write_block`,
 which writes the chunks and then the done-marker), on a backend the worker process loaded once and keeps.
 A task whose worker dies is retried elsewhere; recomputing a block writes the same bytes, so the output is
 byte-identical to a single-process run. The driver (the process that called `segment_volume`) holds the
@@ -25,6 +26,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.normalise import Normalisation
 from emseg_rt.runtime.output import OutputLayout, OutputStore
+from emseg_rt.runtime.slab import PromptMode
 
 TASK_RETRIES = 3  # a block whose worker died is resubmitted this many times
 
@@ -91,13 +93,15 @@ class BlockTask:
     target: str
     layout: OutputLayout
     run_hash: str
+    mode: PromptMode = PromptMode()  # prompted models: the run's points, or --prompts auto
+    tta: bool = False
 
 
 def run_block(task: BlockTask, index: int, start: int, stop: int) -> dict[str, Any]:
     """Compute and write block `index` (planes start..stop-1) on this worker; returns its counts."""
     from emseg_rt.io.ome_zarr import open_volume
     from emseg_rt.runtime.segment import read_slab, region_of
-    from emseg_rt.runtime.slab import segment_slab
+    from emseg_rt.runtime.slab import segment_planes
     from emseg_rt.runtime.tiling import plan_tiles
 
     backend = worker_backend(task.recipe)
@@ -107,17 +111,22 @@ def run_block(task: BlockTask, index: int, start: int, stop: int) -> dict[str, A
     volume = open_volume(task.source, key=task.key, level=task.level, spatial=True)
     slab = read_slab(volume.array, start, stop, task.axis_index, task.axis, task.norm, task.where)
     timings: dict[str, float] = {}
+    prompt_counts: dict[str, int] = {}
     plan = plan_tiles(task.plane_shape, task.tile, task.halo)
-    labels, probs, tiles = segment_slab(backend, slab, plan, batch=task.batch, blend=task.blend,
-                                        probabilities=task.layout.probabilities,
-                                        label_type=task.layout.label_dtype, timings=timings)
+    density = np.empty(slab.shape, np.float32) if task.layout.density else None
+    labels, probs, tiles = segment_planes(backend, slab, plan, task.mode, start=start, axis=task.axis_index,
+                                          batch=task.batch, blend=task.blend,
+                                          probabilities=task.layout.probabilities,
+                                          label_type=task.layout.label_dtype, timings=timings, tta=task.tta,
+                                          counts=prompt_counts, density_out=density)
     store = OutputStore(Path(task.target), task.layout, task.run_hash)
     store.attach()
     store.write_block(index, region_of(start, stop, task.axis_index), np.moveaxis(labels, 0, task.axis_index),
-                      None if probs is None else np.moveaxis(probs, 1, task.axis_index + 1))
+                      None if probs is None else np.moveaxis(probs, 1, task.axis_index + 1),
+                      None if density is None else np.moveaxis(density, 0, task.axis_index))
     counts = np.bincount(labels.ravel(), minlength=len(task.layout.classes) + 1)[: len(task.layout.classes) + 1]
     return {"index": index, "planes": stop - start, "tiles": tiles, "compute": timings.get("compute", 0.0),
-            "stitch": timings.get("stitch", 0.0), "label_counts": counts.tolist()}
+            "stitch": timings.get("stitch", 0.0), "label_counts": counts.tolist(), "prompt_counts": prompt_counts}
 
 
 def check_address(address: str) -> None:

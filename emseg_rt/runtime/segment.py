@@ -132,8 +132,6 @@ def segment_volume(
     auto_threshold = _peak_threshold(auto, peak_threshold, bool(instances))
     source = input if is_array(input) or is_url(input) else Path(input)
     _check_dask(dask, backend, source)
-    if dask is not None and (points is not None or tta or auto):
-        raise EmsegError("--dask does not carry --prompts / --tta to its workers yet; run without --dask")
     volume, where = open_input(source, key, level)
     check_no_missing_chunks(volume.array, where, allow_missing_chunks)
     norm = dataset_normalisation(volume.array, where, window=parse_window(window) if window else None)
@@ -214,7 +212,7 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
     else:
         engine, owns_backend = backend, False
     try:
-        max_points = _check_backend(engine, options, points, dask, auto=auto_threshold is not None)
+        max_points = _check_backend(engine, options, points, auto=auto_threshold is not None)
         instance_classes = parse_instance_classes(instances, tuple(engine.spec.classes))
         seeds = _watershed_seeds(engine, instance_classes, auto_threshold, peak_threshold)
         run = _RunPlan(engine, volume, options, norm, target, points, max_points, instance_classes, auto_threshold,
@@ -293,7 +291,7 @@ def _check_memory(run: "_RunPlan", volume: Any) -> None:
 
 
 def _check_backend(engine: Backend, options: SegmentOptions, points: PointSet | None = None,
-                   dask: str | None = None, auto: bool = False) -> int | None:
+                   auto: bool = False) -> int | None:
     """Refuse what this backend cannot run; return P, the points per tile of a window-prompted model (None
     for a prompt-free one). `auto` (--prompts auto) needs a window-prompted model with a density output."""
     max_points = None
@@ -305,8 +303,6 @@ def _check_backend(engine: Backend, options: SegmentOptions, points: PointSet | 
             raise EmsegError(f"the model needs per-tile prompts ({', '.join(engine.spec.prompts)}); `segment` runs "
                              "prompt-free models (scsam-*, sam-star-*, mae-star-*, surgicalsam-*) and "
                              "window-prompted ones (prompt-das-*)")
-        if dask is not None:
-            raise EmsegError("--dask does not run prompted models (prompt-das-*) yet; run without --dask")
     elif points is not None:
         raise EmsegError("--prompts: this model takes no prompts (point prompts are for prompt-das-*)")
     batch_max = engine.spec.details.get("batch_max")
@@ -477,7 +473,8 @@ def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key:
     task = BlockTask(recipe=recipe, identity=run.engine.spec.identity, source=str(source), key=key, level=level,
                      axis_index=run.axis_index, axis=options.axis, norm=run.norm, where=where,
                      plane_shape=run.plane_shape, tile=run.tile_plan.tile, halo=run.halo, batch=options.batch,
-                     blend=options.blend, target=str(store.root), layout=run.layout, run_hash=run.hash)
+                     blend=options.blend, target=str(store.root), layout=run.layout, run_hash=run.hash,
+                     mode=PromptMode(run.max_points, run.points, run.auto_threshold), tta=options.tta)
 
     def on_block(result: dict[str, Any]) -> None:
         label_counts[:] += np.asarray(result["label_counts"], dtype=np.int64)
@@ -487,6 +484,8 @@ def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key:
         rep.tiles_computed += result["tiles"]
         run.timings["compute"] += result["compute"]
         run.timings["stitch"] += result["stitch"]
+        for name, count in result.get("prompt_counts", {}).items():
+            run.prompt_counts[name] = run.prompt_counts.get(name, 0) + count
 
     run.setup_done = time.perf_counter()
     try:
@@ -494,6 +493,7 @@ def _stream_on_cluster(address: str, recipe: "BackendRecipe", source: Path, key:
             run_blocks_on_cluster(address, task, pending, say, on_block)
     finally:
         run.loop_seconds = time.perf_counter() - run.setup_done
+    rep.auto_points = run.prompt_counts.get("auto_points", 0)
     classes = run.layout.classes
     rep.label_counts = {("background" if i == 0 else classes[i - 1]): int(c) for i, c in enumerate(label_counts)}
 
