@@ -252,3 +252,21 @@ def test_onnxruntime_package_takes_the_same_prompts(volume, engine):
     a = segment_labels(data[:2], backend=onnx, prompts=point, tta=True)
     b = segment_labels(data[:2], backend=engine, prompts=point, tta=True)
     assert (a == b).mean() > 0.99
+
+
+def test_the_torch_backend_skips_the_density_head_unless_asked(engine):
+    """Labels alone do not run the density head (≈ half a paper-size window's FLOPs); asking for 'density'
+    does, and the labels are the same either way."""
+    calls = []
+    hook = engine.model.head.density_head.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        tiles = np.random.default_rng(2).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8)
+        prompts = {"point_coords": np.zeros((2, 4, 2), np.float32), "point_labels": np.full((2, 4), -1, np.int64)}
+        plain = engine.run(tiles, want_logits=True, prompts=prompts)
+        assert calls == [] and "density" not in plain
+        with_density = engine.run(tiles, want_logits=True, prompts=prompts, outputs=("density",))
+        assert calls == [1] and with_density["density"].shape == (2, 1, 64, 64)
+        np.testing.assert_array_equal(plain["labels"], with_density["labels"])
+        np.testing.assert_array_equal(plain["logits"], with_density["logits"])
+    finally:
+        hook.remove()

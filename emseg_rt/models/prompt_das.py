@@ -238,15 +238,18 @@ class PromptDasHead(nn.Module):
         self.class_merge = ClassMerge(config.tile, config.num_classes)
 
     def forward(
-        self, dino_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+        self, dino_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+        want_density: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Segment each tile and estimate its centre-point density, guided by its points (M ≥ 0 of P).
 
         dino_embedding:  (B, N, g, g) float32
         point_coords:    (B, P, 2) float pixel (x, y) in the tile
         point_labels:    (B, P) int: 1 positive, 0 negative, −1 padding (M = 0: all padding)
+        want_density:    False skips the density head (≈ 182 of the head's 189 GFLOP per 384² window);
+                         the torch backend passes it when no caller asked for 'density'.
         returns          logits (B, 1, T, T) float32 (mitochondria vs background), labels (B, T, T) uint8
-                         (1 where the logit is > 0) and density (B, 1, T, T) float32 (≥ 0).
+                         (1 where the logit is > 0) and, with want_density, density (B, 1, T, T) float32 (≥ 0).
         """
         b, n, h, w = dino_embedding.shape
         prompt_tokens, is_point = self.point_encoder(point_coords, point_labels)
@@ -258,7 +261,8 @@ class PromptDasHead(nn.Module):
         up_ch, up_h, up_w = upscaled.shape[1:]
         low_res = (hyper_in.unsqueeze(1) @ upscaled.reshape(b, up_ch, up_h * up_w)).reshape(b, 1, up_h, up_w)
         out = self.class_merge(low_res)
-        out["density"] = self.density_head(upscaled)
+        if want_density:
+            out["density"] = self.density_head(upscaled)
         return out
 
     def forward_with_queries(

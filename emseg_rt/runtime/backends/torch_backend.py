@@ -97,6 +97,9 @@ class TorchBackend:
                  for name, value in (prompts or {}).items()}
         if getattr(self.model, "can_skip_logits", False):
             extra["want_logits"] = want_logits  # labels only: the clustering head's fused kernel on CUDA
+        for name in self.spec.extra_outputs:  # heads skip extra outputs nobody asked for (want_<name>=False)
+            if name not in extras:
+                extra[f"want_{name}"] = False
         dtype = AUTOCAST_DTYPES.get(self.precision)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.forward(batch, **extra)
