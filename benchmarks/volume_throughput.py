@@ -53,7 +53,7 @@ def child_segment(args: argparse.Namespace) -> None:
     from emseg_rt.runtime import segment_volume
 
     report = segment_volume(args.input, args.output, model=args.model, backend=args.backend, batch=args.batch,
-                            halo=args.halo, block=args.block, overwrite=True)
+                            halo=args.halo, block=args.block, overwrite=True, device=args.device)
     result = report.to_dict()
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(result))
@@ -65,7 +65,7 @@ def child_backend_only(args: argparse.Namespace) -> None:
     from emseg_rt.runtime.slab import tile_batches
     from emseg_rt.runtime.tiling import plan_tiles
 
-    engine = load_backend(args.model, args.backend)
+    engine = load_backend(args.model, args.backend, args.device)
     volume = open_volume(args.input)
     depth, h, w = volume.shape
     plan = plan_tiles((h, w), engine.spec.tile, args.halo)
@@ -84,7 +84,7 @@ def child_backend_only(args: argparse.Namespace) -> None:
 def run_child(mode: str, args: argparse.Namespace, input_path: Path, output: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--input", str(input_path), "--output", str(output),
            "--model", args.model, "--backend", args.backend, "--batch", str(args.batch), "--halo", str(args.halo),
-           "--block", str(args.block)]
+           "--block", str(args.block), "--device", args.device]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -94,13 +94,13 @@ def run_child(mode: str, args: argparse.Namespace, input_path: Path, output: Pat
     return result
 
 
-def machine() -> dict:
+def machine(device: str) -> dict:
     """The benchmarks' common machine record (`emseg_rt.bench.machine`), plus Python, zarr and the load."""
     import zarr
 
     from emseg_rt.bench.machine import machine_record
 
-    record = machine_record("cpu")  # segment_volume's default device, which both children use
+    record = machine_record(device)  # the device both children segment on
     record.update({"python": platform.python_version(), "zarr": zarr.__version__,
                    "load_average_at_start": os.getloadavg()})
     return record
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--halo", type=int, default=0)
     parser.add_argument("--block", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="segment_volume's device (cpu, cuda)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/emseg-volume-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "volume_throughput")
     args = parser.parse_args()
@@ -129,8 +130,9 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = {"benchmark": "volume_throughput", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-               "machine": machine(), "settings": {k: v for k, v in vars(args).items()
-                                                  if k in ("model", "backend", "batch", "halo", "block", "plane")},
+               "machine": machine(args.device), "settings": {
+                   k: v for k, v in vars(args).items()
+                   if k in ("model", "backend", "batch", "halo", "block", "plane", "device")},
                "volumes": []}
     overhead_sizes = {int(s) for s in args.overhead_sizes.split(",") if s}
     for megabytes in (int(s) for s in args.sizes.split(",")):
@@ -173,7 +175,7 @@ def markdown(results: dict) -> str:
         f"zarr {m['zarr']}. Date {results['date']}. "
         f"Load average at start {tuple(round(v, 1) for v in m['load_average_at_start'])} "
         "(the machine is shared: absolute times vary, compare within this file only).",
-        f"Model {s['model']} on {s['backend']} (CPU), batch {s['batch']}, halo {s['halo']}, block {s['block']} slices, "
+        f"Model {s['model']} on {s['backend']} ({s.get('device', 'cpu')}), batch {s['batch']}, halo {s['halo']}, block {s['block']} slices, "
         f"planes {s['plane']}².",
         "",
         "| volume | shape | tiles | segment wall (s) | streaming wall (s) | backend-only (s) | overhead | "
