@@ -12,6 +12,7 @@ from emseg_rt.bench.runners import BACKENDS
 from emseg_rt.bench.table5 import PAPER_ROWS, BenchConfig, run_bench
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
+from emseg_rt.runtime.devices import resolve_device
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -37,15 +38,11 @@ def bench_command(
     quiet: bool = typer.Option(False, help="Print only the table."),
 ) -> None:
     """Reproduce ScSAM's per-image inference-time table on this machine, for every backend."""
-    import torch
-
     try:
         batches = tuple(int(b) for b in _csv(batch))
     except ValueError:
         raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
-    if device not in ("cpu", "cuda", "auto"):
-        raise EmsegError(f"--device {device!r}: choose cpu, cuda or auto")
-    resolved_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    resolved_device = resolve_device(device)
     if cache_dir is not None:  # the export cache is located by the environment, for this process
         os.environ["EMSEG_RT_CACHE"] = str(cache_dir)
     config = BenchConfig(models=_csv(models), size=size, backends=() if backends == "auto" else _csv(backends),

@@ -38,15 +38,13 @@ def pretrain_command(
     from emseg_rt.cli.eval_cmd import read_volume_or_fail
     from emseg_rt.errors import EmsegError
     from emseg_rt.models import build, get_config
+    from emseg_rt.runtime.devices import resolve_device
     from emseg_rt.training.pretrain import pretrain
 
     if get_config(model).pretrain is None:
         raise EmsegError(f"model {model} has no masked pretraining (only maester-* and his4mae-* do); to train a "
                          "ScSAM-family head use `emseg-rt train`")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise EmsegError(f"--device {device}: choose cpu, cuda (needs a CUDA GPU) or auto")
+    device = resolve_device(device)
     volumes = [read_volume_or_fail(path) for path in data]
     torch.manual_seed(seed)  # the student's initial weights (decoder and codebook: `pretrain` seeds them)
     pipeline = build(model).to(device)

@@ -33,7 +33,8 @@ def segment_command(
                                                     "loaded in order."),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt (auto prints "
                                 "which it chose and why)."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else the CPU; "
+                               "says which), cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (bf16: torch backend only; "
                                   "fp16 on onnxruntime/tensorrt runs the mixed-fp16 package)."),
     batch: int = typer.Option(4, "--batch", help="Tiles per backend call."),

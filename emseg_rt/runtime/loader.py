@@ -54,8 +54,11 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
     say:   receives one line saying which backend `auto` chose, and why it skipped others.
     EmsegError for bad choices; `checkpoints` apply to registry names (a package holds its weights).
     """
-    _check_choices(backend, device, precision)
+    from emseg_rt.runtime.devices import resolve_device
+
     say = say or (lambda message: None)
+    device = resolve_device(device, say)
+    _check_choices(backend, device, precision)
     model = model or default_model_name()
     if is_package_path(model):
         path = Path(model)

@@ -66,7 +66,7 @@ def segment_volume(
     model: str | None = None,
     checkpoints: Sequence[str | Path] = (),
     backend: str | Backend = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     precision: str = "fp32",
     batch: int = 4,
     halo: int | None = None,
@@ -103,6 +103,7 @@ def segment_volume(
     model:   registry name or model package directory; None → the embedded default model.
     checkpoints: weights loaded in order into a registry model (emseg_rt.models.checkpoint formats).
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
+    device:  'auto' (a CUDA GPU when torch sees one, else the CPU; `runtime.devices`), 'cpu', 'cuda[:N]'.
     precision: 'fp32', 'fp16' or 'bf16' (bf16 on the torch backend only).
     levels:  pyramid levels s0..s(levels-1), each 2× smaller in y and x (default: from the plane size); with
              `into_input` the input image's own levels.
@@ -131,6 +132,10 @@ def segment_volume(
     points = None if prompts is None or auto else load_points(prompts)
     auto_threshold = _peak_threshold(auto, peak_threshold, bool(instances))
     source = input if is_array(input) or is_url(input) else Path(input)
+    if device != "auto":  # a GPU that is not there: refused before anything is read or claimed
+        from emseg_rt.runtime.devices import resolve_device
+
+        resolve_device(device)
     _check_dask(dask, backend, source)
     volume, where = open_input(source, key, level)
     check_no_missing_chunks(volume.array, where, allow_missing_chunks)
@@ -206,8 +211,10 @@ def _segment_claimed(claim: OutputClaim, source: Any, volume: Any, options: Segm
         (say or (lambda m: None))(message)
 
     if isinstance(backend, str):
+        from emseg_rt.runtime.devices import resolve_device
         from emseg_rt.runtime.loader import load_backend
 
+        device = resolve_device(device, note)
         engine, owns_backend = load_backend(model, backend, device, precision, checkpoints, say=note), True
     else:
         engine, owns_backend = backend, False
