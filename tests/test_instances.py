@@ -25,10 +25,9 @@ from emseg_rt.runtime.instances import (
     boundary_pairs,
     equivalence_table,
     label_block,
-    overlap_pairs,
+    cut_plane,
     relabel_by_first_appearance,
     watershed_block,
-    watershed_plane,
 )
 from emseg_rt.runtime.output import marker_indices
 
@@ -112,21 +111,33 @@ def two_touching_discs(shape=(40, 60)) -> tuple[np.ndarray, np.ndarray]:
 def test_watershed_splits_touching_objects_at_their_density_peaks():
     mask, density = two_touching_discs()
     assert label_block(mask[None])[1] == 1  # components: one object
-    ids, n = watershed_plane(mask, density, WatershedSeeds(0.5))
-    assert n == 2 and ids[20, 20] == 1 and ids[20, 38] == 2
-    np.testing.assert_array_equal(ids > 0, mask)  # every mask pixel gets an instance, nothing outside
-    assert watershed_plane(mask, density, WatershedSeeds(1.5))[1] == 1  # no peak above: the component whole
+    ids, n, cut = watershed_block(mask[None], density[None], WatershedSeeds(0.5))
+    assert n == 2 and ids[0, 20, 20] != ids[0, 20, 38] and {int(ids[0, 20, 20]), int(ids[0, 20, 38])} == {1, 2}
+    np.testing.assert_array_equal(ids[0] > 0, mask)  # every mask pixel gets an instance, cut ones too
+    line = mask & ~cut[0]
+    assert 0 < line.sum() < 2 * 25 and line[:, :29].sum() == 0  # a thin line between the two centres
+    np.testing.assert_array_equal(cut_plane(mask, density, WatershedSeeds(1.5)), mask)  # no peak: no cut
     lone = mask.copy()
     lone[2:6, 50:55] = True  # a component with no peak stays an instance of its own
-    assert watershed_plane(lone, density, WatershedSeeds(0.5))[1] == 3
+    assert watershed_block(lone[None], density[None], WatershedSeeds(0.5))[1] == 3
 
 
-def test_overlap_pairs_are_mutual_best_overlaps():
-    last = np.array([[1, 1, 1, 1, 0, 2, 2]])
-    first = np.array([[1, 1, 1, 2, 2, 2, 2]])  # 1↔1 (3 px); 2 overlaps last 1 (1 px) and last 2 (2 px)
-    assert overlap_pairs(last, first).tolist() == [[1, 1], [2, 2]]
-    assert overlap_pairs(np.array([[1, 1, 1]]), np.array([[1, 2, 2]])).tolist() == [[1, 2]]  # the larger one
-    assert overlap_pairs(np.zeros((2, 2), int), np.ones((2, 2), int)).shape == (0, 2)
+def test_touching_columns_stay_two_instances_through_every_plane_and_block():
+    mask, density = two_touching_discs()
+    mask, density = np.repeat(mask[None], 6, axis=0), np.repeat(density[None], 6, axis=0)
+    mask[3, :, :] = False  # a gap: the columns' halves above and below are separate objects
+    for block in (1, 2, 4, 6):
+        ids = blockwise_instances(mask, block, density, WatershedSeeds(0.5))
+        assert ids.max() == 4 and len({int(v) for v in ids[:3, 20, 20]}) == 1
+        assert len({int(ids[0, 20, 20]), int(ids[0, 20, 38]), int(ids[4, 20, 20]), int(ids[4, 20, 38])}) == 4
+
+
+def test_without_two_peaks_in_a_component_the_watershed_is_the_components():
+    mask = random_blobs(4, (6, 24, 20))
+    density = np.zeros(mask.shape, np.float32)
+    ids, n, cut = watershed_block(mask, density, WatershedSeeds(0.5))
+    np.testing.assert_array_equal(cut, mask)
+    np.testing.assert_array_equal(ids, reference(mask))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -136,10 +147,10 @@ def test_blockwise_watershed_equals_the_whole_volume_at_once(seed):
     density = ndimage.gaussian_filter(rng.random(mask.shape), (0, 2, 2)).astype(np.float32)
     density = (density - density.min()) / np.ptp(density)
     seeds = WatershedSeeds(0.3, 5)
-    whole, n = watershed_block(mask, density, seeds)
-    assert n > int(ndimage.label(mask)[1])  # the seeds split components
-    np.testing.assert_array_equal(whole, relabel_by_first_appearance(whole))  # first-appearance order
-    for block in (1, 2, 3, 4, 9):  # 4: a tie in overlap broken by position, not by the per-block IDs
+    whole, n, cut = watershed_block(mask, density, seeds)
+    assert n >= int(ndimage.label(mask)[1]) and (cut != mask).any()  # cuts (3D paths may join them again)
+    np.testing.assert_array_equal(whole > 0, mask)
+    for block in (1, 2, 3, 4, 9):
         np.testing.assert_array_equal(blockwise_instances(mask, block, density, seeds), whole)
 
 

@@ -17,12 +17,14 @@ table are ever in memory:
    through the table, write uint32.
 
 With a density head (Prompt-DAS), `seeds` switches the method to a marker watershed that splits touching
-objects: per plane, the density's peaks inside the mask (`peak_markers`: the same max-pool NMS and threshold
-as `--prompts auto`, a plateau peak one marker) flood `-density` within the mask (scikit-image), mask
-components without a peak stay whole; each piece then continues the piece of the previous plane it overlaps
-most when that piece overlaps it most too (`overlap_pairs`, mutual best overlap). That rule sees two adjacent
-planes only, and within a plane block IDs are pieces one to one, so the three passes below stay the same with
-it in place of face contact, and the result stays independent of the block size.
+objects while staying a components method: per plane, the density's peaks inside the mask (`peak_markers`:
+the same max-pool NMS and threshold as `--prompts auto`, a plateau peak one marker) flood `-density` within
+the mask (scikit-image; components no marker reaches are pieces of their own), and the pixels on the lines
+between pieces are cut from the mask (`cut_plane`). Instances are the 3D face-connected components of the cut
+mask, computed exactly as below; each cut pixel then takes the ID of its plane's nearest labelled pixel
+(`fill_cuts`, per plane, so per block). Cuts and fills see one plane only and the cut mask alone links across
+block boundaries, so the result is independent of the block size; with no two peaks in any component it is
+exactly the components method.
 
 Resumability (`InstanceStage`): per class, the provisional pass saves one small file per block
 (`.emseg-rt/instances-<hash>/<class>/block-<k>.npz`, written atomically: it is that block's marker), the
@@ -77,58 +79,55 @@ def peak_markers(density: np.ndarray, mask: np.ndarray, seeds: WatershedSeeds) -
     return markers.astype(np.int32, copy=False)
 
 
-def watershed_plane(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds) -> tuple[np.ndarray, int]:
-    """Pieces of one plane's mask (H, W) bool: marker watershed of -density (H, W) from `peak_markers`,
-    face connectivity, inside the mask; mask components no marker reaches are pieces of their own. Returns
-    (int32 IDs 1..n in scan order of first appearance, n)."""
+def watershed_pieces(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds) -> np.ndarray:
+    """One plane's mask (H, W) bool split by a marker watershed of -density (H, W) from `peak_markers`, face
+    connectivity, inside the mask; mask components no marker reaches are pieces of their own. → int32 (H, W),
+    0 outside the mask (piece IDs are arbitrary: only their borders are used)."""
     from skimage.segmentation import watershed
 
     mask = np.asarray(mask, dtype=bool)
     markers = peak_markers(density, mask, seeds)
-    pieces = watershed(-density.astype(np.float32), markers, mask=mask) if markers.any() else np.zeros(
-        mask.shape, np.int32)
-    rest, count = ndimage.label(mask & (pieces == 0))
-    pieces = np.where(rest > 0, rest.astype(np.int64) + int(markers.max()), pieces)
-    ids = relabel_by_first_appearance(pieces).astype(np.int32)
-    return ids, int(ids.max(initial=0))
+    if not markers.any():
+        return mask.astype(np.int32)
+    pieces = watershed(-density.astype(np.float32), markers, mask=mask).astype(np.int32)
+    rest, _ = ndimage.label(mask & (pieces == 0))
+    return np.where(rest > 0, rest + int(markers.max()), pieces).astype(np.int32)
 
 
-def overlap_pairs(last_plane: np.ndarray, first_plane: np.ndarray) -> np.ndarray:
-    """The (id in `last_plane`, id in `first_plane`) pairs that continue each other across adjacent planes:
-    each is the other's largest overlap; ties go to the partner whose first pixel comes first in scan order
-    (not to the smaller ID: IDs are numbered differently per block, positions are not). (P, 2) int64, sorted."""
-    both = (last_plane > 0) & (first_plane > 0)
-    if not both.any():
-        return np.zeros((0, 2), np.int64)
-    pairs, area = np.unique(np.stack([last_plane[both], first_plane[both]], axis=1).astype(np.int64), axis=0,
-                            return_counts=True)
-
-    def first_pixel(plane: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        values, index = np.unique(plane.ravel(), return_index=True)
-        return index[np.searchsorted(values, ids)]
-
-    def best(keys: np.ndarray, partners: np.ndarray, partner_position: np.ndarray) -> dict[int, int]:
-        order = np.lexsort((partner_position, -area, keys))  # per key: largest area, then first in scan order
-        keys_sorted = keys[order]
-        first = np.concatenate([[True], keys_sorted[1:] != keys_sorted[:-1]])
-        return dict(zip(keys_sorted[first].tolist(), partners[order][first].tolist()))
-
-    forward = best(pairs[:, 0], pairs[:, 1], first_pixel(first_plane, pairs[:, 1]))
-    backward = best(pairs[:, 1], pairs[:, 0], first_pixel(last_plane, pairs[:, 0]))
-    keep = [i for i, (a, b) in enumerate(pairs.tolist()) if forward[a] == b and backward[b] == a]
-    return pairs[keep]
+def cut_plane(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds) -> np.ndarray:
+    """The plane's mask (H, W) without its watershed lines: pixels with a face neighbour in another piece
+    (`watershed_pieces`) are cut. No two peaks in a component: nothing is cut. → bool (H, W)."""
+    pieces = watershed_pieces(mask, density, seeds)
+    line = np.zeros(pieces.shape, bool)
+    for axis in (0, 1):
+        a = np.moveaxis(pieces, axis, 0)
+        differ = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)
+        np.moveaxis(line, axis, 0)[1:] |= differ
+        np.moveaxis(line, axis, 0)[:-1] |= differ
+    return np.asarray(mask, bool) & ~line
 
 
-def watershed_block(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds) -> tuple[np.ndarray, int]:
-    """Instances of one block, mask (N, H, W) bool and density (N, H, W) float: `watershed_plane` per plane,
-    pieces of adjacent planes joined by `overlap_pairs` → (int32 IDs 1..n by first appearance, planes first; n)."""
-    planes = [watershed_plane(m, d, seeds) for m, d in zip(mask, density)]
-    counts = [n for _, n in planes]
-    pairs = [np.zeros((0, 2), np.int64)] + [overlap_pairs(planes[p - 1][0], planes[p][0])
-                                            for p in range(1, len(planes))]
-    offsets, table = equivalence_table(counts, pairs)
-    ids = np.stack([relabel_block(piece, int(offsets[p]), table) for p, (piece, _) in enumerate(planes)])
-    return ids.astype(np.int32), int(table.max(initial=0))
+def fill_cuts(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Give each mask pixel of one plane without an ID (a cut pixel) the ID of the nearest pixel that has one
+    (Euclidean, ties by scipy's scan order); ids (H, W) int, mask (H, W) bool. A plane with no ID at all
+    stays as it is."""
+    missing = mask & (ids == 0)
+    if not missing.any() or not (ids > 0).any():
+        return ids
+    _, (rows, cols) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
+    return np.where(missing, ids[rows, cols], ids)
+
+
+def watershed_block(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds
+                    ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Instances of one block, mask (N, H, W) bool and density (N, H, W) float: the 3D face-connected
+    components of the mask less each plane's watershed lines (`cut_plane`), then the cut pixels filled from
+    their plane's nearest component (`fill_cuts`). → (int32 IDs 1..n by first appearance, planes first; n;
+    the cut mask (N, H, W) bool, which alone links across planes)."""
+    cut = np.stack([cut_plane(m, d, seeds) for m, d in zip(mask, density)])
+    ids, count = label_block(cut)
+    filled = np.stack([fill_cuts(plane, m) for plane, m in zip(ids, np.asarray(mask, bool))])
+    return filled, count, cut
 
 
 def label_block(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -209,15 +208,19 @@ def relabel_by_first_appearance(ids: np.ndarray) -> np.ndarray:
 
 
 def block_ids(mask: np.ndarray, density: np.ndarray | None = None, seeds: WatershedSeeds | None = None
-              ) -> tuple[np.ndarray, int]:
-    """One block's local IDs by the run's method: components, or with `seeds` (and density) the watershed."""
-    return label_block(mask) if seeds is None else watershed_block(mask, density, seeds)
+              ) -> tuple[np.ndarray, int, np.ndarray]:
+    """One block's local IDs by the run's method → (IDs, count, the voxels that link across planes): the
+    mask's components (all of the mask links), or with `seeds` (and density) `watershed_block` (the cut mask)."""
+    if seeds is None:
+        ids, count = label_block(mask)
+        return ids, count, np.asarray(mask, bool)
+    return watershed_block(mask, density, seeds)
 
 
-def link_pairs(last_plane: np.ndarray, first_plane: np.ndarray, seeds: WatershedSeeds | None = None) -> np.ndarray:
-    """The method's rule across a block boundary: face contact for components, mutual best overlap for the
-    watershed."""
-    return boundary_pairs(last_plane, first_plane) if seeds is None else overlap_pairs(last_plane, first_plane)
+def link_pairs(last_ids: np.ndarray, last_links: np.ndarray, first_ids: np.ndarray, first_links: np.ndarray
+               ) -> np.ndarray:
+    """`boundary_pairs` across a block boundary, over the voxels that link (the cut mask for the watershed)."""
+    return boundary_pairs(np.where(last_links, last_ids, 0), np.where(first_links, first_ids, 0))
 
 
 def blockwise_instances(mask: np.ndarray, block: int, density: np.ndarray | None = None,
@@ -227,15 +230,15 @@ def blockwise_instances(mask: np.ndarray, block: int, density: np.ndarray | None
     the watershed on `density` (Z, Y, X) float."""
     bounds = [(b, min(b + block, mask.shape[0])) for b in range(0, mask.shape[0], block)]
 
-    def ids_of(b0: int, b1: int) -> tuple[np.ndarray, int]:
+    def ids_of(b0: int, b1: int) -> tuple[np.ndarray, int, np.ndarray]:
         return block_ids(mask[b0:b1], None if density is None else density[b0:b1], seeds)
 
     counts, pairs, last = [], [], None
     for b0, b1 in bounds:  # provisional pass
-        ids, n = ids_of(b0, b1)
-        pairs.append(link_pairs(last, ids[0], seeds) if last is not None else np.zeros((0, 2), np.int64))
+        ids, n, links = ids_of(b0, b1)
+        pairs.append(link_pairs(*last, ids[0], links[0]) if last is not None else np.zeros((0, 2), np.int64))
         counts.append(n)
-        last = ids[-1]
+        last = (ids[-1], links[-1])
     offsets, table = equivalence_table(counts, pairs)
     out = np.zeros(mask.shape, np.uint32)
     for k, (b0, b1) in enumerate(bounds):  # relabel pass
@@ -293,13 +296,14 @@ class InstanceStage:
     def _region(self, b0: int, b1: int) -> tuple[slice, ...]:
         return tuple(slice(b0, b1) if i == self.axis_index else slice(None) for i in range(3))
 
-    def _local_ids(self, b0: int, b1: int) -> tuple[np.ndarray, int]:
+    def _local_ids(self, b0: int, b1: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """Block planes b0..b1-1 → (local IDs, count, the voxels that link across planes) (`block_ids`)."""
         region = self._region(b0, b1)
-        labels = np.moveaxis(np.asarray(self.semantic[region]), self.axis_index, 0)
-        if self.seeds is None:
-            return label_block(labels == self.value)
-        density = np.moveaxis(np.asarray(self.density[region]), self.axis_index, 0).astype(np.float32) / 255
-        return watershed_block(labels == self.value, density, self.seeds)
+        mask = np.moveaxis(np.asarray(self.semantic[region]), self.axis_index, 0) == self.value
+        density = None
+        if self.seeds is not None:
+            density = np.moveaxis(np.asarray(self.density[region]), self.axis_index, 0).astype(np.float32) / 255
+        return block_ids(mask, density, self.seeds)
 
     def _group(self) -> Any:
         return zarr.open_group(str(self.state), mode="r+")
@@ -341,15 +345,16 @@ class InstanceStage:
             if index in done:
                 previous_last = None
                 continue
-            ids, count = self._local_ids(b0, b1)
+            ids, count, links = self._local_ids(b0, b1)
             if index > 0 and previous_last is None:  # resumed here: label the previous block again
                 _, p0, p1 = self.blocks[index - 1]
-                previous_last = self._local_ids(p0, p1)[0][-1]
-            pairs = link_pairs(previous_last, ids[0], self.seeds) if index > 0 else np.zeros((0, 2), np.int64)
+                before, _, before_links = self._local_ids(p0, p1)
+                previous_last = (before[-1], before_links[-1])
+            pairs = link_pairs(*previous_last, ids[0], links[0]) if index > 0 else np.zeros((0, 2), np.int64)
             self._new_array(f"pairs-{index}", pairs.shape, np.int64, (max(len(pairs), 1), 2))[...] = pairs
             counts[index] = count
             markers[index] = 1  # after the block's results: a marker means they are complete
-            previous_last = ids[-1]
+            previous_last = (ids[-1], links[-1])
 
     def table(self) -> tuple[np.ndarray, np.ndarray]:
         group = self._group()
