@@ -3,14 +3,19 @@
 PYTHON ?= python3
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test
+.PHONY: setup test-setup demo test
 
 setup:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev]"
 
+# The tests' SAM2 reference (vanilla-sam2 parity): a source-only package, built against the torch just
+# installed (its isolated build would download a second torch).
+test-setup: setup
+	SAM2_BUILD_CUDA=0 $(PYTHON) -m pip install -q --disable-pip-version-check --no-build-isolation "sam2>=1.1"
+
 demo: setup
 	$(PYTHON) -m emseg_rt demo --out $(DEMO_OUT)
 
-test: setup
+test: test-setup
 	@$(PYTHON) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc

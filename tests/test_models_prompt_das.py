@@ -164,3 +164,48 @@ def test_encoder_and_head_widths_must_agree():
     with pytest.raises(ValueError, match="one class"):
         build(TINY, classes=("a", "b"))
     assert config.prompt_dim == config.dino_encoder.embed_dim
+
+
+def _dino_backbone(config, img_size: int) -> dict[str, torch.Tensor]:
+    """A DINO-layout backbone state dict (timm's ViT with its class token, as dino_deitsmall8_pretrain.pth)
+    of the tiny encoder's width and depth at `img_size`, random weights."""
+    torch.manual_seed(3)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=img_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
+        num_heads=config.num_heads, num_classes=0)
+    return vit.state_dict()
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_dino_backbone_loads_into_the_encoder(tmp_path, wrapped):
+    """DINO's released layout (class token, 28² table at 224²) → our encoder: blocks equal, class token dropped,
+    the table resampled to the window's grid; a training checkpoint's teacher loads the same way."""
+    from timm.layers import resample_abs_pos_embed
+
+    from emseg_rt.models.checkpoint import load_checkpoint
+
+    model = build(TINY)
+    encoder = get_config(TINY).dino_encoder
+    state = _dino_backbone(encoder, img_size=40)  # 5² grid; the tiny window's is 8²
+    payload = {"teacher": {f"backbone.{k}": v for k, v in state.items()}} if wrapped else state
+    torch.save(payload, tmp_path / "dino.pth")
+    assert load_checkpoint(model, tmp_path / "dino.pth") == "dino"
+    vit = model.encoders["dino_encoder"].vit
+    torch.testing.assert_close(vit.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"], rtol=0, atol=0)
+    expected = resample_abs_pos_embed(state["pos_embed"], [8, 8], [5, 5], num_prefix_tokens=1)[:, 1:]
+    torch.testing.assert_close(vit.pos_embed, expected, rtol=0, atol=0)
+    same_grid = _dino_backbone(encoder, img_size=64)  # the window's own grid: the table is copied
+    torch.save(same_grid, tmp_path / "dino64.pth")
+    load_checkpoint(model, tmp_path / "dino64.pth")
+    torch.testing.assert_close(vit.pos_embed, same_grid["pos_embed"][:, 1:], rtol=1e-6, atol=1e-6)
+
+
+def test_a_dino_backbone_of_another_width_is_one_line(tmp_path):
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.models.checkpoint import load_checkpoint
+
+    encoder = dataclasses.replace(get_config(TINY).dino_encoder, embed_dim=48, num_heads=2)
+    torch.save(_dino_backbone(encoder, img_size=64), tmp_path / "wide.pth")
+    with pytest.raises(EmsegError, match="pos_embed") as info:
+        load_checkpoint(build(TINY), tmp_path / "wide.pth")
+    assert "\n" not in str(info.value)

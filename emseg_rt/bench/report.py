@@ -82,8 +82,10 @@ def markdown_table(result: BenchResult) -> str:
                   "| path | stage | median s | share |", "|---|---|---|---|"]
         for row in result.breakdown:
             lines.append(f"| {row['path']} | {row['stage']} | {row['median_s']:.5f} | {row['fraction']:.1%} |")
-    if result.matmul_tflops is not None:
-        lines += ["", f"Measured fp16 matmul rate on this device: {result.matmul_tflops:.0f} TFLOP/s."]
+    if result.matmul_tflops:
+        rates = ", ".join(f"{name} {rate * 1e3:.1f} GFLOP/s" for name, rate in result.matmul_tflops.items())
+        lines += ["", f"Measured dense matmul rates on this device (the ceilings of 'fraction of matmul peak', "
+                      f"each record against its own precision's): {rates}."]
     return "\n".join(lines) + "\n"
 
 

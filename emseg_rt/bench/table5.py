@@ -12,9 +12,9 @@ import torch
 from emseg_rt.bench.machine import machine_record
 from emseg_rt.bench.runners import BACKENDS, BenchTarget, default_backends, load_target, prepare
 from emseg_rt.bench.timing import (
-    matmul_tflops,
     measure_latency,
     peak_host_memory_bytes,
+    peak_matmul_rates,
     reset_peak_host_memory,
 )
 from emseg_rt.errors import EmsegError
@@ -30,8 +30,17 @@ PAPER_TABLE5_SECONDS = {
     "sam-star": 0.375,
     "scsam": 0.457,
 }
-PAPER_ROWS = ("vanilla-sam", "surgicalsam", "mae-star", "sam-star", "scsam")
+PAPER_ROWS = ("vanilla-sam", "vanilla-sam2", "surgicalsam", "mae-star", "sam-star", "scsam")
 SIZES = ("vit-h", "vit-b", "tiny")
+# SAM2 has no ViT sizes: --size vit-h / vit-b run its SAM2.1 Hiera-L / Hiera-B+ (the paper does not name the
+# SAM2 size behind its 0.273 s; these are the SAM2.1 models nearest SAM ViT-H / ViT-B in role).
+FAMILY_SIZES = {"vanilla-sam2": {"vit-h": "hiera-l", "vit-b": "hiera-b+"}}
+
+
+def registry_name(family: str, size: str) -> str:
+    """The registry model a bench row runs: 'scsam', 'vit-h' → 'scsam-vit-h'; 'vanilla-sam2', 'vit-h' →
+    'vanilla-sam2-hiera-l' (`FAMILY_SIZES`)."""
+    return f"{family}-{FAMILY_SIZES.get(family, {}).get(size, size)}"
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,9 @@ class BenchConfig:
         if unknown:
             raise EmsegError(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
         names = set(list_models())
-        missing = [m for m in self.models if f"{m}-{self.size}" not in names]
+        missing = [m for m in self.models if registry_name(m, self.size) not in names]
         if missing:
-            raise EmsegError(f"--models: no {', '.join(f'{m}-{self.size}' for m in missing)} in the registry")
+            raise EmsegError(f"--models: no {', '.join(registry_name(m, self.size) for m in missing)} in the registry")
         if not self.batches or min(self.batches) < 1:
             raise EmsegError("--batch: give one or more batch sizes >= 1")
         if self.iters < 1 or self.warmup < 0:
@@ -77,7 +86,7 @@ class BenchResult:
 
     config: BenchConfig
     machine: dict[str, object]
-    matmul_tflops: float | None
+    matmul_tflops: dict[str, float]  # measured dense matmul rate by precision name (`timing.peak_matmul_rates`)
     records: list[dict[str, object]] = field(default_factory=list)
     breakdown: list[dict[str, object]] = field(default_factory=list)
 
@@ -108,7 +117,7 @@ def _reset_peaks(device: str) -> None:
 
 
 def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg: BenchConfig,
-             gflops: float, peak_rate: float | None) -> dict[str, object]:
+             gflops: float, peak_rates: dict[str, float]) -> dict[str, object]:
     record: dict[str, object] = {"model": family, "model_name": model_name, "backend": target.name, "batch": batch,
                                  "device": cfg.device, "gflops_per_slice": gflops,
                                  "paper_s": PAPER_TABLE5_SECONDS.get(family)}
@@ -136,7 +145,8 @@ def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg:
         "peak_host_mb": (peak_host_memory_bytes() or 0) / 2**20,
         "peak_device_mb": None if _peak_device_bytes(cfg.device) is None else _peak_device_bytes(cfg.device) / 2**20,
         "achieved_tflops": achieved,
-        "fraction_of_matmul_peak": None if peak_rate is None else achieved / peak_rate,
+        "fraction_of_matmul_peak": (achieved / peak_rates[backend.spec.precision]
+                                    if backend.spec.precision in peak_rates else None),
     })
     return record
 
@@ -156,16 +166,16 @@ def _speedups(records: list[dict[str, object]]) -> None:
 def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda message: None) -> BenchResult:
     """Measure every model × backend × batch of `cfg`; failures are recorded, not raised."""
     cfg.validate()
-    peak_rate = None
-    if cfg.device.startswith("cuda"):
-        peak_rate = matmul_tflops(cfg.device, torch.float16)
-        say(f"measured fp16 matmul rate: {peak_rate:.0f} TFLOP/s")
-    result = BenchResult(cfg, machine_record(cfg.device), peak_rate)
+    peak_rates = peak_matmul_rates(cfg.device)
+    say("measured matmul rates: " + ", ".join(f"{k} {v * 1e3:.1f} GFLOP/s" for k, v in peak_rates.items()))
+    result = BenchResult(cfg, machine_record(cfg.device), peak_rates)
     for name in cfg.backend_names:
         target = BenchTarget.parse(name)
         reason = target.unavailable_reason(cfg.device)
         for family in cfg.models:
-            model_name = f"{family}-{cfg.size}"
+            model_name = registry_name(family, cfg.size)
+            if model_name != f"{family}-{cfg.size}":
+                say(f"{family}: --size {cfg.size} runs {model_name}")
             gflops = model_info(model_name).gflops_per_slice
             for batch in cfg.batches:
                 base = {"model": family, "model_name": model_name, "backend": name, "batch": batch,
@@ -175,7 +185,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda message: Non
                     continue
                 say(f"{model_name} · {name} · batch {batch}")
                 try:
-                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops, peak_rate))
+                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops, peak_rates))
                 except (EmsegError, RuntimeError, MemoryError) as exc:
                     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     result.records.append({**base, "status": "failed", "reason": message[:300]})

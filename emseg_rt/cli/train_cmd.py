@@ -49,6 +49,11 @@ def train_command(
                                              "prompt-guided contrastive loss (needs --target)."),
     stop_after: int | None = typer.Option(None, "--stop-after", help="Prompt-DAS: end after this step (resume "
                                           "continues exactly)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="samda-* models: the SAMDA step, samda-source "
+                                      "(labelled --data), samda-uda (unlabelled --data and --target) or "
+                                      "samda-fewshot (--shots annotated slices of --data)."),
+    shots: int | None = typer.Option(None, "--shots", help="samda-fewshot: annotated target slices used, spread "
+                                     "evenly over --data (default 10, SAMDA §4)."),
 ) -> None:
     """Train FAFM + class prompt encoder + decoder with 0.2·L_cos + L_NTX + L_Dice on frozen encoders, or a
     whole Prompt-DAS pipeline (Dice + BCE + density MSE; optional mean teacher and contrastive loss)."""
@@ -63,6 +68,14 @@ def train_command(
     from emseg_rt.training import train_head
     from emseg_rt.training.cache import package_embedder
 
+    if recipe is not None or model.startswith("samda-"):
+        other = {"--sigma": sigma, "--prompt-fraction": prompt_fraction, "--class-id": class_id != 2 or None,
+                 "--ema-decay": ema_decay != 0.99 or None, "--contrastive-weight": contrastive_weight or None,
+                 "--cos-weight": cos_weight != 0.2 or None, "--cache": cache, "--embeddings-from": embeddings_from}
+        _train_samda(model, recipe, weights, data, labels, out, target=target, shots=shots, steps=steps, batch=batch,
+                     lr=lr, checkpoint_every=checkpoint_every, stop_after=stop_after, resume=resume, seed=seed,
+                     quiet=quiet, wrong=[name for name, value in other.items() if value is not None])
+        return
     prompt_das_options = {"--sigma": sigma is not None, "--prompt-fraction": prompt_fraction is not None,
                           "--class-id": class_id != 2, "--target": target is not None, "--ema-decay": ema_decay != 0.99,
                           "--contrastive-weight": contrastive_weight != 0.0, "--stop-after": stop_after is not None}
@@ -148,3 +161,56 @@ def _train_prompt_das(model: str, weights: list[Path] | None, image, truth, out:
         last = report.losses[-1] if report.losses else {}
         typer.echo(f"{out}: steps {report.start_step}→{report.end_step} of {report.steps} in {report.seconds:.1f} s; "
                    f"last loss {last.get('total', float('nan')):.4f}")
+
+
+def _train_samda(model: str, recipe: str | None, weights: list[Path] | None, data: Path, labels: str | None,
+                 out: Path, *, target: Path | None, shots: int | None, steps: int, batch: int | None,
+                 lr: float | None, checkpoint_every: int, stop_after: int | None, resume: bool, seed: int,
+                 quiet: bool, wrong: list[str]) -> None:
+    """`emseg-rt train samda-* --recipe ...`: one SAMDA step with `emseg_rt.training.samda.train_samda`."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from emseg_rt.cli.eval_cmd import read_volume_or_fail
+    from emseg_rt.data.phantom import GROUND_TRUTH
+    from emseg_rt.errors import EmsegError
+    from emseg_rt.io.ome_zarr import list_label_groups
+    from emseg_rt.models.reproducible import build_model
+    from emseg_rt.training.samda import few_shot_slices, train_samda
+
+    if recipe is None or not model.startswith("samda-"):
+        raise EmsegError(f"--recipe {recipe}: SAMDA's steps train samda-* models" if recipe else
+                         f"{model}: choose a SAMDA step with --recipe samda-source|samda-uda|samda-fewshot")
+    uda = recipe == "samda-uda"
+    given = wrong + (["--shots"] if shots is not None and recipe != "samda-fewshot" else []) + (
+        ["--target"] if target is not None and not uda else [])
+    if given:
+        raise EmsegError(f"{', '.join(given)}: not an option for --recipe {recipe}")
+    if uda and target is None:
+        raise EmsegError("--recipe samda-uda needs an unlabelled target-domain volume: --target")
+    image = read_volume_or_fail(data)
+    truth = None
+    if not uda:  # a label group of --data, or a label volume's path (as for the other models)
+        group = GROUND_TRUTH if labels is None else labels
+        truth = (read_volume_or_fail(data, group) if group in list_label_groups(data) else
+                 read_volume_or_fail(Path(group)) if Path(group).exists() else None)
+        if truth is None:
+            raise EmsegError(f"--labels {group!r}: neither a label group of {data} nor an existing path")
+    if recipe == "samda-fewshot":
+        slices = few_shot_slices(image.shape[0], 10 if shots is None else shots)
+        image, truth = image[slices], truth[slices]
+    pipeline = build_model(model, list(weights or ()))  # the same random init in every process: resumable
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as progress:
+        task = progress.add_task(recipe, total=steps, loss="")
+
+        def on_step(step: int, total: int, terms: dict[str, float]) -> None:
+            progress.update(task, completed=step, loss=" ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+
+        report = train_samda(pipeline, recipe, out, volumes=[image], labels=None if uda else [truth],
+                             target=[read_volume_or_fail(target)] if uda else (), steps=steps,
+                             batch=4 if batch is None else batch, lr=lr, checkpoint_every=checkpoint_every,
+                             stop_after=stop_after, resume=resume, seed=seed, on_step=on_step)
+    if not quiet:
+        last = report.losses[-1] if report.losses else {}
+        typer.echo(f"{out}: {recipe} steps {report.start_step}→{report.end_step} of {report.steps} in "
+                   f"{report.seconds:.1f} s; last loss {last.get('total', float('nan')):.4f}")

@@ -218,6 +218,117 @@ class MaskDecoderConfig:
 
 
 @dataclass(frozen=True)
+class Sam2EncoderConfig:
+    """SAM2's image encoder: a Hiera trunk + FPN neck (sam2.modeling.backbones), defaults SAM2.1 hiera_b+.
+
+    The trunk patch-embeds at stride 4 and halves the grid at each of its 3 later stages; the neck keeps
+    levels 0–2 (strides 4, 8, 16; `scalp: 1` drops stride 32), and the stride-16 level is the embedding.
+    """
+
+    img_size: int = 1024  # sam2.1_hiera_*.yaml image_size
+    embed_dim: int = 112  # sam2.1_hiera_b+.yaml trunk.embed_dim
+    num_heads: int = 2  # sam2.1_hiera_b+.yaml trunk.num_heads
+    stages: tuple[int, ...] = (2, 3, 16, 3)  # sam2 Hiera default (b+)
+    global_att_blocks: tuple[int, ...] = (12, 16, 20)  # sam2 Hiera default (b+)
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)  # sam2 Hiera default (b+)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14)  # sam2 Hiera default (b+)
+    q_pool: int = 3  # sam2 Hiera default: stages that start with a 2×2 query pooling
+    q_stride: int = 2  # sam2 Hiera default
+    dim_mul: float = 2.0  # sam2 Hiera default
+    head_mul: float = 2.0  # sam2 Hiera default
+    mlp_ratio: float = 4.0  # sam2 MultiScaleBlock default
+    patch_kernel: int = 7  # sam2 PatchEmbed: 7×7 conv, stride 4, padding 3
+    patch_stride: int = 4  # sam2 PatchEmbed
+    d_model: int = 256  # sam2.1_hiera_*.yaml neck.d_model (= the decoder width)
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)  # sam2.1_hiera_*.yaml neck.fpn_top_down_levels
+    pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN  # sam2 SAM2Transforms: ImageNet mean × 255
+    pixel_std: tuple[float, float, float] = SAM_PIXEL_STD  # sam2 SAM2Transforms: ImageNet std × 255
+
+    @property
+    def channel_list(self) -> tuple[int, ...]:
+        """Trunk widths per stage, finest first (the neck's `backbone_channel_list` reversed)."""
+        return tuple(int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages)))
+
+    @property
+    def grid(self) -> int:
+        """Side of the stride-16 embedding grid (64 for a 1024² input)."""
+        return self.img_size // (self.patch_stride * self.q_stride ** 2)
+
+
+@dataclass(frozen=True)
+class Sam2DecoderConfig:
+    """What SAM2's mask decoder adds to SAM's (sam2.modeling.sam.mask_decoder, SAM2.1 configs); the shared
+    numbers (two-way transformer, IoU head) are the pipeline's `mask_decoder`."""
+
+    pred_obj_scores: bool = True  # sam2.1_hiera_*.yaml: an object-score token joins the output tokens
+    pred_obj_scores_mlp: bool = True  # sam2.1_hiera_*.yaml
+    iou_prediction_use_sigmoid: bool = True  # sam2.1_hiera_*.yaml
+    dynamic_multimask_via_stability: bool = True  # sam2 build_sam2(apply_postprocessing=True)
+    dynamic_multimask_stability_delta: float = 0.05  # sam2 build_sam2
+    dynamic_multimask_stability_thresh: float = 0.98  # sam2 build_sam2
+
+
+@dataclass(frozen=True)
+class TinyVitEncoderConfig:
+    """MobileSAM's image encoder: TinyViT-5M (timm `TinyVit` trunk) + SAM's neck, at 1024² (MobileSAM
+    `build_sam_vit_t`). MobileSAM's last patch merging keeps the resolution (stride 1), so the embedding is
+    (B, 256, 64, 64) as SAM's."""
+
+    img_size: int = 1024  # MobileSAM build_sam_vit_t
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)  # MobileSAM build_sam_vit_t (TinyViT-5M)
+    depths: tuple[int, ...] = (2, 2, 6, 2)  # MobileSAM build_sam_vit_t
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)  # MobileSAM build_sam_vit_t
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)  # MobileSAM build_sam_vit_t
+    mlp_ratio: float = 4.0  # MobileSAM build_sam_vit_t
+    mbconv_expand_ratio: float = 4.0  # MobileSAM build_sam_vit_t
+    local_conv_size: int = 3  # MobileSAM build_sam_vit_t
+    last_merge_stride: int = 1  # MobileSAM tiny_vit_sam.PatchMerging: stride 1 into the 320-dim stage
+    out_chans: int = 256  # MobileSAM neck: Conv1x1 → LayerNorm2d → Conv3x3 → LayerNorm2d, 256 channels
+    pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN  # MobileSAM's Sam: SAM's pixel mean / std
+    pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
+
+    @property
+    def grid(self) -> int:
+        """Side of the embedding grid (64 at 1024²): patch embedding /4, one /2 per merge, the last /stride."""
+        return self.img_size // 4 // 2 ** (len(self.depths) - 2) // self.last_merge_stride
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """nnU-Net's 2D `PlainConvUNet` (dynamic-network-architectures) with nnU-Net's 2D defaults (SAMDA §2.1)."""
+
+    n_stages: int = 8  # SAMDA §2.1: encoder stages E1..E8, decoder D1..D7
+    base_features: int = 32  # nnU-Net: features per stage min(32·2^i, 512)
+    max_features: int = 512  # nnU-Net 2D: feature cap
+    kernel_size: int = 3  # nnU-Net: 3×3 convolutions
+    convs_per_stage: int = 2  # nnU-Net PlainConvUNet: 2 convs per encoder and decoder stage
+    norm_eps: float = 1e-5  # nnU-Net: InstanceNorm2d(eps 1e-5, affine), LeakyReLU(0.01)
+
+    @property
+    def features(self) -> tuple[int, ...]:
+        return tuple(min(self.base_features * 2**i, self.max_features) for i in range(self.n_stages))
+
+    def bottleneck(self, tile: int) -> int:
+        """Side of the deepest stage's feature map (E8) for a tile of side `tile` (stride 2 per stage after E1)."""
+        return tile // 2 ** (self.n_stages - 1)
+
+
+@dataclass(frozen=True)
+class SamdaConfig:
+    """SAMDA (§2.1): nnU-Net's 2D U-Net ("expert") + a frozen SAM-type encoder and a three-convolution
+    projector ("generic") whose output is concatenated with the deepest encoder stage (E8) before the decoder.
+
+    The generic encoder is the pipeline's `sam_encoder` (SAM / MedSAM ViT) or `tiny_vit` (MobileSAM).
+    """
+
+    unet: UNetConfig = UNetConfig()
+    projector_channels: int = 256  # not published: width of the projector's three convs and of its output
+    # Ours: stride-2 convs take SAM's 64² grid to the 8² bottleneck of 8 stages at 1024² (3 halvings, 3 convs).
+    projector_strides: tuple[int, int, int] = (2, 2, 2)
+    tiny_vit: TinyVitEncoderConfig | None = None  # samda-mobilesam: MobileSAM's TinyViT instead of a SAM ViT
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """One registry entry: which encoders, which head, and the widths that tie them together.
 
@@ -244,6 +355,9 @@ class PipelineConfig:
     pretrain: MaskedPretrainConfig | None = None  # maester / his4mae: `emseg-rt pretrain`
     dino_encoder: DinoEncoderConfig | None = None  # prompt-das
     prompt_das: PromptDasHeadConfig | None = None  # prompt-das
+    sam2_encoder: Sam2EncoderConfig | None = None  # vanilla-sam2
+    sam2_decoder: Sam2DecoderConfig | None = None  # vanilla-sam2
+    samda: SamdaConfig | None = None  # samda: U-Net + projector (+ MobileSAM encoder)
     description: str = ""
 
     @property
@@ -261,6 +375,10 @@ class PipelineConfig:
         """Side of the embedding grid every encoder of this pipeline produces."""
         if self.sam_encoder is not None:
             return self.sam_encoder.grid
+        if self.sam2_encoder is not None:
+            return self.sam2_encoder.grid
+        if self.samda is not None and self.samda.tiny_vit is not None:
+            return self.samda.tiny_vit.grid
         if self.fov_encoder is not None:
             return self.fov_encoder.grid
         if self.dino_encoder is not None:

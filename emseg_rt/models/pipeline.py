@@ -11,10 +11,13 @@ from emseg_rt.models.configs import PipelineConfig
 from emseg_rt.models.fov_encoder import FovEncoder
 from emseg_rt.models.mae_encoder import MaeImageEncoder
 from emseg_rt.models.prompt_das import DinoEncoder, PromptDasHead
+from emseg_rt.models.sam2_decoder import VanillaSam2Head
+from emseg_rt.models.sam2_encoder import Sam2ImageEncoder
 from emseg_rt.models.sam_encoder import SamImageEncoder
 from emseg_rt.models.vanilla_sam_head import VanillaSamHead
 
-POINT_PROMPTED = ("vanilla-sam", "prompt-das")  # families whose forward takes point_coords, point_labels
+POINT_PROMPTED = ("vanilla-sam", "vanilla-sam2", "prompt-das")  # families whose forward takes point prompts
+PER_CLASS_PROMPTED = ("vanilla-sam", "vanilla-sam2")  # point prompts per class: (B, K, P, 2), (B, K, P)
 
 
 def embedding_name(encoder_name: str) -> str:
@@ -59,9 +62,10 @@ class SegmentationPipeline(nn.Module):
         """Segment a batch of tiles.
 
         tiles:    (B, 1, T, T) uint8, raw EM intensities.
-        prompts:  vanilla-sam: point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4);
+        prompts:  vanilla-sam(2): point_coords (B, K, P, 2), point_labels (B, K, P), boxes (B, K, 4);
                   prompt-das: point_coords (B, P, 2) float32, point_labels (B, P) int64 (−1 = padding);
-                  want_logits=False where `can_skip_logits` (then only labels are returned).
+                  want_logits=False where `can_skip_logits` (then only labels are returned);
+                  want_<name>=False for a head's extra output it may skip (prompt-das: want_density).
         returns   logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background);
                   prompt-das also density (B, 1, T, T) float32.
         """
@@ -72,7 +76,7 @@ class SegmentationPipeline(nn.Module):
         cfg = self.config
         gen = torch.Generator().manual_seed(seed)
         inputs = {"tiles": torch.randint(0, 256, (batch, 1, cfg.tile, cfg.tile), generator=gen, dtype=torch.uint8)}
-        if cfg.family == "vanilla-sam":
+        if cfg.family in PER_CLASS_PROMPTED:
             k, p = cfg.num_classes, cfg.max_points
             inputs["point_coords"] = torch.rand(batch, k, p, 2, generator=gen) * cfg.tile
             labels = torch.randint(0, 2, (batch, k, p), generator=gen)
@@ -90,6 +94,10 @@ class SegmentationPipeline(nn.Module):
 def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
     """Assemble the modules a pipeline config describes (random weights)."""
     encoders: dict[str, nn.Module] = {}
+    if config.samda is not None:  # samda: z-scored tile + frozen SAM-type encoder → projector + U-Net
+        from emseg_rt.models.samda import build_samda
+
+        return build_samda(config)
     if config.dino_encoder is not None:  # prompt-das: DINO ViT-S/8 + point prompts + decoder + density head
         if config.dino_encoder.embed_dim != config.prompt_dim:
             raise ValueError(f"{config.name}: encoder width {config.dino_encoder.embed_dim} != decoder width "
@@ -97,6 +105,9 @@ def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
         if config.num_classes != 1:
             raise ValueError(f"{config.name}: Prompt-DAS segments one class, got {config.classes}")
         return SegmentationPipeline(config, {"dino_encoder": DinoEncoder(config.dino_encoder)}, PromptDasHead(config))
+    if config.sam2_encoder is not None:  # vanilla-sam2: SAM2's Hiera + FPN, its prompt encoder and decoder
+        return SegmentationPipeline(config, {"sam2_encoder": Sam2ImageEncoder(config.sam2_encoder)},
+                                    VanillaSam2Head(config))
     if config.fov_encoder is not None:  # maester / his4mae: one FOV encoder + fixed cluster centres
         return SegmentationPipeline(config, {"fov_encoder": FovEncoder(config.fov_encoder)}, ClusterHead(config))
     if config.sam_encoder is not None:

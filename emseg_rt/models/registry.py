@@ -26,7 +26,12 @@ from emseg_rt.models.configs import (
     MaskedPretrainConfig,
     PipelineConfig,
     PromptDasHeadConfig,
+    Sam2DecoderConfig,
+    Sam2EncoderConfig,
+    SamdaConfig,
     SamEncoderConfig,
+    TinyVitEncoderConfig,
+    UNetConfig,
 )
 from emseg_rt.models.pipeline import build_pipeline
 
@@ -76,6 +81,16 @@ PROMPT_DAS_MAX_POINTS = {
     "vit-s8": 100,  # Prompt-DAS code (util/point_prompt.py): window prompts padded to 100 points
     "tiny": 4,
 }
+SAM2_ENCODERS: dict[str, Sam2EncoderConfig] = {
+    # SAM2.1 sam2.1_hiera_l.yaml (trunk) at 1024²
+    "hiera-l": Sam2EncoderConfig(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
+                                 window_spec=(8, 4, 16, 8), window_pos_embed_bkg_spatial_size=(7, 7)),
+    "hiera-b+": Sam2EncoderConfig(),  # SAM2.1 sam2.1_hiera_b+.yaml at 1024²
+    # Same code at test speed: 128² tiles, widths 16–128, an 8×8 embedding grid; 5 blocks: windowed, pooled,
+    # pooled with padded windows (16² in 6² windows), global, pooled.
+    "tiny": Sam2EncoderConfig(img_size=128, embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
+                              window_spec=(4, 6, 4, 2), window_pos_embed_bkg_spatial_size=(8, 8), d_model=32),
+}
 TINY_FAFM = FafmConfig(alignment=AlignmentConfig(hidden_dim=32), gn_groups=8, cam_reduction=4)
 TINY_PROMPT = {"dense_hidden": 16, "sparse_hidden": 16, "residual_hidden": 16}
 
@@ -87,7 +102,11 @@ FAMILY_DESCRIPTIONS = {
     "scsam": "SAM + MAE encoders + FAFM + cosine class prompt encoder + decoder (ScSAM)",
     "maester": "FOV-80 MAE encoder (masked reconstruction) + nearest fixed K-means centre per pixel (MAESTER)",
     "his4mae": "self-distilled FOV-80 MAE with codebook + nearest fixed K-means centre, expand-stride (HiS4MAE)",
+    "vanilla-sam2": "SAM2 Hiera + FPN encoder + SAM2 prompt encoder + decoder; point/box prompts per class "
+                    "(ScSAM Table 5)",
     "prompt-das": "DINO ViT-S/8 + point prompts (M >= 0) + two-way decoder; mitochondria + centre density (Prompt-DAS)",
+    "samda": "nnU-Net 2D U-Net + frozen SAM / MedSAM / MobileSAM encoder, 3-conv projector concatenated at the "
+             "bottleneck (SAMDA)",
 }
 CLUSTER_FAMILIES = ("maester", "his4mae")
 
@@ -161,6 +180,22 @@ def _vanilla(size: str) -> PipelineConfig:
     )
 
 
+def _vanilla_sam2(size: str) -> PipelineConfig:
+    """vanilla-sam2-*: prompts as vanilla-sam; the decoder width is the FPN's d_model (256 at paper size)."""
+    encoder = SAM2_ENCODERS[size]
+    return PipelineConfig(
+        name=f"vanilla-sam2-{size}",
+        family="vanilla-sam2",
+        size=size,
+        tile=encoder.img_size,
+        prompt_dim=encoder.d_model,
+        sam2_encoder=encoder,
+        sam2_decoder=Sam2DecoderConfig(),
+        mask_decoder=MaskDecoderConfig(),  # sam2_base._build_sam_heads: the same for every size, tiny too
+        description=FAMILY_DESCRIPTIONS["vanilla-sam2"],
+    )
+
+
 def _clustering(family: str, size: str) -> PipelineConfig:
     """maester-* / his4mae-*: the FOV is the tile; the runtime's tile stride is the expand stride S."""
     encoder = FOV_ENCODERS[size]
@@ -194,6 +229,23 @@ def _prompt_das(size: str) -> PipelineConfig:
     )
 
 
+SAMDA_SIZES: dict[str, dict[str, Any]] = {
+    # SAMDA §2.1 at SAM's 1024² input: 8 stages → an 8×8 bottleneck; SAM's 64² grid → 3 stride-2 convs → 8².
+    "vit-b": {"tile": 1024, "sam_encoder": SAM_ENCODERS["vit-b"], "samda": SamdaConfig()},  # SAM / MedSAM ViT-B
+    "mobilesam": {"tile": 1024, "samda": SamdaConfig(tiny_vit=TinyVitEncoderConfig())},  # SAMDA §3.2: MobileSAM
+    # Same code at test speed: 128² tiles, 5 stages of 8..32 features → 8² bottleneck = the tiny SAM's grid.
+    "tiny": {"tile": 128, "sam_encoder": SAM_ENCODERS["tiny"],
+             "samda": SamdaConfig(unet=UNetConfig(n_stages=5, base_features=8, max_features=32),
+                                  projector_channels=16, projector_strides=(1, 1, 1))},
+}
+
+
+def _samda(size: str) -> PipelineConfig:
+    """samda-*: the phantoms' classes (the paper segments mitochondria; any class list works)."""
+    return PipelineConfig(name=f"samda-{size}", family="samda", size=size, description=FAMILY_DESCRIPTIONS["samda"],
+                          **SAMDA_SIZES[size])
+
+
 def _default_registry() -> ModelRegistry:
     registry = ModelRegistry()
     for family in FAMILY_DESCRIPTIONS:
@@ -203,9 +255,17 @@ def _default_registry() -> ModelRegistry:
             for size in FOV_ENCODERS:
                 registry.register(_clustering(family, size))
             continue
+        if family == "vanilla-sam2":
+            for size in SAM2_ENCODERS:
+                registry.register(_vanilla_sam2(size))
+            continue
         if family == "prompt-das":
             for size in DINO_ENCODERS:
                 registry.register(_prompt_das(size))
+            continue
+        if family == "samda":
+            for size in SAMDA_SIZES:
+                registry.register(_samda(size))
             continue
         for size in ("vit-h", "vit-b", "tiny"):
             registry.register(_vanilla(size) if family == "vanilla-sam" else _class_prompted(family, size))
