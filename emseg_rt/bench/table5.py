@@ -34,7 +34,8 @@ PAPER_ROWS = ("vanilla-sam", "vanilla-sam2", "surgicalsam", "mae-star", "sam-sta
 SIZES = ("vit-h", "vit-b", "tiny")
 # SAM2 has no ViT sizes: --size vit-h / vit-b run its SAM2.1 Hiera-L / Hiera-B+ (the paper does not name the
 # SAM2 size behind its 0.273 s; these are the SAM2.1 models nearest SAM ViT-H / ViT-B in role).
-FAMILY_SIZES = {"vanilla-sam2": {"vit-h": "hiera-l", "vit-b": "hiera-b+"}}
+# SAMDA (not a Table-5 row; `--models samda`) has no ViT-H variant: vit-h runs its ViT-B, the paper's size.
+FAMILY_SIZES = {"vanilla-sam2": {"vit-h": "hiera-l", "vit-b": "hiera-b+"}, "samda": {"vit-h": "vit-b"}}
 
 
 def registry_name(family: str, size: str) -> str:
