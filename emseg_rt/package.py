@@ -47,6 +47,8 @@ Manifest schema (format_version 1), keys the runtime relies on::
                     "finite", "passed"}, "labels": {"agreement", "agreement_decided", "decided_fraction",
                     "tie_tolerance", "passed"}}}}},
      "engines": {"<component>": {"<target>": {"file", "target", "flavour", "trt_version", ...}}},
+     "aoti": {"full": {"file": "full.pt2", "device", "torch", "batch_max", "outputs", "parity", ...}},  (--aoti only;
+             export/aoti.py; read by C/C++ hosts, cpp/)
      "toolchain": {"torch", "onnx", "onnxruntime", "onnxscript", "emseg_rt", ...},
      "checkpoints": [{"file": name, "sha256": hex}], "created": ISO-8601}
 
@@ -482,6 +484,11 @@ def package_from_manifest(root: Path, manifest: dict[str, Any]) -> ModelPackage:
                 if str(raw["file"]) not in files:
                     raise EmsegError(f"package {root}: engine {raw['file']} has no sha256 in the manifest")
                 engines.setdefault(component, {})[target] = EngineRecord.from_dict(root, component, raw)
+        for component, raw in manifest.get("aoti", {}).items():  # AOTInductor .pt2 per component (export/aoti.py)
+            check_component_name(root, component)
+            safe_member(root, str(raw["file"]))
+            if str(raw["file"]) not in files:
+                raise EmsegError(f"package {root}: AOTInductor package {raw['file']} has no sha256 in the manifest")
         return ModelPackage(
             root=root,
             manifest=manifest,

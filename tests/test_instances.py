@@ -23,9 +23,9 @@ from emseg_rt.runtime.instances import (
     WatershedSeeds,
     blockwise_instances,
     boundary_pairs,
+    cut_plane,
     equivalence_table,
     label_block,
-    cut_plane,
     relabel_by_first_appearance,
     watershed_block,
 )

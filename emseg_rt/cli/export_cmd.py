@@ -27,6 +27,9 @@ def export_command(
     allow_parity_failure: bool = typer.Option(False, "--allow-parity-failure",
                                               help="Write the package even if parity misses its targets (marked failed)."),
     force: bool = typer.Option(False, "--overwrite", "--force", help="Replace an existing package at --out."),
+    aoti: bool = typer.Option(False, "--aoti", help="Also compile full.pt2 with AOTInductor for C/C++ hosts (cpp/)."),
+    aoti_device: str = typer.Option("cpu", "--aoti-device", help="Device the --aoti package runs on: cpu or cuda."),
+    component: list[str] = typer.Option([], "--component", help="Only these graphs (e.g. full; default: all)."),
 ) -> None:
     """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
     from emseg_rt.export import export_package
@@ -35,10 +38,14 @@ def export_command(
 
     path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
                           allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
-                          progress=_say)
+                          progress=_say, components=component or None, aoti_device=aoti_device if aoti else None)
     package = load_package(path)
     typer.echo(f"{path}: {package.name} {package.precision}, parity "
                f"{'passed' if package.parity['passed'] else 'FAILED (' + parity_summary(package.parity) + ')'}")
+    for record in package.manifest.get("aoti", {}).values():
+        aoti_parity = record["parity"]
+        typer.echo(f"{path / record['file']}: AOTInductor ({record['device']}, torch {record['torch']}), parity "
+                   f"{'passed' if aoti_parity['passed'] else 'FAILED (' + parity_summary(aoti_parity) + ')'}")
 
 
 @app.command("build")

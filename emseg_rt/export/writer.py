@@ -35,6 +35,7 @@ from emseg_rt.export.trace import Progress, TracedGraphs, _quiet, _resolve_model
 from emseg_rt.package import (
     BATCH_DIM,
     FORMAT_VERSION,
+    FULL,
     HEAD,
     MANIFEST_HASH_NAME,
     MANIFEST_NAME,
@@ -54,6 +55,7 @@ class _WriteOptions:
     parity_seed: int | None
     allow_parity_failure: bool
     fp32_modules: tuple[str, ...]  # with fp16: submodules that stay FP32 (the head unless fp16_head)
+    aoti_device: str | None = None  # --aoti: also compile the full graph with AOTInductor for this device
 
 
 def export_package(
@@ -70,6 +72,7 @@ def export_package(
     fp16_head: bool = False,
     progress: Progress | None = None,
     components: Sequence[str] | None = None,
+    aoti_device: str | None = None,
 ) -> Path:
     """Export a pipeline to a model package at `out_dir` and return its path.
 
@@ -86,15 +89,22 @@ def export_package(
     overwrite:     replace a model package already at `out_dir` (only once the new one is complete); any
                    other non-empty directory is refused, never deleted.
     components:    the graphs to include (e.g. ('full',), all the runtime runs); None: every component.
+    aoti_device:   'cpu' or 'cuda': also write full.pt2, the full graph compiled by AOTInductor for C/C++
+                   hosts (cpp/), with its parity in the manifest's "aoti" record (export/aoti.py); fp32 only.
     Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
 
     Equivalent to `trace_graphs` followed by `write_package`, without copying the graphs; use those two
     to write fp32 and fp16 packages of one model from a single trace.
     """
-    options = _options(precision, batch_max, parity_batch, parity_seed, allow_parity_failure, fp16_head)
+    options = _options(precision, batch_max, parity_batch, parity_seed, allow_parity_failure, fp16_head,
+                       aoti_device)
     say = progress or _quiet
     out_dir = Path(out_dir)
     model = _resolve_model(model_name_or_module, checkpoints)
+    if aoti_device is not None:
+        from emseg_rt.export.aoti import check_aoti_options
+
+        check_aoti_options(model, precision, aoti_device)
 
     def trace_and_write(staging: Path) -> None:
         traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), say,
@@ -132,14 +142,14 @@ def write_package(
 
 
 def _options(precision: str, batch_max: int, parity_batch: int | None, parity_seed: int | None,
-             allow_parity_failure: bool, fp16_head: bool) -> _WriteOptions:
+             allow_parity_failure: bool, fp16_head: bool, aoti_device: str | None = None) -> _WriteOptions:
     """Check the user's options (EmsegError naming the option) before anything slow happens."""
     if precision not in PRECISIONS:
         raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if batch_max < 1:
         raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
     fp32_modules = () if fp16_head or precision != "fp16" else (HEAD,)
-    return _WriteOptions(precision, parity_batch, parity_seed, allow_parity_failure, fp32_modules)
+    return _WriteOptions(precision, parity_batch, parity_seed, allow_parity_failure, fp32_modules, aoti_device)
 
 
 # ------------------------------------------------------------------------------------ destination
@@ -249,9 +259,31 @@ def _write_package_into(staging: Path, traced: TracedGraphs, options: _WriteOpti
                              "nothing written; pass --allow-parity-failure to write the package anyway, marked as failed")
         say(f"parity targets missed ({summary}); writing anyway as --allow-parity-failure asks")
     parity["allowed_failure"] = not parity["passed"]  # reaching here with a miss means it was allowed
+    aoti = _write_aoti(staging, traced, options, components, parity, say) if options.aoti_device else None
     manifest = _manifest(staging, traced, options, components, parity, seconds)
+    if aoti is not None:
+        manifest["aoti"] = {FULL: aoti}
     manifest["export_seconds"] = round(sum(traced.seconds.values()) + time.perf_counter() - started, 3)
     write_manifest(staging, manifest)
+
+
+def _write_aoti(staging: Path, traced: TracedGraphs, options: _WriteOptions, components: dict[str, Any],
+                parity: dict[str, Any], say: Progress) -> dict[str, Any]:
+    """Compile the full graph into staging/full.pt2 (export/aoti.py) with its parity on the ONNX parity's
+    inputs; EmsegError on a parity miss unless --allow-parity-failure."""
+    from emseg_rt.export.aoti import write_aoti
+    from emseg_rt.export.parity import parity_summary
+
+    graph = next(g for g in traced.graphs if g.name == FULL)
+    say(f"compiling {FULL} with AOTInductor ({options.aoti_device})")
+    record = write_aoti(staging, traced.model, graph, components[FULL]["inputs"], components[FULL]["outputs"],
+                        traced.batch_max, parity["seed"], parity["batch"], options.aoti_device)
+    if not record["parity"]["passed"] and not options.allow_parity_failure:
+        raise EmsegError(f"{traced.model.config.name} AOTInductor: parity targets missed "
+                         f"({parity_summary(record['parity'])}); nothing written; pass --allow-parity-failure to "
+                         "write the package anyway, marked as failed")
+    record["parity"]["allowed_failure"] = not record["parity"]["passed"]
+    return record
 
 
 def _write_graphs(staging: Path, traced: TracedGraphs, options: _WriteOptions, say: Progress,
