@@ -209,3 +209,19 @@ def test_a_dino_backbone_of_another_width_is_one_line(tmp_path):
     with pytest.raises(EmsegError, match="pos_embed") as info:
         load_checkpoint(build(TINY), tmp_path / "wide.pth")
     assert "\n" not in str(info.value)
+
+
+def test_density_is_clamped_at_inference_but_trained_raw():
+    """Eval mode (inference, export) clamps the density at 0; training sees the raw output, so a negative
+    output still gets a gradient (a clamp there let the head collapse to 0)."""
+    head = _tiny().head.density_head
+    upscaled = torch.randn(2, head.before_upsampling[0].in_channels, 16, 16)
+    head.eval()
+    with torch.no_grad():
+        clamped = head(upscaled)
+    head.train()
+    raw = head(upscaled)
+    assert (clamped >= 0).all() and (raw < 0).any()
+    torch.testing.assert_close(clamped, raw.detach().clamp(min=0))
+    (raw.clamp(max=0) ** 2).sum().backward()  # pushing negative outputs up reaches the weights
+    assert head.after_upsampling[-1].weight.grad.abs().sum() > 0

@@ -172,7 +172,7 @@ def test_cli_trains_prompt_das_and_refuses_bad_options(tmp_path, monkeypatch, ca
                            "--steps", "2", "--lr", "1e-3", "--quiet")
     assert code == 0, err
     assert (tmp_path / "ckpt.pt.state").exists()
-    pipeline = build("prompt-das-tiny", checkpoint=ckpt)
+    pipeline = build("prompt-das-tiny", checkpoint=ckpt).eval()
     out = pipeline(**pipeline.example_inputs())
     assert out["logits"].shape == (1, 1, 64, 64) and out["density"].min() >= 0
     assert_one_line(run_cli(monkeypatch, capsys, "train", "prompt-das-tiny", "--data", volume, "--out",
