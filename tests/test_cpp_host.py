@@ -288,3 +288,126 @@ def test_aoti_export_refuses_what_hosts_cannot_run(tmp_path: Path, model: str, p
         export_package(model, tmp_path / "pkg", precision=precision, aoti_device=device)
     assert str(refused.value) == message
     assert not (tmp_path / "pkg").exists()
+
+
+# ------------------------------------------------------------------------------------------ zarr v3 input
+ZARR_FILL = 90  # a grey that is not 0, so a missing chunk read as zeros would show
+ZARR_CHUNKS = (1, 64, 80)  # divides neither 150 nor 190
+ZARR_MISSING = (1, slice(64, 128), slice(80, 160))  # chunk (1, 1, 1): all fill value, so zarr never writes it
+
+
+def _host_has_zstd(cpp: CppBuild) -> bool:
+    """Whether the fixture's CMake configure found zstd.h and libzstd (EMSEG_RT_WITH_ZSTD=AUTO)."""
+    cache = (cpp.prefix.parent / "build" / "CMakeCache.txt").read_text()
+    return "EMSEG_RT_ZSTD_INCLUDE:PATH=" in cache and "EMSEG_RT_ZSTD_INCLUDE:PATH=EMSEG_RT_ZSTD_INCLUDE-NOTFOUND" not in cache
+
+
+@dataclass(frozen=True)
+class ZarrCase:
+    volume: np.ndarray  # (Z, Y, X) uint8: the raw test's phantom with one chunk of fill value
+    raw_labels: np.ndarray  # the host's labels for `volume` given as a raw file
+
+
+@pytest.fixture(scope="module")
+def zarr_case(cpp: CppBuild, tmp_path_factory) -> ZarrCase:
+    from emseg_rt.data.phantom import generate_phantom
+
+    volume = generate_phantom((2, 150, 190), seed=3).image.copy()
+    volume[ZARR_MISSING] = ZARR_FILL
+    return ZarrCase(volume, _segment_with_host(cpp, volume, tmp_path_factory.mktemp("raw")))
+
+
+def _write_zarr_array(path: Path, volume: np.ndarray, **options) -> None:
+    """`volume` as an uncompressed zarr v3 array (codecs: bytes only) at `path` (a store or a group's child)."""
+    import zarr
+
+    array = zarr.create_array(str(path), shape=volume.shape, dtype=volume.dtype, chunks=ZARR_CHUNKS,
+                              fill_value=ZARR_FILL, compressors=None, dimension_names=["z", "y", "x"],
+                              overwrite=True, **options)
+    array[:] = volume
+
+
+def _write_ome_uncompressed(path: Path, volume: np.ndarray) -> None:
+    """An OME-Zarr 0.5 image written by the project's writer (2 levels), its s0 rewritten uncompressed
+    (write_ome_image always uses zarr's default zstd codec)."""
+    from emseg_rt.io import write_ome_image
+
+    write_ome_image(path, volume, chunks=ZARR_CHUNKS, levels=2)
+    _write_zarr_array(path / "s0", volume)
+
+
+ZARR_LAYOUTS = {
+    "array, v2 chunk keys": lambda path, volume: _write_zarr_array(
+        path, volume, chunk_key_encoding={"name": "v2", "separator": "."}),
+    "OME-Zarr image, default chunk keys": _write_ome_uncompressed,
+}
+
+
+@pytest.mark.parametrize("layout", list(ZARR_LAYOUTS))
+def test_host_reads_zarr_v3_like_raw(cpp: CppBuild, zarr_case: ZarrCase, tmp_path: Path, layout: str) -> None:
+    """The host given a zarr v3 array (or an OME-Zarr image: its s0) writes exactly the labels it writes for
+    the same volume as a raw file; chunks do not divide the shape and a never-written chunk reads as fill_value."""
+    store = tmp_path / "volume.zarr"
+    ZARR_LAYOUTS[layout](store, zarr_case.volume)
+    array = store / "s0" if (store / "s0").exists() else store
+    stored = {p.relative_to(array).as_posix() for p in array.rglob("*") if p.is_file()}
+    missing = "1.1.1" if "v2" in layout else "c/1/1/1"
+    assert missing not in stored and ("0.0.0" in stored or "c/0/0/0" in stored)
+    out = tmp_path / "labels.raw"
+    _run([str(cpp.host), str(cpp.package), str(store), str(out), "--threads", "1"])
+    labels = np.fromfile(out, dtype=np.uint8).reshape(zarr_case.volume.shape)
+    np.testing.assert_array_equal(labels, zarr_case.raw_labels)
+
+
+def test_host_zstd_zarr_refused_or_read(cpp: CppBuild, zarr_case: ZarrCase, tmp_path: Path) -> None:
+    """An OME-Zarr image as write_ome_image writes it (zstd): without EMSEG_RT_WITH_ZSTD the host refuses it
+    with one line naming the option (exit 2, no output); built with zstd it reads it like the raw file."""
+    from emseg_rt.io import write_ome_image
+
+    store = write_ome_image(tmp_path / "image.zarr", zarr_case.volume, chunks=ZARR_CHUNKS)
+    out = tmp_path / "labels.raw"
+    result = subprocess.run([str(cpp.host), str(cpp.package), str(store), str(out), "--threads", "1"],
+                            capture_output=True, text=True, env=ENV)
+    if _host_has_zstd(cpp):
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_array_equal(np.fromfile(out, np.uint8).reshape(zarr_case.volume.shape), zarr_case.raw_labels)
+        return
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip() == (
+        f"error: {store}/s0/zarr.json: zstd-compressed, and this emseg-rt-segment-raw was built without zstd "
+        "(rebuild with -DEMSEG_RT_WITH_ZSTD=ON, which needs zstd.h and libzstd)")
+
+
+def _zarr_with(path: Path, **options) -> Path:
+    import zarr
+
+    shape = options.pop("shape", (2, 8, 8))
+    zarr.create_array(str(path), shape=shape, chunks=options.pop("chunks", shape), fill_value=0, **options)
+    return path
+
+
+ZARR_REFUSALS = {
+    "uint16": (lambda p: _zarr_with(p, dtype="uint16", compressors=None),
+               "{p}/zarr.json: data_type 'uint16' is not read (uint8 only)"),
+    "2D": (lambda p: _zarr_with(p, dtype="uint8", shape=(8, 8), compressors=None),
+           "{p}/zarr.json: shape has 2 dimensions; the host reads 3D (z, y, x) arrays"),
+    "gzip": (lambda p: _zarr_with(p, dtype="uint8", compressors={"name": "gzip", "configuration": {"level": 1}}),
+             "{p}/zarr.json: codecs ['bytes', 'gzip'] are not read (bytes, optionally followed by zstd)"),
+    "sharded": (lambda p: _zarr_with(p, dtype="uint8", compressors=None, shards=(2, 8, 8), chunks=(1, 4, 4)),
+                "{p}/zarr.json: sharded arrays (codec 'sharding_indexed') are not read; rewrite without shards"),
+    "zarr v2": (lambda p: _zarr_with(p, dtype="uint8", zarr_format=2),
+                "{p}: a zarr v2 store (.zarray/.zgroup); the host reads zarr v3 only"),
+}
+
+
+@pytest.mark.parametrize("case", list(ZARR_REFUSALS))
+def test_host_refuses_unsupported_zarr(cpp: CppBuild, tmp_path: Path, case: str) -> None:
+    """A zarr store the host does not read: one line naming the path and what is wrong, exit 2, before the
+    model is loaded, no output."""
+    write, message = ZARR_REFUSALS[case]
+    store = tmp_path / "volume.zarr"
+    write(store)
+    result = subprocess.run([str(cpp.host), str(cpp.package), str(store), str(tmp_path / "out.raw")],
+                            capture_output=True, text=True, env=ENV)
+    assert result.returncode == 2 and not (tmp_path / "out.raw").exists()
+    assert result.stderr.strip() == "error: " + message.format(p=store)

@@ -1,0 +1,21 @@
+# zstd codec for the sample host's zarr v3 input (tools/zarr_v3.cpp): compiled only where zstd.h and libzstd are
+# found. EMSEG_RT_WITH_ZSTD=AUTO turns it off with a message otherwise (the host then refuses zstd-compressed
+# arrays with a one-line error naming this option); ON makes their absence an error.
+if(EMSEG_RT_WITH_ZSTD STREQUAL "OFF")
+  message(STATUS "emseg_rt: zarr input zstd codec OFF (EMSEG_RT_WITH_ZSTD=OFF)")
+  return()
+endif()
+find_path(EMSEG_RT_ZSTD_INCLUDE zstd.h HINTS ENV ZSTD_ROOT PATH_SUFFIXES include)
+find_library(EMSEG_RT_ZSTD_LIB NAMES zstd HINTS ENV ZSTD_ROOT PATH_SUFFIXES lib lib64)
+if(NOT EMSEG_RT_ZSTD_INCLUDE OR NOT EMSEG_RT_ZSTD_LIB)
+  set(_why "zstd.h or libzstd not found (install libzstd-dev or set ZSTD_ROOT)")
+  if(EMSEG_RT_WITH_ZSTD STREQUAL "ON")
+    message(FATAL_ERROR "emseg_rt: EMSEG_RT_WITH_ZSTD=ON but ${_why}")
+  endif()
+  message(STATUS "emseg_rt: zarr input zstd codec OFF (${_why})")
+  return()
+endif()
+message(STATUS "emseg_rt: zarr input zstd codec ON (${EMSEG_RT_ZSTD_LIB})")
+target_include_directories(emseg-rt-segment-raw PRIVATE "${EMSEG_RT_ZSTD_INCLUDE}")
+target_compile_definitions(emseg-rt-segment-raw PRIVATE EMSEG_RT_WITH_ZSTD)
+target_link_libraries(emseg-rt-segment-raw PRIVATE "${EMSEG_RT_ZSTD_LIB}")
