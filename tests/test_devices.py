@@ -13,11 +13,11 @@ from emseg_rt.io import write_ome_image
 from emseg_rt.runtime.devices import resolve_device
 
 
-def test_auto_resolves_and_says_which():
+def test_auto_resolves_and_says_so_when_it_picks_a_gpu():
     notes: list[str] = []
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto", notes.append) == expected
-    assert len(notes) == 1 and notes[0].startswith(f"device: {expected} (auto: ")
+    gpu = torch.cuda.is_available()
+    assert resolve_device("auto", notes.append) == ("cuda" if gpu else "cpu")
+    assert notes == ([f"device: cuda (auto: {torch.cuda.get_device_name(0)})"] if gpu else [])
     assert resolve_device("cpu") == "cpu"
 
 

@@ -1,7 +1,7 @@
 """`--device auto|cpu|cuda[:N]`: the one place a device name is checked and `auto` is resolved.
 
-`auto` (the default of `segment`, `bench` and `pretrain`) is the first CUDA GPU when torch sees one, else the
-CPU; `resolve_device` says which in one line. Asking for a GPU that is not there is a one-line error, not a
+`auto` (the default of `segment`, `bench` and `pretrain`) is the first CUDA GPU when torch sees one (said in
+one line), else the CPU. Asking for a GPU that is not there is a one-line error, not a
 CUDA traceback later.
 """
 
@@ -21,11 +21,11 @@ def resolve_device(device: str, say: Callable[[str], None] | None = None) -> str
     import torch
 
     if device == "auto":
-        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"  # what every run did before `auto`: nothing to say
         if say is not None:
-            where = torch.cuda.get_device_name(0) if resolved == "cuda" else "torch sees no CUDA GPU"
-            say(f"device: {resolved} (auto: {where})")
-        return resolved
+            say(f"device: cuda (auto: {torch.cuda.get_device_name(0)})")
+        return "cuda"
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
         raise EmsegError(f"--device {device!r}: choose {DEVICE_CHOICES}")
     if device.startswith("cuda"):
