@@ -16,6 +16,8 @@ test-setup: setup
 demo: setup
 	$(PYTHON) -m emseg_rt demo --out $(DEMO_OUT)
 
+# One pytest worker per core (at most 4), whole files per worker so module fixtures (builds, exports) run once;
+# each worker runs torch (and the CLIs it starts) on one thread (tests/conftest.py).
 test: test-setup
-	@$(PYTHON) -m pytest -q; rc=$$?; \
+	@$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc

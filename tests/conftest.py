@@ -26,3 +26,6 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("EMSEG_RT_CACHE", tempfile.mkdtemp(prefix="emseg-rt-test-cache-"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: one worker per core, so one thread per worker
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the CLI subprocesses it starts
