@@ -34,8 +34,8 @@ from emseg_rt.models.masked_pretrain import MaskedPretrainer
 from emseg_rt.training.trainer import (
     STATE_SUFFIX,
     atomic_save,
+    check_out,
     check_same_run,
-    check_writable,
     read_resume_state,
     restore_error,
 )
@@ -206,16 +206,6 @@ def _restore(state: dict, pretrainer: nn.Module, optimizer: torch.optim.Optimize
         raise restore_error(exc, state_path, "this model") from None
 
 
-def _check_out(out: Path, state_path: Path, resume: bool) -> None:
-    if out.exists() and not resume:
-        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
-    if resume and not state_path.exists():
-        raise EmsegError(f"--resume: no pretraining state {state_path} next to {out}; start without --resume")
-    if not out.parent.exists():
-        raise EmsegError(f"output folder {out.parent} does not exist")
-    check_writable(out.parent, "--out")
-
-
 def _settings(pipeline: nn.Module, overrides: dict[str, Any]) -> PretrainSettings:
     config = pipeline.config.pretrain
     defaults = {"epochs": config.epochs, "samples_per_epoch": config.samples_per_epoch, "batch": config.batch_size,
@@ -294,7 +284,7 @@ def pretrain(
                          "--checkpoint-every at least 1")
     out = Path(out)
     state_path = out.with_name(out.name + STATE_SUFFIX)
-    _check_out(out, state_path, resume)
+    check_out(out, state_path, resume, "pretraining")
     rng = np.random.default_rng(settings.seed)
     sampler = FovSampler(volumes, config.fov_encoder.field_of_view, rng, names)
     state = load_pretrain_state(state_path) if resume else None

@@ -48,8 +48,8 @@ from emseg_rt.training.pretrain import volumes_digest
 from emseg_rt.training.trainer import (
     STATE_SUFFIX,
     atomic_save,
+    check_out,
     check_same_run,
-    check_writable,
     read_resume_state,
     restore_error,
 )
@@ -485,13 +485,7 @@ def train_prompt_das(
         check_volumes(mean_teacher.targets, None, config.tile, "--target")
     out = Path(out)
     state_path = out.with_name(out.name + STATE_SUFFIX)
-    if out.exists() and not resume:
-        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
-    if resume and not state_path.exists():
-        raise EmsegError(f"--resume: no training state {state_path} next to {out}; start without --resume")
-    if not out.parent.exists():
-        raise EmsegError(f"output folder {out.parent} does not exist")
-    check_writable(out.parent, "--out")
+    check_out(out, state_path, resume)
     state = read_resume_state(state_path, STATE_KEYS, "emseg-rt train") if resume else None
 
     targets = list(mean_teacher.targets) if mean_teacher is not None else []

@@ -42,9 +42,9 @@ from emseg_rt.training.sampling import TileSampler
 from emseg_rt.training.trainer import (
     STATE_SUFFIX,
     atomic_save,
+    check_out,
     check_same_run,
     check_training_data,
-    check_writable,
     read_resume_state,
     restore_error,
 )
@@ -190,13 +190,7 @@ def _check_data(pipeline: nn.Module, step: Recipe, volumes: Sequence[Any], label
 
 def _prepare_out(out: Path, resume: bool) -> Path:
     state_path = out.with_name(out.name + STATE_SUFFIX)
-    if out.exists() and not resume:
-        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
-    if resume and not state_path.exists():
-        raise EmsegError(f"--resume: no training state {state_path} next to {out}; start without --resume")
-    if not out.parent.exists():
-        raise EmsegError(f"output folder {out.parent} does not exist")
-    check_writable(out.parent, "--out")
+    check_out(out, state_path, resume)
     return state_path
 
 

@@ -65,6 +65,18 @@ def atomic_save(obj: object, path: Path) -> None:
         raise EmsegError(f"cannot write {path} ({detail}); choose a writable --out with free space") from None
 
 
+def check_out(out: Path, state_path: Path, resume: bool, what: str = "training") -> None:
+    """The --out / --resume rules every trainer shares: a new run refuses an existing `out`, a resume needs
+    its `state_path`, and the folder must exist and be writable (one-line EmsegError each)."""
+    if out.exists() and not resume:
+        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
+    if resume and not state_path.exists():
+        raise EmsegError(f"--resume: no {what} state {state_path} next to {out}; start without --resume")
+    if not out.parent.exists():
+        raise EmsegError(f"output folder {out.parent} does not exist")
+    check_writable(out.parent, "--out")
+
+
 def check_writable(folder: Path, what: str) -> None:
     """EmsegError naming `what` when no file can be created in `folder` (read-only filesystem, permissions)."""
     try:
@@ -197,13 +209,7 @@ def train_head(
         raise EmsegError(f"slices {image.shape[1:]} are smaller than {model.config.name}'s tile {tile}")
     if steps < 1 or batch < 1 or checkpoint_every < 1:
         raise EmsegError("--steps, --batch and --checkpoint-every must be >= 1")
-    if out.exists() and not resume:
-        raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
-    if resume and not state_path.exists():
-        raise EmsegError(f"--resume: no training state {state_path} next to {out}; start without --resume")
-    if not out.parent.exists():
-        raise EmsegError(f"output folder {out.parent} does not exist")
-    check_writable(out.parent, "--out")
+    check_out(out, state_path, resume)
     cache_path = check_cache_path(Path(cache_path) if cache_path else out.with_name(out.name + ".cache.zarr"))
     if cache_path.parent.is_dir():
         check_writable(cache_path.parent, "--cache")
