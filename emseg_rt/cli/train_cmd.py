@@ -176,10 +176,14 @@ def _train_samda(model: str, recipe: str | None, weights: list[Path] | None, dat
     from emseg_rt.io.ome_zarr import list_label_groups
     from emseg_rt.models.reproducible import build_model
     from emseg_rt.training.samda import few_shot_slices, train_samda
+    from emseg_rt.training.samda import recipe as samda_recipe
+    from emseg_rt.training.trainer import STATE_SUFFIX, check_out
 
     if recipe is None or not model.startswith("samda-"):
         raise EmsegError(f"--recipe {recipe}: SAMDA's steps train samda-* models" if recipe else
                          f"{model}: choose a SAMDA step with --recipe samda-source|samda-uda|samda-fewshot")
+    samda_recipe(recipe)  # an unknown step is refused before anything is read or drawn
+    check_out(out, out.with_name(out.name + STATE_SUFFIX), resume)
     uda = recipe == "samda-uda"
     given = wrong + (["--shots"] if shots is not None and recipe != "samda-fewshot" else []) + (
         ["--target"] if target is not None and not uda else [])
