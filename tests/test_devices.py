@@ -36,3 +36,16 @@ def test_a_missing_gpu_is_one_line_in_the_library_and_the_cli(tmp_path, monkeypa
     assert_one_line(result, "--device cuda", "no CUDA GPU")
     assert not (tmp_path / "o.zarr").exists()  # refused before the output is claimed
     assert_one_line(run_cli(monkeypatch, capsys, "bench", "--device", "tpu"), "--device 'tpu'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("model", ["scsam-phantom", "prompt-das-tiny", "samda-tiny"])
+def test_train_refuses_a_missing_gpu_before_writing(tmp_path, monkeypatch, capsys, model):
+    """`train --device cuda` without a GPU: one line, no checkpoint, no cache, nothing else written."""
+    cell = write_ome_image(tmp_path / "cell.zarr", np.full((2, 64, 64), 7, np.uint8))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    extra = ["--recipe", "samda-source"] if model.startswith("samda") else []
+    result = run_cli(monkeypatch, capsys, "train", model, "--data", cell, "--labels", cell, "--out",
+                     tmp_path / "head.pt", "--steps", "1", "--device", "cuda", "--quiet", *extra)
+    assert_one_line(result, "--device cuda", "no CUDA GPU")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -54,6 +54,8 @@ def train_command(
                                       "samda-fewshot (--shots annotated slices of --data)."),
     shots: int | None = typer.Option(None, "--shots", help="samda-fewshot: annotated target slices used, spread "
                                      "evenly over --data (default 10, SAMDA §4)."),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, said in one line), "
+                               "cpu, cuda or cuda:N. Exact --resume is guaranteed on the CPU."),
 ) -> None:
     """Train FAFM + class prompt encoder + decoder with 0.2·L_cos + L_NTX + L_Dice on frozen encoders, or a
     whole Prompt-DAS pipeline (Dice + BCE + density MSE; optional mean teacher and contrastive loss)."""
@@ -65,16 +67,18 @@ def train_command(
     from emseg_rt.io.ome_zarr import list_label_groups
     from emseg_rt.models import build
     from emseg_rt.models.default_model import default_model_name, load_default_model
+    from emseg_rt.runtime.devices import resolve_device
     from emseg_rt.training import train_head
     from emseg_rt.training.cache import package_embedder
 
+    device = resolve_device(device, None if quiet else lambda line: typer.echo(line, err=True))
     if recipe is not None or model.startswith("samda-"):
         other = {"--sigma": sigma, "--prompt-fraction": prompt_fraction, "--class-id": class_id != 2 or None,
                  "--ema-decay": ema_decay != 0.99 or None, "--contrastive-weight": contrastive_weight or None,
                  "--cos-weight": cos_weight != 0.2 or None, "--cache": cache, "--embeddings-from": embeddings_from}
         _train_samda(model, recipe, weights, data, labels, out, target=target, shots=shots, steps=steps, batch=batch,
                      lr=lr, checkpoint_every=checkpoint_every, stop_after=stop_after, resume=resume, seed=seed,
-                     quiet=quiet, wrong=[name for name, value in other.items() if value is not None])
+                     quiet=quiet, device=device, wrong=[name for name, value in other.items() if value is not None])
         return
     prompt_das_options = {"--sigma": sigma is not None, "--prompt-fraction": prompt_fraction is not None,
                           "--class-id": class_id != 2, "--target": target is not None, "--ema-decay": ema_decay != 0.99,
@@ -97,7 +101,7 @@ def train_command(
         _train_prompt_das(model, weights, image, truth, out, target=target, steps=steps, batch=batch, lr=lr,
                           sigma=sigma, prompt_fraction=prompt_fraction, class_id=class_id, ema_decay=ema_decay,
                           contrastive_weight=contrastive_weight, checkpoint_every=checkpoint_every,
-                          stop_after=stop_after, resume=resume, seed=seed, quiet=quiet)
+                          stop_after=stop_after, resume=resume, seed=seed, quiet=quiet, device=device)
         return
     batch = 8 if batch is None else batch
     lr = 1e-3 if lr is None else lr
@@ -105,6 +109,7 @@ def train_command(
         pipeline = load_default_model()
     else:
         pipeline = build(model, checkpoint=list(weights) if weights else None)
+    pipeline = pipeline.to(device)
     embed_fn, embed_identity = package_embedder(embeddings_from, model) if embeddings_from else (None, None)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as progress:
@@ -132,15 +137,16 @@ def train_command(
 def _train_prompt_das(model: str, weights: list[Path] | None, image, truth, out: Path, *, target: Path | None,
                       steps: int, batch: int | None, lr: float | None, sigma: float | None,
                       prompt_fraction: float | None, class_id: int, ema_decay: float, contrastive_weight: float,
-                      checkpoint_every: int, stop_after: int | None, resume: bool, seed: int, quiet: bool) -> None:
-    """`emseg-rt train prompt-das-*`: the whole pipeline with `train_prompt_das`."""
+                      checkpoint_every: int, stop_after: int | None, resume: bool, seed: int, quiet: bool,
+                      device: str) -> None:
+    """`emseg-rt train prompt-das-*`: the whole pipeline with `train_prompt_das`, on `device`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from emseg_rt.cli.eval_cmd import read_volume_or_fail
     from emseg_rt.models import build
     from emseg_rt.training.prompt_das import PAPER_BATCH, PAPER_LR, MeanTeacher, train_prompt_das
 
-    pipeline = build(model, checkpoint=list(weights) if weights else None)
+    pipeline = build(model, checkpoint=list(weights) if weights else None).to(device)
     mean_teacher = MeanTeacher(targets=[read_volume_or_fail(target)], ema_decay=ema_decay) if target else None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as progress:
@@ -166,8 +172,9 @@ def _train_prompt_das(model: str, weights: list[Path] | None, image, truth, out:
 def _train_samda(model: str, recipe: str | None, weights: list[Path] | None, data: Path, labels: str | None,
                  out: Path, *, target: Path | None, shots: int | None, steps: int, batch: int | None,
                  lr: float | None, checkpoint_every: int, stop_after: int | None, resume: bool, seed: int,
-                 quiet: bool, wrong: list[str]) -> None:
-    """`emseg-rt train samda-* --recipe ...`: one SAMDA step with `emseg_rt.training.samda.train_samda`."""
+                 quiet: bool, device: str, wrong: list[str]) -> None:
+    """`emseg-rt train samda-* --recipe ...`: one SAMDA step with `emseg_rt.training.samda.train_samda`, on
+    `device`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from emseg_rt.cli.eval_cmd import read_volume_or_fail
@@ -202,7 +209,7 @@ def _train_samda(model: str, recipe: str | None, weights: list[Path] | None, dat
     if recipe == "samda-fewshot":
         slices = few_shot_slices(image.shape[0], 10 if shots is None else shots)
         image, truth = image[slices], truth[slices]
-    pipeline = build_model(model, list(weights or ()))  # the same random init in every process: resumable
+    pipeline = build_model(model, list(weights or ())).to(device)  # same random init in every process: resumable
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=quiet) as progress:
         task = progress.add_task(recipe, total=steps, loss="")

@@ -1,6 +1,6 @@
 """`--device auto|cpu|cuda[:N]`: the one place a device name is checked and `auto` is resolved.
 
-`auto` (the default of `segment`, `bench` and `pretrain`) is the first CUDA GPU when torch sees one (said in
+`auto` (the default of `segment`, `bench`, `train` and `pretrain`) is the first CUDA GPU when torch sees one (said in
 one line), else the CPU. Asking for a GPU that is not there is a one-line error, not a
 CUDA traceback later.
 """

@@ -117,12 +117,13 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, indices: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """indices (B,) → embeddings {name: (B, C, H, W) float32} and labels (B, T, T) uint8."""
+    def batch(self, indices: np.ndarray,
+              device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """indices (B,) → embeddings {name: (B, C, H, W) float32} and labels (B, T, T) uint8, on `device`."""
         indices = np.sort(indices)
-        embeddings = {name: torch.from_numpy(array[indices].astype(np.float32))
+        embeddings = {name: torch.from_numpy(array[indices].astype(np.float32)).to(device)
                       for name, array in self.embeddings.items()}
-        return embeddings, torch.from_numpy(self.labels[indices])
+        return embeddings, torch.from_numpy(self.labels[indices]).to(device)
 
 
 @torch.no_grad()
@@ -152,6 +153,7 @@ def build_cache(
     if existing is not None:
         return existing
     embed = embed_fn or model.embed
+    device = torch.device("cpu") if embed_fn else next(model.parameters()).device  # package graphs take host arrays
     model.eval()
     tmp = path.with_name(path.name + ".partial")
     try:
@@ -167,7 +169,7 @@ def build_cache(
             chunk = plan[start : start + batch]
             tiles = np.stack([image[z, y : y + tile, x : x + tile] for z, y, x in chunk])[:, None]
             truth = np.stack([labels[z, y : y + tile, x : x + tile] for z, y, x in chunk])
-            embeddings = embed(torch.from_numpy(np.ascontiguousarray(tiles)))
+            embeddings = embed(torch.from_numpy(np.ascontiguousarray(tiles)).to(device))
             for name, value in embeddings.items():
                 if name not in arrays:
                     arrays[name] = group.create_array(name, shape=(n, *value.shape[1:]), dtype="float16",

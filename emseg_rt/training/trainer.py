@@ -159,8 +159,9 @@ def load_training_state(state_path: Path) -> dict:
 
 
 def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The head's parameters and buffers under their pipeline names (`head.*`)."""
-    return {f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}
+    """The head's parameters and buffers under their pipeline names (`head.*`), on the CPU (a file trained on a
+    GPU loads anywhere)."""
+    return {f"head.{k}": v.detach().to("cpu", copy=True) for k, v in model.head.state_dict().items()}
 
 
 def check_trainable(model: nn.Module) -> None:
@@ -223,6 +224,7 @@ def train_head(
         p.requires_grad_(False)
     head = model.head
     head.train()
+    device = next(head.parameters()).device  # the model's device: `train --device` moved it there
     optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -251,7 +253,7 @@ def train_head(
     interval: list[dict[str, float]] = []
     for step in range(start_step + 1, steps + 1):
         indices = rng.choice(len(cache), size=min(batch, len(cache)), replace=False)
-        embeddings, truth = cache.batch(indices)
+        embeddings, truth = cache.batch(indices, device)
         terms = scsam_loss(head, embeddings, truth, cos_weight=cos_weight)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
