@@ -91,8 +91,11 @@ def test_torch_fast_path_is_what_the_torch_backend_runs(tmp_path):
     assert reference.spec.details["mode"] == "reference"
     assert fast.spec.identity != reference.spec.identity  # resume markers tell them apart
     image = generate_phantom((4, 256, 256), seed=5).image[1:3]
-    agreement = (segment_array(fast, image) == segment_array(reference, image)).mean()
-    assert agreement >= 0.99, agreement  # measured 0.9996 on this CPU (bf16 autocast + SDPA vs fp32 eager)
+    eager = segment_array(reference, image)
+    agreement = (segment_array(fast, image) == eager).mean()
+    assert agreement >= 0.999, agreement  # issue 17's bar; measured 0.9996 (bf16 autocast + SDPA vs fp32 eager)
+    fp32_fast = load_backend(None, "torch", precision="fp32")  # the fast path this CPU runs (no bf16 here)
+    assert (segment_array(fp32_fast, image) == eager).mean() >= 0.999  # measured 1.0 (SDPA fp32 vs eager)
 
 
 def test_auto_says_which_backend_it_chose_and_why(tmp_path):
