@@ -110,8 +110,14 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
              the four turned back).
     returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
     `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
+    A backend with `run_planes` (torch) tiles, stitches and merges on its device when the call needs nothing
+    but labels (no prompts, tta, density or probabilities): the same plan, tile order and batches.
     """
     n_planes, per_plane = slab.shape[0], plan.num_tiles
+    if hasattr(backend, "run_planes") and not prompts and not tta and density_out is None and not probabilities:
+        labels = backend.run_planes(slab, plan, batch=batch, blend=blend, label_type=label_type,
+                                    threshold=backend.spec.threshold, timings=timings)
+        return labels, None, n_planes * per_plane
     want_logits = blend == "gaussian" or probabilities or tta
     labels_out = np.empty((n_planes,) + plan.plane_shape, dtype=label_type)
     stitcher = _PlaneStitcher(plan, blend, backend.spec.threshold, label_type, labels_out, probabilities)

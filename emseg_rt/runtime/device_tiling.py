@@ -1,0 +1,185 @@
+"""The tiler of `tiling.py` on torch tensors, on any device: tiles are cut, stitched, blended and merged where
+the model runs, so only uint8 planes go up and uint8 labels come down.
+
+This is a port of the same functions, not a second tiler: the same `TilePlan` (`tiling.plan_tiles`), the same
+tile order, the same reflect padding (`tiling.pad_plane`: numpy's 'reflect' for planes wider than one pixel
+on both axes, 'edge' otherwise), the same core crop, the same `tiling.gaussian_weights` accumulated in the
+same tile order, the same class merge. tests/test_device_tiling.py checks each against its numpy original.
+
+    tiles = extract_tiles_torch(plane, plan)             # (N, T, T), one gather, any padding size
+    labels = stitch_center_torch(tile_labels, plan)      # (H, W)
+    logits = blend_gaussian_torch(tile_logits, plan)     # (K, H, W) float32
+    labels = merge_classes_torch(logits, threshold)      # (H, W) uint8
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from emseg_rt.runtime.tiling import TilePlan, _core_slices, gaussian_weights
+
+BLENDS = ("center", "gaussian")
+
+
+def source_indices(size: int, starts: np.ndarray, tile: int, reflect: bool) -> np.ndarray:
+    """Which plane index each tile pixel reads along one axis.
+
+    size:    the plane's length along the axis (>= 1).
+    starts:  (M,) int, tile origins along the axis (may be negative or run past the end).
+    returns  (M, T) int64 in [0, size): numpy's 'reflect' padding (mirrored on the edge pixels, repeated with
+             period 2·(size − 1) for pads wider than the plane, as `np.pad` does) or 'edge' (clamped).
+    """
+    positions = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(tile, dtype=np.int64)[None, :]
+    if not reflect or size == 1:
+        return np.clip(positions, 0, size - 1)
+    period = 2 * (size - 1)
+    folded = np.mod(positions, period)
+    return np.where(folded < size, folded, period - folded)
+
+
+def tile_index(plan: TilePlan, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gather index of `extract_tiles_torch`: rows (N, T, 1) and cols (N, 1, T) int64 on `device`, so that
+    plane[rows, cols] is (N, T, T), tile i's pixel (a, b) read from plane[rows[i, a], cols[i, b]]."""
+    h, w = plan.plane_shape
+    reflect = min(h, w) > 1  # tiling.pad_plane: one mode for the whole plane
+    rows = source_indices(h, plan.origins[:, 0], plan.tile, reflect)
+    cols = source_indices(w, plan.origins[:, 1], plan.tile, reflect)
+    return (torch.from_numpy(rows).to(device)[:, :, None], torch.from_numpy(cols).to(device)[:, None, :])
+
+
+def extract_tiles_torch(planes: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+    """planes (H, W) or (P, H, W), any dtype, any device → tiles (N, T, T) or (P, N, T, T) of the same dtype and
+    device, in plan order, edges reflect-padded exactly as `tiling.extract_tiles` (one gather, no padded copy)."""
+    if planes.dim() not in (2, 3) or tuple(planes.shape[-2:]) != tuple(plan.plane_shape):
+        raise ValueError(f"planes of shape {tuple(planes.shape)} do not match the plan's plane {plan.plane_shape}")
+    rows, cols = tile_index(plan, planes.device)
+    return planes[..., rows, cols]
+
+
+def _check_tiles(tile_outputs: torch.Tensor, plan: TilePlan, ndims: tuple[int, ...]) -> None:
+    if tile_outputs.dim() not in ndims or tile_outputs.shape[0] != plan.num_tiles or \
+            tuple(tile_outputs.shape[-2:]) != (plan.tile, plan.tile):
+        raise ValueError(f"tile outputs of shape {tuple(tile_outputs.shape)} do not match the plan's "
+                         f"{plan.num_tiles} tiles of {plan.tile}x{plan.tile}")
+
+
+def stitch_center_torch(tile_outputs: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+    """Centre-crop stitching on the tensors' device: every plane pixel from the one tile whose core holds it.
+
+    tile_outputs: (N, T, T) or (N, C, T, T), any dtype.
+    returns       (H, W) or (C, H, W), same dtype and device; equal to `tiling.stitch_center`.
+    """
+    _check_tiles(tile_outputs, plan, (3, 4))
+    lead = tuple(tile_outputs.shape[1:-2])
+    out = torch.empty(lead + tuple(plan.plane_shape), dtype=tile_outputs.dtype, device=tile_outputs.device)
+    for i in range(plan.num_tiles):
+        ry, rx, ty, tx = _core_slices(plan, i)
+        out[..., ry, rx] = tile_outputs[i, ..., ty, tx]
+    return out
+
+
+class GaussianBlender:
+    """`tiling.blend_gaussian` for one plan on one device, its weights (T, T) and their sum over the padded
+    plane computed once (a slab blends many planes with the same plan)."""
+
+    def __init__(self, plan: TilePlan, device: torch.device | str, sigma_scale: float = 0.125) -> None:
+        self.plan = plan
+        self.weights = torch.from_numpy(gaussian_weights(plan.tile, sigma_scale).copy()).to(device)  # (T, T)
+        (top, bottom), (left, right) = plan.padding
+        h, w = plan.plane_shape
+        self.norm = torch.zeros((h + top + bottom, w + left + right), dtype=torch.float32, device=device)
+        for ys, xs in self._windows():
+            self.norm[ys, xs] += self.weights
+
+    def _windows(self) -> list[tuple[slice, slice]]:
+        """Each tile's (rows, cols) in the padded plane, in plan order."""
+        (top, _), (left, _) = self.plan.padding
+        t = self.plan.tile
+        return [(slice(int(y) + top, int(y) + top + t), slice(int(x) + left, int(x) + left + t))
+                for y, x in self.plan.origins]
+
+    def blend(self, tile_logits: torch.Tensor) -> torch.Tensor:
+        """tile_logits (N, K, T, T) float on this blender's device → (K, H, W) float32, each pixel the
+        Gaussian-weighted mean of every tile covering it (the tiles added in plan order, as numpy does)."""
+        _check_tiles(tile_logits, self.plan, (4,))
+        (top, _), (left, _) = self.plan.padding
+        h, w = self.plan.plane_shape
+        acc = torch.zeros((tile_logits.shape[1],) + tuple(self.norm.shape), dtype=torch.float32,
+                          device=self.norm.device)
+        for i, (ys, xs) in enumerate(self._windows()):
+            acc[:, ys, xs] += tile_logits[i].float() * self.weights
+        return (acc / self.norm)[:, top: top + h, left: left + w]
+
+
+def blend_gaussian_torch(tile_logits: torch.Tensor, plan: TilePlan, sigma_scale: float = 0.125) -> torch.Tensor:
+    """Weighted blending on the tensors' device (`tiling.blend_gaussian`).
+
+    tile_logits: (N, K, T, T) float.
+    returns      (K, H, W) float32, same device.
+    """
+    return GaussianBlender(plan, tile_logits.device, sigma_scale).blend(tile_logits)
+
+
+def torch_label_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy label dtype (uint8, uint16, int32, int64)."""
+    table = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16,
+             np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+    try:
+        return table[np.dtype(dtype)]
+    except KeyError:
+        raise ValueError(f"labels of dtype {np.dtype(dtype)} are not supported on the device") from None
+
+
+def merge_classes_torch(logits: torch.Tensor, threshold: float = 0.0,
+                        dtype: np.dtype = np.dtype(np.uint8)) -> torch.Tensor:
+    """Class merge on the tensor's device (`tiling.merge_classes`): (K, H, W) logits → (H, W) labels of the
+    torch counterpart of `dtype`, k+1 for the largest logit (the lowest k on ties), 0 where none exceeds
+    `threshold`."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (K, H, W), got shape {tuple(logits.shape)}")
+    best, best_class = logits.max(dim=0)  # first index of the maximum, as numpy's argmax
+    labels = torch.where(best > threshold, best_class + 1, torch.zeros_like(best_class))
+    return labels.to(torch_label_dtype(dtype))
+
+
+class DevicePlaneStitcher:
+    """Collects tile outputs of a slab in plane order, on their device, and stitches each plane into
+    `labels_out[plane]` as soon as all its tiles are in, then drops them (device memory holds one plane's
+    tile outputs plus a batch), as slab's host-side `_PlaneStitcher` does.
+
+    blend 'center': add tile labels (n, T, T); 'gaussian': add tile logits (n, K, T, T), blended and merged.
+    labels_out: (P, H, W) on `device`, of the torch counterpart of `label_type`.
+    """
+
+    def __init__(self, plan: TilePlan, blend: str, threshold: float, planes: int, label_type: np.dtype,
+                 device: torch.device | str) -> None:
+        if blend not in BLENDS:
+            raise ValueError(f"blend {blend!r} is not one of {', '.join(BLENDS)}")
+        self.plan, self.blend, self.threshold, self.label_type = plan, blend, threshold, np.dtype(label_type)
+        self.labels_out = torch.empty((planes,) + tuple(plan.plane_shape), dtype=torch_label_dtype(label_type),
+                                      device=device)
+        self.blender = GaussianBlender(plan, device) if blend == "gaussian" else None
+        self.pending: list[torch.Tensor] = []
+        self.pending_count = 0
+        self.planes_done = 0
+
+    def add(self, tile_outputs: torch.Tensor) -> None:
+        """tile_outputs: the next n tiles' labels (n, T, T) or logits (n, K, T, T)."""
+        self.pending.append(tile_outputs)
+        self.pending_count += tile_outputs.shape[0]
+        per_plane = self.plan.num_tiles
+        while self.pending_count >= per_plane:
+            stacked = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self._finish_plane(stacked[:per_plane])
+            rest = stacked[per_plane:]
+            self.pending = [rest] if len(rest) else []
+            self.pending_count = len(rest)
+
+    def _finish_plane(self, tile_outputs: torch.Tensor) -> None:
+        if self.blender is None:
+            self.labels_out[self.planes_done] = stitch_center_torch(tile_outputs, self.plan)
+        else:
+            logits = self.blender.blend(tile_outputs)
+            self.labels_out[self.planes_done] = merge_classes_torch(logits, self.threshold, self.label_type)
+        self.planes_done += 1
