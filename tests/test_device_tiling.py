@@ -138,7 +138,7 @@ def test_misuse_is_a_value_error():
 
 
 class HostPath:
-    """The torch backend without `run_planes`: segment_slab then tiles and stitches on the host, as before."""
+    """A backend without `run_planes`: segment_slab then tiles and stitches on the host, as before."""
 
     def __init__(self, backend) -> None:
         self.backend, self.name, self.spec = backend, backend.name, backend.spec
@@ -151,7 +151,7 @@ class HostPath:
 
 
 class CountingDevicePath(HostPath):
-    """The torch backend, counting the `run_planes` and `run` calls segment_slab makes."""
+    """A backend, counting the `run_planes` and `run` calls segment_slab makes."""
 
     def __init__(self, backend) -> None:
         super().__init__(backend)
@@ -166,9 +166,10 @@ class CountingDevicePath(HostPath):
         return self.backend.run_planes(*args, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def default_backend():
-    return load_backend(None, "torch")
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def default_backend(request):
+    """The default model in both backends with a device path (onnxruntime: IO binding on torch tensors)."""
+    return load_backend(None, request.param)
 
 
 @pytest.fixture(scope="module")

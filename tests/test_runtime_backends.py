@@ -145,3 +145,30 @@ def test_tensorrt_backend_matches_onnxruntime_on_the_same_package(tmp_path):
     image = np.random.default_rng(21).integers(0, 256, (2, 200, 200), dtype=np.uint8)
     agreement = (segment_array(engine, image) == segment_array(ort, image)).mean()
     assert agreement >= 0.99, agreement
+
+
+def test_onnx_io_binding_on_torch_tensors_equals_a_plain_run(ort_backend):
+    """`OnnxGraph.run_bound` (IO binding: inputs read from and outputs written into torch tensors where they
+    lie; on a GPU, CUDA tensors) gives the numbers `run` gives; only the bound outputs are written."""
+    import torch
+
+    graph = ort_backend.graph
+    tile = ort_backend.spec.tile
+    tiles = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 1, tile, tile), np.uint8))
+    plain = graph.run({"tiles": tiles.numpy()}, ["logits", "labels"])
+    labels = torch.full(plain["labels"].shape, 255, dtype=torch.uint8)
+    logits = torch.zeros(plain["logits"].shape, dtype=torch.float32)
+    graph.run_bound({"tiles": tiles}, {"labels": labels, "logits": logits})
+    assert np.array_equal(labels.numpy(), plain["labels"])
+    assert np.array_equal(logits.numpy(), plain["logits"])
+    with pytest.raises(ValueError, match="contiguous"):
+        graph.run_bound({"tiles": tiles.transpose(2, 3)}, {"labels": labels})
+
+
+def test_gpu_providers_run_on_the_gpu_asked_for():
+    from emseg_rt.runtime.backends.onnxruntime_backend import provider_options
+
+    names = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_options(names, "cuda:1") == [{"device_id": "1"}, {}]
+    assert provider_options(names, "cuda") == [{"device_id": "0"}, {}]
+    assert provider_options(["CPUExecutionProvider"], "cpu") == [{}]

@@ -110,11 +110,13 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
              the four turned back).
     returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
     `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
-    A backend with `run_planes` (torch) tiles, stitches and merges on its device when the call needs nothing
-    but labels (no prompts, tta, density or probabilities): the same plan, tile order and batches.
+    A backend with `run_planes` (torch, onnxruntime) tiles, stitches and merges on its device when the call
+    needs nothing but labels from a prompt-free model (no prompts, tta, density or probabilities): the same
+    plan, tile order and batches.
     """
     n_planes, per_plane = slab.shape[0], plan.num_tiles
-    if hasattr(backend, "run_planes") and not prompts and not tta and density_out is None and not probabilities:
+    if (hasattr(backend, "run_planes") and not backend.spec.prompts and not prompts and not tta
+            and density_out is None and not probabilities):
         labels = backend.run_planes(slab, plan, batch=batch, blend=blend, label_type=label_type,
                                     threshold=backend.spec.threshold, timings=timings)
         return labels, None, n_planes * per_plane

@@ -14,9 +14,7 @@ Precision names what runs: 'fp32', 'fp16' (autocast float16: the fast choice on 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from torch import nn
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec, check_outputs
-from emseg_rt.runtime.device_tiling import DevicePlaneStitcher, extract_tiles_torch
+from emseg_rt.runtime.device_tiling import DevicePath
 from emseg_rt.runtime.tiling import TilePlan
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -55,34 +53,6 @@ def _class_merge_threshold(model: nn.Module) -> float:
     return float(getattr(merge, "threshold", 0.0) or 0.0)
 
 
-class _StageClock:
-    """Seconds spent inside `stage()` blocks: wall time on a CPU; on CUDA the GPU time between CUDA events
-    recorded on the current stream at each block's ends, read after one synchronisation in `seconds()`."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.wall = 0.0
-        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-
-    @contextmanager
-    def stage(self) -> Iterator[None]:
-        if self.cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            yield
-            end.record()
-            self.events.append((begin, end))
-        else:
-            t0 = time.perf_counter()
-            yield
-            self.wall += time.perf_counter() - t0
-
-    def seconds(self) -> float:
-        if self.events:
-            self.events[-1][1].synchronize()
-        return self.wall + sum(begin.elapsed_time(end) for begin, end in self.events) / 1000.0
-
-
 class TorchBackend:
     """Runs a PyTorch pipeline (fast path by default; see the module docstring)."""
 
@@ -96,7 +66,7 @@ class TorchBackend:
             raise EmsegError(f"--precision {precision!r}: the torch backend runs {', '.join(TORCH_PRECISIONS)}")
         self.device = torch.device(device)
         self.precision = precision
-        self._copy_stream: torch.cuda.Stream | None = None  # run_planes' uploads on CUDA
+        self._device_path = DevicePath(self.device)  # run_planes: upload, tiling, stitching on this device
         self.fast = fast
         self.compiled = bool(fast and (self.device.type == "cuda" if compile is None else compile))
         self.model = model.eval().requires_grad_(False).to(self.device)
@@ -162,58 +132,17 @@ class TorchBackend:
         `timings` (optional) accumulates 'compute' (the model calls; on CUDA their GPU time from CUDA events)
         and 'stitch' (the rest: upload, tiling, stitching, merge, download).
         """
-        if slab.ndim != 3 or slab.dtype != np.uint8 or tuple(slab.shape[1:]) != tuple(plan.plane_shape):
-            raise ValueError(f"run_planes takes (N, H, W) uint8 planes of {plan.plane_shape}, "
-                             f"got {slab.dtype} {slab.shape}")
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
-        t_start = time.perf_counter()
-        stitcher = DevicePlaneStitcher(plan, blend, threshold, slab.shape[0], label_type, self.device)
-        want_logits = blend == "gaussian"
-        flags = self._output_flags(want_logits, ())
+        flags = self._output_flags(blend == "gaussian", ())
+        name = "logits" if blend == "gaussian" else "labels"
         dtype = AUTOCAST_DTYPES.get(self.precision)
-        clock = _StageClock(self.device)
-        with torch.inference_mode():
-            planes = self._upload(slab)
-            tiles = extract_tiles_torch(planes, plan).reshape(-1, 1, plan.tile, plan.tile)  # (N·n, 1, T, T)
-            for start in range(0, tiles.shape[0], batch):
-                chunk = tiles[start:start + batch]
-                real = chunk.shape[0]
-                if real < batch:  # slab.tile_batches' padding: copies of the last tile
-                    chunk = torch.cat([chunk, chunk[-1:].expand(batch - real, -1, -1, -1)])
-                chunk = chunk.contiguous()
-                with clock.stage(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                    out = self.forward(chunk, **flags)
-                # copies: a compiled model's CUDA-graph outputs are overwritten by its next call, and a plane's
-                # tiles can span batches
-                stitcher.add(out["logits"][:real].to(torch.float32, copy=True) if want_logits
-                             else out["labels"][:real].clone())
-            labels = stitcher.labels_out.cpu().numpy()
-        compute_s = clock.seconds()
-        if timings is not None:
-            timings["compute"] = timings.get("compute", 0.0) + compute_s
-            timings["stitch"] = timings.get("stitch", 0.0) + max(0.0, time.perf_counter() - t_start - compute_s)
-        return labels.astype(label_type, copy=False)
 
-    def _upload(self, slab: np.ndarray) -> torch.Tensor:
-        """(N, H, W) uint8 host planes → the same on this device. On CUDA: copied from a pinned buffer,
-        non-blocking, on a side stream; the compute stream waits on an event recorded after the copy, not the
-        host. (A caller that uploads slab n+1 while slab n computes would overlap the two; `segment` calls
-        run_planes one slab at a time, so there the copy precedes the slab's compute.)"""
-        host = torch.from_numpy(np.ascontiguousarray(slab))
-        if self.device.type != "cuda":
-            return host.to(self.device)
-        pinned = host.pin_memory()  # the caching host allocator keeps it until the copy has run
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(self.device)
-        compute_stream = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self._copy_stream):
-            planes = pinned.to(self.device, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record(self._copy_stream)
-        compute_stream.wait_event(copied)
-        planes.record_stream(compute_stream)  # allocated on the copy stream, used on the compute stream
-        return planes
+        def run_batch(tiles: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                return self.forward(tiles, **flags)[name]
+
+        with torch.inference_mode():
+            return self._device_path.run(slab, plan, run_batch, batch=batch, blend=blend, label_type=label_type,
+                                         threshold=threshold, timings=timings)
 
     def close(self) -> None:
         self.model = self.forward = None  # type: ignore[assignment]
