@@ -172,3 +172,26 @@ def test_gpu_providers_run_on_the_gpu_asked_for():
     assert provider_options(names, "cuda:1") == [{"device_id": "1"}, {}]
     assert provider_options(names, "cuda") == [{"device_id": "0"}, {}]
     assert provider_options(["CPUExecutionProvider"], "cpu") == [{}]
+
+
+@pytest.mark.parametrize("name", ["scsam-tiny", "his4mae-tiny", "vanilla-sam2-tiny", "prompt-das-tiny", "samda-tiny"])
+def test_low_precision_weights_give_autocasts_numbers(name, monkeypatch):
+    """The fast path stores Linear/conv weights in bf16 once (norms, embeddings, rel-pos tables stay fp32);
+    its logits are bit-equal to autocast casting fp32 weights on every call."""
+    import torch
+
+    import emseg_rt.runtime.backends.torch_backend as torch_backend
+    from emseg_rt.models import build_model
+
+    cast = torch_backend.TorchBackend(build_model(name, []), "cpu", "bf16", "cast")
+    linear_dtypes = {m.weight.dtype for m in cast.model.modules() if isinstance(m, torch.nn.Linear)}
+    norm_dtypes = {m.weight.dtype for m in cast.model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert linear_dtypes == {torch.bfloat16} and norm_dtypes <= {torch.float32}
+    monkeypatch.setattr(torch_backend, "cast_matmul_weights", lambda model, dtype: 0)
+    autocast_only = torch_backend.TorchBackend(build_model(name, []), "cpu", "bf16", "autocast")
+    example = build_model(name, []).example_inputs(batch=2, seed=1, device="cpu")
+    prompts = {key: example[key].numpy() for key in cast.spec.prompts} or None
+    tiles = example["tiles"].numpy()
+    got, expected = (backend.run(tiles, want_logits=True, prompts=prompts) for backend in (cast, autocast_only))
+    assert np.array_equal(got["labels"], expected["labels"])
+    assert np.array_equal(got["logits"], expected["logits"])

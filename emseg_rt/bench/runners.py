@@ -11,8 +11,9 @@ A bench backend name is a (backend, precision, torch mode) choice that `segment`
     onnxruntime-fp16   --backend onnxruntime --precision fp16 (the cached mixed-fp16 package)
     tensorrt           --backend tensorrt: the fp16 package's engine for this GPU (built on first use)
 
-Loading goes through `emseg_rt.runtime.load_backend`; each timed call is `Backend.run(tiles)` on a batch
-of uint8 host tiles, the call `segment_slab` makes. Nothing here opens a session or compiles a model.
+Loading goes through `emseg_rt.runtime.load_backend`; each timed call is `slab.segment_slab` on a slab of
+uint8 slices, the call `segment` makes (the backend's device path where it has one). Nothing here opens a
+session or compiles a model.
 """
 
 from __future__ import annotations
@@ -125,10 +126,23 @@ def stage_batch(backend: Backend, model_name: str, batch: int, seed: int) -> tup
 
 
 def prepare(backend: Backend, model_name: str, batch: int) -> PreparedBatch:
-    """Stage a batch for `backend`; `run()` makes the call segment makes (labels only, center blend)."""
+    """Stage `batch` slices for `backend`; `run()` is the call `segment` makes on a slab of them:
+    `slab.segment_slab` (labels only, centre blend), which takes the backend's device path (`run_planes`:
+    upload, tiling, model, stitching, download) where it has one, else `Backend.run` on host tiles. Each slice
+    is one tile (T × T, halo 0), so the time per slice is Table 5's per-image time."""
+    from emseg_rt.io.ome_zarr import label_dtype
+    from emseg_rt.runtime.slab import segment_slab
+    from emseg_rt.runtime.tiling import plan_tiles
+
     tiles, prompts = stage_batch(backend, model_name, batch, seed=batch)
+    tile = backend.spec.tile
+    plan = plan_tiles((tile, tile), tile, 0)  # one tile per slice
+    slab = np.ascontiguousarray(tiles[:, 0])  # (batch, T, T) uint8
+    label_type = np.dtype(label_dtype(len(backend.spec.classes)))
 
     def run() -> object:
-        return backend.run(tiles, want_logits=False, prompts=prompts or None)
+        return segment_slab(backend, slab, plan, batch=batch, blend="center", probabilities=False,
+                            label_type=label_type, prompts=prompts or None)
 
-    return PreparedBatch(run, backend, {"identity": backend.spec.identity, **backend.spec.details})
+    path = "run_planes" if hasattr(backend, "run_planes") and not backend.spec.prompts else "run"
+    return PreparedBatch(run, backend, {"identity": backend.spec.identity, "call": path, **backend.spec.details})
