@@ -3,7 +3,8 @@
 
 For each bench backend name (torch-eager-fp32, torch-bf16, onnxruntime, ... as `emseg-rt bench` names them):
   1. load the backend once, the way bench does (`emseg_rt.bench.runners.load_target` → `load_backend`);
-  2. bench: `measure_latency` of one `Backend.run` on a staged random batch → median seconds per tile;
+  2. bench: `measure_latency` of the call bench times (`segment_slab` on `batch` one-tile slices, the device
+     path where the backend has one) → median seconds per tile;
   3. segment: `segment_volume` of a phantom volume with that same backend object and batch → the report's
      compute seconds / tiles (`SegmentReport.per_tile_seconds`, the backend calls segment made).
 The ratio segment / bench is 1 within noise when both time the same thing.

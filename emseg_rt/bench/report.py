@@ -66,16 +66,22 @@ def markdown_table(result: BenchResult) -> str:
                   "Peak host MB: the process's peak resident memory while the timed calls ran (model loaded; "
                   "loading and export excluded). Peak device MB: torch's peak CUDA allocation (torch backends).",
                   "",
+                  "Fractions: the achieved rate (model FLOPs / median time) over the dense matmul rate measured "
+                  "right after that record's timed calls, for the record's own precision and for each measured "
+                  "precision.",
+                  "",
                   "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
-                  "peak device MB | achieved TFLOP/s | fraction of matmul peak |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "peak device MB | achieved TFLOP/s | fraction of matmul peak | fraction by precision |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in ok:
             device_mb = "–" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:.0f}"
             fraction = "–" if r["fraction_of_matmul_peak"] is None else f"{r['fraction_of_matmul_peak']:.3f}"
+            by_precision = ", ".join(f"{name} {value:.3f}" for name, value in
+                                     r.get("fraction_of_matmul_rates", {}).items()) or "–"
             lines.append(
                 f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {_seconds(r['median_s_per_slice'])} | "
                 f"{_seconds(r['p90_s_per_slice'])} | {r['throughput_slices_per_s']:.3f} | {r['peak_host_mb']:.0f} | "
-                f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} |"
+                f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} | {by_precision} |"
             )
     if result.breakdown:
         lines += ["", f"## Where ScSAM's time goes (`scsam-{cfg.size}`, batch 1)", "",
@@ -84,8 +90,8 @@ def markdown_table(result: BenchResult) -> str:
             lines.append(f"| {row['path']} | {row['stage']} | {row['median_s']:.5f} | {row['fraction']:.1%} |")
     if result.matmul_tflops:
         rates = ", ".join(f"{name} {rate * 1e3:.1f} GFLOP/s" for name, rate in result.matmul_tflops.items())
-        lines += ["", f"Measured dense matmul rates on this device (the ceilings of 'fraction of matmul peak', "
-                      f"each record against its own precision's): {rates}."]
+        lines += ["", f"Dense matmul rates measured on this device at the start of the run: {rates} (each record's "
+                      "fractions use the rates measured beside it, `matmul_tflops_here` in the JSON)."]
     return "\n".join(lines) + "\n"
 
 

@@ -83,20 +83,22 @@ def peak_matmul_rates(device: str) -> dict[str, float]:
     """Measured dense matmul rates (TFLOP/s) by precision name, the ceilings each record's 'fraction of
     matmul peak' is taken against, each from its fastest call (a ceiling is the best the device did, and on a
     shared machine the median is noise): fp32, fp16 and bf16 on CUDA (8192², 20 calls); fp32 and bf16 on a
-    CPU (2048², 5 calls, at this process's torch thread count; bf16 is emulated where the CPU has no bf16
-    instructions, and then slower than fp32)."""
+    CPU (2048², 3 calls after 1 warm-up, at this process's torch thread count; bf16 is emulated where the CPU
+    has no bf16 instructions, and then slower than fp32)."""
     if device.startswith("cuda"):
         dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
         return {name: matmul_tflops(device, dtype, best=True) for name, dtype in dtypes.items()}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    return {name: matmul_tflops(device, dtype, size=2048, iters=5, best=True) for name, dtype in dtypes.items()}
+    return {name: matmul_tflops(device, dtype, size=2048, iters=3, warmup=1, best=True)
+            for name, dtype in dtypes.items()}
 
 
-def matmul_tflops(device: str, dtype: torch.dtype, size: int = 8192, iters: int = 20, best: bool = False) -> float:
+def matmul_tflops(device: str, dtype: torch.dtype, size: int = 8192, iters: int = 20, best: bool = False,
+                  warmup: int = 3) -> float:
     """Measured dense matmul rate (TFLOP/s) of this device in `dtype`, from the median call (`best`: the
     fastest call)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    stats = measure_latency(lambda: torch.matmul(a, b), device, warmup=3, iters=iters)
+    stats = measure_latency(lambda: torch.matmul(a, b), device, warmup=warmup, iters=iters)
     seconds = min(stats.samples_s) if best else stats.median_s
     return 2 * size**3 / seconds / 1e12
