@@ -16,8 +16,9 @@
 #   volume   a 1000 × 1024 × 1024 uint8 volume → labels end to end through `segment`: slices/s, the
 #            read / compute / stitch / write split and the backend's idle fraction
 #            (benchmarks/volume_throughput.py) → OUT/<gpu>-volume_throughput.{json,md}.
-#   kernels  the Triton kernels against their torch references (benchmarks/nearest_centroid.py)
-#            → OUT/nearest_centroid-<gpu>.{json,md}.
+#   kernels  the Triton kernels against their torch references: nearest-centroid labels
+#            (benchmarks/nearest_centroid.py → OUT/nearest_centroid-<gpu>.{json,md}), then fused class merge
+#            and relative-position attention (benchmarks/kernels.py → OUT/kernels-<gpu>.{json,md}).
 #   rtx      whether TensorRT for RTX is importable here and an engine built for the nearest RTX target
 #            loads (`emseg-rt build` + `segment --backend tensorrt`); Hopper (sm90) is not an RTX target, so
 #            on an H100 / H200 the expected answer is a one-line refusal, recorded as such.
@@ -86,12 +87,14 @@ if [ "$DRY_RUN" -eq 1 ]; then
     TABLE5=(--size tiny --device cpu --models scsam --backends torch-eager-fp32 --warmup 0 --iters 1)
     VOLUME=(--sizes 1 --overhead-sizes "" --plane 256 --model scsam-tiny --backend torch --batch 4 --device cpu)
     KERNELS=(--device cpu --clusters 4 --slice-pixels 128 --warmup 0 --iters 1)
+    FUSED_KERNELS=(--device cpu --small --warmup 0 --iters 1)
 else
     DEVICE=cuda
     TAG="$("$PYTHON" -c "import re, torch; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))" 2>/dev/null || echo no-gpu)"
     TABLE5=(--size vit-h --device cuda)
     VOLUME=(--sizes 1000 --overhead-sizes 1000 --plane 1024 --model scsam-vit-h --backend torch --batch 8 --device cuda)
     KERNELS=(--device cuda)
+    FUSED_KERNELS=(--device cuda)
 fi
 
 rtx_check() {
@@ -113,7 +116,13 @@ step setup setup
 step table5 "$PYTHON" benchmarks/table5.py "${TABLE5[@]}" --out-dir "$OUT"
 step volume "$PYTHON" benchmarks/volume_throughput.py "${VOLUME[@]}" --workdir "$WORK/volume" \
     --out "$OUT/$TAG-volume_throughput"
-step kernels "$PYTHON" benchmarks/nearest_centroid.py "${KERNELS[@]}" --out-dir "$OUT"
+kernels() {  # both kernel benchmarks; the second runs even when the first failed
+    local failed=0
+    "$PYTHON" benchmarks/nearest_centroid.py "${KERNELS[@]}" --out-dir "$OUT" || failed=1
+    "$PYTHON" benchmarks/kernels.py "${FUSED_KERNELS[@]}" --out-dir "$OUT" || failed=1
+    return $failed
+}
+step kernels kernels
 if [ "$DRY_RUN" -eq 1 ]; then
     printf 'rtx\tskipped\t0\tdry run: no GPU to load an engine on\n' >> "$STATUS"
 else

@@ -1,6 +1,7 @@
 """Hand-written kernels with torch references. Triton is imported only when a Triton kernel runs, so this
 package imports on machines without triton (docs/kernels.md)."""
 
+from emseg_rt.kernels.class_merge import class_merge_labels, class_merge_reference, class_merge_triton
 from emseg_rt.kernels.nearest_centroid import (
     nearest_centroid,
     nearest_centroid_naive,
@@ -9,12 +10,23 @@ from emseg_rt.kernels.nearest_centroid import (
     token_scores,
     triton_available,
 )
+from emseg_rt.kernels.rel_pos_attention import (
+    rel_pos_attention,
+    rel_pos_attention_reference,
+    rel_pos_attention_triton,
+)
 
 __all__ = [
+    "class_merge_labels",
+    "class_merge_reference",
+    "class_merge_triton",
     "nearest_centroid",
     "nearest_centroid_naive",
     "nearest_centroid_reference",
     "nearest_centroid_triton",
+    "rel_pos_attention",
+    "rel_pos_attention_reference",
+    "rel_pos_attention_triton",
     "token_scores",
     "triton_available",
 ]

@@ -2,11 +2,8 @@
 
 One program labels BLOCK consecutive output pixels of one image. For each pixel it computes the four source
 positions and weights exactly as PyTorch's bilinear upsampling with align_corners=False does
-(aten/src/ATen/native/UpSample.h: area_pixel_compute_source_index, guard_index_and_lambda):
+(`_bilinear_triton.bilinear_source`), and
 
-    scale = in / out                      (float32, rounded once, as torch computes it)
-    src   = max(scale · (dst + 0.5) − 0.5, 0)
-    i0    = min(floor(src), in − 1),  i1 = min(i0 + 1, in − 1),  λ1 = src − i0,  λ0 = 1 − λ1
     value = λy0 · (λx0 · s[y0, x0] + λx1 · s[y0, x1]) + λy1 · (λx0 · s[y1, x0] + λx1 · s[y1, x1])
 
 then walks the K score planes keeping the running minimum and its index (strict <: the lowest index wins
@@ -18,7 +15,6 @@ This module imports without triton (the package's import test walks every module
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 try:
@@ -26,6 +22,11 @@ try:
     import triton.language as tl
 except ImportError:  # no triton on this platform: `launch` says so
     triton = None
+
+from emseg_rt.kernels._bilinear_triton import torch_scale
+
+if triton is not None:
+    from emseg_rt.kernels._bilinear_triton import bilinear_source
 
 BLOCK_PIXELS = 256  # output pixels per program
 NUM_WARPS = 4
@@ -43,16 +44,8 @@ if triton is not None:
         out_y = pixel // out_w
         out_x = pixel % out_w
 
-        src_y = tl.maximum(scale_h * (out_y.to(tl.float32) + 0.5) - 0.5, 0.0)
-        y0 = tl.minimum(src_y.to(tl.int32), in_h - 1)  # src ≥ 0, so truncation is floor
-        y1 = tl.minimum(y0 + 1, in_h - 1)
-        wy1 = src_y - y0.to(tl.float32)
-        wy0 = 1.0 - wy1
-        src_x = tl.maximum(scale_w * (out_x.to(tl.float32) + 0.5) - 0.5, 0.0)
-        x0 = tl.minimum(src_x.to(tl.int32), in_w - 1)
-        x1 = tl.minimum(x0 + 1, in_w - 1)
-        wx1 = src_x - x0.to(tl.float32)
-        wx0 = 1.0 - wx1
+        y0, y1, wy0, wy1 = bilinear_source(out_y, in_h, scale_h)
+        x0, x1, wx0, wx1 = bilinear_source(out_x, in_w, scale_w)
 
         plane = in_h * in_w
         offset00 = y0 * in_w + x0
@@ -77,11 +70,6 @@ if triton is not None:
         tl.store(labels_ptr + image * pixels_out + pixel, best_label.to(labels_ptr.dtype.element_ty), mask=inside)
 
 
-def _torch_scale(in_size: int, out_size: int) -> float:
-    """in/out rounded to float32 once, as torch's area_pixel_compute_scale (float32 inputs) does."""
-    return float(np.float32(in_size) / np.float32(out_size))
-
-
 def launch(scores: torch.Tensor, out_h: int, out_w: int, labels_dtype: torch.dtype) -> torch.Tensor:
     """scores (B, K, h, w) float → labels (B, out_h, out_w) labels_dtype. Shapes are checked by the caller."""
     if triton is None:
@@ -95,6 +83,6 @@ def launch(scores: torch.Tensor, out_h: int, out_w: int, labels_dtype: torch.dty
     labels = torch.empty((batch, out_h, out_w), dtype=labels_dtype, device=scores.device)
     grid = (triton.cdiv(out_h * out_w, BLOCK_PIXELS), batch)
     _nearest_centroid_kernel[grid](scores, labels, clusters, in_h, in_w, out_h, out_w,
-                                   _torch_scale(in_h, out_h), _torch_scale(in_w, out_w),
+                                   torch_scale(in_h, out_h), torch_scale(in_w, out_w),
                                    BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS)
     return labels

@@ -1,9 +1,13 @@
 """SAM's ViT attention computed by `F.scaled_dot_product_attention` (fused kernels), same weights.
 
 segment_anything's `Attention` materialises softmax(q·kᵀ·s + B_rel) with explicit matmuls. Here the
-decomposed relative-position term B_rel (SAM's `add_decomposed_rel_pos`) is built as an additive mask
-and handed to SDPA, which picks a fused kernel (memory-efficient attention on CUDA, a fused CPU kernel
-otherwise). The result is the same function; the speed-up is what `emseg-rt bench` measures.
+decomposed relative-position term B_rel (SAM's `add_decomposed_rel_pos`) is computed as its two small
+factors rel_h (B, heads, H, W, H) and rel_w (B, heads, H, W, W) and handed to
+`emseg_rt.kernels.rel_pos_attention`: on CUDA (triton importable, nothing tracing, no gradient) a
+flash-attention Triton kernel that adds them inside the kernel; elsewhere (CPU, ONNX export, torch.compile)
+SDPA with the (B, heads, N, N) bias as an additive mask, which picks a fused kernel (memory-efficient
+attention on CUDA, a fused CPU kernel otherwise). The result is the same function; the speed-up is what
+`emseg-rt bench` measures.
 """
 
 from __future__ import annotations
@@ -12,6 +16,27 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
+
+from emseg_rt.kernels.rel_pos_attention import rel_pos_attention, rel_pos_bias
+
+
+def decomposed_rel_pos(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed relative-position factors.
+
+    q:        (B, heads, H·W, C) unscaled queries; rel_pos_h (2H−1, C), rel_pos_w (2W−1, C) parameters.
+    returns   rel_h (B, heads, H, W, H) = q_ij·R_h[i−k] and rel_w (B, heads, H, W, W) = q_ij·R_w[j−l],
+              in q's dtype.
+    """
+    b, heads, _, c = q.shape
+    h, w = size
+    r_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (H, H, C)
+    r_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (W, W, C)
+    r_q = q.reshape(b, heads, h, w, c)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w)
+    return rel_h, rel_w
 
 
 def decomposed_rel_pos_bias(
@@ -22,14 +47,7 @@ def decomposed_rel_pos_bias(
     q:        (B, heads, H·W, C) unscaled queries
     returns   (B, heads, H·W, H·W) bias, bias[..., (i, j), (k, l)] = q_ij·R_h[i−k] + q_ij·R_w[j−l].
     """
-    b, heads, _, c = q.shape
-    h, w = size
-    r_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (H, H, C)
-    r_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (W, W, C)
-    r_q = q.reshape(b, heads, h, w, c)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w)
-    return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, h * w, h * w)
+    return rel_pos_bias(*decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size))
 
 
 class SdpaAttention(nn.Module):
@@ -51,8 +69,11 @@ class SdpaAttention(nn.Module):
         b, h, w, _ = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, H·W, C_head)
-        bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w)) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if self.use_rel_pos:
+            rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+            out = rel_pos_attention(q, k, v, rel_h, rel_w, self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.reshape(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
         return self.proj(out)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from emseg_rt.kernels.class_merge import class_merge_labels, labels_from_logits, upsample_class_logits
 
 
 def label_dtype(num_classes: int) -> torch.dtype:
@@ -21,15 +22,17 @@ class ClassMerge(nn.Module):
         self.num_classes = num_classes
         self.threshold = threshold
 
-    def forward(self, low_res_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, low_res_logits: torch.Tensor, want_logits: bool = True) -> dict[str, torch.Tensor]:
         """low_res_logits: (B, K, h, w) float.
 
-        returns logits (B, K, T, T) float32 (bilinear, as SAM's postprocess) and labels (B, T, T)
-        uint8: k+1 for the class with the largest logit, 0 where no logit is above the threshold.
+        want_logits: False returns labels only, without building the tile-size logits (the fused Triton
+                     kernel on CUDA, the same rule in torch elsewhere: `emseg_rt.kernels.class_merge`).
+        returns logits (B, K, T, T) float32 (bilinear, as SAM's postprocess; unless want_logits is False) and
+        labels (B, T, T) uint8: k+1 for the class with the largest logit, 0 where no logit is above the
+        threshold.
         """
-        logits = F.interpolate(
-            low_res_logits.float(), size=(self.tile, self.tile), mode="bilinear", align_corners=False
-        )
-        best, best_class = logits.max(dim=1)
-        labels = torch.where(best > self.threshold, best_class + 1, torch.zeros_like(best_class))
-        return {"logits": logits, "labels": labels.to(label_dtype(self.num_classes))}
+        dtype = label_dtype(self.num_classes)
+        if not want_logits:
+            return {"labels": class_merge_labels(low_res_logits, self.tile, self.threshold, dtype)}
+        logits = upsample_class_logits(low_res_logits, self.tile)
+        return {"logits": logits, "labels": labels_from_logits(logits, self.threshold, dtype)}

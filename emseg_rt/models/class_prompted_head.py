@@ -58,6 +58,8 @@ def build_fusion(config: PipelineConfig) -> nn.Module:
 class ClassPromptedHead(nn.Module):
     """Embeddings → fused V_f → class prompts → SAM decoder for all K classes at once → class merge."""
 
+    can_skip_logits = True  # forward(..., want_logits=False): labels only (emseg_rt.kernels.class_merge)
+
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()
         assert config.class_prompt is not None
@@ -82,10 +84,11 @@ class ClassPromptedHead(nn.Module):
         masks, _ = self.mask_decoder(fused, self.image_pe(), sparse, dense)
         return masks.reshape(b, self.num_classes, masks.shape[-2], masks.shape[-1])
 
-    def forward(self, **embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, *, want_logits: bool = True, **embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Segment from encoder embeddings.
 
         embeddings:  sam_embedding (B, C_s, H, W) and/or mae_embedding (B, C_m, H, W), as the pipeline has.
-        returns      logits (B, K, T, T) float32 and labels (B, T, T) uint8.
+        want_logits: False returns labels only (no tile-size logits are built).
+        returns      logits (B, K, T, T) float32 (unless want_logits is False) and labels (B, T, T) uint8.
         """
-        return self.class_merge(self.low_res_logits(self.fusion(**embeddings)))
+        return self.class_merge(self.low_res_logits(self.fusion(**embeddings)), want_logits=want_logits)

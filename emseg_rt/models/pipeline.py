@@ -51,7 +51,8 @@ class SegmentationPipeline(nn.Module):
 
     @property
     def can_skip_logits(self) -> bool:
-        """Whether `forward(..., want_logits=False)` computes labels only (the clustering head does)."""
+        """Whether `forward(..., want_logits=False)` computes labels only (the clustering head and every head
+        that ends in a ClassMerge do: emseg_rt.kernels.class_merge)."""
         return bool(getattr(self.head, "can_skip_logits", False))
 
     def embed(self, tiles: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -218,6 +218,7 @@ class PromptDasHead(nn.Module):
     """Everything after the encoder: point prompts → two-way decoder → segmentation and density heads."""
 
     extra_outputs = ("density",)  # besides logits and labels
+    can_skip_logits = True  # forward(..., want_logits=False): labels only (emseg_rt.kernels.class_merge)
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()
@@ -242,7 +243,7 @@ class PromptDasHead(nn.Module):
 
     def forward(
         self, dino_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-        want_density: bool = True,
+        want_density: bool = True, want_logits: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Segment each tile and estimate its centre-point density, guided by its points (M ≥ 0 of P).
 
@@ -251,7 +252,9 @@ class PromptDasHead(nn.Module):
         point_labels:    (B, P) int: 1 positive, 0 negative, −1 padding (M = 0: all padding)
         want_density:    False skips the density head (≈ 182 of the head's 189 GFLOP per 384² window);
                          the torch backend passes it when no caller asked for 'density'.
-        returns          logits (B, 1, T, T) float32 (mitochondria vs background), labels (B, T, T) uint8
+        want_logits:     False returns no logits (labels without building the tile-size logits).
+        returns          logits (B, 1, T, T) float32 (mitochondria vs background; unless want_logits is
+                         False), labels (B, T, T) uint8
                          (1 where the logit is > 0) and, with want_density, density (B, 1, T, T) float32 (≥ 0).
         """
         b, n, h, w = dino_embedding.shape
@@ -263,7 +266,7 @@ class PromptDasHead(nn.Module):
         hyper_in = self.mask_hypernetwork(hs[:, 0, :])  # (B, N/8)
         up_ch, up_h, up_w = upscaled.shape[1:]
         low_res = (hyper_in.unsqueeze(1) @ upscaled.reshape(b, up_ch, up_h * up_w)).reshape(b, 1, up_h, up_w)
-        out = self.class_merge(low_res)
+        out = self.class_merge(low_res, want_logits=want_logits)
         if want_density:
             out["density"] = self.density_head(upscaled)
         return out

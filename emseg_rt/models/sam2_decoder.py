@@ -159,6 +159,7 @@ class VanillaSam2Head(VanillaSamHead):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         boxes: torch.Tensor | None = None,
+        want_logits: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Segment each class from its prompts.
 
@@ -166,7 +167,8 @@ class VanillaSam2Head(VanillaSamHead):
         point_coords:    (B, K, P, 2) float pixel (x, y) in the tile
         point_labels:    (B, K, P) int: 1 foreground, 0 background, -1 padding
         boxes:           (B, K, 4) float (x0, y0, x1, y1), negative = no box; or None
-        returns          logits (B, K, T, T) float32 and labels (B, T, T) uint8.
+        want_logits:     False returns labels only (no tile-size logits are built).
+        returns          logits (B, K, T, T) float32 (unless want_logits is False) and labels (B, T, T) uint8.
         """
         b, k, p = point_labels.shape
         rows = b * k
@@ -177,4 +179,4 @@ class VanillaSam2Head(VanillaSamHead):
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, n_ch, 1, 1).expand(rows, n_ch, self.grid, self.grid)
         masks, _ = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense,
                                      high_res_s0, high_res_s1)
-        return self.class_merge(masks.reshape(b, k, masks.shape[-2], masks.shape[-1]))
+        return self.class_merge(masks.reshape(b, k, masks.shape[-2], masks.shape[-1]), want_logits=want_logits)

@@ -81,6 +81,8 @@ class SamdaHead(nn.Module):
     as score_k − score_background, so `labels` (0 where no class logit is > 0) is exactly nnU-Net's argmax.
     """
 
+    can_skip_logits = True  # forward(..., want_logits=False): labels only (emseg_rt.kernels.class_merge)
+
     def __init__(self, config: PipelineConfig, generic_channels: int) -> None:
         super().__init__()
         samda = config.samda
@@ -101,11 +103,12 @@ class SamdaHead(nn.Module):
         skips[-1] = torch.cat([skips[-1], self.projector(sam_embedding)], dim=1)  # (B, F_8 + P, T/2^7, T/2^7)
         return self.unet.decoder(skips)
 
-    def forward(self, tile_embedding: torch.Tensor, sam_embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, tile_embedding: torch.Tensor, sam_embedding: torch.Tensor,
+                want_logits: bool = True) -> dict[str, torch.Tensor]:
         """tile_embedding (B, 1, T, T) float32, sam_embedding (B, C_g, G, G) float32
-        → logits (B, K, T, T) float32 and labels (B, T, T) uint8 (0 = background)."""
+        → logits (B, K, T, T) float32 (unless want_logits is False) and labels (B, T, T) uint8 (0 = background)."""
         scores = self.class_scores(tile_embedding, sam_embedding)
-        return self.merge(scores[:, 1:] - scores[:, :1])
+        return self.merge(scores[:, 1:] - scores[:, :1], want_logits=want_logits)
 
 
 def check_samda_shapes(config: PipelineConfig, grid: int) -> None:

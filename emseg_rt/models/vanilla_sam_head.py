@@ -21,6 +21,8 @@ class VanillaSamHead(nn.Module):
     `torch.where` instead of boolean-mask assignment, so it exports.
     """
 
+    can_skip_logits = True  # forward(..., want_logits=False): labels only (emseg_rt.kernels.class_merge)
+
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()
         assert config.sam_encoder is not None
@@ -65,6 +67,7 @@ class VanillaSamHead(nn.Module):
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         boxes: torch.Tensor | None = None,
+        want_logits: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Segment each class from its prompts.
 
@@ -72,7 +75,8 @@ class VanillaSamHead(nn.Module):
         point_coords:   (B, K, P, 2) float pixel (x, y) in the tile
         point_labels:   (B, K, P) int: 1 foreground, 0 background, -1 padding
         boxes:          (B, K, 4) float (x0, y0, x1, y1), negative = no box; or None
-        returns         logits (B, K, T, T) float32 and labels (B, T, T) uint8.
+        want_logits:    False returns labels only (no tile-size logits are built).
+        returns         logits (B, K, T, T) float32 (unless want_logits is False) and labels (B, T, T) uint8.
         """
         b, k, p = point_labels.shape
         rows = b * k
@@ -85,4 +89,4 @@ class VanillaSamHead(nn.Module):
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, n_ch, 1, 1).expand(rows, n_ch, self.grid, self.grid)
         image_pe = self.prompt_encoder.get_dense_pe()
         masks, _ = self.mask_decoder(sam_embedding, image_pe, sparse, dense)
-        return self.class_merge(masks.reshape(b, k, masks.shape[-2], masks.shape[-1]))
+        return self.class_merge(masks.reshape(b, k, masks.shape[-2], masks.shape[-1]), want_logits=want_logits)
