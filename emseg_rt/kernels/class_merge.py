@@ -98,5 +98,8 @@ def class_merge_labels(low_res: torch.Tensor, tile: int, threshold: float = 0.0,
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     if resolve_impl(impl, low_res.device) == "triton":
-        return class_merge_triton(low_res, tile, threshold, labels_dtype)
+        from emseg_rt.kernels.ops import class_merge_op
+
+        _check_merge_inputs(low_res, tile, labels_dtype)
+        return class_merge_op(low_res, int(tile), float(threshold), labels_dtype)
     return class_merge_reference(low_res, tile, threshold, labels_dtype)

@@ -172,8 +172,10 @@ def triton_available() -> bool:
 
 
 def _tracing() -> bool:
-    """Inside torch.compile, torch.jit tracing or ONNX export the torch path is used: those trace torch ops."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    """Inside torch.export, torch.jit tracing or ONNX export the torch path is used: exported graphs hold
+    standard torch ops. (torch.compile is not tracing here: it calls the kernels as custom ops, `ops.py`.)"""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -201,4 +203,8 @@ def nearest_centroid(tokens: torch.Tensor, centres: torch.Tensor, out_hw: tuple[
         return nearest_centroid_naive(tokens, centres, out_hw).to(labels_dtype)
     if chosen == "torch":
         return nearest_centroid_reference(tokens, centres, out_hw, labels_dtype=labels_dtype)
-    return nearest_centroid_triton(token_scores(tokens, centres), out_hw, labels_dtype=labels_dtype)
+    from emseg_rt.kernels.ops import nearest_centroid_op
+
+    _check_label_dtype(labels_dtype, centres.shape[0])
+    out_h, out_w = _check_out_hw(out_hw)
+    return nearest_centroid_op(token_scores(tokens, centres), out_h, out_w, labels_dtype)

@@ -119,5 +119,7 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: 
             or q.shape[-1] > MAX_HEAD_DIM or _needs_autograd(q, k, v, rel_h, rel_w)):
         chosen = "torch"
     if chosen == "triton":
-        return rel_pos_attention_triton(q, k, v, rel_h, rel_w, scale)
+        from emseg_rt.kernels.ops import rel_pos_attention_op
+
+        return rel_pos_attention_op(q, k, v, rel_h, rel_w, float(scale))
     return rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale)
