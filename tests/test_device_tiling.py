@@ -234,6 +234,7 @@ def test_segment_array_and_volume_report_on_the_device_path(tmp_path, default_ba
     assert report.compute_seconds + report.stitch_seconds < report.wall_seconds
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_device_path_matches_the_numpy_tiler(phantom):
     plan = plan_tiles(phantom.shape[1:], 128, 16)
@@ -258,3 +259,18 @@ def test_pad_plane_is_what_the_gather_reads():
     y, x = (int(v) for v in plan.origins[0])
     np.testing.assert_array_equal(extract_tiles_torch(torch.from_numpy(plane), plan)[0].numpy(),
                                   padded[y + top:y + top + 16, x + left:x + left + 16])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+@pytest.mark.parametrize("precision, compile", [("fp32", False), ("fp16", False), ("fp16", True)])
+def test_cuda_fast_path_keeps_the_cpu_labels(phantom, precision, compile):
+    """The CUDA fast path as `segment` runs it (device tiling, fp16 weights, the Triton kernels as operators,
+    torch.compile with CUDA graphs) against fp32 eager on the CPU, on the trained default model: issue 17's bar
+    of 99.9 % equal labels."""
+    from emseg_rt.models.default_model import load_default_model
+    from emseg_rt.runtime.backends.torch_backend import TorchBackend
+
+    reference = segment_array(load_backend(None, "torch", "cpu", "fp32", fast=False), phantom)
+    fast = TorchBackend(load_default_model(), "cuda", precision, "default", compile=compile)
+    assert (segment_array(fast, phantom) == reference).mean() >= 0.999

@@ -195,3 +195,23 @@ def test_low_precision_weights_give_autocasts_numbers(name, monkeypatch):
     got, expected = (backend.run(tiles, want_logits=True, prompts=prompts) for backend in (cast, autocast_only))
     assert np.array_equal(got["labels"], expected["labels"])
     assert np.array_equal(got["logits"], expected["logits"])
+
+
+def _onnxruntime_has_cuda() -> bool:
+    import onnxruntime as ort
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _onnxruntime_has_cuda(), reason="needs a CUDA GPU and onnxruntime-gpu")
+def test_onnxruntime_on_cuda_runs_the_device_path(ort_backend):
+    """`--backend onnxruntime --device cuda`: the CUDA execution provider, tiles bound from CUDA tensors, the
+    labels of the CPU session."""
+    from emseg_rt.data.phantom import generate_phantom
+
+    cuda = load_backend(MODEL, "onnxruntime", "cuda")
+    assert cuda.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    image = generate_phantom((2, 200, 230), seed=3).image
+    assert (segment_array(cuda, image) == segment_array(ort_backend, image)).mean() >= 0.999
