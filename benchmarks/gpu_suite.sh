@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu_suite.sh [--wheels DIR] [--out DIR]     # on the GPU machine (OUT: benchmarks/results)
 #   bash benchmarks/gpu_suite.sh --dry-run --out /tmp/suite    # anywhere: every step, tiny sizes, on the CPU
+#   bash benchmarks/gpu_suite.sh --only table5 [--models scsam]  # some steps (comma-separated), e.g. one per
+#                                                                # call where a call has a time limit
 #
 # Every step runs the project's own entry points (the code `segment` and `bench` run), and runs even when an
 # earlier one failed; OUT/gpu_suite-status.tsv says which passed, with the last line of any error, and the
@@ -19,6 +21,10 @@
 #   kernels  the Triton kernels against their torch references: nearest-centroid labels
 #            (benchmarks/nearest_centroid.py → OUT/nearest_centroid-<gpu>.{json,md}), then fused class merge
 #            and relative-position attention (benchmarks/kernels.py → OUT/kernels-<gpu>.{json,md}).
+#   gputests the CUDA tests (`pytest -m gpu`): every kernel against its reference on the GPU, the CUDA fast
+#            path (device tiling, fp16 weights, compiled with the kernels as operators) keeping the CPU's
+#            labels on the trained default model, onnxruntime's CUDA provider on the device path
+#            → OUT/<gpu>-gputests.txt (needs pytest: carry its wheel with --wheels where it is missing).
 #   rtx      whether TensorRT for RTX is importable here and an engine built for the nearest RTX target
 #            loads (`emseg-rt build` + `segment --backend tensorrt`); Hopper (sm90) is not an RTX target, so
 #            on an H100 / H200 the expected answer is a one-line refusal, recorded as such.
@@ -29,12 +35,16 @@ PYTHON="${PYTHON:-python3}"
 OUT="benchmarks/results"
 WHEELS=""
 DRY_RUN=0
+ONLY=""    # empty: every step
+MODELS=""  # empty: table5's default (every Table 5 row)
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --out) OUT="$2"; shift ;;
         --wheels) WHEELS="$2"; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --only) ONLY=",$2,"; shift ;;
+        --models) MODELS="$2"; shift ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -43,12 +53,17 @@ mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/emseg-gpu-suite.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 STATUS="$OUT/gpu_suite-status.tsv"
-printf 'step\tstatus\tseconds\tdetail\n' > "$STATUS"
+if [ -z "$ONLY" ] || [ ! -f "$STATUS" ]; then  # --only adds its rows to an earlier call's table
+    printf 'step\tstatus\tseconds\tdetail\n' > "$STATUS"
+fi
 FAILED=0
 
-# step NAME COMMAND...: run it, log to WORK/NAME.log, append one status line.
+# step NAME COMMAND...: run it, log to WORK/NAME.log, append one status line (unless --only leaves it out).
 step() {
     local name="$1"; shift
+    if [ -n "$ONLY" ] && [ "$name" != setup ] && [[ "$ONLY" != *",$name,"* ]]; then
+        return
+    fi
     local started=$SECONDS
     echo "== $name: $*" >&2
     if "$@" > "$WORK/$name.log" 2>&1; then
@@ -91,10 +106,13 @@ if [ "$DRY_RUN" -eq 1 ]; then
 else
     DEVICE=cuda
     TAG="$("$PYTHON" -c "import re, torch; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))" 2>/dev/null || echo no-gpu)"
-    TABLE5=(--size vit-h --device cuda)
+    TABLE5=(--size vit-h --device cuda --batch 1,4)
     VOLUME=(--sizes 1000 --overhead-sizes 1000 --plane 1024 --model scsam-vit-h --backend torch --batch 8 --device cuda)
     KERNELS=(--device cuda)
     FUSED_KERNELS=(--device cuda)
+fi
+if [ -n "$MODELS" ]; then
+    TABLE5+=(--models "$MODELS")
 fi
 
 rtx_check() {
@@ -123,8 +141,17 @@ kernels() {  # both kernel benchmarks; the second runs even when the first faile
     return $failed
 }
 step kernels kernels
+gputests() {  # the dry run collects the same tests; on a CPU they are skipped
+    "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/$TAG-gputests.txt" 2>&1
+    local rc=$?
+    tail -n 3 "$OUT/$TAG-gputests.txt"
+    return $rc
+}
+step gputests gputests
 if [ "$DRY_RUN" -eq 1 ]; then
-    printf 'rtx\tskipped\t0\tdry run: no GPU to load an engine on\n' >> "$STATUS"
+    if [ -z "$ONLY" ] || [[ "$ONLY" == *",rtx,"* ]]; then
+        printf 'rtx\tskipped\t0\tdry run: no GPU to load an engine on\n' >> "$STATUS"
+    fi
 else
     step rtx rtx_check
 fi
