@@ -66,9 +66,9 @@ def markdown_table(result: BenchResult) -> str:
                   "Peak host MB: the process's peak resident memory while the timed calls ran (model loaded; "
                   "loading and export excluded). Peak device MB: torch's peak CUDA allocation (torch backends).",
                   "",
-                  "Fractions: the achieved rate (model FLOPs / median time) over the dense matmul rate measured "
-                  "right after that record's timed calls, for the record's own precision and for each measured "
-                  "precision.",
+                  "Fractions: the achieved rate (model FLOPs / median time) over the best dense matmul rate "
+                  "this run measured (at its start and right after every record's timed calls), for the "
+                  "record's own precision and for each measured precision.",
                   "",
                   "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
                   "peak device MB | achieved TFLOP/s | fraction of matmul peak | fraction by precision |",
@@ -90,8 +90,9 @@ def markdown_table(result: BenchResult) -> str:
             lines.append(f"| {row['path']} | {row['stage']} | {row['median_s']:.5f} | {row['fraction']:.1%} |")
     if result.matmul_tflops:
         rates = ", ".join(f"{name} {rate * 1e3:.1f} GFLOP/s" for name, rate in result.matmul_tflops.items())
-        lines += ["", f"Dense matmul rates measured on this device at the start of the run: {rates} (each record's "
-                      "fractions use the rates measured beside it, `matmul_tflops_here` in the JSON)."]
+        lines += ["", f"Dense matmul rates, the best this run measured on this device (the ceilings of every "
+                      f"fraction): {rates}. Each measurement is in the JSON (`matmul_tflops_start`, and "
+                      "`matmul_tflops_here` beside each record): where they vary, the machine was shared."]
     return "\n".join(lines) + "\n"
 
 
