@@ -55,7 +55,8 @@ def markdown(result: dict) -> str:
         "",
         f"{m['cpu']} ({m['cpu_cores']} cores), torch threads {m['torch_threads']}, {m['date']}. Model "
         f"`{result['model']}`, batch {result['batch']}, phantom {'×'.join(map(str, result['shape']))}. "
-        "bench = median of one `Backend.run` per batch / batch; segment = the run's backend seconds / tiles.",
+        "bench = median of one `segment_slab` call on `batch` one-tile slices (the call segment makes) / batch; "
+        "segment = the run's compute seconds (the model calls) / tiles.",
         "",
         "| backend | bench s/tile | segment s/tile | segment / bench |",
         "|---|---|---|---|",
