@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from emseg_rt.bench.machine import machine_record
-from emseg_rt.kernels.benchmark import host_tag
+from emseg_rt.kernels.benchmark import add_timing_arguments, host_tag, timing_settings
 from emseg_rt.kernels.benchmark_fused import (
     attention_cases,
     implementations,
@@ -76,20 +76,12 @@ def markdown(result: dict, on_cuda: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default=None, help="comma-separated of fp32,fp16,bf16 (default fp16,fp32 on "
                         "CUDA, fp32 on a CPU)")
     parser.add_argument("--small", action="store_true", help="tiny sizes (a dry run of the script on a CPU)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on a CPU")
-    parser.add_argument("--warmup", type=int, default=None, help="default 10 on CUDA, 1 on a CPU")
-    parser.add_argument("--iters", type=int, default=None, help="default 50 on CUDA, 3 on a CPU")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_timing_arguments(parser, RESULTS)
     args = parser.parse_args()
-    on_cuda = args.device.startswith("cuda")
-    if not on_cuda:
-        torch.set_num_threads(args.threads)
-    warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
-    iters = args.iters if args.iters is not None else (50 if on_cuda else 3)
+    on_cuda, warmup, iters = timing_settings(args)
     names = (args.dtypes or ("fp16,fp32" if on_cuda else "fp32")).split(",")
     if any(name not in DTYPES for name in names):
         parser.error(f"--dtypes: choose from {', '.join(DTYPES)}")

@@ -16,30 +16,27 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from emseg_rt.bench.machine import machine_record
-from emseg_rt.kernels.benchmark import host_tag, implementations, paper_layouts, time_layout
+from emseg_rt.kernels.benchmark import (
+    add_timing_arguments,
+    host_tag,
+    implementations,
+    paper_layouts,
+    time_layout,
+    timing_settings,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clusters", default="16,512", help="comma-separated K values")
     parser.add_argument("--slice-pixels", type=int, default=1024,
                         help="side of the slice; smaller than 1024 on slow machines (the report says so)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on a CPU")
-    parser.add_argument("--warmup", type=int, default=None, help="default 10 on CUDA, 1 on a CPU")
-    parser.add_argument("--iters", type=int, default=None, help="default 50 on CUDA, 3 on a CPU")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_timing_arguments(parser, RESULTS)
     args = parser.parse_args()
-    on_cuda = args.device.startswith("cuda")
-    if not on_cuda:
-        torch.set_num_threads(args.threads)
-    warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
-    iters = args.iters if args.iters is not None else (50 if on_cuda else 3)
+    on_cuda, warmup, iters = timing_settings(args)
     clusters = [int(k) for k in args.clusters.split(",")]
 
     machine = machine_record(args.device)

@@ -3,15 +3,13 @@ rule bit for bit, the fused Triton kernel (run by the Triton interpreter on this
 asked for labels only (want_logits=False) give the labels of the full forward."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_helpers import kernel_outputs
 
 from emseg_rt.kernels import class_merge_labels, class_merge_reference, class_merge_triton
 from emseg_rt.models import build
@@ -122,13 +120,7 @@ def test_triton_kernel_equals_reference_under_the_interpreter(tmp_path):
     A subprocess, because the interpreter must be chosen before triton is first imported. Both compute each
     upsampled logit in float32 from the same indices and weights; on these cases the labels are equal exactly."""
     cases = _triton_cases()
-    torch.save(cases, tmp_path / "cases.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT, str(tmp_path / "cases.pt"),
-                           str(tmp_path / "labels.pt")], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    fused = torch.load(tmp_path / "labels.pt")
+    fused = kernel_outputs(INTERPRETER_SCRIPT, cases, tmp_path)
     for name, (low_res, tile, threshold, dtype) in cases.items():
         labels = fused[name]
         assert labels.shape == (low_res.shape[0], tile, tile) and labels.dtype == dtype, name

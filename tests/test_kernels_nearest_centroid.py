@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_helpers import kernel_outputs
 
 from emseg_rt.kernels import (
     nearest_centroid,
@@ -162,13 +163,7 @@ def test_triton_kernel_matches_reference_under_the_interpreter(tmp_path):
             centres = torch.cat([centres, centres])
         scores_of[name] = token_scores(tokens, centres)
         cases[name] = (scores_of[name], out_hw, dtype)
-    torch.save(cases, tmp_path / "cases.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT, str(tmp_path / "cases.pt"),
-                           str(tmp_path / "labels.pt")], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    fused = torch.load(tmp_path / "labels.pt")
+    fused = kernel_outputs(INTERPRETER_SCRIPT, cases, tmp_path)
     for name, (scores, out_hw, dtype) in cases.items():
         labels = fused[name]
         assert labels.shape == (scores.shape[0], *out_hw) and labels.dtype == dtype, name

@@ -4,13 +4,11 @@ references. Run under the Triton interpreter on this CPU (no GPU here: correctne
 
 import importlib
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from triton_helpers import run_interpreted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,10 +57,7 @@ print("ok")
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install 'emseg-rt[kernels]', Linux only)")
 def test_compiled_graphs_call_the_kernels_as_operators():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", COMPILED_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    assert run_interpreted(COMPILED_SCRIPT).stdout.strip().endswith("ok")
 
 
 def test_export_traces_the_references_and_compile_the_kernels():

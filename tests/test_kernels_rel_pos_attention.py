@@ -3,13 +3,11 @@ against a float64 softmax, and the flash-attention Triton kernel (run by the Tri
 against the reference, on strided q/k/v as SdpaAttention hands them over."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from triton_helpers import kernel_outputs
 
 from emseg_rt.kernels import rel_pos_attention, rel_pos_attention_reference, rel_pos_attention_triton
 
@@ -100,13 +98,7 @@ def test_triton_kernel_matches_reference_under_the_interpreter(tmp_path):
     cases = {}
     for name, (seed, batch, heads, hw, head_dim, dtype, block) in TRITON_CASES.items():
         cases[name] = (*_attention_inputs(seed, batch, heads, hw, head_dim, dtype), block)
-    torch.save(cases, tmp_path / "cases.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT, str(tmp_path / "cases.pt"),
-                           str(tmp_path / "out.pt")], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    fused = torch.load(tmp_path / "out.pt")
+    fused = kernel_outputs(INTERPRETER_SCRIPT, cases, tmp_path)
     for name, (qkv, rel_h, rel_w, scale, _) in cases.items():
         q, k, v = _unpack(qkv)
         out = fused[name]

@@ -13,8 +13,10 @@ Every implementation is timed from tokens to labels (the token–centre matmul i
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -104,3 +106,22 @@ def time_layout(layout: Layout, clusters: int, device: str, *, warmup: int, iter
         numbers["speedup_vs_naive"] = naive_ms / numbers["median_ms"]
         numbers["labels_differing_from_naive"] = int((labels[impl] != labels["naive"]).sum())
     return record
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every kernel benchmark script takes: --device, --threads, --warmup, --iters, --out-dir."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on a CPU")
+    parser.add_argument("--warmup", type=int, default=None, help="default 10 on CUDA, 1 on a CPU")
+    parser.add_argument("--iters", type=int, default=None, help="default 50 on CUDA, 3 on a CPU")
+    parser.add_argument("--out-dir", type=Path, default=results)
+
+
+def timing_settings(args: argparse.Namespace) -> tuple[bool, int, int]:
+    """(on_cuda, warmup, iters) from `add_timing_arguments`' options; on a CPU, torch's threads are set."""
+    on_cuda = args.device.startswith("cuda")
+    if not on_cuda:
+        torch.set_num_threads(args.threads)
+    warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
+    iters = args.iters if args.iters is not None else (50 if on_cuda else 3)
+    return on_cuda, warmup, iters
