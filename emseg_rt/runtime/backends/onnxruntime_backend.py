@@ -99,6 +99,11 @@ class OnnxGraph:
         outputs: the outputs wanted, preallocated contiguous torch tensors of their exact shape and dtype (the
                  rest of the graph's outputs are not copied anywhere).
         """
+        import torch
+
+        cuda = {t.device for t in (*feeds.values(), *outputs.values()) if t.device.type == "cuda"}
+        for device in cuda:  # torch's kernels that wrote the inputs are asynchronous; ONNX Runtime has its own stream
+            torch.cuda.current_stream(device).synchronize()
         binding = self.session.io_binding()
         for name in self.input_names:
             _bind(binding.bind_input, name, feeds[name])
@@ -106,7 +111,7 @@ class OnnxGraph:
             _bind(binding.bind_output, name, tensor)
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
+        binding.synchronize_outputs()  # the outputs are written before torch reads them
 
 
 def _bind(bind: Any, name: str, tensor: Any) -> None:
