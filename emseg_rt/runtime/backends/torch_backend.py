@@ -97,7 +97,7 @@ class TorchBackend:
             if precision in AUTOCAST_DTYPES:
                 cast_matmul_weights(self.model, AUTOCAST_DTYPES[precision])
         # max-autotune on CUDA (GEMM autotuning, CUDA graphs); Inductor's default mode on a CPU, where
-        # max-autotune took 338 s to compile scsam-vit-b and default mode 71 s (measured on this CPU)
+        # max-autotune took 338 s to compile scsam-vit-b (on a loaded machine) and default mode 71 s (quiet)
         mode = "max-autotune" if self.device.type == "cuda" else None
         self.forward = torch.compile(self.model, mode=mode, dynamic=False) if self.compiled else self.model
         if not model_id:
