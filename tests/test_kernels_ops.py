@@ -78,3 +78,19 @@ def test_export_traces_the_references_and_compile_the_kernels():
     seen.clear()
     torch.compile(Probe(), backend="eager", fullgraph=True)(torch.zeros(2))
     assert seen == [False]
+
+
+def test_the_auto_choice_traces_cleanly_under_compile():
+    """`impl="auto"` decides while Dynamo traces: triton_available is a constant to it (no lru_cache warning,
+    no graph break)."""
+    import warnings
+
+    module = importlib.import_module("emseg_rt.kernels.nearest_centroid")
+
+    def choose(x: torch.Tensor) -> torch.Tensor:
+        return x + float(module.triton_available()) + float(module.resolve_impl("auto", x.device) == "torch")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = torch.compile(choose, backend="eager", fullgraph=True)(torch.zeros(2))
+    assert torch.equal(got, torch.full((2,), float(module.triton_available()) + 1.0))

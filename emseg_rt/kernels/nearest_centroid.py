@@ -26,7 +26,6 @@ scores are not supported (the Triton kernel skips them; torch's argmin returns t
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 import torch
@@ -161,9 +160,11 @@ def nearest_centroid_triton(scores: torch.Tensor, out_hw: tuple[int, int], *,
     return _nearest_centroid_triton.launch(scores, out_h, out_w, labels_dtype)
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """Whether triton imports here (it comes with torch's Linux wheels; the `kernels` extra declares it)."""
+    """Whether triton imports here (it comes with torch's Linux wheels; the `kernels` extra declares it).
+    A constant to torch.compile (evaluated once while tracing, no lru_cache for Dynamo to warn about); after the
+    first import, a dictionary lookup."""
     try:
         import triton  # noqa: F401
     except ImportError:
