@@ -131,7 +131,7 @@ def prepare(backend: Backend, model_name: str, batch: int) -> PreparedBatch:
     upload, tiling, model, stitching, download) where it has one, else `Backend.run` on host tiles. Each slice
     is one tile (T × T, halo 0), so the time per slice is Table 5's per-image time."""
     from emseg_rt.io.ome_zarr import label_dtype
-    from emseg_rt.runtime.slab import segment_slab
+    from emseg_rt.runtime.slab import segment_slab, takes_device_path
     from emseg_rt.runtime.tiling import plan_tiles
 
     tiles, prompts = stage_batch(backend, model_name, batch, seed=batch)
@@ -144,5 +144,5 @@ def prepare(backend: Backend, model_name: str, batch: int) -> PreparedBatch:
         return segment_slab(backend, slab, plan, batch=batch, blend="center", probabilities=False,
                             label_type=label_type, prompts=prompts or None)
 
-    path = "run_planes" if hasattr(backend, "run_planes") and not backend.spec.prompts else "run"
+    path = "run_planes" if takes_device_path(backend) else "run"
     return PreparedBatch(run, backend, {"identity": backend.spec.identity, "call": path, **backend.spec.details})

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import numpy as np
 import torch
 
+from emseg_rt.kernels.class_merge import labels_from_logits
 from emseg_rt.runtime.tiling import TilePlan, _core_slices, gaussian_weights
 
 BLENDS = ("center", "gaussian")
@@ -142,9 +143,7 @@ def merge_classes_torch(logits: torch.Tensor, threshold: float = 0.0,
     `threshold`."""
     if logits.dim() != 3:
         raise ValueError(f"logits must be (K, H, W), got shape {tuple(logits.shape)}")
-    best, best_class = logits.max(dim=0)  # first index of the maximum, as numpy's argmax
-    labels = torch.where(best > threshold, best_class + 1, torch.zeros_like(best_class))
-    return labels.to(torch_label_dtype(dtype))
+    return labels_from_logits(logits[None], threshold, torch_label_dtype(dtype))[0]  # the model's own rule
 
 
 class DevicePlaneStitcher:

@@ -95,6 +95,12 @@ def run_tta(backend: Backend, tiles: np.ndarray, prompts: Mapping[str, np.ndarra
     return {"logits": logits, "labels": labels, **{name: t / np.float32(4) for name, t in extra_totals.items()}}
 
 
+def takes_device_path(backend: Backend) -> bool:
+    """Whether `segment_slab` runs this backend's labels-only calls on its device (`run_planes`: torch and
+    onnxruntime, prompt-free models)."""
+    return hasattr(backend, "run_planes") and not backend.spec.prompts
+
+
 def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: int, blend: str,
                  probabilities: bool, label_type: np.dtype, timings: dict | None = None,
                  prompts: Mapping[str, np.ndarray] | None = None, tta: bool = False,
@@ -115,8 +121,7 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
     plan, tile order and batches.
     """
     n_planes, per_plane = slab.shape[0], plan.num_tiles
-    if (hasattr(backend, "run_planes") and not backend.spec.prompts and not prompts and not tta
-            and density_out is None and not probabilities):
+    if takes_device_path(backend) and not prompts and not tta and density_out is None and not probabilities:
         labels = backend.run_planes(slab, plan, batch=batch, blend=blend, label_type=label_type,
                                     threshold=backend.spec.threshold, timings=timings)
         return labels, None, n_planes * per_plane
