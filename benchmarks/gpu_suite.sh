@@ -37,7 +37,12 @@ WHEELS=""
 DRY_RUN=0
 ONLY=""    # empty: every step
 MODELS=""  # empty: table5's default (every Table 5 row)
+STEPS="table5,volume,kernels,gputests,rtx"
+die() { echo "gpu_suite.sh: $1" >&2; exit 2; }
 while [ $# -gt 0 ]; do
+    case "$1" in
+        --out|--wheels|--only|--models) [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)" ;;
+    esac
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --out) OUT="$2"; shift ;;
@@ -45,9 +50,12 @@ while [ $# -gt 0 ]; do
         --only) ONLY=",$2,"; shift ;;
         --models) MODELS="$2"; shift ;;
         -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
-        *) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) die "unknown option $1 (see --help)" ;;
     esac
     shift
+done
+for name in ${ONLY//,/ }; do
+    [[ ",$STEPS," == *",$name,"* ]] || die "--only: unknown step $name (steps: $STEPS)"
 done
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/emseg-gpu-suite.XXXXXX")"

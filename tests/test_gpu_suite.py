@@ -40,6 +40,11 @@ def test_dry_run_runs_every_step_and_writes_results(tmp_path):
 def test_unknown_option_is_one_line_and_exit_2(tmp_path):
     proc = run_suite("--frobnicate")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown option" in proc.stderr
+    proc = run_suite("--only", "tabel5", "--out", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown step tabel5" in proc.stderr
+    proc = run_suite("--only")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--only needs a value" in proc.stderr
+    assert not (tmp_path / "gpu_suite-status.tsv").exists()  # refused before anything ran
 
 
 def test_only_runs_the_steps_named_and_adds_to_the_status_table(tmp_path):

@@ -74,7 +74,8 @@ def _class_merge_threshold(model: nn.Module) -> float:
 
 
 class TorchBackend:
-    """Runs a PyTorch pipeline (fast path by default; see the module docstring)."""
+    """Runs a PyTorch pipeline (fast path by default; see the module docstring). It takes the model over: the
+    fast path changes it in place (SDPA attention, Linear/conv weights in fp16/bf16), so pass a model of its own."""
 
     name = "torch"
 
