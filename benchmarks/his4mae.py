@@ -8,7 +8,7 @@ nearest-centroid step fused vs naive.
 - Cover-stride time: `emseg_rt.clustering.cover_stride_labels` on a crop (one window per pixel), scaled
   to the slice by the window count — the report says so.
 - Peak memory: the extra resident memory (ru_maxrss) of a fresh process for each mode.
-- Labels from tokens: `emseg_rt.kernels.benchmark.time_layout` (naive vs the torch score reference; the fused
+- Labels from tokens: `emseg_rt.bench.kernels.time_layout` (naive vs the torch score reference; the fused
   Triton kernel where a CUDA GPU is), FOV layout, at the head's K and at K = 64.
 
 Random weights (speed does not depend on them).
@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emseg_rt.bench.machine import machine_record
-from emseg_rt.kernels.benchmark import Layout, host_tag, time_layout
+from emseg_rt.bench.kernels import Layout, host_tag, time_layout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -190,7 +190,7 @@ def write_report(record: dict, out_dir: Path) -> None:
         for impl, n in r["impls"].items():
             lines.append(f"| {r['clusters']} | {impl} | {n['median_ms']:.1f} | {n['speedup_vs_naive']:.1f} | "
                          f"{n['largest_intermediate_mb']:.0f} | {n['labels_differing_from_naive']} of {r['pixels']} |")
-    lines += ["", "Random tokens at the paper width C = 192 (emseg_rt.kernels.benchmark), one FOV layout as the runtime "
+    lines += ["", "Random tokens at the paper width C = 192 (emseg_rt.bench.kernels), one FOV layout as the runtime "
               "tiles the slice. No GPU here: the fused Triton kernel is not timed (tested under the Triton "
               "interpreter).", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))

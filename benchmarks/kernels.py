@@ -3,7 +3,7 @@
 from SAM's 256² low-res masks to 1024² labels (with and without the tile-size logits), and SAM ViT-H / ViT-B
 attention with decomposed relative position (SDPA with the materialised bias vs the flash-attention kernel).
 
-Cases and sizes: emseg_rt.kernels.benchmark_fused. The Triton kernels run on CUDA only; on a CPU the script
+Cases and sizes: emseg_rt.bench.kernels_fused. The Triton kernels run on CUDA only; on a CPU the script
 times the torch paths (and `--small` shrinks the sizes for a dry run).
 
     python benchmarks/kernels.py                                 # CUDA if present, fp16 and fp32
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from emseg_rt.bench.machine import machine_record
-from emseg_rt.kernels.benchmark import add_timing_arguments, host_tag, timing_settings
-from emseg_rt.kernels.benchmark_fused import (
+from emseg_rt.bench.kernels import add_timing_arguments, host_tag, timing_settings
+from emseg_rt.bench.kernels_fused import (
     attention_cases,
     implementations,
     merge_cases,

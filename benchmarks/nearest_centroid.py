@@ -2,7 +2,7 @@
 """Nearest-centroid labelling of upsampled HiS4MAE tokens: naive (upsample features, distances, argmin) vs the
 torch score reference vs the fused Triton kernel (CUDA only), tokens → labels, per 1024² slice.
 
-Layouts and sizes: emseg_rt.kernels.benchmark. K: HiS4MAE does not state its K-means cluster count (Table 1's
+Layouts and sizes: emseg_rt.bench.kernels. K: HiS4MAE does not state its K-means cluster count (Table 1's
 k = 512 is the codebook size; the evaluation matches clusters to 4 classes), so both a small K and 512 run.
 
     python benchmarks/nearest_centroid.py                       # CUDA if present, else CPU, one thread
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from emseg_rt.bench.machine import machine_record
-from emseg_rt.kernels.benchmark import (
+from emseg_rt.bench.kernels import (
     add_timing_arguments,
     host_tag,
     implementations,

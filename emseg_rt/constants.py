@@ -1,5 +1,12 @@
 """Names the whole project shares, defined once (imported by models, data, metrics, io users and the CLI)."""
 
+import numpy as np
+
 DEFAULT_CLASSES = ("nucleus", "mitochondria", "granules")  # labels 1, 2, 3 (ScSAM §4.1, BetaSeg); 0 = background
 DEFAULT_LABEL_NAME = "organelles"  # the label image name (IN/labels/<this> with --into-input) unless --label-name
 GROUND_TRUTH = "ground_truth"  # the label group a written phantom keeps its ground truth in
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """The dtype of a label image of `num_classes` classes (0 = background): uint8 up to 255, uint16 above."""
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)

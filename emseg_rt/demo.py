@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
 from emseg_rt.data.phantom import CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.ome_zarr import read_volume
+from emseg_rt.io import read_volume
 from emseg_rt.metrics import SegmentationScores, evaluate
+from emseg_rt.runtime import segment_volume
 
 DEMO_SEED = 7  # never used in training (scripts/train_default.py trains on seeds >= 1000)
 DEMO_SHAPE = (16, 256, 256)
@@ -49,8 +52,6 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
 
 def write_preview(path: Path, image: np.ndarray, prediction: np.ndarray, truth: np.ndarray, title: str) -> Path:
     """PNG of three panels: raw slice, prediction overlaid, ground truth overlaid (each (Y, X))."""
-    from PIL import Image, ImageDraw
-
     gap, header = 8, 32
     panels = [np.repeat(image[..., None], 3, axis=2), overlay(image, prediction), overlay(image, truth)]
     h, w = image.shape
@@ -74,8 +75,6 @@ def run_demo(
     progress: bool = False,
 ) -> DemoReport:
     """Run the demo into folder `out` (created; earlier demo results in it are replaced)."""
-    from emseg_rt.runtime import segment_volume
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmsegError(f"--out {out} is a file; pass a folder")
@@ -91,8 +90,6 @@ def run_demo(
 
     # One intra-op thread: the default model is small (0.5 GFLOP per 256² slice), and on a 2-core machine
     # shared with other work two torch threads were measured ~10× slower (53 s vs 5 s for this volume).
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t = time.perf_counter()

@@ -67,6 +67,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import onnx
+from google.protobuf.message import DecodeError
+
 from emseg_rt.errors import EmsegError
 
 MANIFEST_NAME = "manifest.json"
@@ -399,12 +402,9 @@ def external_data_locations(onnx_path: Path) -> set[str]:
 
     A graph refers to external data only through an entry whose key is the string "location", stored
     verbatim in the protobuf; a file without those bytes has none, and is not parsed (parsing a large
-    inline graph, and importing onnx, costs more than the scan)."""
+    inline graph costs more than the scan)."""
     if not _mentions(onnx_path, b"location"):
         return set()
-    import onnx
-    from google.protobuf.message import DecodeError
-
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:

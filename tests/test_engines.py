@@ -205,7 +205,7 @@ def test_runner_matches_onnxruntime_on_gpu(tmp_path):
     import numpy as np
 
     from emseg_rt.models import build
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
+    from emseg_rt.onnx_session import OnnxGraph
 
     flavour, _ = _runnable_flavour()
     package_dir = copy_package(tiny_package("scsam-tiny", "fp16"), tmp_path / "pkg")

@@ -19,6 +19,7 @@ _TRACES: dict[str, object] = {}
 _PACKAGES: dict[tuple[str, str], Path] = {}
 _ROOT: Path | None = None
 PARITY_SEED = 7
+WEIGHTS_SEED = 1234
 BATCH_MAX = 4
 
 
@@ -30,14 +31,21 @@ def _root() -> Path:
     return _ROOT
 
 
-def tiny_trace(model: str):
-    """`TracedGraphs` of `model` (a tiny registry name, weights from torch seed 1234), traced once."""
-    from emseg_rt.export import trace_graphs
+def tiny_model(model: str) -> torch.nn.Module:
+    """The PyTorch model `tiny_trace(model)` traces: `build(model)` with its random weights drawn from torch
+    seed WEIGHTS_SEED (so a test can compare the exported graphs with the very model they came from)."""
     from emseg_rt.models import build
 
+    torch.manual_seed(WEIGHTS_SEED)
+    return build(model)
+
+
+def tiny_trace(model: str):
+    """`TracedGraphs` of `model` (a tiny registry name, weights from torch seed WEIGHTS_SEED), traced once."""
+    from emseg_rt.export import trace_graphs
+
     if model not in _TRACES:
-        torch.manual_seed(1234)
-        _TRACES[model] = trace_graphs(build(model), _root() / f"{model}.trace", batch_max=BATCH_MAX)
+        _TRACES[model] = trace_graphs(tiny_model(model), _root() / f"{model}.trace", batch_max=BATCH_MAX)
     return _TRACES[model]
 
 

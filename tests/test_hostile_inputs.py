@@ -215,7 +215,7 @@ def test_external_data_must_be_inside_and_listed(package, tmp_path, location):
 def test_listed_external_data_inside_the_package_is_accepted(package):
     """The control: the same graph with its external data inside the package, listed and hashed, loads
     and runs."""
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
+    from emseg_rt.onnx_session import OnnxGraph
 
     weight = np.random.default_rng(6).normal(size=(64, 32)).astype(np.float32)
     (package / "full.onnx.data").write_bytes(weight.tobytes())

@@ -1,6 +1,6 @@
-"""The Triton kernels as torch custom operators (emseg_rt/kernels/ops.py): a compiled function (torch.compile,
-fullgraph) holds them as single operators and gets the references' numbers; exported graphs get the torch
-references. Run under the Triton interpreter on this CPU (no GPU here: correctness only, no timing)."""
+"""The Triton kernels as torch custom operators (registered beside each kernel; emseg_rt/kernels/dispatch.py):
+a compiled function (torch.compile, fullgraph) holds them as single operators and gets the references' numbers;
+exported graphs get the torch references. Run under the Triton interpreter on this CPU (no GPU here: correctness only, no timing)."""
 
 import importlib
 import importlib.util
@@ -64,7 +64,7 @@ def test_export_traces_the_references_and_compile_the_kernels():
     """The rule `resolve_impl` applies: torch.export (AOTInductor packages), jit tracing and ONNX export count as
     tracing (standard ops in the exported graph, even where Triton runs); torch.compile does not (it calls the
     kernels as operators)."""
-    module = importlib.import_module("emseg_rt.kernels.nearest_centroid")  # the package re-exports a function by that name
+    module = importlib.import_module("emseg_rt.kernels.dispatch")
 
     seen: list[bool] = []
 
@@ -85,7 +85,7 @@ def test_the_auto_choice_traces_cleanly_under_compile():
     no graph break)."""
     import warnings
 
-    module = importlib.import_module("emseg_rt.kernels.nearest_centroid")
+    module = importlib.import_module("emseg_rt.kernels.dispatch")
 
     def choose(x: torch.Tensor) -> torch.Tensor:
         return x + float(module.triton_available()) + float(module.resolve_impl("auto", x.device) == "torch")

@@ -226,7 +226,7 @@ def test_export_fp32_and_fp16_meet_parity_with_static_decoder_shapes(tmp_path, o
     and meets the package's parity targets; only the batch is dynamic."""
     from emseg_rt.export import load_package, trace_graphs, write_package
     from emseg_rt.models import build_model
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
+    from emseg_rt.onnx_session import OnnxGraph
 
     traced = trace_graphs(build_model(TINY), tmp_path / "trace", batch_max=4, components=("full",))
     for precision, rel_target in (("fp32", 1e-4), ("fp16", 2e-2)):

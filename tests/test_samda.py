@@ -184,7 +184,7 @@ def test_export_parity(samda_trace, precision):
     assert parity["passed"] and outputs["logits"]["rel_error"] <= rel_target, outputs
     assert outputs["labels"][metric] >= 0.995, outputs
     # constant tiles (padding, saturation): std 0 → the z-score's floor must survive FP16 (1e-8 would not)
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
+    from emseg_rt.onnx_session import OnnxGraph
 
     tiles = np.zeros((2, 1, 128, 128), np.uint8)
     tiles[1] = 200

@@ -10,6 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from emseg_rt.cli.app import app
+from emseg_rt.engines import build_engines
+from emseg_rt.export.parity import parity_summary
+from emseg_rt.export.writer import export_package
+from emseg_rt.package import load_package
 
 
 def _say(message: str) -> None:
@@ -32,10 +36,6 @@ def export_command(
     component: list[str] = typer.Option([], "--component", help="Only these graphs (e.g. full; default: all)."),
 ) -> None:
     """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
-    from emseg_rt.export import export_package
-    from emseg_rt.export.parity import parity_summary
-    from emseg_rt.package import load_package
-
     path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
                           allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
                           progress=_say, components=component or None, aoti_device=aoti_device if aoti else None)
@@ -57,8 +57,6 @@ def build_command(
     batch_max: int = typer.Option(0, "--batch-max", help="Profile maximum batch (default: the package's)."),
 ) -> None:
     """Build one TensorRT engine per component and target into PACKAGE_DIR/engines/ and record them."""
-    from emseg_rt.engines import build_engines
-
     records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
                             batch_max=batch_max or None, progress=_say)
     for record in records:
@@ -86,8 +84,6 @@ def inspect_command(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of every file."),
 ) -> None:
     """Print a readable summary of a model package (and verify its files)."""
-    from emseg_rt.package import load_package
-
     package = load_package(package_dir, verify=not no_verify)
     manifest = package.manifest
     console = Console()

@@ -32,7 +32,9 @@ def phantom_command(
 ) -> None:
     """Synthetic FIB-SEM of a pancreatic beta cell; ground truth in OUT/labels/ground_truth
     (1 nucleus, 2 mitochondria, 3 granules)."""
-    from emseg_rt.data.phantom import CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom
+    from emseg_rt.data.phantom import (  # deferred: CLI start-up (the library loads on use)
+        CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom,
+    )
 
     zyx = parse_shape(shape)
     start = time.perf_counter()

@@ -36,7 +36,7 @@ class EngineRunner:
 
     def __init__(self, package: ModelPackage, component: str = FULL, target: str | None = None,
                  flavour: str | None = None) -> None:
-        import torch
+        import torch  # deferred: the engine layer loads torch only to drive a GPU (test_package)
 
         self.component = package.component(component)
         record = select_engine(package, gpu_target(), component)
@@ -74,7 +74,7 @@ class EngineRunner:
         stream:  a torch.cuda.Stream (default: the current stream); outputs are ready on that stream.
         returns  {output name: torch CUDA tensor}.
         """
-        import torch
+        import torch  # deferred: the engine layer loads torch only to drive a GPU (test_package)
 
         missing = [n for n in self.input_names if n not in inputs]
         if missing:

@@ -24,7 +24,7 @@ def gpu_target(device: int | None = None) -> str | None:
     """'smXY' (compute capability X.Y) of CUDA device `device` (default: the current one) as torch sees
     it; None when there is no usable CUDA GPU."""
     try:
-        import torch
+        import torch  # deferred: reading a package and choosing its engine load no torch (test_package)
 
         if not torch.cuda.is_available():
             return None

@@ -17,27 +17,12 @@ Modules, one job each:
     cache.py    packages exported once per (model, weights, precision, batch_max) under cache_root()
 """
 
+from emseg_rt.export.cache import cache_root, cached_package
+from emseg_rt.export.trace import TracedGraphs, trace_graphs
+from emseg_rt.export.writer import export_package, write_package
 from emseg_rt.package import ComponentSpec, EngineRecord, ModelPackage, TensorSpec, load_package
 
 __all__ = [
     "ComponentSpec", "EngineRecord", "ModelPackage", "TensorSpec", "TracedGraphs", "cache_root", "cached_package",
     "export_package", "load_package", "trace_graphs", "write_package",
 ]
-
-# Imported on first use: they pull in torch's exporter, which `load_package` users do not need.
-_LAZY = {
-    "export_package": "emseg_rt.export.writer",
-    "write_package": "emseg_rt.export.writer",
-    "trace_graphs": "emseg_rt.export.trace",
-    "TracedGraphs": "emseg_rt.export.trace",
-    "cached_package": "emseg_rt.export.cache",
-    "cache_root": "emseg_rt.export.cache",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'emseg_rt.export' has no attribute {name!r}")

@@ -24,10 +24,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from emseg_rt import __version__
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.trace import Progress, _quiet, _resolve_model
+from emseg_rt.export.writer import export_package
+from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.package import FULL, PRECISIONS, ModelPackage, load_package
 
 PACKAGES_DIR = "packages"
@@ -70,8 +74,6 @@ def cached_package(
         return entry
     say = say or _quiet
     say(f"exporting {name} ({precision}, batch ≤ {batch_max}) into the package cache: {entry}")
-    from emseg_rt.export.writer import export_package
-
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=entry.parent))
@@ -104,8 +106,6 @@ def _check(precision: str, batch_max: int) -> None:
 
 def _entry(pipeline: nn.Module, precision: str, batch_max: int) -> Path:
     """cache_root()/packages/<name>-<precision>-b<batch_max>-<weights digest[:16]>"""
-    from emseg_rt.models.checkpoint import state_dict_digest
-
     key = f"{pipeline.config.name}-{precision}-b{batch_max}-{state_dict_digest(pipeline)[:16]}"
     return cache_root() / PACKAGES_DIR / key
 
@@ -143,11 +143,7 @@ def _usable(entry: Path, name: str, precision: str, batch_max: int) -> bool:
 
 
 def _matches(package: ModelPackage, name: str, precision: str, batch_max: int) -> bool:
-    import torch
-
-    import emseg_rt
-
     toolchain = package.manifest.get("toolchain", {})
     return (package.name == name and package.precision == precision and package.batch_max == batch_max
             and set(CACHED_COMPONENTS) <= set(package.components)
-            and toolchain.get("emseg_rt") == emseg_rt.__version__ and toolchain.get("torch") == torch.__version__)
+            and toolchain.get("emseg_rt") == __version__ and toolchain.get("torch") == torch.__version__)

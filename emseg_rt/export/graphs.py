@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from emseg_rt.models.pipeline import embedding_name
 from emseg_rt.package import FULL, HEAD
 
 
@@ -87,8 +88,6 @@ class FullGraph(nn.Module):
 
 def component_graphs(pipeline: nn.Module) -> list[ComponentGraph]:
     """The package's graphs for a `SegmentationPipeline`: each encoder, the head, then the full graph."""
-    from emseg_rt.models.pipeline import embedding_name
-
     prompts = tuple(pipeline.prompt_names)
     outputs = tuple(getattr(pipeline, "output_names", OUTPUTS))
     graphs = [

@@ -16,16 +16,14 @@ import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
+import torch
+from torch import nn
 
 from emseg_rt.package import BATCH_DIM
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 OPSET = 18
 PROTOBUF_LIMIT = 2_000_000_000  # bytes; a ModelProto above this cannot be serialised in one piece
@@ -52,8 +50,6 @@ def export_onnx(
     batch_max:      upper bound of the dynamic batch dimension.
     returns the names of the external-data files written beside `path` ([] when the weights are inline).
     """
-    import torch
-
     batch = torch.export.Dim(BATCH_DIM, min=1, max=max(batch_max, 2))
     logging.getLogger("torch.onnx").setLevel(logging.WARNING)
     program = torch.onnx.export(

@@ -1,7 +1,7 @@
 """Parity of an exported package: ONNX Runtime (CPU) against the PyTorch model, on fresh random inputs.
 
-`measure_package_parity` runs every component graph of a package (through the runtime's ONNX Runtime
-backend, the one place sessions are opened) and compares each output with the PyTorch FP32 model.
+`measure_package_parity` runs every component graph of a package (through `emseg_rt.onnx_session`, the one
+place sessions are opened) and compares each output with the PyTorch FP32 model.
 
 For every float output: max abs error and relative error ‖onnx − torch‖ / ‖torch‖ (Frobenius norm over
 the whole batch). For the label output, two agreements:
@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from emseg_rt.models.class_merge import ClassMerge
+from emseg_rt.onnx_session import OnnxGraph
 
 REL_TARGET = {"fp32": 1e-4, "fp16": 2e-2}
 LABEL_AGREEMENT_TARGET = {"fp32": 0.995, "fp16": 0.995}
@@ -155,8 +158,6 @@ def measure_package_parity(
                   fresh when None, and recorded).
     returns the manifest's "parity" record: {"passed", "targets", "seed", "batch", "components": ...}.
     """
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
-
     seed = secrets.randbits(31) if parity_seed is None else parity_seed
     batch = parity_batch or (2 if model.config.tile <= 256 else 1)
     targets = ParityTargets.for_precision(precision)
@@ -190,8 +191,6 @@ def measure_package_parity(
 
 def label_threshold(model: nn.Module) -> float:
     """The background threshold of the pipeline's class merge (labels are 0 where no logit exceeds it)."""
-    from emseg_rt.models.class_merge import ClassMerge
-
     merges = [module for module in model.modules() if isinstance(module, ClassMerge)]
     return float(merges[0].threshold) if merges else 0.0
 

@@ -19,6 +19,7 @@ from torch import nn
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.graphs import ComponentGraph, component_graphs
 from emseg_rt.export.onnx_io import export_onnx
+from emseg_rt.models.checkpoint import load_checkpoints
 from emseg_rt.models.reproducible import build_model
 
 Progress = Callable[[str], None]
@@ -55,8 +56,6 @@ class TracedGraphs:
 def _resolve_model(model_name_or_module: str | nn.Module, checkpoints: Sequence[str | Path]) -> nn.Module:
     """The pipeline to export, frozen in eval mode: `build_model(name)` or the given module (checkpoints
     loaded into it in order). EmsegError when it is not a segmentation pipeline."""
-    from emseg_rt.models.checkpoint import load_checkpoints
-
     if isinstance(model_name_or_module, str):
         model = build_model(model_name_or_module, checkpoints)
     else:

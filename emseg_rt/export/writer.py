@@ -12,6 +12,7 @@ until every step succeeded; a failed or interrupted write leaves no package behi
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -21,13 +22,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import onnx
 import torch
 from torch import nn
 
+from emseg_rt import __version__
 from emseg_rt.errors import EmsegError
+from emseg_rt.export.aoti import check_aoti_options, write_aoti
 from emseg_rt.export.fp16 import convert_to_mixed_fp16
 from emseg_rt.export.onnx_io import OPSET, graph_io, save_onnx
 from emseg_rt.export.parity import measure_package_parity, parity_summary
@@ -45,7 +48,32 @@ from emseg_rt.package import (
     write_manifest,
 )
 
+if TYPE_CHECKING:
+    from typing import Unpack  # type checkers only (Python 3.11+); nothing imports it at run time
+
 TRACE_DIR = ".trace"  # inside the staging directory: export_package's own FP32 trace, moved out and removed
+
+
+class PackageOptions(TypedDict, total=False):
+    """The keyword options `export_package` and `write_package` share (each optional).
+
+    parity_batch:         batch of the parity inputs (default 2 for tiles ≤ 256, else 1).
+    parity_seed:          seed of the parity inputs; drawn fresh (and recorded) when None.
+    allow_parity_failure: write the package even when parity misses its targets (marked as failed).
+    overwrite:            replace a model package already at `out_dir` (only once the new one is complete); any
+                          other non-empty directory is refused, never deleted.
+    fp16_head:            with fp16, also run the head (FAFM, prompt encoder, decoder) in FP16. Off by default:
+                          the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
+                          are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
+    progress:             receives one line per step.
+    """
+
+    parity_batch: int | None
+    parity_seed: int | None
+    allow_parity_failure: bool
+    overwrite: bool
+    fp16_head: bool
+    progress: Progress | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +84,8 @@ class _WriteOptions:
     allow_parity_failure: bool
     fp32_modules: tuple[str, ...]  # with fp16: submodules that stay FP32 (the head unless fp16_head)
     aoti_device: str | None = None  # --aoti: also compile the full graph with AOTInductor for this device
+    overwrite: bool = False
+    say: Progress = _quiet
 
 
 def export_package(
@@ -65,14 +95,9 @@ def export_package(
     checkpoints: Sequence[str | Path] = (),
     batch_max: int = 8,
     *,
-    parity_batch: int | None = None,
-    parity_seed: int | None = None,
-    allow_parity_failure: bool = False,
-    overwrite: bool = False,
-    fp16_head: bool = False,
-    progress: Progress | None = None,
     components: Sequence[str] | None = None,
     aoti_device: str | None = None,
+    **options: Unpack[PackageOptions],
 ) -> Path:
     """Export a pipeline to a model package at `out_dir` and return its path.
 
@@ -81,75 +106,61 @@ def export_package(
     precision:     'fp32', or 'fp16' for a mixed graph (FP16 compute, FP32 islands, FP32/uint8 I/O).
     checkpoints:   loaded in order before export (see emseg_rt.models.checkpoint).
     batch_max:     largest batch the graphs (and later the engines' optimisation profile) accept.
-    parity_batch:  batch of the parity inputs (default 2 for tiles ≤ 256, else 1).
-    parity_seed:   seed of the parity inputs; drawn fresh (and recorded) when None.
-    fp16_head:     with fp16, also run the head (FAFM, prompt encoder, decoder) in FP16. Off by default:
-                   the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
-                   are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
-    overwrite:     replace a model package already at `out_dir` (only once the new one is complete); any
-                   other non-empty directory is refused, never deleted.
     components:    the graphs to include (e.g. ('full',), all the runtime runs); None: every component.
     aoti_device:   'cpu' or 'cuda': also write full.pt2, the full graph compiled by AOTInductor for C/C++
                    hosts (cpp/), with its parity in the manifest's "aoti" record (export/aoti.py); fp32 only.
+    options:       `PackageOptions` (parity_batch, parity_seed, allow_parity_failure, overwrite, fp16_head,
+                   progress), as `write_package` takes them.
     Raises EmsegError for a bad name, checkpoint, precision, destination, or a parity miss.
 
     Equivalent to `trace_graphs` followed by `write_package`, without copying the graphs; use those two
     to write fp32 and fp16 packages of one model from a single trace.
     """
-    options = _options(precision, batch_max, parity_batch, parity_seed, allow_parity_failure, fp16_head,
-                       aoti_device)
-    say = progress or _quiet
+    write = _options("export_package", precision, batch_max, options, aoti_device)
     out_dir = Path(out_dir)
     model = _resolve_model(model_name_or_module, checkpoints)
     if aoti_device is not None:
-        from emseg_rt.export.aoti import check_aoti_options
-
         check_aoti_options(model, precision, aoti_device)
 
     def trace_and_write(staging: Path) -> None:
-        traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), say,
+        traced = trace_model(model, staging / TRACE_DIR, batch_max, tuple(Path(p) for p in checkpoints), write.say,
                              components)
-        _write_package_into(staging, traced, options, say, move_graphs=True)
+        _write_package_into(staging, traced, write, write.say, move_graphs=True)
 
-    _build_package(out_dir, overwrite, trace_and_write)  # checks the destination before the slow trace
-    say(f"wrote {out_dir} ({model.config.name}, {precision})")
+    _build_package(out_dir, write.overwrite, trace_and_write)  # checks the destination before the slow trace
+    write.say(f"wrote {out_dir} ({model.config.name}, {precision})")
     return out_dir
 
 
-def write_package(
-    traced: TracedGraphs,
-    out_dir: str | Path,
-    precision: str = "fp32",
-    *,
-    parity_batch: int | None = None,
-    parity_seed: int | None = None,
-    allow_parity_failure: bool = False,
-    overwrite: bool = False,
-    fp16_head: bool = False,
-    progress: Progress | None = None,
-) -> Path:
+def write_package(traced: TracedGraphs, out_dir: str | Path, precision: str = "fp32",
+                  **options: Unpack[PackageOptions]) -> Path:
     """Write a package at `out_dir` from graphs traced by `trace_graphs` (copied; the trace is left in place).
 
-    Same options, parity check and atomic install as `export_package`.
+    Same options (`PackageOptions`), parity check and atomic install as `export_package`.
     """
-    options = _options(precision, traced.batch_max, parity_batch, parity_seed, allow_parity_failure, fp16_head)
-    say = progress or _quiet
+    write = _options("write_package", precision, traced.batch_max, options)
     out_dir = Path(out_dir)
-    _build_package(out_dir, overwrite, lambda staging: _write_package_into(staging, traced, options, say,
-                                                                           move_graphs=False))
-    say(f"wrote {out_dir} ({traced.model.config.name}, {precision})")
+    _build_package(out_dir, write.overwrite, lambda staging: _write_package_into(staging, traced, write, write.say,
+                                                                                 move_graphs=False))
+    write.say(f"wrote {out_dir} ({traced.model.config.name}, {precision})")
     return out_dir
 
 
-def _options(precision: str, batch_max: int, parity_batch: int | None, parity_seed: int | None,
-             allow_parity_failure: bool, fp16_head: bool, aoti_device: str | None = None) -> _WriteOptions:
-    """Check the user's options (EmsegError naming the option) before anything slow happens."""
+def _options(caller: str, precision: str, batch_max: int, options: PackageOptions,
+             aoti_device: str | None = None) -> _WriteOptions:
+    """Check the user's options (EmsegError naming the option) before anything slow happens; TypeError for a
+    keyword the function does not take, as Python raises it."""
+    unknown = [name for name in options if name not in PackageOptions.__annotations__]
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
     if precision not in PRECISIONS:
         raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if batch_max < 1:
         raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
-    fp32_modules = () if fp16_head or precision != "fp16" else (HEAD,)
-    return _WriteOptions(precision, parity_batch, parity_seed, allow_parity_failure, fp32_modules, aoti_device)
+    fp32_modules = () if options.get("fp16_head", False) or precision != "fp16" else (HEAD,)
+    return _WriteOptions(precision, options.get("parity_batch"), options.get("parity_seed"),
+                         options.get("allow_parity_failure", False), fp32_modules, aoti_device,
+                         options.get("overwrite", False), options.get("progress") or _quiet)
 
 
 # ------------------------------------------------------------------------------------ destination
@@ -271,9 +282,6 @@ def _write_aoti(staging: Path, traced: TracedGraphs, options: _WriteOptions, com
                 parity: dict[str, Any], say: Progress) -> dict[str, Any]:
     """Compile the full graph into staging/full.pt2 (export/aoti.py) with its parity on the ONNX parity's
     inputs; EmsegError on a parity miss unless --allow-parity-failure."""
-    from emseg_rt.export.aoti import write_aoti
-    from emseg_rt.export.parity import parity_summary
-
     graph = next(g for g in traced.graphs if g.name == FULL)
     say(f"compiling {FULL} with AOTInductor ({options.aoti_device})")
     record = write_aoti(staging, traced.model, graph, components[FULL]["inputs"], components[FULL]["outputs"],
@@ -362,10 +370,6 @@ def _manifest(staging: Path, traced: TracedGraphs, options: _WriteOptions, compo
 
 def toolchain_versions() -> dict[str, str | None]:
     """Versions of everything that shaped the package (recorded in the manifest); None when not installed."""
-    import importlib.metadata as md
-
-    import emseg_rt
-
     def version(dist: str) -> str | None:
         try:
             return md.version(dist)
@@ -373,7 +377,7 @@ def toolchain_versions() -> dict[str, str | None]:
             return None
 
     return {
-        "emseg_rt": emseg_rt.__version__,
+        "emseg_rt": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,

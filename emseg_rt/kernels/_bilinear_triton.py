@@ -1,5 +1,5 @@
 """PyTorch's bilinear (align_corners=False) source indices and weights, as a Triton device function shared by
-the fused kernels (imported only when one of them runs).
+the fused kernels.
 
 aten/src/ATen/native/UpSample.h (area_pixel_compute_source_index, guard_index_and_lambda):
 

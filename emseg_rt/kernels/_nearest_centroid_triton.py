@@ -1,4 +1,4 @@
-"""The fused Triton kernel behind `nearest_centroid_triton` (imported only when that runs).
+"""The fused Triton kernel behind `nearest_centroid_triton` (`launch`; raises without triton).
 
 One program labels BLOCK consecutive output pixels of one image. For each pixel it computes the four source
 positions and weights exactly as PyTorch's bilinear upsampling with align_corners=False does

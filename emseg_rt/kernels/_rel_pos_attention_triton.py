@@ -1,4 +1,4 @@
-"""The fused Triton kernel behind `rel_pos_attention_triton` (imported only when that runs).
+"""The fused Triton kernel behind `rel_pos_attention_triton` (`launch`; raises without triton).
 
 Flash attention (online softmax over blocks of keys, float32 accumulation) with SAM's decomposed relative
 position added inside the kernel. One program computes BLOCK_M query rows of one (image, head):

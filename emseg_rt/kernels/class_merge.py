@@ -24,9 +24,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from emseg_rt.kernels.nearest_centroid import resolve_impl
-
-IMPLEMENTATIONS = ("auto", "triton", "torch")
+from emseg_rt.kernels import _class_merge_triton
+from emseg_rt.kernels.dispatch import resolve_impl
 LABEL_LIMITS = {torch.uint8: 2**8 - 1, torch.int16: 2**15 - 1, torch.int32: 2**31 - 1, torch.int64: 2**63 - 1}
 
 
@@ -81,9 +80,19 @@ def class_merge_triton(low_res: torch.Tensor, tile: int, threshold: float = 0.0,
     if low_res.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"class_merge_triton needs CUDA tensors (got {low_res.device}); on a CPU use "
                          "class_merge_reference, or set TRITON_INTERPRET=1 before importing triton")
-    from emseg_rt.kernels import _class_merge_triton
-
     return _class_merge_triton.launch(low_res, int(tile), int(tile), threshold, labels_dtype)
+
+
+@torch.library.custom_op("emseg_rt::class_merge", mutates_args=())
+def class_merge_op(low_res: torch.Tensor, tile: int, threshold: float, labels_dtype: torch.dtype) -> torch.Tensor:
+    """`class_merge_triton` as a torch operator (opaque to torch.compile, `dispatch`): low-resolution logits
+    (B, K, h, w) → labels (B, T, T)."""
+    return class_merge_triton(low_res, tile, threshold, labels_dtype)
+
+
+@class_merge_op.register_fake
+def _class_merge_fake(low_res: torch.Tensor, tile: int, threshold: float, labels_dtype: torch.dtype) -> torch.Tensor:
+    return low_res.new_empty((low_res.shape[0], tile, tile), dtype=labels_dtype)
 
 
 def class_merge_labels(low_res: torch.Tensor, tile: int, threshold: float = 0.0,
@@ -95,11 +104,7 @@ def class_merge_labels(low_res: torch.Tensor, tile: int, threshold: float = 0.0,
               reference), 'triton' or 'torch'.
     returns   (B, T, T) labels_dtype: k + 1 of the class with the largest upsampled logit, 0 = background.
     """
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     if resolve_impl(impl, low_res.device) == "triton":
-        from emseg_rt.kernels.ops import class_merge_op
-
         _check_merge_inputs(low_res, tile, labels_dtype)
         return class_merge_op(low_res, int(tile), float(threshold), labels_dtype)
     return class_merge_reference(low_res, tile, threshold, labels_dtype)

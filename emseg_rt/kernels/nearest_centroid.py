@@ -31,6 +31,9 @@ import os
 import torch
 import torch.nn.functional as F
 
+from emseg_rt.kernels import _nearest_centroid_triton
+from emseg_rt.kernels.dispatch import resolve_impl
+
 IMPLEMENTATIONS = ("auto", "triton", "torch", "naive")
 LABEL_DTYPES = {torch.uint8: 2**8, torch.int16: 2**15, torch.int32: 2**31, torch.int64: 2**63}
 REFERENCE_CHUNK = 64  # centres interpolated at once by the torch reference: (B, 64, H, W) floats at most
@@ -155,37 +158,19 @@ def nearest_centroid_triton(scores: torch.Tensor, out_hw: tuple[int, int], *,
     if scores.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"nearest_centroid_triton needs CUDA tensors (got {scores.device}); on a CPU use "
                          "nearest_centroid_reference, or set TRITON_INTERPRET=1 before importing triton")
-    from emseg_rt.kernels import _nearest_centroid_triton
-
     return _nearest_centroid_triton.launch(scores, out_h, out_w, labels_dtype)
 
 
-@torch.compiler.assume_constant_result
-def triton_available() -> bool:
-    """Whether triton imports here (it comes with torch's Linux wheels; the `kernels` extra declares it).
-    A constant to torch.compile (evaluated once while tracing, no lru_cache for Dynamo to warn about); after the
-    first import, a dictionary lookup."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+@torch.library.custom_op("emseg_rt::nearest_centroid", mutates_args=())
+def nearest_centroid_op(scores: torch.Tensor, out_h: int, out_w: int, labels_dtype: torch.dtype) -> torch.Tensor:
+    """`nearest_centroid_triton` as a torch operator (opaque to torch.compile, `dispatch`): token scores
+    (B, K, h, w) → labels (B, H, W)."""
+    return nearest_centroid_triton(scores, (out_h, out_w), labels_dtype=labels_dtype)
 
 
-def _tracing() -> bool:
-    """Inside torch.export, torch.jit tracing or ONNX export the torch path is used: exported graphs hold
-    standard torch ops. (torch.compile is not tracing here: it calls the kernels as custom ops, `ops.py`.)"""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """'auto' → 'triton' for CUDA tensors when triton imports (and nothing is tracing), else 'torch'."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if impl != "auto":
-        return impl
-    return "triton" if device.type == "cuda" and triton_available() and not _tracing() else "torch"
+@nearest_centroid_op.register_fake
+def _nearest_centroid_fake(scores: torch.Tensor, out_h: int, out_w: int, labels_dtype: torch.dtype) -> torch.Tensor:
+    return scores.new_empty((scores.shape[0], out_h, out_w), dtype=labels_dtype)
 
 
 def nearest_centroid(tokens: torch.Tensor, centres: torch.Tensor, out_hw: tuple[int, int], *, impl: str = "auto",
@@ -198,14 +183,12 @@ def nearest_centroid(tokens: torch.Tensor, centres: torch.Tensor, out_hw: tuple[
     returns  (B, H, W) labels_dtype (int64 by default, whichever impl runs) in [0, K). Equal across impls
              except at float ties (module docstring).
     """
-    chosen = resolve_impl(impl, tokens.device)
+    chosen = resolve_impl(impl, tokens.device, IMPLEMENTATIONS)
     if chosen == "naive":
         _check_label_dtype(labels_dtype, centres.shape[0])
         return nearest_centroid_naive(tokens, centres, out_hw).to(labels_dtype)
     if chosen == "torch":
         return nearest_centroid_reference(tokens, centres, out_hw, labels_dtype=labels_dtype)
-    from emseg_rt.kernels.ops import nearest_centroid_op
-
     _check_label_dtype(labels_dtype, centres.shape[0])
     out_h, out_w = _check_out_hw(out_hw)
     return nearest_centroid_op(token_scores(tokens, centres), out_h, out_w, labels_dtype)

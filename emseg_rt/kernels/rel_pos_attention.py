@@ -20,9 +20,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from emseg_rt.kernels.nearest_centroid import resolve_impl
-
-IMPLEMENTATIONS = ("auto", "triton", "torch")
+from emseg_rt.kernels import _rel_pos_attention_triton
+from emseg_rt.kernels.dispatch import resolve_impl
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256  # the kernel holds a (BLOCK_M, next_pow2(D)) accumulator in registers
 
@@ -88,13 +87,26 @@ def rel_pos_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"rel_pos_attention_triton needs CUDA tensors (got {q.device}); on a CPU use "
                          "rel_pos_attention_reference, or set TRITON_INTERPRET=1 before importing triton")
-    from emseg_rt.kernels import _rel_pos_attention_triton as fused
-
     blocks = {name: size for name, size in (("block_m", block_m), ("block_n", block_n)) if size is not None}
     for name, size in blocks.items():
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {size}")
-    return fused.launch(q, k, v, rel_h, rel_w, scale, **blocks)
+    return _rel_pos_attention_triton.launch(q, k, v, rel_h, rel_w, scale, **blocks)
+
+
+@torch.library.custom_op("emseg_rt::rel_pos_attention", mutates_args=())
+def rel_pos_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
+                         rel_w: torch.Tensor, scale: float) -> torch.Tensor:
+    """`rel_pos_attention_triton` as a torch operator (opaque to torch.compile, `dispatch`): q, k, v
+    (B, heads, N, D) → (B, heads, N, D), stored (B, N, heads, D)."""
+    return rel_pos_attention_triton(q, k, v, rel_h, rel_w, scale)
+
+
+@rel_pos_attention_op.register_fake
+def _rel_pos_attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
+                            rel_w: torch.Tensor, scale: float) -> torch.Tensor:
+    batch, heads, tokens, head_dim = q.shape
+    return q.new_empty((batch, tokens, heads, head_dim)).transpose(1, 2)  # the kernel's layout
 
 
 def _needs_autograd(*tensors: torch.Tensor) -> bool:
@@ -111,15 +123,11 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: 
            'triton' or 'torch'.
     returns (B, heads, N, D) in q's dtype.
     """
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     chosen = resolve_impl(impl, q.device)
     if impl == "auto" and chosen == "triton" and (
             q.dtype not in KERNEL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype
             or q.shape[-1] > MAX_HEAD_DIM or _needs_autograd(q, k, v, rel_h, rel_w)):
         chosen = "torch"
     if chosen == "triton":
-        from emseg_rt.kernels.ops import rel_pos_attention_op
-
         return rel_pos_attention_op(q, k, v, rel_h, rel_w, float(scale))
     return rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale)

@@ -26,14 +26,18 @@ Formats, recognised by their keys:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.models.samda_checkpoint import samda_format
 
 MAE_SKIPPED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")
 SAM_TOP_LEVEL = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
@@ -66,8 +70,6 @@ def load_error_detail(exc: BaseException) -> str:
 def numpy_data_globals() -> list[object]:
     """numpy scalars, dtypes and arrays, allowed as plain data under weights_only: nnU-Net's checkpoint_final.pth
     logs its metrics as numpy values next to `network_weights`. Nothing here can run code."""
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core
     dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdg"]
     return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
@@ -204,8 +206,6 @@ def _dino_backbone(raw: Mapping[str, object], path: Path) -> dict[str, torch.Ten
 def _map_dino(state: dict[str, torch.Tensor], model: nn.Module, path: Path
               ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """DINO backbone keys → the DINO encoder's timm ViT, class token dropped, position table resampled."""
-    from timm.layers import resample_abs_pos_embed
-
     expected = model.state_dict()
     target = expected[DINO_ENCODER + "pos_embed"]  # (1, g², C): no class token
     mapped = {DINO_ENCODER + k: v for k, v in state.items() if k not in ("cls_token", "pos_embed")
@@ -233,8 +233,6 @@ def normalise_checkpoint(
     raw: Mapping[str, object], model: nn.Module, path: Path
 ) -> tuple[str, dict[str, torch.Tensor], list[str]]:
     """Recognise a checkpoint's format → (format name, state dict in pipeline names, complete groups)."""
-    from emseg_rt.models.samda_checkpoint import samda_format
-
     samda = samda_format(raw, model, path)  # nnU-Net files; SAM / MedSAM / MobileSAM files into samda-*
     if samda is not None:
         return samda
@@ -304,8 +302,6 @@ def state_dict_digest(model: nn.Module) -> str:
 
     Keys resume markers (`runtime`) and the export cache (`export.cache`): equal digests mean equal numbers.
     """
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

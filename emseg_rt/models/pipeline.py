@@ -14,6 +14,7 @@ from emseg_rt.models.prompt_das import DinoEncoder, PromptDasHead
 from emseg_rt.models.sam2_decoder import VanillaSam2Head
 from emseg_rt.models.sam2_encoder import Sam2ImageEncoder
 from emseg_rt.models.sam_encoder import SamImageEncoder
+from emseg_rt.models.samda import samda_parts
 from emseg_rt.models.vanilla_sam_head import VanillaSamHead
 
 POINT_PROMPTED = ("vanilla-sam", "vanilla-sam2", "prompt-das")  # families whose forward takes point prompts
@@ -96,9 +97,7 @@ def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
     """Assemble the modules a pipeline config describes (random weights)."""
     encoders: dict[str, nn.Module] = {}
     if config.samda is not None:  # samda: z-scored tile + frozen SAM-type encoder → projector + U-Net
-        from emseg_rt.models.samda import build_samda
-
-        return build_samda(config)
+        return SegmentationPipeline(config, *samda_parts(config))
     if config.dino_encoder is not None:  # prompt-das: DINO ViT-S/8 + point prompts + decoder + density head
         if config.dino_encoder.embed_dim != config.prompt_dim:
             raise ValueError(f"{config.name}: encoder width {config.dino_encoder.embed_dim} != decoder width "

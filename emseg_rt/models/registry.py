@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.models.checkpoint import load_checkpoints
 from emseg_rt.models.configs import (
     AlignmentConfig,
     ClassPromptConfig,
@@ -291,8 +292,6 @@ def build(name: str, checkpoint: str | Path | Sequence[str | Path] | None = None
     The same call builds the tiny test size and the paper size; wrap it in `torch.device("meta")` to
     build a paper-size model without allocating its weights.
     """
-    from emseg_rt.models.checkpoint import load_checkpoints
-
     model = REGISTRY.build_from_config(get_config(name, **overrides))
     if checkpoint is not None:
         paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)

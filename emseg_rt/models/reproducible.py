@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from emseg_rt.models.default_model import default_model_name, load_default_model
+from emseg_rt.models.registry import build
+
 REGISTRY_SEED = 0  # every process builds a registry model without weights from this seed: same numbers
 
 
@@ -24,9 +27,6 @@ def build_model(name: str, checkpoints: Sequence[str | Path] = ()) -> nn.Module:
     `REGISTRY_SEED`, drawn in a forked RNG (the caller's random state is left alone).
     EmsegError for an unknown name or an unreadable checkpoint.
     """
-    from emseg_rt.models.default_model import default_model_name, load_default_model
-    from emseg_rt.models.registry import build
-
     if not checkpoints and name == default_model_name():
         return load_default_model().eval()
     with torch.random.fork_rng(devices=[]):

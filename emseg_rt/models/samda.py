@@ -19,6 +19,8 @@ from torch import nn
 
 from emseg_rt.models.class_merge import ClassMerge
 from emseg_rt.models.configs import PipelineConfig, UNetConfig
+from emseg_rt.models.sam_encoder import SamImageEncoder
+from emseg_rt.models.samda_tiny_vit import MobileSamEncoder
 
 # nnU-Net floors the std at 1e-8; FP16 graphs flush 1e-8 to 0 (a constant tile, e.g. padding, would give 0/0).
 # 1e-3 on the 0–255 scale survives FP16 and changes nothing but tiles that are constant to within 1e-3.
@@ -124,13 +126,9 @@ def check_samda_shapes(config: PipelineConfig, grid: int) -> None:
                          f"{config.tile}/2^{samda.unet.n_stages - 1}")
 
 
-def build_samda(config: PipelineConfig) -> nn.Module:
-    """samda-*: encoders `tile_encoder` (z-score) and `sam_encoder` (SAM ViT or MobileSAM TinyViT), head
-    `SamdaHead`."""
-    from emseg_rt.models.pipeline import SegmentationPipeline
-    from emseg_rt.models.sam_encoder import SamImageEncoder
-    from emseg_rt.models.samda_tiny_vit import MobileSamEncoder
-
+def samda_parts(config: PipelineConfig) -> tuple[dict[str, nn.Module], nn.Module]:
+    """samda-*'s encoders `tile_encoder` (z-score) and `sam_encoder` (SAM ViT or MobileSAM TinyViT), and its
+    head `SamdaHead` (random weights; `pipeline.build_pipeline` makes the pipeline of them)."""
     samda = config.samda
     assert samda is not None
     if (samda.tiny_vit is None) == (config.sam_encoder is None):
@@ -146,4 +144,4 @@ def build_samda(config: PipelineConfig) -> nn.Module:
         raise ValueError(f"{config.name}: generic encoder input {size} != tile {config.tile}")
     check_samda_shapes(config, grid)
     encoders = {"tile_encoder": TileNormaliser(), "sam_encoder": generic}
-    return SegmentationPipeline(config, encoders, SamdaHead(config, channels))
+    return encoders, SamdaHead(config, channels)

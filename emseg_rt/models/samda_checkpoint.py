@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.models.samda_tiny_vit import mobile_sam_keys
 
 NNUNET_KEY = "network_weights"
 BOTTLENECK_TRANSPCONV = "decoder.transpconvs.0.weight"
@@ -75,8 +76,6 @@ def samda_to_nnunet(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _sam_family(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> Mapped:
     """Official SAM / MedSAM / MobileSAM file → the SAMDA pipeline's generic encoder."""
-    from emseg_rt.models.samda_tiny_vit import mobile_sam_keys
-
     mobile_file = MOBILE_SAM_MARKER in state
     mobile_model = model.config.samda.tiny_vit is not None
     name = _model_name(model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import torch
+
 from emseg_rt.errors import EmsegError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
@@ -18,8 +20,6 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 def resolve_device(device: str, say: Callable[[str], None] | None = None) -> str:
     """'auto' → 'cuda' when torch sees a CUDA GPU, else 'cpu' (told to `say` in one line); 'cpu', 'cuda' and
     'cuda:N' are checked and returned as they are. EmsegError for other names or a GPU that is not there."""
-    import torch
-
     if device == "auto":
         if not torch.cuda.is_available():
             return "cpu"  # what every run did before `auto`: nothing to say

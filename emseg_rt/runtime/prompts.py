@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.tiling import TilePlan
+from emseg_rt.tiling import TilePlan
 
 POINT_PROMPTS = ("point_coords", "point_labels")  # a window-prompted model's inputs (Prompt-DAS)
 AXES = ("z", "y", "x")
@@ -154,8 +157,6 @@ def read_points_array(path_or_array: Any) -> PointSet:
 
 
 def _open_zarr_array(path: Path, where: str) -> Any:
-    import zarr
-
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # not zarr, missing
@@ -287,9 +288,6 @@ def peak_points(density: Any, threshold: float, kernel: int = NMS_KERNEL) -> lis
     density:  (B, 1, T, T) float, a torch tensor (any device) or a numpy array.
     returns   per window a (K, 2) float32 array of pixel (x, y), strongest first (ties in raster order).
     """
-    import torch
-    import torch.nn.functional as F
-
     if isinstance(density, np.ndarray):
         density = torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))
     pooled = F.max_pool2d(density, kernel, stride=1, padding=kernel // 2)

@@ -35,6 +35,10 @@ import zarr
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.models.checkpoint import state_dict_digest
+from emseg_rt.models.pipeline import embedding_name
+from emseg_rt.onnx_session import OnnxGraph
+from emseg_rt.package import load_package
 from emseg_rt.training.sampling import tile_starts
 
 CACHE_MARKER = ("emseg_rt", "embedding-cache")  # root attribute naming a directory as our embedding cache
@@ -50,8 +54,6 @@ def tile_plan(shape: tuple[int, int, int], tile: int) -> list[tuple[int, int, in
 
 def encoder_digest(model: nn.Module) -> str:
     """sha256 over the encoders' weights: a cache made with other encoder weights is not reused."""
-    from emseg_rt.models.checkpoint import state_dict_digest
-
     return state_dict_digest(model.encoders)
 
 
@@ -218,10 +220,6 @@ def package_embedder(package_dir: str | Path, model_name: str) -> tuple[EmbedFn,
     so a cache made from another export is rebuilt. EmsegError if the package is not a `model_name`
     package with encoders.
     """
-    from emseg_rt.models.pipeline import embedding_name
-    from emseg_rt.package import load_package
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxGraph
-
     package = load_package(package_dir)
     if package.name != model_name:
         raise EmsegError(f"--embeddings-from {package_dir} is a {package.name} package, not {model_name}")

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from emseg_rt.engines import EngineRunner, gpu_target, select_engine
+from emseg_rt.package import ModelPackage
 from emseg_rt.runtime.backends.base import BackendSpec, check_outputs
 
 
@@ -19,7 +21,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, runner: Any, package: Any) -> None:
+    def __init__(self, runner: Any, package: ModelPackage) -> None:
         record = runner.record
         self.runner = runner
         threshold = float(package.manifest.get("parity", {}).get("label_threshold", 0.0) or 0.0)
@@ -34,10 +36,8 @@ class TensorRTBackend:
         )
 
     @classmethod
-    def from_package(cls, package: Any) -> TensorRTBackend:
+    def from_package(cls, package: ModelPackage) -> TensorRTBackend:
         """EmsegError (from `engines.select_engine`) when no engine fits this GPU and TensorRT version."""
-        from emseg_rt.engines import EngineRunner, gpu_target, select_engine
-
         record = select_engine(package, gpu_target())
         return cls(EngineRunner(package, component="full", target=record.target), package)
 

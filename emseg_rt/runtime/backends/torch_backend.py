@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.models.attention import use_sdpa_attention
+from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec, check_outputs
-from emseg_rt.runtime.device_tiling import DevicePath
-from emseg_rt.runtime.tiling import TilePlan
+from emseg_rt.runtime.device_path import DevicePath
+from emseg_rt.tiling import TilePlan
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -92,8 +94,6 @@ class TorchBackend:
         self.compiled = bool(fast and (self.device.type == "cuda" if compile is None else compile))
         self.model = model.eval().requires_grad_(False).to(self.device)
         if fast:
-            from emseg_rt.models.attention import use_sdpa_attention
-
             use_sdpa_attention(self.model)
             if precision in AUTOCAST_DTYPES:
                 cast_matmul_weights(self.model, AUTOCAST_DTYPES[precision])
@@ -102,8 +102,6 @@ class TorchBackend:
         mode = "max-autotune" if self.device.type == "cuda" else None
         self.forward = torch.compile(self.model, mode=mode, dynamic=False) if self.compiled else self.model
         if not model_id:
-            from emseg_rt.models.checkpoint import state_dict_digest
-
             model_id = state_dict_digest(model)
         mode = ("sdpa+compile" if self.compiled else "sdpa") if fast else "reference"
         config = model.config
@@ -149,7 +147,7 @@ class TorchBackend:
         """Segment a slab with tiling, stitching and the class merge on this backend's device.
 
         slab:    (N, H, W) uint8 planes, uploaded once (on CUDA from pinned memory, on a side stream).
-        plan:    the planes' `TilePlan`; tiles are cut on the device (`device_tiling.extract_tiles_torch`) and
+        plan:    the planes' `TilePlan`; tiles are cut on the device (`tiling.extract_tiles`) and
                  run in the batches `slab.tile_batches` makes (same order, the last batch padded with copies
                  of its last tile), so centre-stitched labels equal the host path's bit for bit.
         blend:   'center' (the model's tile labels, centre-cropped) or 'gaussian' (tile logits blended with

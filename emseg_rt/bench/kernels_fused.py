@@ -16,7 +16,7 @@ import torch
 
 from emseg_rt.bench.timing import measure_latency
 from emseg_rt.kernels.class_merge import class_merge_labels, labels_from_logits, upsample_class_logits
-from emseg_rt.kernels.nearest_centroid import triton_available
+from emseg_rt.kernels.dispatch import triton_available
 from emseg_rt.kernels.rel_pos_attention import rel_pos_attention
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from emseg_rt.bench.timing import measure_latency
-from emseg_rt.kernels.nearest_centroid import REFERENCE_CHUNK, nearest_centroid, token_scores, triton_available
+from emseg_rt.kernels.dispatch import triton_available
+from emseg_rt.kernels.nearest_centroid import REFERENCE_CHUNK, nearest_centroid, token_scores
 
 EMBED_DIM = 192  # HiS4MAE Table 1, embed_dim
 FOV = 80  # HiS4MAE §3.1 (MAESTER's FOV)
