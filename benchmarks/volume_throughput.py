@@ -63,7 +63,7 @@ def child_backend_only(args: argparse.Namespace) -> None:
     from emseg_rt.io import open_volume
     from emseg_rt.runtime import load_backend
     from emseg_rt.runtime.slab import tile_batches
-    from emseg_rt.runtime.tiling import plan_tiles
+    from emseg_rt.tiling import plan_tiles
 
     engine = load_backend(args.model, args.backend, args.device)
     volume = open_volume(args.input)

@@ -14,8 +14,8 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.io import read_volume, write_ome_image
 from emseg_rt.runtime import load_backend, segment_labels, segment_volume
 from emseg_rt.runtime.prompts import PEAK_THRESHOLD, peak_points, peaks_to_points, slab_prompts
-from emseg_rt.runtime.slab import run_tta, segment_slab, segment_slab_auto
-from emseg_rt.runtime.tiling import extract_tiles, gaussian_weights, plan_tiles
+from emseg_rt.runtime.slab import SlabSettings, run_tta, segment_slab, segment_slab_auto
+from emseg_rt.tiling import extract_tiles, gaussian_weights, plan_tiles
 
 MODEL = "prompt-das-tiny"  # tile 64, P = 4
 
@@ -141,8 +141,8 @@ def test_auto_prompts_are_the_density_peaks(engine, data):
     threshold = float(np.quantile(density, 0.999))
     assert threshold > 0
     labels, _, n_tiles, points = segment_slab_auto(
-        engine, data[:2], plan, start=0, axis="z", max_points=4, peak_threshold=threshold, batch=4,
-        blend="center", probabilities=False, label_type=np.dtype(np.uint8))
+        engine, data[:2], SlabSettings(plan, batch=4, blend="center", label_type=np.dtype(np.uint8)), start=0,
+        axis="z", max_points=4, peak_threshold=threshold)
     expected = peaks_to_points(density, 0, "z", threshold)
     assert len(points) > 0 and n_tiles == 2 * 2 * plan.num_tiles
     np.testing.assert_array_equal(points.points, expected.points)

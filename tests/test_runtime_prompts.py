@@ -23,7 +23,7 @@ from emseg_rt.runtime.prompts import (
     window_prompts,
 )
 from emseg_rt.runtime.slab import run_tta
-from emseg_rt.runtime.tiling import plan_tiles
+from emseg_rt.tiling import plan_tiles
 
 MODEL = "prompt-das-tiny"  # tile 64, P = 4
 

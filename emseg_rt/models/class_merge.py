@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from emseg_rt.constants import label_dtype
 from emseg_rt.kernels.class_merge import class_merge_labels, labels_from_logits, upsample_class_logits
 
 
-def label_dtype(num_classes: int) -> torch.dtype:
-    """uint8 labels up to 255 classes, int32 above (0 is background). torch has no uint16 arithmetic."""
-    return torch.uint8 if num_classes <= 255 else torch.int32
+def model_label_dtype(num_classes: int) -> torch.dtype:
+    """The labels' dtype inside a model (and its exported graph): `constants.label_dtype`'s uint8, and int32
+    where that says a wider type (torch and the kernels have no uint16 arithmetic; the runtime stores uint16)."""
+    return torch.uint8 if label_dtype(num_classes) == np.uint8 else torch.int32
 
 
 class ClassMerge(nn.Module):
@@ -31,7 +34,7 @@ class ClassMerge(nn.Module):
         labels (B, T, T) uint8: k+1 for the class with the largest logit, 0 where no logit is above the
         threshold.
         """
-        dtype = label_dtype(self.num_classes)
+        dtype = model_label_dtype(self.num_classes)
         if not want_logits:
             return {"labels": class_merge_labels(low_res_logits, self.tile, self.threshold, dtype)}
         logits = upsample_class_logits(low_res_logits, self.tile)

@@ -21,7 +21,7 @@ from torch import nn
 
 from emseg_rt.kernels import nearest_centroid, token_scores
 from emseg_rt.kernels.nearest_centroid import no_autocast
-from emseg_rt.models.class_merge import label_dtype
+from emseg_rt.models.class_merge import model_label_dtype
 from emseg_rt.models.configs import PipelineConfig
 
 SCORE_CHUNK = 64  # centres interpolated at once for the logits: (B, 64, T, T) floats at most
@@ -106,7 +106,7 @@ class ClusterHead(nn.Module):
         returns        labels (B, T, T) uint8 (class of the nearest centre, 0 = background) and, unless
                        want_logits is False, logits (B, num_classes, T, T) float32 (margins, see module doc).
         """
-        dtype = label_dtype(self.num_classes)
+        dtype = model_label_dtype(self.num_classes)
         with no_autocast(fov_embedding.device):
             if not want_logits:
                 clusters = nearest_centroid(fov_embedding.float(), self.centres, (self.tile, self.tile))

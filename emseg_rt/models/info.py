@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emseg_rt.models.registry import REGISTRY, get_config
+from emseg_rt.tiling import plan_tiles
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,6 @@ def tiles_per_slice(config) -> int:
     (tile // 8): 324 at FOV 80 (expand stride 60)."""
     if config.fov_encoder is None:
         return 1
-    from emseg_rt.runtime.tiling import plan_tiles
-
     return plan_tiles((SLICE, SLICE), config.tile, config.tile // 8).num_tiles
 
 

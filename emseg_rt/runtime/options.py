@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from emseg_rt.constants import DEFAULT_LABEL_NAME
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.slab import BLENDS
+from emseg_rt.tiling import BLENDS
 
 AXES = ("z", "y", "x")
 

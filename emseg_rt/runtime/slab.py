@@ -1,11 +1,12 @@
 """Segmenting planes held in memory: the compute step of `segment_volume`, usable on its own.
 
-`tile_batches` is the one batching rule (batches never span slabs; the last batch is padded to full size
-with copies of its last tile, so a plane's numbers do not depend on its neighbours in the batch order).
-`segment_slab` runs those batches through a `Backend` and stitches planes as soon as their tiles are back.
+`tile_batches` cuts a slab by the one batching rule (`tiling.padded_batches`: batches never span slabs; the
+last batch is padded to full size with copies of its last tile, so a plane's numbers do not depend on its
+neighbours in the batch order). `segment_slab` runs those batches through a `Backend` and stitches planes as
+soon as their tiles are back (`tiling.PlaneAccumulator`, the device path's accumulator too).
 `segment_slab_auto` is `--prompts auto`: a prompt-free pass for the density, its peaks as point prompts,
-a prompted pass for the labels. `segment_array` is the in-memory entry for training validation and scripts: the same tiler, the same
-backend calls, no zarr.
+a prompted pass for the labels. `segment_array` is the in-memory entry for training validation and scripts:
+the same tiler, the same backend calls, no zarr.
 """
 
 from __future__ import annotations
@@ -15,20 +16,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from emseg_rt.constants import label_dtype
 from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.runtime.plane_labels import merge_logits, probabilities_uint8
 from emseg_rt.runtime.prompts import NMS_KERNEL, PointSet, peaks_to_points, rotate_points, slab_prompts
-from emseg_rt.runtime.tiling import (
-    TilePlan,
-    blend_gaussian,
-    extract_tiles,
-    merge_classes,
-    plan_tiles,
-    probabilities_uint8,
-    stitch_center,
-)
-
-BLENDS = ("center", "gaussian")
+from emseg_rt.tiling import PlaneAccumulator, TilePlan, extract_tiles, padded_batches, plan_tiles
 
 
 @dataclass(frozen=True)
@@ -43,12 +37,8 @@ class TileBatch:
 
 def tile_batches(slab: np.ndarray, plan: TilePlan, batch: int) -> Iterator[TileBatch]:
     """Cut a slab (N, H, W) uint8 into full batches of `batch` tiles (N·plan.num_tiles tiles in all)."""
-    tiles = np.concatenate([extract_tiles(plane, plan) for plane in slab])[:, None]  # (N·n, 1, T, T)
-    for start in range(0, tiles.shape[0], batch):
-        chunk = tiles[start:start + batch]
-        real = chunk.shape[0]
-        if real < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+    tiles = extract_tiles(slab, plan).reshape(-1, 1, plan.tile, plan.tile)  # (N·n, 1, T, T), plane-major
+    for start, real, chunk in padded_batches(tiles, batch):
         yield TileBatch(start, real, chunk)
 
 
@@ -91,7 +81,8 @@ def run_tta(backend: Backend, tiles: np.ndarray, prompts: Mapping[str, np.ndarra
             back = np.rot90(out[name].astype(np.float32, copy=False), -k, axes=(-2, -1))
             extra_totals[name] = back.copy() if name not in extra_totals else extra_totals[name] + back
     logits = total / np.float32(4)
-    labels = np.stack([merge_classes(tile_logits, backend.spec.threshold) for tile_logits in logits])
+    labels = merge_logits(torch.from_numpy(logits), backend.spec.threshold,
+                          label_dtype(len(backend.spec.classes))).numpy()
     return {"logits": logits, "labels": labels, **{name: t / np.float32(4) for name, t in extra_totals.items()}}
 
 
@@ -112,8 +103,8 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
              prompted models; each batch gets its rows, padded like its tiles.
     tta:     rotation test-time augmentation (`run_tta`); needs logits, so labels come from the stitched mean.
     density_out: (N, H, W) float32, filled with each plane's density (a model with a 'density' extra output:
-             Prompt-DAS), its tiles always blended with `blend_gaussian` (with `tta`: each tile's mean of
-             the four turned back).
+             Prompt-DAS), its tiles always Gaussian-blended (`tiling.PlaneAccumulator`; with `tta`: each
+             tile's mean of the four turned back).
     returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
     `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
     A backend with `run_planes` (torch, onnxruntime) tiles, stitches and merges on its device when the call
@@ -126,45 +117,58 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
                                     threshold=backend.spec.threshold, timings=timings)
         return labels, None, n_planes * per_plane
     want_logits = blend == "gaussian" or probabilities or tta
-    labels_out = np.empty((n_planes,) + plan.plane_shape, dtype=label_type)
-    stitcher = _PlaneStitcher(plan, blend, backend.spec.threshold, label_type, labels_out, probabilities)
-    tile_labels = None if want_logits else np.empty((n_planes * per_plane, plan.tile, plan.tile), label_type)
+    planes = _HostPlanes(plan, blend, want_logits, backend.spec.threshold, label_type, n_planes, probabilities,
+                         density_out)
     outputs = ("density",) if density_out is not None else ()
-    densities = None if density_out is None else _DensityBlender(plan, density_out)
     compute_s = stitch_s = 0.0
     for item in tile_batches(slab, plan, batch):
         t0 = time.perf_counter()
-        extra = batch_prompts(prompts, item)
-        kwargs: dict = {} if extra is None else {"prompts": extra}
-        if outputs:
-            kwargs["outputs"] = outputs
-        if tta:
-            out = run_tta(backend, item.tiles, extra, outputs)
-        else:
-            out = backend.run(item.tiles, want_logits=want_logits, **kwargs)
+        out = _run_batch(backend, item, prompts, tta=tta, want_logits=want_logits, outputs=outputs)
         compute_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if tile_labels is not None:
-            tile_labels[item.start:item.start + item.real] = out["labels"][:item.real]
-        else:
-            stitcher.add(out["logits"][:item.real])
-        if densities is not None:
-            densities.add(out["density"][:item.real])
+        planes.add(out, item.real)
         stitch_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if tile_labels is not None:
-        for p in range(n_planes):
-            labels_out[p] = stitch_center(tile_labels[p * per_plane:(p + 1) * per_plane], plan)
-    stitch_s += time.perf_counter() - t0
     if timings is not None:
         timings["compute"] = timings.get("compute", 0.0) + compute_s
         timings["stitch"] = timings.get("stitch", 0.0) + stitch_s
-    return labels_out, stitcher.probabilities, n_planes * per_plane
+    return planes.labels, planes.probabilities, n_planes * per_plane
 
 
-def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, start: int, axis: str | int,
-                      max_points: int, peak_threshold: float, batch: int, blend: str, probabilities: bool,
-                      label_type: np.dtype, timings: dict | None = None, tta: bool = False,
+def _run_batch(backend: Backend, item: TileBatch, prompts: Mapping[str, np.ndarray] | None, *, tta: bool,
+               want_logits: bool, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One batch through the backend (with its rows of the prompts; four turns with `tta`)."""
+    extra = batch_prompts(prompts, item)
+    if tta:
+        return run_tta(backend, item.tiles, extra, outputs)
+    kwargs: dict = {} if extra is None else {"prompts": extra}
+    if outputs:
+        kwargs["outputs"] = outputs
+    return backend.run(item.tiles, want_logits=want_logits, **kwargs)
+
+
+@dataclass(frozen=True)
+class SlabSettings:
+    """How the planes of a slab are computed: the tile plan, tiles per backend call, 'center' or 'gaussian'
+    blending, the labels' dtype, whether to return uint8 probabilities, rotation TTA."""
+
+    plan: TilePlan
+    batch: int
+    blend: str
+    label_type: np.dtype
+    probabilities: bool = False
+    tta: bool = False
+
+    def segment(self, backend: Backend, slab: np.ndarray, timings: dict | None = None,
+                prompts: Mapping[str, np.ndarray] | None = None,
+                density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """`segment_slab` with these settings."""
+        return segment_slab(backend, slab, self.plan, batch=self.batch, blend=self.blend,
+                            probabilities=self.probabilities, label_type=self.label_type, timings=timings,
+                            prompts=prompts, tta=self.tta, density_out=density_out)
+
+
+def segment_slab_auto(backend: Backend, slab: np.ndarray, settings: SlabSettings, *, start: int, axis: str | int,
+                      max_points: int, peak_threshold: float, timings: dict | None = None,
                       counts: dict[str, int] | None = None, kernel: int = NMS_KERNEL,
                       density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int, PointSet]:
     """`--prompts auto` on one slab (planes start.. along `axis` of the volume): Prompt-DAS's detection →
@@ -179,10 +183,10 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, sta
              the points found. `counts` accumulates window_prompts' counters and 'auto_points'.
     density_out: (N, H, W) float32, filled with the density of the pass that gave the labels.
     """
+    plan = settings.plan
     density = np.empty((slab.shape[0],) + plan.plane_shape, np.float32)
     no_points = slab_prompts(None, start, start + slab.shape[0], axis, plan, max_points)
-    first = segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
-                         label_type=label_type, timings=timings, prompts=no_points, tta=tta, density_out=density)
+    first = settings.segment(backend, slab, timings, no_points, density)
     t0 = time.perf_counter()
     points = peaks_to_points(density, start, axis, peak_threshold, kernel)
     if timings is not None:
@@ -194,9 +198,7 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, plan: TilePlan, *, sta
             density_out[...] = density
         return first[0], first[1], first[2], points
     prompts = slab_prompts(points, start, start + slab.shape[0], axis, plan, max_points, counts)
-    labels, probs, n_tiles = segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
-                                          label_type=label_type, timings=timings, prompts=prompts, tta=tta,
-                                          density_out=density_out)
+    labels, probs, n_tiles = settings.segment(backend, slab, timings, prompts, density_out)
     return labels, probs, first[2] + n_tiles, points
 
 
@@ -210,82 +212,68 @@ class PromptMode:
     auto_threshold: float | None = None
 
 
-def segment_planes(backend: Backend, slab: np.ndarray, plan: TilePlan, mode: PromptMode, *, start: int,
-                   axis: str | int, batch: int, blend: str, probabilities: bool, label_type: np.dtype,
-                   timings: dict | None = None, tta: bool = False, counts: dict[str, int] | None = None,
+def segment_planes(backend: Backend, slab: np.ndarray, settings: SlabSettings, mode: PromptMode, *, start: int,
+                   axis: str | int, timings: dict | None = None, counts: dict[str, int] | None = None,
                    density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Planes start.. of the volume along `axis` → labels, probabilities, tiles run: the one place that picks
-    `segment_slab` with the slab's prompts or `segment_slab_auto` (segment_volume and segment_labels).
+    `segment_slab` with the slab's prompts or `segment_slab_auto` (the block driver of every scheduler).
     density_out: (N, H, W) float32 to fill with the blended density of the labels' pass (density models)."""
     if mode.auto_threshold is not None:
-        return segment_slab_auto(backend, slab, plan, start=start, axis=axis, max_points=mode.max_points,
-                                 peak_threshold=mode.auto_threshold, batch=batch, blend=blend,
-                                 probabilities=probabilities, label_type=label_type, timings=timings, tta=tta,
-                                 counts=counts, density_out=density_out)[:3]
+        return segment_slab_auto(backend, slab, settings, start=start, axis=axis, max_points=mode.max_points,
+                                 peak_threshold=mode.auto_threshold, timings=timings, counts=counts,
+                                 density_out=density_out)[:3]
     prompts = None if mode.max_points is None else slab_prompts(
-        mode.points, start, start + slab.shape[0], axis, plan, mode.max_points, counts)
-    return segment_slab(backend, slab, plan, batch=batch, blend=blend, probabilities=probabilities,
-                        label_type=label_type, timings=timings, prompts=prompts, tta=tta, density_out=density_out)
+        mode.points, start, start + slab.shape[0], axis, settings.plan, mode.max_points, counts)
+    return settings.segment(backend, slab, timings, prompts, density_out)
 
 
-class _DensityBlender:
-    """Collects tile densities (n, 1, T, T) in plane order and writes each plane's `blend_gaussian` into
-    `out[plane]` once all its tiles are in."""
-
-    def __init__(self, plan: TilePlan, out: np.ndarray) -> None:
-        self.plan, self.out = plan, out
-        self.pending: list[np.ndarray] = []
-        self.pending_count = 0
-        self.planes_done = 0
-
-    def add(self, maps: np.ndarray) -> None:
-        self.pending.append(np.asarray(maps, np.float32))
-        self.pending_count += maps.shape[0]
-        per_plane = self.plan.num_tiles
-        while self.pending_count >= per_plane:
-            stacked = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-            self.out[self.planes_done] = blend_gaussian(stacked[:per_plane], self.plan)[0]
-            self.planes_done += 1
-            rest = stacked[per_plane:]
-            self.pending = [rest] if len(rest) else []
-            self.pending_count = len(rest)
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A backend's output array as a CPU tensor sharing its memory (copied only where torch cannot share it:
+    read-only or negatively strided arrays)."""
+    if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+        array = np.array(array)
+    return torch.from_numpy(array)
 
 
-class _PlaneStitcher:
-    """Collects tile logits in plane order and stitches each plane as soon as all its tiles are in, then
-    drops them (host memory holds at most one plane's logits plus a batch)."""
+class _HostPlanes:
+    """The host path's results for one slab, filled plane by plane from each batch's tile outputs through
+    `tiling.PlaneAccumulator` (host memory holds one plane being assembled, no list of tiles).
 
-    def __init__(self, plan: TilePlan, blend: str, threshold: float, label_type: np.dtype, labels_out: np.ndarray,
-                 probabilities: bool) -> None:
-        self.plan, self.blend, self.threshold, self.label_type = plan, blend, threshold, label_type
-        self.labels_out, self.want_probabilities = labels_out, probabilities
-        self.pending: list[np.ndarray] = []
-        self.pending_count = 0
-        self.planes_done = 0
+    labels:        (N, H, W) label_type: centre-cropped tile labels, or the class merge of the plane's
+                   stitched or blended logits (`want_logits`).
+    probabilities: (K, N, H, W) uint8 sigmoid·255 of those logits when asked for, else None.
+    density_out:   (N, H, W) float32 filled with each plane's Gaussian-blended 'density' output, or None.
+    """
+
+    def __init__(self, plan: TilePlan, blend: str, want_logits: bool, threshold: float, label_type: np.dtype,
+                 n_planes: int, probabilities: bool, density_out: np.ndarray | None) -> None:
+        self.want_logits, self.threshold, self.label_type = want_logits, threshold, label_type
+        self.want_probabilities, self.density_out = probabilities, density_out
+        self.labels = np.empty((n_planes,) + tuple(plan.plane_shape), dtype=label_type)
         self.probabilities: np.ndarray | None = None
+        self.tiles = PlaneAccumulator(plan, blend)
+        self.densities = None if density_out is None else PlaneAccumulator(plan, "gaussian")
 
-    def add(self, logits: np.ndarray) -> None:
-        """logits (n, K, T, T) float32 of the next n tiles."""
-        self.pending.append(logits)
-        self.pending_count += logits.shape[0]
-        per_plane = self.plan.num_tiles
-        while self.pending_count >= per_plane:
-            stacked = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-            self._finish_plane(stacked[:per_plane])
-            rest = stacked[per_plane:]
-            self.pending = [rest] if len(rest) else []
-            self.pending_count = len(rest)
+    def add(self, out: Mapping[str, np.ndarray], real: int) -> None:
+        """out: one batch's backend outputs, of which the first `real` tiles are the slab's."""
+        tiles = out["logits" if self.want_logits else "labels"][:real]
+        for index, plane in self.tiles.add(_host_tensor(tiles)):
+            self._finish_plane(index, plane)
+        if self.densities is not None:
+            for index, plane in self.densities.add(_host_tensor(out["density"][:real])):
+                self.density_out[index] = plane[0].numpy()
 
-    def _finish_plane(self, tile_logits: np.ndarray) -> None:
-        plan, index = self.plan, self.planes_done
-        logits = blend_gaussian(tile_logits, plan) if self.blend == "gaussian" else stitch_center(tile_logits, plan)
-        self.labels_out[index] = merge_classes(logits, self.threshold, self.label_type)
+    def _finish_plane(self, index: int, plane: torch.Tensor) -> None:
+        if not self.want_logits:
+            self.labels[index] = plane.numpy()
+            return
+        self.labels[index] = merge_logits(plane, self.threshold, self.label_type).numpy()
         if self.want_probabilities:
+            logits = plane.numpy()
             if self.probabilities is None:
-                shape = (logits.shape[0], self.labels_out.shape[0]) + plan.plane_shape
+                shape = (logits.shape[0], self.labels.shape[0]) + logits.shape[1:]
                 self.probabilities = np.empty(shape, dtype=np.uint8)
             self.probabilities[:, index] = probabilities_uint8(logits)
-        self.planes_done += 1
 
 
 def segment_array(backend: Backend, volume: np.ndarray, *, halo: int | None = None, batch: int = 4,
@@ -296,8 +284,6 @@ def segment_array(backend: Backend, volume: np.ndarray, *, halo: int | None = No
     returns  labels of the same shape, uint8 (uint16 past 255 classes); halo defaults to tile // 8 as in
              `segment_volume`.
     """
-    from emseg_rt.io.ome_zarr import label_dtype
-
     planes = volume[None] if volume.ndim == 2 else volume
     tile = backend.spec.tile
     plan = plan_tiles(planes.shape[1:], tile, tile // 8 if halo is None else halo)
