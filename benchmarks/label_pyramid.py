@@ -3,7 +3,7 @@
 
 A phantom volume is segmented with `segment_volume` (the default model, torch backend, one thread) once with
 `levels=1` and once with the default levels for its plane size; the pyramid pass is then timed on its own by
-calling the function the run calls (`io.label_writer.write_lower_levels`) on the finished output.
+calling the function the run calls (`io.pyramid.write_lower_levels`) on the finished output.
 
     python benchmarks/label_pyramid.py --shape 8,1024,1024
 """
@@ -21,7 +21,7 @@ import torch
 
 from emseg_rt.bench.machine import machine_record
 from emseg_rt.data.phantom import generate_phantom, write_phantom
-from emseg_rt.io.label_writer import default_level_count, write_lower_levels
+from emseg_rt.io.pyramid import default_level_count, write_lower_levels
 from emseg_rt.runtime import load_backend, segment_volume
 from emseg_rt.runtime.output import OutputLayout
 
@@ -32,7 +32,7 @@ def layout_of(out: Path) -> OutputLayout:
     """The layout a finished output was written with (rebuilt from its metadata) for `write_lower_levels`."""
     import zarr
 
-    from emseg_rt.io.label_writer import Level
+    from emseg_rt.io.pyramid import Level
     from emseg_rt.io.zarr_reader import ome_scale_translation
 
     group = zarr.open_group(str(out), mode="r")
@@ -63,7 +63,7 @@ def main() -> None:
             assert report.complete
         layout = layout_of(out)
         t0 = time.perf_counter()
-        write_lower_levels(out, layout.label_spec(), list(range(1, len(layout.levels))))
+        write_lower_levels(out, layout.levels, list(range(1, len(layout.levels))))
         pyramid = time.perf_counter() - t0
     record = {"machine": machine_record("cpu"), "shape": list(shape), "levels": len(layout.levels),
               "level_shapes": [list(lvl.shape) for lvl in layout.levels], "model": "scsam-phantom (torch, 1 thread)",

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from emseg_rt.bench.machine import machine_record
 from emseg_rt.data.phantom import CLASS_NAMES, generate_phantom, write_phantom
-from emseg_rt.io.ome_zarr import read_volume
+from emseg_rt.io import read_volume
 from emseg_rt.metrics import evaluate
 from emseg_rt.models.default_model import default_model_name, default_weights_path
 from emseg_rt.runtime import segment_volume

@@ -28,7 +28,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.models import build
 from emseg_rt.runtime.backends.torch_backend import TorchBackend
 from emseg_rt.runtime.slab import segment_array
-from emseg_rt.runtime.tiling import extract_tiles, plan_tiles
+from emseg_rt.tiling import extract_tiles, plan_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -249,7 +249,7 @@ def test_cli_fit_writes_a_checkpoint_build_and_segment_use(monkeypatch, capsys, 
     code, _, err = run_cli(monkeypatch, capsys, "segment", phantom_zarr, "--model", MODEL, "--checkpoint", out,
                            "--backend", "torch", "-o", tmp_path / "seg.zarr", "--quiet")
     assert code == 0, err
-    from emseg_rt.io.ome_zarr import read_volume
+    from emseg_rt.io import read_volume
 
     written = read_volume(tmp_path / "seg.zarr")
     np.testing.assert_array_equal(written, segment_array(TorchBackend(fitted, fast=False, model_id="t"),

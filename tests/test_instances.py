@@ -39,9 +39,61 @@ def engine(one_torch_thread):
     return load_backend(MODEL, "torch")
 
 
+def first_appearance(ids: np.ndarray) -> np.ndarray:
+    """Nonzero IDs renumbered 1..N in the order they first appear in C (scan) order, written out here (not
+    `runtime.instances.relabel_by_first_appearance`, which is under test)."""
+    renumbered, order = np.zeros(ids.shape, np.uint32), {}
+    flat, out = ids.ravel(), renumbered.ravel()
+    for value in flat[np.sort(np.unique(flat, return_index=True)[1])]:
+        if value:
+            order[int(value)] = len(order) + 1
+    for value, new in order.items():
+        out[flat == value] = new
+    return renumbered
+
+
 def reference(mask: np.ndarray) -> np.ndarray:
-    """Whole-volume connected components (3D, face connectivity), IDs by first appearance in scan order."""
-    return relabel_by_first_appearance(ndimage.label(mask)[0])
+    """Whole-volume connected components (scipy's `ndimage.label`, 3D, face connectivity), IDs by first
+    appearance in scan order."""
+    return first_appearance(ndimage.label(mask)[0])
+
+
+def assert_same_partition(ids: np.ndarray, expected: np.ndarray) -> None:
+    """The same objects (same voxel sets, same number), whatever their IDs: a bijection between the labels."""
+    np.testing.assert_array_equal(ids > 0, expected > 0)
+    pairs = np.unique(np.stack([ids[ids > 0], expected[ids > 0]]), axis=1)
+    assert pairs.shape[1] == len(np.unique(ids[ids > 0])) == len(np.unique(expected[expected > 0])), \
+        "an object of one is split or merged in the other"
+
+
+def watershed_reference(mask: np.ndarray, density: np.ndarray, threshold: float, kernel: int = 5) -> np.ndarray:
+    """The documented density watershed on the whole volume at once, from scipy and scikit-image: per plane,
+    markers at the density peaks (equal to the max of their kernel² window, ≥ threshold, > 0; 8-connected
+    peaks one marker) in the mask, a marker watershed of −density inside the mask (mask components no marker
+    reaches are pieces of their own), the pixels beside another piece cut; the cut mask's 3D face-connected
+    components (`ndimage.label`); each cut pixel then takes its plane's nearest labelled pixel's ID."""
+    from skimage.segmentation import watershed
+
+    cut = np.zeros(mask.shape, bool)
+    for z, (m, d) in enumerate(zip(mask, density)):
+        peaks = (d == ndimage.maximum_filter(d, kernel, mode="constant", cval=-np.inf)) & (d >= threshold) & (d > 0)
+        markers = ndimage.label(peaks & m, structure=np.ones((3, 3)))[0]
+        pieces = m.astype(np.int64)
+        if markers.any():
+            pieces = watershed(-d, markers, mask=m).astype(np.int64)
+            rest = ndimage.label(m & (pieces == 0))[0]
+            pieces = np.where(rest > 0, rest + markers.max(), pieces)
+        padded = np.pad(pieces, 1)
+        beside = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]  # 4 neighbours
+        line = np.any([(n > 0) & (n != pieces) for n in beside], axis=0) & (pieces > 0)
+        cut[z] = m & ~line
+    ids = ndimage.label(cut)[0]
+    for z in range(len(ids)):
+        missing = mask[z] & (ids[z] == 0)
+        if missing.any() and (ids[z] > 0).any():
+            rows, cols = ndimage.distance_transform_edt(ids[z] == 0, return_indices=True)[1]
+            ids[z] = np.where(missing, ids[z][rows, cols], ids[z])
+    return first_appearance(ids)
 
 
 def random_blobs(seed: int, shape=(13, 24, 20)) -> np.ndarray:
@@ -90,6 +142,8 @@ def test_pure_steps():
     assert offsets.tolist() == [0, 2] and table.tolist() == [0, 1, 1, 1] and table.dtype == np.uint32
     offsets, table = equivalence_table([0, 0], [np.zeros((0, 2)), np.zeros((0, 2))])
     assert table.tolist() == [0]
+    ids = np.random.default_rng(0).integers(0, 9, (3, 5, 7)) * 10  # gaps and a non-scan order of values
+    np.testing.assert_array_equal(relabel_by_first_appearance(ids), first_appearance(ids))
 
 
 # --- marker watershed seeded by density peaks (models with a density head) ------------------------------------
@@ -169,9 +223,16 @@ def test_segment_instances_of_a_density_model_use_the_watershed(tmp_path):
     density = zarr.open_array(str(density_dirs[0]), mode="r")[...].astype(np.float32) / 255
     mask = zarr.open_array(str(out / "s0"), mode="r")[...] == 1
     ids = zarr.open_array(str(out / "mitochondria_instances" / "s0"), mode="r")[...]
-    expected = blockwise_instances(mask, 4, density, WatershedSeeds(0.05, 5))
-    np.testing.assert_array_equal(ids, expected)
-    assert report.instances["mitochondria"] == int(expected.max()) > int(ndimage.label(mask)[1])  # it split
+    # Against scipy on the whole volume: every mask voxel has an instance, each instance lies inside one of
+    # ndimage.label's components, and there are more instances than components (the watershed split some).
+    components, n_components = ndimage.label(mask)
+    np.testing.assert_array_equal(ids > 0, mask)
+    inside = np.unique(np.stack([ids[mask], components[mask]]), axis=1)
+    assert len(np.unique(inside[0])) == inside.shape[1], "an instance spans two connected components"
+    assert report.instances["mitochondria"] == int(ids.max()) > n_components
+    # ... and equal to the watershed written out with scipy and scikit-image on the whole volume at once
+    # (the run cut it into blocks of 3 planes), IDs by first appearance.
+    np.testing.assert_array_equal(ids, watershed_reference(mask, density, 0.05))
     attrs = zarr.open_group(str(out / "mitochondria_instances"), mode="r").attrs["emseg_rt"]
     assert attrs["method"].startswith("marker watershed")
     with pytest.raises(EmsegError, match="density output"):
@@ -208,7 +269,8 @@ def test_segment_writes_instance_label_images_equal_to_whole_volume_components(t
         ids = group["s0"][...]
         assert ids.dtype == np.uint32 and group["s0"].chunks[0] == 2
         expected = reference(semantic == engine.spec.classes.index(name) + 1)
-        np.testing.assert_array_equal(ids, expected)
+        assert_same_partition(ids, ndimage.label(semantic == engine.spec.classes.index(name) + 1)[0])
+        np.testing.assert_array_equal(ids, expected)  # and the IDs by first appearance
         assert report.instances[name] == int(expected.max()) > 0
         np.testing.assert_array_equal(group["s1"][...], ids[:, ::2, ::2])
     assert not (out / "nucleus_instances").exists()

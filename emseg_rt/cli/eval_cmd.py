@@ -6,8 +6,11 @@ import math
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from emseg_rt.cli.app import app
+from emseg_rt.errors import EmsegError
 
 
 @app.command("eval")
@@ -26,8 +29,10 @@ def eval_command(
 
     Classes are matched by name when both label images name them (image-label properties), else by value.
     """
-    from emseg_rt.io.label_images import check_same_shape, instance_images, open_label_image
-    from emseg_rt.metrics import evaluate_labels
+    from emseg_rt.io.label_images import (  # deferred: CLI start-up (the library loads on use)
+        check_same_shape, instance_images, open_label_image,
+    )
+    from emseg_rt.metrics import evaluate_labels  # deferred: CLI start-up
 
     prediction = open_label_image(pred, pred_labels, role="prediction")
     truth = open_label_image(gt, gt_labels, role="truth")
@@ -53,8 +58,7 @@ def print_skipped(skipped: dict[str, str]) -> None:
 def read_volume_or_fail(path: Path, labels: str | None = None):
     """`io.read_volume(path, labels=labels)`, with a chunk that cannot be read or decoded (corrupt,
     truncated, unreadable) as an EmsegError naming the volume instead of a codec traceback (used by `train`)."""
-    from emseg_rt.errors import EmsegError
-    from emseg_rt.io.ome_zarr import read_volume
+    from emseg_rt.io import read_volume  # deferred: CLI start-up (the library loads on use)
 
     where = f"{path}" + (f" (labels {labels})" if labels else "")
     try:
@@ -68,9 +72,6 @@ def read_volume_or_fail(path: Path, labels: str | None = None):
 
 def print_scores(scores) -> None:
     """A rich table of per-class scores and their means."""
-    from rich.console import Console
-    from rich.table import Table
-
     def fmt(value: float) -> str:
         return "—" if math.isnan(value) else f"{value:.3f}"
 

@@ -1,6 +1,9 @@
-"""Volume readers (zarr / OME-Zarr, N5, HDF5, TIFF, URLs, in-memory arrays) and OME-Zarr writers.
+"""Volume readers (zarr / OME-Zarr, N5, HDF5, TIFF, URLs, in-memory arrays) and the OME-Zarr writer.
 
 Knows nothing of models or backends. `open_volume` is the one way in; `readers` says which library reads what.
+`ome_zarr` is the one writer of images and label images (`pyramid` lays out and fills their levels),
+`zarr_reader.label_names` the one lookup of an image's label images, and `label_images` finds the label
+image to score (`emseg-rt eval`).
 """
 
 from emseg_rt.io.label_images import LabelImage, open_label_image

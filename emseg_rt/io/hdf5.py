@@ -31,7 +31,7 @@ def looks_like_hdf5(path: Path) -> bool:
 
 
 def _datasets(h5file: Any) -> list[str]:
-    import h5py
+    import h5py  # optional: the [hdf5] extra
 
     found: list[str] = []
 

@@ -31,7 +31,7 @@ from emseg_rt.constants import GROUND_TRUTH
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.readers import open_volume
 from emseg_rt.io.volume import Volume, first_line
-from emseg_rt.io.zarr_reader import _looks_like_zarr
+from emseg_rt.io.zarr_reader import label_names, looks_like_zarr
 
 ROLES = {"prediction": "--pred-labels", "truth": "--gt-labels"}  # role → the eval option that names a label image
 ROLE_WORDS = {"prediction": "prediction", "truth": "ground truth"}
@@ -77,7 +77,7 @@ def open_label_image(path: str | Path, name: str | None = None, *, role: str) ->
     if role not in ROLES:
         raise ValueError(f"role must be one of {sorted(ROLES)}, not {role!r}")
     path = Path(path)
-    if not (path.is_dir() and _looks_like_zarr(path)):  # missing, N5, HDF5, TIFF: open_volume says which
+    if not (path.is_dir() and looks_like_zarr(path)):  # missing, N5, HDF5, TIFF: open_volume says which
         return _plain_label_volume(open_volume(path), path, name, role)
     node = _open_zarr(path)
     if isinstance(node, zarr.Array):
@@ -94,7 +94,7 @@ def instance_images(label: LabelImage) -> dict[str, LabelImage]:
     for class_name in sorted(set((label.class_names or {}).values())):
         for place in places:
             path = place / f"{class_name}{INSTANCE_SUFFIX}"
-            if not (path.is_dir() and _looks_like_zarr(path)):
+            if not (path.is_dir() and looks_like_zarr(path)):
                 continue
             try:
                 node = _open_zarr(path)
@@ -140,7 +140,7 @@ def _label_image_in_group(group: zarr.Group, path: Path, name: str | None, role:
     if _is_label_image(ome):
         return _label_image(group, path, None, role)
     if has_labels:
-        chosen = choose_label_name(_label_names(group["labels"]), path, role)
+        chosen = choose_label_name(label_names(group["labels"], members=True), path, role)
         return _listed_label_image(group, path, chosen, role)
     if ome.get("multiscales"):
         raise EmsegError(f"{path} is an image, not a label image, and has no labels/ group; pass its label image "
@@ -155,21 +155,13 @@ def _named_label_image(group: zarr.Group, path: Path, name: str, role: str, has_
     if not has_labels:
         hint = f" ({path} is a label image itself: leave out {option})" if is_label_image else ""
         raise EmsegError(f"{option} {name}: {path} has no labels/ group{hint}")
-    names = _label_names(group["labels"])
+    names = label_names(group["labels"], members=True)
     if name not in names:
         unlisted = " (the group exists, but the labels/ metadata does not list it: is it unfinished?)" \
             if name in group["labels"] else ""
         raise EmsegError(f"{option} {name}: {path} has no label image labels/{name}{unlisted}; it has: "
                          f"{', '.join(names) or 'none'}")
     return _listed_label_image(group, path, name, role)
-
-
-def _label_names(labels_group: zarr.Group) -> list[str]:
-    """The names the labels/ group lists ("labels" in its metadata), else its member groups."""
-    listed = _ome_attributes(labels_group).get("labels")
-    if isinstance(listed, list) and listed:
-        return [str(n) for n in listed]
-    return sorted(labels_group.group_keys())
 
 
 def choose_label_name(names: list[str], path: Path, role: str) -> str:

@@ -1,34 +1,44 @@
-"""OME-Zarr 0.5 (zarr v3) images and label images (writers); the readers live in `readers` and re-export here.
+"""The one OME-Zarr writer: images and label images (`image-label`), OME-Zarr 0.5 (zarr v3) or 0.4 (zarr v2).
 
-Writers:
+An image or label image is a group with `multiscales` (and `image-label`) metadata and one array per level
+(`io.pyramid` says how levels are laid out and filled). Every writer goes through three functions:
+
+    ome_attributes(spec, ...)      the group attributes: `multiscales` (+ `image-label`: classes, colours)
+    create_ome_group(path, spec)   the group, its attributes and every level's empty array
+    register_label(image, name)    append a name to an image's labels/ list (under a lock when given one)
+
+The runtime (`segment`) describes its label images with a LabelImageSpec and calls these directly. The
+library writers build on them:
+
     write_ome_image(path, array, voxel_size=..., axes="zyx")      → an image group with multiscales s0, s1, ...
     write_ome_labels(image_path, name, labels, class_names, ...)  → image/labels/<name>, an `image-label` group
     create_ome_image / create_ome_labels                           → empty arrays to fill chunk by chunk (streaming)
     write_volume_with_labels(path, image, {name: labels}, ...)    → image + label groups, atomically (temp + rename)
-Readers (in `readers` / `zarr_reader`, importable from here too):
-    open_volume(source, key=None, level=None, labels=None) → Volume (lazy array + axes, voxel size, units)
-    read_volume(source, key=None, level=None, labels=None) → numpy array (the whole level in memory)
-    list_label_groups(path)                                → names of the image's label groups
+
+The library writers keep the metadata layout they have always written (`ome_attributes(library=True)`), so
+their files stay byte-identical; the readers live in `readers` / `zarr_reader`.
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from emseg_rt.constants import label_dtype
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.readers import open_volume, read_volume  # noqa: F401  (the readers' old home; kept importable)
-from emseg_rt.io.volume import AXIS_TYPES, Volume  # noqa: F401
-from emseg_rt.io.zarr_reader import _scale_of, list_label_groups, read_label_metadata  # noqa: F401
+from emseg_rt.io.pyramid import Level, pyramid_levels, write_lower_levels
+from emseg_rt.io.volume import AXIS_TYPES
+from emseg_rt.io.zarr_reader import dataset_scale, label_names, multiscales_of
 
 OME_VERSION = "0.5"
 DEFAULT_UNIT = "nanometer"
+ZARR_FORMAT = {"0.5": 3, "0.4": 2}
 
 # Distinct, colour-blind-friendly RGBA colours for labels 1, 2, ... (Okabe–Ito, then Tableau).
 LABEL_PALETTE: tuple[tuple[int, int, int, int], ...] = (
@@ -43,21 +53,41 @@ def default_colors(num_classes: int) -> list[tuple[int, int, int, int]]:
     return [LABEL_PALETTE[i % len(LABEL_PALETTE)] for i in range(num_classes)]
 
 
-def label_dtype(num_classes: int) -> np.dtype:
-    """uint8 up to 255 classes (0 = background), uint16 above."""
-    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+@dataclass(frozen=True)
+class LabelImageSpec:
+    """Everything `create_ome_group` writes for one image or label image. `chunks` are s0's (as given); lower
+    levels use min(chunks, shape). `classes` name label values 1..K (empty: instance IDs, or an image)."""
+
+    name: str
+    axes: str
+    units: tuple[str | None, ...]
+    classes: tuple[str, ...]
+    levels: tuple[Level, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    version: str = OME_VERSION
+    colors: tuple[tuple[int, int, int, int], ...] | None = None
+
+    @property
+    def zarr_format(self) -> int:
+        return ZARR_FORMAT[self.version]
 
 
 # ---------------------------------------------------------------------------------------------- metadata
 
 
+def axis_units(axes: str, units: str | Sequence[str | None] | None) -> tuple[str | None, ...]:
+    """One unit per axis: a single unit (or None) goes to the space axes only, a sequence is taken as is."""
+    if isinstance(units, str) or units is None:
+        return tuple(units if AXIS_TYPES.get(n) == "space" else None for n in axes)
+    return tuple(units)
+
+
 def axes_metadata(axes: str | Sequence[str], units: str | Sequence[str | None] | None = DEFAULT_UNIT) -> list[dict]:
     """OME `axes` entries: [{"name": "z", "type": "space", "unit": "nanometer"}, ...] (no unit on 'c')."""
     names = list(axes)
-    if isinstance(units, str) or units is None:
-        units = [units if AXIS_TYPES.get(n) == "space" else None for n in names]
     entries = []
-    for name, unit in zip(names, units):
+    for name, unit in zip(names, axis_units(names, units)):
         entry: dict[str, Any] = {"name": name, "type": AXIS_TYPES.get(name, "space")}
         if unit:
             entry["unit"] = unit
@@ -65,62 +95,128 @@ def axes_metadata(axes: str | Sequence[str], units: str | Sequence[str | None] |
     return entries
 
 
-def multiscales_metadata(
-    axes: str | Sequence[str],
-    voxel_size: Sequence[float],
-    level_paths: Sequence[str],
-    level_factors: Sequence[Sequence[float]],
-    units: str | Sequence[str | None] | None = DEFAULT_UNIT,
-    name: str | None = None,
-    translation: Sequence[float] | None = None,
-) -> list[dict]:
-    """The `multiscales` list for one image: one dataset per level with its scale (and translation).
-
-    Levels here are stride-sampled (voxel j of a level is voxel j·f of s0), so every level keeps s0's
-    `translation`; only averaging would shift level centres by half a voxel.
-    """
-    translation = [float(t) for t in translation] if translation is not None else [0.0] * len(voxel_size)
-    datasets = []
-    for path, factors in zip(level_paths, level_factors):
-        scale = [float(v) * float(f) for v, f in zip(voxel_size, factors)]
-        transforms: list[dict] = [{"type": "scale", "scale": scale}]
-        if any(translation):
-            transforms.append({"type": "translation", "translation": translation})
-        datasets.append({"path": path, "coordinateTransformations": transforms})
-    entry: dict[str, Any] = {"axes": axes_metadata(axes, units), "datasets": datasets}
-    if name:
-        entry["name"] = name
-    return [entry]
+def _transforms(level: Level) -> list[dict]:
+    transforms: list[dict] = [{"type": "scale", "scale": list(level.scale)}]
+    if any(level.translation):
+        transforms.append({"type": "translation", "translation": list(level.translation)})
+    return transforms
 
 
-def image_label_metadata(
-    class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None, source_image: str | None = "../../"
-) -> dict:
-    """OME `image-label`: a colour and a `class` property per label value 1..K (0 is background)."""
-    colors = list(colors) if colors is not None else default_colors(len(class_names))
-    if len(colors) < len(class_names):
-        raise EmsegError(f"{len(class_names)} class names but only {len(colors)} colours")
-    meta: dict[str, Any] = {
-        "version": OME_VERSION,
-        "colors": [{"label-value": i + 1, "rgba": [int(c) for c in colors[i]]} for i in range(len(class_names))],
-        "properties": [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(class_names)],
+def _multiscale(spec: LabelImageSpec, name_first: bool) -> dict:
+    entry: dict[str, Any] = {
+        "axes": axes_metadata(spec.axes, list(spec.units)),
+        "datasets": [{"path": lvl.path, "coordinateTransformations": _transforms(lvl)} for lvl in spec.levels],
     }
+    if not spec.name:
+        return entry
+    return {"name": spec.name, **entry} if name_first else {**entry, "name": spec.name}
+
+
+def _image_label(spec: LabelImageSpec, source_image: str | None, library: bool) -> dict:
+    """`image-label`: a colour and a `class` property per label value 1..K (0 is background); no classes
+    (instance IDs): no colours or properties, viewers pick colours."""
+    colors = list(spec.colors) if spec.colors else default_colors(len(spec.classes))
+    if len(colors) < len(spec.classes):
+        raise EmsegError(f"{len(spec.classes)} class names but only {len(colors)} colours")
+    meta: dict[str, Any] = {"version": spec.version} if library or spec.version == "0.4" else {}
+    if spec.classes or library:
+        meta["colors"] = [{"label-value": i + 1, "rgba": [int(c) for c in colors[i]]} for i in range(len(spec.classes))]
+        meta["properties"] = [{"label-value": i + 1, "class": str(n)} for i, n in enumerate(spec.classes)]
     if source_image:
         meta["source"] = {"image": source_image}
     return meta
 
 
-# ---------------------------------------------------------------------------------------------- writers
+def ome_attributes(spec: LabelImageSpec, source_image: str | None = None, *, image_label: bool = True,
+                   library: bool = False) -> dict:
+    """The group attributes of an image (`image_label=False`) or label image: `multiscales` (+ `image-label`),
+    under "ome" for 0.5, at the top level with a "version" in each for 0.4.
+
+    source_image: the image a label image annotates, relative to it ("../../" inside an image's labels/).
+    library: the layout the library writers (`write_ome_labels`, `write_ome_image`, ...) have always written:
+    the multiscale's name after its axes and datasets, `image-label` repeating the version and keeping empty
+    colour and class lists. Otherwise (the runtime's label images) the name comes first.
+    """
+    multiscale = _multiscale(spec, name_first=not library)
+    label = {"image-label": _image_label(spec, source_image, library)} if image_label else {}
+    if spec.version == "0.4":
+        return {"multiscales": [{"version": "0.4", **multiscale}], **label}
+    return {"ome": {"version": spec.version, "multiscales": [multiscale], **label}}
 
 
-def _level_factors(axes: str, levels: int) -> list[tuple[int, ...]]:
-    """Per-level downsampling factors: 2× per level along y and x, 1 along other axes."""
-    return [tuple(2**lvl if a in "yx" else 1 for a in axes) for lvl in range(levels)]
+def labels_group_attributes(names: Sequence[str], version: str) -> dict:
+    """The `labels` group's attributes listing label images, for OME-Zarr `version`."""
+    if version == "0.4":
+        return {"labels": list(names)}
+    return {"ome": {"version": version, "labels": list(names)}}
+
+
+# ---------------------------------------------------------------------------------------------- groups
+
+
+def create_array(group: zarr.Group, name: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
+                 dimension_names: Sequence[str] | None, zarr_format: int, **options: Any) -> zarr.Array:
+    """An empty array in `group` with OME-Zarr's chunk-key rules: v3 default encoding, v2 with '/' separators."""
+    if zarr_format == 2:
+        return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks), fill_value=0,
+                                  chunk_key_encoding={"name": "v2", "separator": "/"}, **options)
+    return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks), fill_value=0,
+                              dimension_names=list(dimension_names) if dimension_names else None, **options)
+
+
+def create_ome_group(path: Path, spec: LabelImageSpec, *, source_image: str | None = None,
+                     extra_attributes: dict | None = None, image_label: bool = True,
+                     library: bool = False) -> list[zarr.Array]:
+    """Create the (label) image group at `path`, its attributes (`ome_attributes` + `extra_attributes`) and
+    every level's empty array (overwriting any); returns the arrays, s0 first."""
+    group = zarr.open_group(str(path), mode="a", zarr_format=spec.zarr_format)
+    arrays = []
+    for index, level in enumerate(spec.levels):
+        chunks = spec.chunks if index == 0 else tuple(min(c, s) for c, s in zip(spec.chunks, level.shape))
+        arrays.append(create_array(group, level.path, level.shape, spec.dtype, chunks, list(spec.axes),
+                                   spec.zarr_format, overwrite=True))
+    attrs = ome_attributes(spec, source_image, image_label=image_label, library=library)
+    group.attrs.update({**attrs, **(extra_attributes or {})})
+    return arrays
+
+
+def require_labels_group(image_path: Path, version: str) -> zarr.Group:
+    """The image's `labels` group, created (listing nothing yet) when it does not exist."""
+    image = zarr.open_group(str(image_path), mode="r+")
+    if "labels" in image:
+        return image["labels"]
+    group = image.create_group("labels")
+    group.attrs.update(labels_group_attributes([], version))
+    return group
+
+
+def register_label(image_path: Path, name: str, version: str = OME_VERSION, lock_path: Path | None = None) -> None:
+    """Append `name` to the image's `labels` list (once), in one metadata write. With `lock_path`, under an
+    exclusive lock on that file, so that concurrent runs adding other names do not lose each other's entries."""
+    if lock_path is None:
+        _append_label(image_path, name, version)
+        return
+    import fcntl  # optional: POSIX only
+
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _append_label(image_path, name, version)
+
+
+def _append_label(image_path: Path, name: str, version: str) -> None:
+    group = require_labels_group(image_path, version)
+    names = label_names(group)
+    if name not in names:
+        group.attrs.update(labels_group_attributes(names + [name], version))
+
+
+# ---------------------------------------------------------------------------------------------- library writers
 
 
 def _default_chunks(shape: Sequence[int], axes: str) -> tuple[int, ...]:
     """Thin slabs along the first spatial axis, tiles of at most 1024 in-plane."""
-    return tuple(min(s, 8 if i == axes.find("z") else 1024) if a in "zyx" else 1 for i, (s, a) in enumerate(zip(shape, axes)))
+    return tuple(min(s, 8 if i == axes.find("z") else 1024) if a in "zyx" else 1
+                 for i, (s, a) in enumerate(zip(shape, axes)))
 
 
 def _open_group_for_write(path: Path, overwrite: bool) -> zarr.Group:
@@ -130,6 +226,36 @@ def _open_group_for_write(path: Path, overwrite: bool) -> zarr.Group:
         return zarr.open_group(str(path), mode="w" if overwrite else "a", zarr_format=3)
     except PermissionError as exc:
         raise EmsegError(f"cannot write {path}: permission denied; choose a writable output location") from exc
+
+
+def _library_spec(shape: Sequence[int], axes: str, dtype: Any, *, name: str | None = None,
+                  classes: Sequence[str] = (), voxel_size: Sequence[float] | None = None, units: Any = DEFAULT_UNIT,
+                  chunks: Sequence[int] | None = None, levels: int = 1,
+                  colors: Sequence[Sequence[int]] | None = None) -> LabelImageSpec:
+    """The spec of a library-written (label) image: `levels` levels 2× smaller in y and x, origin 0."""
+    axes = "".join(axes)
+    if len(axes) != len(shape):
+        raise EmsegError(f"axes {axes!r} do not match an array of {len(shape)} dimensions")
+    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * len(shape)
+    return LabelImageSpec(
+        name=name or "", axes=axes, units=axis_units(axes, units), classes=tuple(str(c) for c in classes),
+        levels=pyramid_levels(shape, axes, voxel_size, (0.0,) * len(shape), levels), dtype=np.dtype(dtype),
+        chunks=tuple(chunks) if chunks is not None else _default_chunks(shape, axes),
+        colors=tuple(tuple(int(v) for v in c) for c in colors) if colors is not None else None)
+
+
+def _fill(path: Path, spec: LabelImageSpec, array: Any) -> None:
+    """Write `array` into s0 of the group at `path`, whole chunks along axis 0 at a time, then the lower levels."""
+    target = zarr.open_array(str(path / spec.levels[0].path), mode="r+")
+    step = target.chunks[0]
+    for start in range(0, array.shape[0], step):
+        target[start:start + step] = np.asarray(array[start:start + step])
+    write_lower_levels(path, spec.levels, range(1, len(spec.levels)))
+
+
+def _clipped(chunks: Sequence[int] | None, shape: Sequence[int], axes: str) -> tuple[int, ...]:
+    chunks = tuple(chunks) if chunks is not None else _default_chunks(shape, axes)
+    return tuple(min(c, s) for c, s in zip(chunks, shape))
 
 
 def create_ome_image(
@@ -151,38 +277,9 @@ def create_ome_image(
     (1.0 for 'c'); chunks default to thin slabs (8 slices × ≤1024 × ≤1024).
     """
     path = Path(path)
-    axes = "".join(axes)
-    if len(axes) != len(shape):
-        raise EmsegError(f"axes {axes!r} do not match an array of {len(shape)} dimensions")
-    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * len(shape)
-    group = _open_group_for_write(path, overwrite)
-    chunks = tuple(chunks) if chunks is not None else _default_chunks(shape, axes)
-    array = group.create_array(
-        "s0", shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(axes), overwrite=True,
-        fill_value=0,
-    )
-    ome = {"version": OME_VERSION, "multiscales": multiscales_metadata(axes, voxel_size, ["s0"], [(1,) * len(axes)], units, name)}
-    attrs = {"ome": ome}
-    if extra_attributes:
-        attrs.update(extra_attributes)
-    group.attrs.update(attrs)
-    return array
-
-
-def _write_levels(group: zarr.Group, array: Any, axes: str, chunks: Sequence[int], levels: int) -> None:
-    """Write `array` as s0 and stride-2 (nearest) downsampled levels s1.. slab by slab along axis 0."""
-    for level, factors in enumerate(_level_factors(axes, levels)):
-        shape = tuple(math.ceil(s / f) for s, f in zip(array.shape, factors))
-        level_chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
-        target = group.create_array(
-            f"s{level}", shape=shape, dtype=array.dtype, chunks=level_chunks, dimension_names=list(axes),
-            overwrite=True, fill_value=0,
-        )
-        step = level_chunks[0] * factors[0]
-        for start in range(0, array.shape[0], step):
-            slab = np.asarray(array[start:start + step])
-            slab = slab[tuple(slice(None, None, f) for f in factors)]
-            target[start // factors[0]: start // factors[0] + slab.shape[0]] = slab
+    spec = _library_spec(shape, axes, dtype, name=name, voxel_size=voxel_size, units=units, chunks=chunks)
+    _open_group_for_write(path, overwrite)
+    return create_ome_group(path, spec, extra_attributes=extra_attributes, image_label=False, library=True)[0]
 
 
 def write_ome_image(
@@ -206,13 +303,11 @@ def write_ome_image(
     axes = "".join(axes)
     if len(axes) != array.ndim:
         raise EmsegError(f"axes {axes!r} do not match an array of {array.ndim} dimensions")
-    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * array.ndim
-    group = _open_group_for_write(path, overwrite)
-    chunks = tuple(chunks) if chunks is not None else _default_chunks(array.shape, axes)
-    _write_levels(group, array, axes, chunks, levels)
-    factors = _level_factors(axes, levels)
-    group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": multiscales_metadata(
-        axes, voxel_size, [f"s{i}" for i in range(levels)], factors, units, name)}})
+    spec = _library_spec(array.shape, axes, array.dtype, name=name, voxel_size=voxel_size, units=units,
+                         chunks=_clipped(chunks, array.shape, axes), levels=levels)
+    _open_group_for_write(path, overwrite)
+    create_ome_group(path, spec, image_label=False, library=True)
+    _fill(path, spec, array)
     return path
 
 
@@ -222,19 +317,8 @@ def _image_multiscale(path: Path) -> dict | None:
         group = zarr.open_group(str(path), mode="r")
     except Exception:
         return None
-    attrs = dict(group.attrs)
-    ms = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-    return ms[0] if ms else None
-
-
-def _register_label(container: zarr.Group, name: str) -> zarr.Group:
-    labels_group = container.require_group("labels")
-    ome = dict(labels_group.attrs.get("ome", {}))
-    names = list(ome.get("labels", []))
-    if name not in names:
-        names.append(name)
-    labels_group.attrs.update({"ome": {**ome, "version": OME_VERSION, "labels": names}})
-    return labels_group
+    multiscales = multiscales_of(dict(group.attrs))
+    return multiscales[0] if multiscales else None
 
 
 def create_ome_labels(
@@ -257,26 +341,14 @@ def create_ome_labels(
     dtype defaults to uint8 (uint16 past 255 classes).
     """
     container_path = Path(container_path)
-    container = _open_group_for_write(container_path, overwrite=False)
-    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * len(shape)
-    labels_group = _register_label(container, name)
-    label_group = labels_group.require_group(name)
     dtype = np.dtype(dtype) if dtype is not None else label_dtype(len(class_names))
-    chunks = tuple(chunks) if chunks is not None else _default_chunks(shape, axes)
-    array = label_group.create_array(
-        "s0", shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(axes), overwrite=True, fill_value=0
-    )
-    has_image = _image_multiscale(container_path) is not None
-    ome = {
-        "version": OME_VERSION,
-        "multiscales": multiscales_metadata(axes, voxel_size, ["s0"], [(1,) * len(axes)], units, name),
-        "image-label": image_label_metadata(class_names, colors, "../../" if has_image else None),
-    }
-    attrs: dict[str, Any] = {"ome": ome}
-    if extra_attributes:
-        attrs.update(extra_attributes)
-    label_group.attrs.update(attrs)
-    return array
+    spec = _library_spec(shape, axes, dtype, name=name, classes=class_names, voxel_size=voxel_size, units=units,
+                         chunks=chunks, colors=colors)
+    _open_group_for_write(container_path, overwrite=False)
+    register_label(container_path, name)
+    source = "../../" if _image_multiscale(container_path) is not None else None
+    return create_ome_group(container_path / "labels" / name, spec, source_image=source,
+                            extra_attributes=extra_attributes, library=True)[0]
 
 
 def write_ome_labels(
@@ -295,38 +367,28 @@ def write_ome_labels(
     """Write a label volume into `image_path/labels/<name>` with colours and class names; returns its path.
 
     labels: (Z, Y, X) integer array, 0 = background, k = class_names[k-1].
-    voxel_size, axes, units and the number of levels default to those of the image at `image_path`.
+    voxel_size, axes, units and the number of levels default to those of the image at `image_path`
+    (no unit is invented: an image without units gets labels without units).
     """
     image_path = Path(image_path)
     ms = _image_multiscale(image_path)
     if ms is not None:
-        img_axes = "".join(a["name"] for a in ms["axes"])
-        axes = axes or img_axes
-        if units is None:
-            units = [a.get("unit") for a in ms["axes"]]
-        if voxel_size is None:
-            voxel_size = _scale_of(ms["datasets"][0])
+        axes = axes or "".join(a["name"] for a in ms["axes"])
+        units = units if units is not None else [a.get("unit") for a in ms["axes"]]
+        voxel_size = voxel_size if voxel_size is not None else dataset_scale(ms["datasets"][0])
         levels = levels or len(ms["datasets"])
-    axes = axes or "zyx"
-    levels = levels or 1
-    # no unit is invented: an image without units gets labels without units
-    voxel_size = tuple(voxel_size) if voxel_size is not None else (1.0,) * labels.ndim
     labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
     if np.dtype(labels.dtype).kind not in "ui":
         raise EmsegError(f"labels must be an integer array, got {labels.dtype}")
-    container = _open_group_for_write(image_path, overwrite=False)
-    labels_group = _register_label(container, name)
-    label_group = labels_group.require_group(name)
-    chunks = tuple(chunks) if chunks is not None else _default_chunks(labels.shape, axes)
-    _write_levels(label_group, labels, axes, chunks, levels)
-    ome = {
-        "version": OME_VERSION,
-        "multiscales": multiscales_metadata(axes, voxel_size, [f"s{i}" for i in range(levels)],
-                                            _level_factors(axes, levels), units, name),
-        "image-label": image_label_metadata(class_names, colors, "../../" if ms is not None else None),
-    }
-    label_group.attrs.update({"ome": ome})
-    return image_path / "labels" / name
+    axes = axes or "zyx"
+    spec = _library_spec(labels.shape, axes, labels.dtype, name=name, classes=class_names, voxel_size=voxel_size,
+                         units=units, chunks=_clipped(chunks, labels.shape, axes), levels=levels or 1, colors=colors)
+    _open_group_for_write(image_path, overwrite=False)
+    register_label(image_path, name)
+    group = image_path / "labels" / name
+    create_ome_group(group, spec, source_image="../../" if ms is not None else None, library=True)
+    _fill(group, spec, labels)
+    return group
 
 
 def write_volume_with_labels(

@@ -23,20 +23,19 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import zarr
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.hdf5 import HDF5_SUFFIXES, hdf5_volume, looks_like_hdf5
 from emseg_rt.io.n5 import looks_like_n5, n5_volume
 from emseg_rt.io.tiff import TIFF_SUFFIXES, tiff_volume
 from emseg_rt.io.volume import ArrayView, Volume, default_axes
-from emseg_rt.io.zarr_reader import _looks_like_zarr, is_url, node_volume, zarr_volume
+from emseg_rt.io.zarr_reader import is_url, looks_like_zarr, node_volume, zarr_volume
 
 SUPPORTED = "zarr / OME-Zarr, N5, HDF5 (.h5), TIFF (.tif file or folder)"
 
 
 def _is_zarr_node(source: Any) -> bool:
-    import zarr
-
     return isinstance(source, (zarr.Array, zarr.Group))
 
 
@@ -87,7 +86,8 @@ def _url_volume(url: str, key: str | None, level: int | None, labels: str | None
         if parts.scheme.lower() not in ("http", "https"):
             # tensorstore's s3/gcs drivers want cloud credentials set up; public buckets (OpenOrganelle's) are
             # read anonymously over https, which is also what neuroglancer does.
-            https = f"https://{parts.netloc}.s3.amazonaws.com{parts.path}" if parts.scheme.lower() == "s3" else "https://..."
+            https = (f"https://{parts.netloc}.s3.amazonaws.com{parts.path}" if parts.scheme.lower() == "s3"
+                     else "https://...")
             raise EmsegError(f"input {url}: N5 is read from local folders and http(s):// URLs; for a public bucket "
                              f"pass its https address, e.g. {https}")
         return n5_volume(url, key, level, spatial=spatial)
@@ -128,7 +128,7 @@ def open_volume(source: Any, key: str | None = None, level: int | None = None, l
     if not path.exists():
         raise EmsegError(f"input {path} does not exist")
     if path.is_dir():
-        if _looks_like_zarr(path):
+        if looks_like_zarr(path):
             return zarr_volume(path, key, level, spatial=spatial)
         if looks_like_n5(path):
             return n5_volume(path, key, level, spatial=spatial)

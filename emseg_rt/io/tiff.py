@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import zarr
+
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import (
     ArrayView,
@@ -74,8 +76,6 @@ def _check_decodable(tifffile: Any, series: Any, name: Path) -> None:
 
 def _zarr_view(store: Any, keep: Any, name: Path) -> ArrayView:
     """tifffile's zarr store as an ArrayView (hiding zarr's chunk counts: tifffile's stores cannot list keys)."""
-    import zarr
-
     try:
         array = zarr.open(store, mode="r")
     except Exception as exc:  # a TIFF layout tifffile cannot map to one zarr array

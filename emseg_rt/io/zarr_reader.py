@@ -1,8 +1,8 @@
 """Reading zarr v2/v3 arrays and OME-Zarr 0.4/0.5 images: local, remote (fsspec URLs) and in memory.
 
-`path` may be a plain zarr array, an OME-Zarr image group, a label image (a `segment` output, `VOL.zarr/labels/organelles`) or a
-bioformats2raw container (whose image `0` is opened); `labels=NAME` on an image picks its label group
-`labels/NAME`. Dataset paths are taken from the `multiscales` metadata, never assumed (ome-zarr-py names
+`path` may be a plain zarr array, an OME-Zarr image group, a label image (a `segment` output,
+`VOL.zarr/labels/organelles`) or a bioformats2raw container (whose image `0` is opened); `labels=NAME` on an
+image picks its label group `labels/NAME` (`label_names` is the one lookup of the names an image lists). Dataset paths are taken from the `multiscales` metadata, never assumed (ome-zarr-py names
 levels s0, s1, ...; other writers 0, 1, ...). Scale and translation compose the dataset's transforms with
 the multiscales-level ones, as the OME-Zarr spec lays out. Remote stores (`http(s)://`, `s3://`, any
 fsspec protocol) go through zarr's FsspecStore, with the path left exactly as given.
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.storage import FsspecStore
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import (
@@ -51,8 +52,6 @@ def join_location(location: Location, *parts: str) -> Location:
 def fsspec_store(url: str) -> Any:
     """A read-only zarr FsspecStore for `url`; a missing protocol library is a one-line EmsegError naming the extra."""
     import_optional("fsspec", f"{url.split('://')[0]}:// URLs")
-    from zarr.storage import FsspecStore
-
     protocol = url.split("://", 1)[0].lower()
     try:
         return FsspecStore.from_url(url, read_only=True)
@@ -64,7 +63,8 @@ def fsspec_store(url: str) -> Any:
         raise EmsegError(f"input {url}: cannot open this URL ({first_line(exc)})") from exc
 
 
-def _looks_like_zarr(path: Path) -> bool:
+def looks_like_zarr(path: Path) -> bool:
+    """True when the local directory `path` holds zarr v2 or v3 metadata (an array or a group)."""
     return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
 
 
@@ -90,6 +90,16 @@ def _open_node(location: Location) -> Any:
         raise EmsegError(f"input {location} could not be read: {first_line(exc)}{hint}") from exc
 
 
+def label_names(labels_group: zarr.Group, *, members: bool = False) -> list[str]:
+    """The label image names an image's `labels` group lists: under "ome" (OME-Zarr 0.5) or at the top
+    level (0.4). When it lists none: [], or with `members` the names of its member groups, sorted."""
+    attrs = dict(labels_group.attrs)
+    ome = attrs.get("ome")
+    listed = ome["labels"] if isinstance(ome, dict) and "labels" in ome else attrs.get("labels")
+    names = [str(name) for name in listed] if isinstance(listed, list) else []
+    return names or (sorted(labels_group.group_keys()) if members else [])
+
+
 def list_label_groups(path: Location) -> list[str]:
     """Names of the label groups of the OME-Zarr image at `path` (empty when it has none or is no image)."""
     try:
@@ -99,10 +109,9 @@ def list_label_groups(path: Location) -> list[str]:
     try:
         if not isinstance(node, zarr.Group) or "labels" not in node:
             return []
-        attrs = dict(node["labels"].attrs)
+        return label_names(node["labels"])
     except Exception:  # a remote store that cannot answer: no label groups found
         return []
-    return list(attrs.get("ome", attrs).get("labels", []))
 
 
 def read_label_metadata(label_path: Location) -> dict:
@@ -116,7 +125,8 @@ def read_label_metadata(label_path: Location) -> dict:
     return json.loads(json.dumps(meta))
 
 
-def _scale_of(dataset: dict) -> tuple[float, ...]:
+def dataset_scale(dataset: dict) -> tuple[float, ...]:
+    """The `scale` transform of one multiscales dataset (level) as given, () when it has none."""
     for transform in dataset.get("coordinateTransformations", []):
         if transform.get("type") == "scale":
             return tuple(float(v) for v in transform["scale"])
@@ -148,7 +158,8 @@ def ome_scale_translation(multiscale: dict, dataset: dict, ndim: int) -> tuple[t
     return tuple(float(v) for v in s_d * s_m), tuple(float(v) for v in t_d * s_m + t_m)
 
 
-def _multiscales(attrs: dict) -> list | None:
+def multiscales_of(attrs: dict) -> list | None:
+    """The `multiscales` list of a group's attributes (0.5 under "ome", 0.4 at the top level), or None."""
     return attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
 
 
@@ -171,7 +182,7 @@ def zarr_volume(location: Location, key: str | None = None, level: int | None = 
     if isinstance(location, Path):
         if not location.exists():
             raise EmsegError(f"input {location} does not exist")
-        if not location.is_dir() or not _looks_like_zarr(location):
+        if not location.is_dir() or not looks_like_zarr(location):
             raise EmsegError(f"input {location} is not a zarr array or group (no zarr.json, .zarray or .zgroup found)")
     return node_volume(_open_node(location), location, key, level, spatial=spatial)
 
@@ -197,10 +208,10 @@ def node_volume(node: Any, location: Location | None, key: str | None = None, le
         name = node_path if node_path is not None else f"{name} member {key!r}"
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)
-        if not _multiscales(attrs) and "bioformats2raw.layout" in attrs and not key:
+        if not multiscales_of(attrs) and "bioformats2raw.layout" in attrs and not key:
             node, node_path, name = _bioformats2raw_image(node, node_path, name)
             attrs = dict(node.attrs)
-        multiscales = _multiscales(attrs)
+        multiscales = multiscales_of(attrs)
         if not multiscales:
             raise EmsegError(f"{name} is a zarr group, not an array or OME-Zarr image: choose an array with --key"
                              f"{_member_hint(node)}")

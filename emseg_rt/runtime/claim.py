@@ -140,7 +140,7 @@ def _sibling(output: Path, kind: str) -> Path:
 
 
 def _lock(output: Path, lock_path: Path | None = None) -> IO[str]:
-    import fcntl
+    import fcntl  # optional: POSIX only
 
     path = lock_path or _parent(output) / f".{output.name}.emseg-rt.lock"
     try:

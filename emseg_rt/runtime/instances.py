@@ -26,16 +26,19 @@ mask, computed exactly as below; each cut pixel then takes the ID of its plane's
 block boundaries, so the result is independent of the block size; with no two peaks in any component it is
 exactly the components method.
 
-Resumability (`InstanceStage`): per class, the provisional pass saves one small file per block
-(`.emseg-rt/instances-<hash>/<class>/block-<k>.npz`, written atomically: it is that block's marker), the
-table is one atomic `table.npz`, the relabel pass has a done-marker array (one uint8 per block) and the
-pyramid one marker. The instance label image's root says `"status": "incomplete"` until all of it is
-written, and the run's root is marked complete only after every class's instance stage.
+Resumability (`InstanceStage`): each class's stage keeps its state in the run's output (`OutputStore`), in
+the group `.emseg-rt/instances-<hash>-<class>/`, with the same done-markers the semantic blocks use
+(`DoneMarkers`): the provisional pass stores each block's count and boundary pairs (`counts`, `pairs-<k>`)
+before setting the block's `provisional` marker, the table (`offsets`, `table`) has the marker `table-done`,
+the relabel pass one `relabelled` marker per block and the pyramid one marker. The instance label image's
+root says `"status": "incomplete"` until all of it is written (set through `OutputStore.set_status`), and
+the run's root is marked complete only after every class's instance stage. `write_instances` is the stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +46,15 @@ from typing import Any
 import numpy as np
 import zarr
 from scipy import ndimage
+from skimage.segmentation import watershed
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.label_writer import LabelImageSpec, create_array, create_label_image, write_lower_levels
+from emseg_rt.io.label_images import INSTANCE_SUFFIX
+from emseg_rt.io.ome_zarr import LabelImageSpec, create_ome_group
+from emseg_rt.io.pyramid import write_lower_levels
+from emseg_rt.runtime.output import DoneMarkers, OutputStore
+from emseg_rt.runtime.prompts import peak_points
 
-INSTANCE_SUFFIX = "_instances"
 MAX_ID = np.iinfo(np.uint32).max
 
 
@@ -70,8 +77,6 @@ class WatershedSeeds:
 def peak_markers(density: np.ndarray, mask: np.ndarray, seeds: WatershedSeeds) -> np.ndarray:
     """Markers of one plane: density (H, W) float, mask (H, W) bool → int32 (H, W), 0 where no marker, 1..m
     numbered in scan order; connected (8-neighbour) peak pixels, a plateau, are one marker."""
-    from emseg_rt.runtime.prompts import peak_points
-
     peaks = np.zeros(density.shape, bool)
     for x, y in peak_points(density[None, None].astype(np.float32), seeds.threshold, seeds.kernel)[0].astype(int):
         peaks[y, x] = True
@@ -83,8 +88,6 @@ def watershed_pieces(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeed
     """One plane's mask (H, W) bool split by a marker watershed of -density (H, W) from `peak_markers`, face
     connectivity, inside the mask; mask components no marker reaches are pieces of their own. → int32 (H, W),
     0 outside the mask (piece IDs are arbitrary: only their borders are used)."""
-    from skimage.segmentation import watershed
-
     mask = np.asarray(mask, dtype=bool)
     markers = peak_markers(density, mask, seeds)
     if not markers.any():
@@ -264,6 +267,7 @@ def parse_instance_classes(value: str | Iterable[str] | None, classes: Sequence[
 
 
 def instance_label_name(class_name: str) -> str:
+    """The name of a class's instance label image: `<class>_instances`."""
     return f"{class_name}{INSTANCE_SUFFIX}"
 
 
@@ -271,27 +275,41 @@ def instance_label_name(class_name: str) -> str:
 class InstanceStage:
     """The instance stage of one run for one class; every pass skips what its markers say is done.
 
-    semantic:  the run's s0 label array (read only); value: the class's label value in it.
+    store:     the run's output: this stage's markers and arrays live in its run state, in the group
+               `instances-<hash>-<class>/` (`namespace`): markers `provisional` and `relabelled` (one per
+               block), `table-done` and `pyramid` (one each); arrays `counts`, `pairs-<k>`, `offsets`, `table`.
+    value:     the class's label value in `semantic`, the run's s0 label array (read only).
     image:     where the instance label image goes; spec: its LabelImageSpec (uint32, the run's levels).
-    state:     this class's run-state group (`.emseg-rt/instances-<hash>-<class>`), all zarr so that
-               readers walk the output without warnings: `provisional`, `relabelled` (one uint8 marker per
-               block), `counts` and `pairs-<k>` (the provisional pass's results), `offsets` and `table`
-               with their marker `table-done`, and `pyramid` (one marker).
     blocks:    (index, first plane, end plane) write blocks; axis_index: the segmenting axis.
+    run_hash:  the run's configuration hash (names the state group, recorded on the instance image).
+    density:   the run's stored density (uint8, value/255), read with `seeds` (the marker watershed).
     """
 
+    store: OutputStore
     class_name: str
     value: int
     semantic: Any
     image: Path
     spec: LabelImageSpec
-    state: Path
     blocks: Sequence[tuple[int, int, int]]
     axis_index: int
-    source_image: str | None
     run_hash: str
-    density: Any = None  # the run's stored density (uint8, value/255), read with `seeds`
+    density: Any = None
     seeds: WatershedSeeds | None = None
+
+    @property
+    def namespace(self) -> str:
+        """This stage's group in the run state."""
+        return f"instances-{self.run_hash[:16]}-{self.class_name}"
+
+    def _markers(self, name: str) -> DoneMarkers:
+        return self.store.markers(f"{self.namespace}/{name}")
+
+    def _array(self, name: str) -> Any:
+        return self.store.state_array(f"{self.namespace}/{name}")
+
+    def _new_array(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
+        return self.store.create_state_array(f"{self.namespace}/{name}", shape, dtype, chunks)
 
     def _region(self, b0: int, b1: int) -> tuple[slice, ...]:
         return tuple(slice(b0, b1) if i == self.axis_index else slice(None) for i in range(3))
@@ -305,18 +323,6 @@ class InstanceStage:
             density = np.moveaxis(np.asarray(self.density[region]), self.axis_index, 0).astype(np.float32) / 255
         return block_ids(mask, density, self.seeds)
 
-    def _group(self) -> Any:
-        return zarr.open_group(str(self.state), mode="r+")
-
-    def _new_array(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
-        return create_array(self._group(), name, shape, dtype, chunks, None, self.spec.zarr_format,
-                            overwrite=True)
-
-    def _done(self, name: str) -> set[int]:
-        from emseg_rt.runtime.output import marker_indices
-
-        return marker_indices(self.state / name)
-
     def _attrs(self, status: str) -> dict:
         method = "connected components" if self.seeds is None else self.seeds.describe()
         return {"status": status, "instances_of": self.class_name, "connectivity": "face",
@@ -325,21 +331,19 @@ class InstanceStage:
     # -- passes
     def open(self) -> None:
         """Create the state group and the (incomplete) instance label image, unless a resumed run made them."""
-        if (self.state / "pyramid").is_dir():
+        if self._markers("pyramid").exists():
             return  # everything below was created by an earlier run of this configuration
-        zarr.open_group(str(self.state), mode="a", zarr_format=self.spec.zarr_format)
-        create_label_image(self.image, self.spec, source_image=self.source_image,
-                           extra_attributes={"emseg_rt": self._attrs("incomplete")})
+        self.store.create_state_group(self.namespace)
+        create_ome_group(self.image, self.spec, source_image=self.store.source_image,
+                         extra_attributes={"emseg_rt": self._attrs("incomplete")})
         blocks = max(len(self.blocks), 1)
         self._new_array("counts", (blocks,), np.int64, (1,))
         for name, length in (("provisional", blocks), ("relabelled", blocks), ("table-done", 1), ("pyramid", 1)):
-            create_array(self._group(), name, (length,), np.uint8, (1,), None, self.spec.zarr_format,
-                         overwrite=True, compressors=None)  # "pyramid" last: its presence says all exist
+            self._markers(name).create(length)  # "pyramid" last: its presence says all exist
 
     def provisional_pass(self) -> None:
-        done = self._done("provisional")
-        group = self._group()
-        counts, markers = group["counts"], group["provisional"]
+        markers = self._markers("provisional")
+        done, counts = markers.done(), self._array("counts")
         previous_last = None
         for index, b0, b1 in self.blocks:
             if index in done:
@@ -353,37 +357,37 @@ class InstanceStage:
             pairs = link_pairs(*previous_last, ids[0], links[0]) if index > 0 else np.zeros((0, 2), np.int64)
             self._new_array(f"pairs-{index}", pairs.shape, np.int64, (max(len(pairs), 1), 2))[...] = pairs
             counts[index] = count
-            markers[index] = 1  # after the block's results: a marker means they are complete
+            markers.mark(index)  # after the block's results: a marker means they are complete
             previous_last = (ids[-1], links[-1])
 
     def table(self) -> tuple[np.ndarray, np.ndarray]:
-        group = self._group()
-        if self._done("table-done"):
-            return np.asarray(group["offsets"][...]), np.asarray(group["table"][...])
-        counts = np.asarray(group["counts"][: len(self.blocks)])
-        pairs = [np.asarray(group[f"pairs-{index}"][...]) for index, _, _ in self.blocks]
+        if self._markers("table-done").done():
+            return np.asarray(self._array("offsets")[...]), np.asarray(self._array("table")[...])
+        counts = np.asarray(self._array("counts")[: len(self.blocks)])
+        pairs = [np.asarray(self._array(f"pairs-{index}")[...]) for index, _, _ in self.blocks]
         offsets, table = equivalence_table(counts, pairs)
         self._new_array("offsets", offsets.shape, np.int64, (max(len(offsets), 1),))[...] = offsets
         self._new_array("table", table.shape, np.uint32, (min(len(table), 2**20),))[...] = table
-        group["table-done"][0] = 1  # after both arrays are completely written
+        self._markers("table-done").mark(0)  # after both arrays are completely written
         return offsets, table
 
     def relabel_pass(self, offsets: np.ndarray, table: np.ndarray) -> None:
         target = zarr.open_array(str(self.image / self.spec.levels[0].path), mode="r+")
-        markers, done = self._group()["relabelled"], self._done("relabelled")
+        markers = self._markers("relabelled")
+        done = markers.done()
         for index, b0, b1 in self.blocks:
             if index in done:
                 continue
             ids = relabel_block(self._local_ids(b0, b1)[0], int(offsets[index]), table)
             target[self._region(b0, b1)] = np.moveaxis(ids, 0, self.axis_index)
-            markers[index] = 1
+            markers.mark(index)
 
     def finish(self) -> None:
-        if not self._done("pyramid"):
-            write_lower_levels(self.image, self.spec, range(1, len(self.spec.levels)))
-            self._group()["pyramid"][0] = 1
-        group = zarr.open_group(str(self.image), mode="r+")
-        group.attrs.update({"emseg_rt": self._attrs("complete")})
+        pyramid = self._markers("pyramid")
+        if not pyramid.done():
+            write_lower_levels(self.image, self.spec.levels, range(1, len(self.spec.levels)))
+            pyramid.mark(0)
+        self.store.set_status("complete", self.image)
 
     def run(self) -> int:
         """Every pass that is not done yet; returns the number of instances."""
@@ -395,17 +399,27 @@ class InstanceStage:
         return int(table.max(initial=0))
 
 
-def instance_stages(classes: Sequence[str], all_classes: Sequence[str], semantic: Any, root: Path,
-                    image_parent: Path, spec_of: Callable[[str], LabelImageSpec], blocks: Sequence[tuple[int, int, int]],
-                    axis_index: int, state_dir: Path, run_hash: str, source_image: str | None,
-                    density: Any = None, seeds: WatershedSeeds | None = None) -> list[InstanceStage]:
-    """One InstanceStage per requested class (the run's wiring, `runtime.segment`); `density` and `seeds`
-    for the marker watershed of a model with a density head."""
-    stages = []
-    for name in classes:
-        stages.append(InstanceStage(
-            class_name=name, value=list(all_classes).index(name) + 1, semantic=semantic,
-            image=image_parent / instance_label_name(name), spec=spec_of(name),
-            state=state_dir / f"instances-{run_hash[:16]}-{name}", blocks=blocks, axis_index=axis_index,
-            source_image=source_image, run_hash=run_hash, density=density, seeds=seeds))
-    return stages
+def instance_stage(store: OutputStore, class_name: str, blocks: Sequence[tuple[int, int, int]], axis_index: int,
+                   run_hash: str, seeds: WatershedSeeds | None = None) -> InstanceStage:
+    """The InstanceStage of `class_name` for the run writing `store`: it reads the run's s0 (and, with `seeds`,
+    the stored density) and writes `<class>_instances` beside the semantic label image, with its levels."""
+    layout = store.layout
+    spec = dataclasses.replace(layout.label_spec(), name=instance_label_name(class_name), classes=(),
+                               dtype=np.dtype(np.uint32), colors=())
+    parent = store.root.parent if layout.nested else store.root
+    semantic = zarr.open_array(str(store.root / layout.levels[0].path), mode="r")
+    density = zarr.open_array(str(store.density_path), mode="r") if seeds is not None else None
+    return InstanceStage(store, class_name, list(layout.classes).index(class_name) + 1, semantic, parent / spec.name,
+                         spec, blocks, axis_index, run_hash, density, seeds)
+
+
+def write_instances(store: OutputStore, classes: Sequence[str], blocks: Sequence[tuple[int, int, int]],
+                    axis_index: int, run_hash: str, seeds: WatershedSeeds | None = None) -> dict[str, int]:
+    """The instance stage of a run: every requested class's instance label image (`InstanceStage.run`), after
+    the semantic blocks and pyramid, before the root is marked complete; resumes from the stage's markers.
+
+    blocks: (index, first plane, end plane) write blocks along `axis_index`, the segmenting axis.
+    seeds:  the marker watershed on the stored density (a model with a density head); None: components.
+    Returns the number of instances per class, in the order of `classes`.
+    """
+    return {name: instance_stage(store, name, blocks, axis_index, run_hash, seeds).run() for name in classes}

@@ -9,7 +9,10 @@ The output root is an OME-Zarr label image (docs/runtime.md "Output layout" says
     OUT.zarr/.emseg-rt/            a zarr group holding the run state, so zarr and OME readers walk it
                                    without warnings: attributes["emseg_rt_run"] = configuration, its hash and
                                    the input fingerprint; `done-<hash>` (one uint8 per write block) and
-                                   `levels-<hash>` (one per pyramid level) are the done-markers
+                                   `levels-<hash>` (one per pyramid level) are the done-markers (`DoneMarkers`);
+                                   `density-<hash>` the density the instance watershed reads; a later stage
+                                   keeps its own markers and arrays in a group of its own
+                                   (`instances-<hash>-<class>/`, `runtime.instances`)
 
 With `--into-input` the same label image is `IN.zarr/labels/<name>`, in the input's zarr format and
 OME-Zarr version, and its name joins the `labels` list only once it is complete.
@@ -35,15 +38,9 @@ import zarr
 import zarr.errors
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.label_writer import (
-    LabelImageSpec,
-    Level,
-    create_array,
-    create_label_image,
-    label_image_metadata,
-    write_lower_levels,
-)
-from emseg_rt.runtime.claim import RUN_DIR, RUN_KEY, record_files
+from emseg_rt.io.ome_zarr import LabelImageSpec, create_array, create_ome_group
+from emseg_rt.io.pyramid import Level, write_lower_levels
+from emseg_rt.runtime.claim import RUN_DIR, RUN_KEY, read_record, record_files
 
 
 def config_hash(config: dict) -> str:
@@ -58,9 +55,37 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 
 @dataclass(frozen=True)
+class DoneMarkers:
+    """One done-marker array of the run state: 1-D uint8, one element per chunk; element i is set once item i
+    (a write block, a pyramid level, a block of an instance pass) is completely written. zarr writes each chunk
+    file atomically, so the chunk files that exist are the markers that were set (`marker_indices`)."""
+
+    path: Path
+    zarr_format: int
+
+    def create(self, length: int) -> None:
+        """An empty marker array of `length` elements (at least 1), replacing any; its group must exist."""
+        group = zarr.open_group(str(self.path.parent), mode="r+")
+        create_array(group, self.path.name, (max(length, 1),), np.uint8, (1,), None, self.zarr_format,
+                     overwrite=True, compressors=None)
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def done(self) -> set[int]:
+        """The indices whose markers are set (none when the array does not exist)."""
+        return marker_indices(self.path)
+
+    def mark(self, index: int) -> None:
+        """Set marker `index` (the item's data must be completely written already)."""
+        zarr.open_array(str(self.path), mode="r+")[index] = 1
+
+
+@dataclass(frozen=True)
 class OutputLayout:
     """What the output looks like: s0's shape (Z, Y, X) and chunks, the label dtype, the OME metadata and
-    the pyramid levels (s0 first), the number of write blocks. `nested`: the label image sits in an image's `labels/` (`--into-input`)."""
+    the pyramid levels (s0 first), the number of write blocks. `nested`: the label image sits in an image's
+    `labels/` (`--into-input`)."""
 
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
@@ -115,19 +140,49 @@ class OutputStore:
 
     def _create_arrays(self, root_attrs: dict) -> None:
         layout = self.layout
-        source = "../../" if layout.nested else None
-        arrays = create_label_image(self.root, layout.label_spec(), source_image=source,
-                                    extra_attributes={"emseg_rt": root_attrs})
+        arrays = create_ome_group(self.root, layout.label_spec(), source_image=self.source_image,
+                                  extra_attributes={"emseg_rt": root_attrs})
         self.labels = arrays[0]
-        state = zarr.open_group(str(self.state), mode="r+")
-        for name, length in ((self._done_name, layout.blocks), (self._levels_name, len(layout.levels))):
-            create_array(state, name, (max(length, 1),), np.uint8, (1,), None, layout.zarr_format, overwrite=True,
-                         compressors=None)
+        self.markers(self._done_name).create(layout.blocks)
+        self.markers(self._levels_name).create(len(layout.levels))
         if layout.probabilities:
             self.probabilities = self._create_probabilities()
         if layout.density:
-            self.density = create_array(state, self._density_name, layout.shape, np.uint8, layout.chunks, None,
-                                        layout.zarr_format, overwrite=True)
+            self.density = self.create_state_array(self._density_name, layout.shape, np.uint8, layout.chunks)
+
+    @property
+    def source_image(self) -> str | None:
+        """Where the label images of this output point as their source image: the input image for
+        `--into-input`, none for a new output."""
+        return "../../" if self.layout.nested else None
+
+    # -- the run state, for this store and the stages after it (each in a group of its own)
+    def markers(self, name: str) -> DoneMarkers:
+        """The done-marker array `name` of the run state (e.g. "done-<hash>", "instances-<hash>-<class>/pyramid")."""
+        return DoneMarkers(self.state / name, self.layout.zarr_format)
+
+    def create_state_group(self, name: str) -> Path:
+        """A group `name` in the run state for a stage's markers and arrays (kept when it exists)."""
+        zarr.open_group(str(self.state / name), mode="a", zarr_format=self.layout.zarr_format)
+        return self.state / name
+
+    def create_state_array(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
+        """An empty array `name` of the run state (replacing any), e.g. "density-<hash>", "<group>/counts"."""
+        group = zarr.open_group(str((self.state / name).parent), mode="r+")
+        return create_array(group, (self.state / name).name, shape, dtype, chunks, None, self.layout.zarr_format,
+                            overwrite=True)
+
+    def state_array(self, name: str) -> Any:
+        """The run state's array `name`, open for reading and writing."""
+        return zarr.open_array(str(self.state / name), mode="r+")
+
+    def set_status(self, status: str, image: Path | None = None) -> None:
+        """attributes["emseg_rt"]["status"] of a label image of this output (default: the root), e.g.
+        "complete"; the other run attributes are kept."""
+        group = zarr.open_group(str(image or self.root), mode="r+")
+        attrs = dict(group.attrs.get("emseg_rt", {}))
+        attrs["status"] = status
+        group.attrs.update({"emseg_rt": attrs})
 
     @property
     def _density_name(self) -> str:
@@ -154,13 +209,8 @@ class OutputStore:
                               version=layout.version,
                               levels=(Level("s0", (len(layout.classes),) + layout.shape, (1.0,) + s0.scale,
                                             (0.0,) + s0.translation),))
-        group = zarr.open_group(str(self.root / "probabilities"), mode="a", zarr_format=layout.zarr_format)
-        array = create_array(group, "s0", spec.levels[0].shape, np.uint8, spec.chunks, list(spec.axes),
-                             layout.zarr_format, overwrite=True)
-        meta = label_image_metadata(spec)
-        meta.get("ome", meta).pop("image-label")
-        group.attrs.update({**meta, "emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}})
-        return array
+        attrs = {"emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}}
+        return create_ome_group(self.root / "probabilities", spec, extra_attributes=attrs, image_label=False)[0]
 
     def reopen(self, fingerprint: str, root_attrs: dict) -> None:
         """Open an interrupted run's arrays (creating any a kill left unwritten). EmsegError when it was
@@ -190,19 +240,18 @@ class OutputStore:
     def attach(self) -> None:
         """Open the arrays of an output the driver created (a Dask worker writing its blocks)."""
         self.labels = zarr.open_array(str(self.root / self.layout.levels[0].path), mode="r+")
-        self._markers(self._done_name)
+        self.state_array(self._done_name)  # raises when a kill left it unwritten
         if self.layout.probabilities:
             self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
         if self.layout.density:
             self.density = zarr.open_array(str(self.density_path), mode="r+")
 
-    def _markers(self, name: str) -> Any:
-        return zarr.open_array(str(self.state / name), mode="r+")
-
     def done_blocks(self) -> set[int]:
-        if not (self.state / self._done_name).is_dir():
-            raise FileNotFoundError(self.state / self._done_name)
-        return marker_indices(self.state / self._done_name)
+        """The write blocks whose markers are set; FileNotFoundError when the marker array is missing."""
+        markers = self.markers(self._done_name)
+        if not markers.exists():
+            raise FileNotFoundError(markers.path)
+        return markers.done()
 
     def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None,
                     density: np.ndarray | None = None) -> None:
@@ -220,18 +269,18 @@ class OutputStore:
 
     def mark_done(self, index: int) -> None:
         """Write block `index`'s done-marker (its chunks must be written already)."""
-        self._markers(self._done_name)[index] = 1
+        self.markers(self._done_name).mark(index)
 
     def write_pyramid(self) -> int:
         """Fill the levels below s0 that have no marker yet (stride sampling, one streaming pass each, only
         once every block is done); returns how many it wrote."""
-        markers = self._markers(self._levels_name)
-        done = marker_indices(self.state / self._levels_name)
+        markers = self.markers(self._levels_name)
+        done = markers.done()
         pending = [i for i in range(1, len(self.layout.levels)) if i not in done]
         for index in pending:
             try:
-                write_lower_levels(self.root, self.layout.label_spec(), [index])
-                markers[index] = 1
+                write_lower_levels(self.root, self.layout.levels, [index])
+                markers.mark(index)
             except OSError as exc:
                 raise _write_error(self.root, exc) from exc
         return len(pending)
@@ -247,10 +296,7 @@ class OutputStore:
                 before_complete()
             except OSError as exc:
                 raise _write_error(self.root, exc) from exc
-        group = zarr.open_group(str(self.root), mode="r+")
-        attrs = dict(group.attrs.get("emseg_rt", {}))
-        attrs["status"] = "complete"
-        group.attrs.update({"emseg_rt": attrs})
+        self.set_status("complete")
         return True
 
 
@@ -271,8 +317,6 @@ def done_markers(root: Path) -> set[int]:
 
 def read_run_record(root: Path) -> dict | None:
     """The run record of the output at `root` (None when there is none)."""
-    from emseg_rt.runtime.claim import read_record
-
     return read_record(root)
 
 

@@ -17,14 +17,8 @@ from typing import Any
 import zarr
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.label_writer import (
-    Level,
-    default_level_count,
-    levels_like_image,
-    pyramid_levels,
-    register_label,
-    require_labels_group,
-)
+from emseg_rt.io.ome_zarr import register_label, require_labels_group
+from emseg_rt.io.pyramid import Level, default_level_count, levels_like_image, pyramid_levels
 from emseg_rt.runtime.options import SegmentOptions
 
 
