@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from emseg_rt.bench.timing import measure_latency
+from emseg_rt.models import build_model
 from emseg_rt.runtime.backends.torch_backend import AUTOCAST_DTYPES, TorchBackend
 from emseg_rt.runtime.backends.torch_backend import fast_precision as default_fast_precision
 
@@ -20,8 +21,6 @@ def scsam_stage_breakdown(model_name: str, device: str, warmup: int, iters: int,
     merge (upsample + argmax), device→host copy of the labels. Stages run uncompiled: compilation fuses
     across them, so the compiled whole is timed by the main table, not here.
     """
-    from emseg_rt.models import build_model
-
     fast_precision = (fast_backend or "").removeprefix("torch-") or default_fast_precision(device)
     rows: list[dict[str, object]] = []
     for path, precision, fast in (("torch-eager-fp32", "fp32", False), (f"torch-{fast_precision}", fast_precision, True)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from emseg_rt.bench.table5 import PAPER_TABLE5_SECONDS, BenchResult
 
 
@@ -27,7 +29,8 @@ def _batch1(result: BenchResult, family: str, backend: str) -> dict[str, object]
 
 
 def markdown_table(result: BenchResult) -> str:
-    """Per-image seconds (median, smallest batch) per backend beside ScSAM Table 5, plus speed-ups."""
+    """Per-image seconds (median, smallest batch) per backend beside ScSAM Table 5, plus speed-ups; then every
+    measurement, the ScSAM breakdown and the matmul ceilings."""
     cfg = result.config
     machine = result.machine
     lines = [
@@ -40,60 +43,86 @@ def markdown_table(result: BenchResult) -> str:
     ]
     header = ["model", "paper (s)"] + [f"{b} (s)" for b in cfg.backend_names] + ["best speed-up vs eager"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for family in cfg.models:
-        row = [family, _seconds(PAPER_TABLE5_SECONDS.get(family))]
-        best = None
-        for backend in cfg.backend_names:
-            record = _batch1(result, family, backend)
-            if record is None or record["status"] != "ok":
-                row.append("n/a" if record is None else record["status"])
-                continue
-            row.append(_seconds(record["median_s_per_slice"]))  # type: ignore[arg-type]
-            speedup = record.get("speedup_vs_eager")
-            if speedup is not None and (best is None or speedup > best[0]):
-                best = (speedup, backend)
-        row.append("–" if best is None else f"{best[0]:.2f}× ({best[1]})")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += [_paper_row(result, family) for family in cfg.models]
+    lines += _problems(result) + _measurements(result) + _breakdown(result) + _ceilings(result)
+    return "\n".join(lines) + "\n"
+
+
+def _paper_row(result: BenchResult, family: str) -> str:
+    """One row of the main table: the paper's seconds, ours per backend, the best speed-up."""
+    row = [family, _seconds(PAPER_TABLE5_SECONDS.get(family))]
+    best = None
+    for backend in result.config.backend_names:
+        record = _batch1(result, family, backend)
+        if record is None or record["status"] != "ok":
+            row.append("n/a" if record is None else record["status"])
+            continue
+        row.append(_seconds(record["median_s_per_slice"]))  # type: ignore[arg-type]
+        speedup = record.get("speedup_vs_eager")
+        if speedup is not None and (best is None or speedup > best[0]):
+            best = (speedup, backend)
+    row.append("–" if best is None else f"{best[0]:.2f}× ({best[1]})")
+    return "| " + " | ".join(row) + " |"
+
+
+def _problems(result: BenchResult) -> list[str]:
+    """Lines naming the backends unavailable here and the measurements that failed."""
     unavailable = {r["backend"]: r.get("reason") for r in result.records if r["status"] == "unavailable"}
     failed = [(r["model"], r["backend"], r.get("reason")) for r in result.records if r["status"] == "failed"]
-    if unavailable or failed:
-        lines += [""]
-        lines += [f"- `{backend}` unavailable: {reason}" for backend, reason in unavailable.items()]
-        lines += [f"- `{backend}` failed on {model}: {reason}" for model, backend, reason in failed]
+    if not unavailable and not failed:
+        return []
+    return ([""] + [f"- `{backend}` unavailable: {reason}" for backend, reason in unavailable.items()]
+            + [f"- `{backend}` failed on {model}: {reason}" for model, backend, reason in failed])
+
+
+def _measurements(result: BenchResult) -> list[str]:
+    """The table of every successful measurement (all batches), with memory and matmul fractions."""
     ok = [r for r in result.records if r["status"] == "ok"]
-    if ok:
-        lines += ["", "## Every measurement", "",
-                  "Peak host MB: the process's peak resident memory while the timed calls ran (model loaded; "
-                  "loading and export excluded). Peak device MB: torch's peak CUDA allocation (torch backends).",
-                  "",
-                  "Fractions: the achieved rate (model FLOPs / median time) over the best dense matmul rate "
-                  "this run measured (at its start and right after every record's timed calls), for the "
-                  "record's own precision and for each measured precision.",
-                  "",
-                  "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
-                  "peak device MB | achieved TFLOP/s | fraction of matmul peak | fraction by precision |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in ok:
-            device_mb = "–" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:.0f}"
-            fraction = "–" if r["fraction_of_matmul_peak"] is None else f"{r['fraction_of_matmul_peak']:.3f}"
-            by_precision = ", ".join(f"{name} {value:.3f}" for name, value in
-                                     r.get("fraction_of_matmul_rates", {}).items()) or "–"
-            lines.append(
-                f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {_seconds(r['median_s_per_slice'])} | "
-                f"{_seconds(r['p90_s_per_slice'])} | {r['throughput_slices_per_s']:.3f} | {r['peak_host_mb']:.0f} | "
-                f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} | {by_precision} |"
-            )
-    if result.breakdown:
-        lines += ["", f"## Where ScSAM's time goes (`scsam-{cfg.size}`, batch 1)", "",
-                  "| path | stage | median s | share |", "|---|---|---|---|"]
-        for row in result.breakdown:
-            lines.append(f"| {row['path']} | {row['stage']} | {row['median_s']:.5f} | {row['fraction']:.1%} |")
-    if result.matmul_tflops:
-        rates = ", ".join(f"{name} {rate * 1e3:.1f} GFLOP/s" for name, rate in result.matmul_tflops.items())
-        lines += ["", f"Dense matmul rates, the best this run measured on this device (the ceilings of every "
-                      f"fraction): {rates}. Each measurement is in the JSON (`matmul_tflops_start`, and "
-                      "`matmul_tflops_here` beside each record): where they vary, the machine was shared."]
-    return "\n".join(lines) + "\n"
+    if not ok:
+        return []
+    lines = ["", "## Every measurement", "",
+             "Peak host MB: the process's peak resident memory while the timed calls ran (model loaded; "
+             "loading and export excluded). Peak device MB: torch's peak CUDA allocation (torch backends).",
+             "",
+             "Fractions: the achieved rate (model FLOPs / median time) over the best dense matmul rate "
+             "this run measured (at its start and right after every record's timed calls), for the "
+             "record's own precision and for each measured precision.",
+             "",
+             "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
+             "peak device MB | achieved TFLOP/s | fraction of matmul peak | fraction by precision |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        device_mb = "–" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:.0f}"
+        fraction = "–" if r["fraction_of_matmul_peak"] is None else f"{r['fraction_of_matmul_peak']:.3f}"
+        by_precision = ", ".join(f"{name} {value:.3f}" for name, value in
+                                 r.get("fraction_of_matmul_rates", {}).items()) or "–"
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {_seconds(r['median_s_per_slice'])} | "
+            f"{_seconds(r['p90_s_per_slice'])} | {r['throughput_slices_per_s']:.3f} | {r['peak_host_mb']:.0f} | "
+            f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} | {by_precision} |"
+        )
+    return lines
+
+
+def _breakdown(result: BenchResult) -> list[str]:
+    """ScSAM's per-stage times, when the run measured them."""
+    if not result.breakdown:
+        return []
+    lines = ["", f"## Where ScSAM's time goes (`scsam-{result.config.size}`, batch 1)", "",
+             "| path | stage | median s | share |", "|---|---|---|---|"]
+    for row in result.breakdown:
+        lines.append(f"| {row['path']} | {row['stage']} | {row['median_s']:.5f} | {row['fraction']:.1%} |")
+    return lines
+
+
+def _ceilings(result: BenchResult) -> list[str]:
+    """The dense matmul rates every fraction is taken against."""
+    if not result.matmul_tflops:
+        return []
+    rates = ", ".join(f"{name} {rate * 1e3:.1f} GFLOP/s" for name, rate in result.matmul_tflops.items())
+    return ["", f"Dense matmul rates, the best this run measured on this device (the ceilings of every "
+                f"fraction): {rates}. Each measurement is in the JSON (`matmul_tflops_start`, and "
+                "`matmul_tflops_here` beside each record): where they vary, the machine was shared."]
 
 
 def write_markdown(result: BenchResult, path: Path) -> None:
@@ -102,12 +131,8 @@ def write_markdown(result: BenchResult, path: Path) -> None:
 
 
 def write_plot(result: BenchResult, path: Path) -> None:
-    """Grouped bars: seconds per slice (log scale) per model, one bar per backend plus the paper's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Grouped bars: seconds per slice (log scale) per model, one bar per backend plus the paper's (drawn on a
+    `Figure` of its own: no pyplot state, no GUI backend)."""
     cfg = result.config
     series: dict[str, list[float]] = {"paper (RTX 3090, ViT-H)": [PAPER_TABLE5_SECONDS.get(m, float("nan")) for m in cfg.models]}
     for backend in cfg.backend_names:
@@ -116,7 +141,8 @@ def write_plot(result: BenchResult, path: Path) -> None:
             record = _batch1(result, family, backend)
             values.append(record["median_s_per_slice"] if record and record["status"] == "ok" else float("nan"))
         series[backend] = values  # type: ignore[assignment]
-    fig, axis = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    axis = fig.subplots()
     width = 0.8 / len(series)
     for index, (label, values) in enumerate(series.items()):
         positions = [m + index * width for m in range(len(cfg.models))]
@@ -129,4 +155,3 @@ def write_plot(result: BenchResult, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

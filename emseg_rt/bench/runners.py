@@ -9,11 +9,12 @@ A bench backend name is a (backend, precision, torch mode) choice that `segment`
     torch-fp16         --backend torch --precision fp16 (the GPU's fast path)
     onnxruntime        --backend onnxruntime --precision fp32 (the cached fp32 package's full graph)
     onnxruntime-fp16   --backend onnxruntime --precision fp16 (the cached mixed-fp16 package)
-    tensorrt           --backend tensorrt: the fp16 package's engine for this GPU (built on first use)
+    tensorrt           --backend tensorrt on the cached fp16 package, with its engine for this GPU (built on
+                       first use: `load_backend(..., build_engine=True)`)
 
-Loading goes through `emseg_rt.runtime.load_backend`; each timed call is `slab.segment_slab` on a slab of
-uint8 slices, the call `segment` makes (the backend's device path where it has one). Nothing here opens a
-session or compiles a model.
+Every backend is loaded by `emseg_rt.runtime.load_backend`, the loader `segment` uses, so the object timed is
+the one `segment` runs; each timed call is `slab.segment_slab` on a slab of uint8 slices, the call `segment`
+makes (the backend's device path where it has one). Nothing here opens a session, exports or compiles a model.
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from emseg_rt.constants import label_dtype
+from emseg_rt.engines import engine_flavour_for, gpu_target
 from emseg_rt.errors import EmsegError
+from emseg_rt.models import build
+from emseg_rt.onnx_session import providers_for
 from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.runtime.backends.torch_backend import fast_precision
+from emseg_rt.runtime.loader import load_backend
+from emseg_rt.runtime.slab import segment_slab, takes_device_path
+from emseg_rt.tiling import plan_tiles
 
 BACKENDS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-fp16", "onnxruntime", "onnxruntime-fp16",
             "tensorrt")
@@ -33,8 +43,6 @@ BACKENDS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-fp16", "onnxr
 def default_backends(device: str) -> tuple[str, ...]:
     """The Table 5 columns for a device: eager baseline, the device's fast torch path (fp16 on CUDA, bf16 on
     a CPU with bf16 instructions, else fp32), ONNX Runtime, TensorRT."""
-    from emseg_rt.runtime.backends.torch_backend import fast_precision
-
     return ("torch-eager-fp32", f"torch-{fast_precision(device)}", "onnxruntime", "tensorrt")
 
 
@@ -60,20 +68,14 @@ class BenchTarget:
 
     def unavailable_reason(self, device: str) -> str | None:
         """None when this target can run on `device` here, else one line saying why not."""
-        import torch
-
         if device.startswith("cuda") and not torch.cuda.is_available():
             return "no CUDA GPU visible to torch"
         if self.backend == "onnxruntime":
-            from emseg_rt.runtime.backends.onnxruntime_backend import providers_for
-
             try:
                 providers_for(device)
             except EmsegError as exc:
                 return str(exc)
         if self.backend == "tensorrt":
-            from emseg_rt.engines import engine_flavour_for, gpu_target
-
             if not device.startswith("cuda"):
                 return "no CUDA GPU here: TensorRT engines run only on a GPU"
             flavour, reason = engine_flavour_for(gpu_target())
@@ -91,33 +93,14 @@ class PreparedBatch:
 
 
 def load_target(target: BenchTarget, model_name: str, device: str, batch_max: int) -> Backend:
-    """The backend `segment --model <model_name> --backend ... --precision ...` would run."""
-    from emseg_rt.runtime import load_backend
-
-    if target.backend != "tensorrt":
-        return load_backend(model_name, target.backend, device, target.precision, fast=target.fast,
-                            batch_max=batch_max)
-    from emseg_rt.engines import build_engines, current_target, engine_flavour_for
-    from emseg_rt.export.cache import cached_package
-    from emseg_rt.models import build_model
-    from emseg_rt.package import load_package
-
-    package_dir = cached_package(build_model(model_name), "fp16", batch_max=batch_max)
-    target_name = current_target()
-    if target_name not in load_package(package_dir).engines.get("full", {}):
-        flavour, reason = engine_flavour_for(target_name)
-        if flavour is None:
-            raise EmsegError(reason)
-        build_engines(package_dir, targets=[target_name], flavour=flavour, components=["full"])
-    return load_backend(str(package_dir), "tensorrt", device, "fp16")
+    """The backend `segment --model <model_name> --backend ... --precision ...` runs, from `load_backend`
+    (for tensorrt: the cached fp16 package with this GPU's engine, what `segment --model <package>` runs)."""
+    return load_backend(model_name, target.backend, device, target.precision, fast=target.fast,
+                        batch_max=batch_max, build_engine=True)
 
 
 def stage_batch(backend: Backend, model_name: str, batch: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Random uint8 tiles (batch, 1, T, T) and, for prompted models, their prompts (host arrays)."""
-    import torch
-
-    from emseg_rt.models import build
-
     with torch.device("meta"):
         shapes_only = build(model_name)  # example_inputs' shapes and dtypes, no weights
     example = shapes_only.example_inputs(batch=batch, seed=seed, device="cpu")
@@ -130,10 +113,6 @@ def prepare(backend: Backend, model_name: str, batch: int) -> PreparedBatch:
     `slab.segment_slab` (labels only, centre blend), which takes the backend's device path (`run_planes`:
     upload, tiling, model, stitching, download) where it has one, else `Backend.run` on host tiles. Each slice
     is one tile (T × T, halo 0), so the time per slice is Table 5's per-image time."""
-    from emseg_rt.io.ome_zarr import label_dtype
-    from emseg_rt.runtime.slab import segment_slab, takes_device_path
-    from emseg_rt.runtime.tiling import plan_tiles
-
     tiles, prompts = stage_batch(backend, model_name, batch, seed=batch)
     tile = backend.spec.tile
     plan = plan_tiles((tile, tile), tile, 0)  # one tile per slice

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from emseg_rt.bench.breakdown import scsam_stage_breakdown
 from emseg_rt.bench.machine import machine_record
 from emseg_rt.bench.runners import BACKENDS, BenchTarget, default_backends, load_target, prepare
 from emseg_rt.bench.timing import (
@@ -20,6 +21,9 @@ from emseg_rt.bench.timing import (
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import list_models
 from emseg_rt.models.info import model_info
+from emseg_rt.progress import Progress
+
+Say = Callable[[str], None]
 
 # ScSAM Table 5: seconds per 1024² image on an RTX 3090 with PyTorch 1.11 (research code, eager fp32).
 PAPER_TABLE5_SECONDS = {
@@ -120,7 +124,7 @@ def _reset_peaks(device: str) -> None:
 
 
 def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg: BenchConfig,
-             gflops: float, peak_rates: dict[str, float]) -> dict[str, object]:
+             gflops: float) -> dict[str, object]:
     record: dict[str, object] = {"model": family, "model_name": model_name, "backend": target.name, "batch": batch,
                                  "device": cfg.device, "gflops_per_slice": gflops,
                                  "paper_s": PAPER_TABLE5_SECONDS.get(family)}
@@ -175,9 +179,6 @@ def _fractions(result: BenchResult) -> None:
         record["fraction_of_matmul_peak"] = record["fraction_of_matmul_rates"].get(record["precision"])
 
 
-
-
-
 def _speedups(records: list[dict[str, object]]) -> None:
     eager = {(r["model"], r["batch"]): r["median_s_per_slice"] for r in records
              if r["backend"] == "torch-eager-fp32" and r["status"] == "ok"}
@@ -190,42 +191,55 @@ def _speedups(records: list[dict[str, object]]) -> None:
         record["speedup_vs_paper"] = None if paper is None else paper / record["median_s_per_slice"]
 
 
-def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda message: None) -> BenchResult:
-    """Measure every model × backend × batch of `cfg`; failures are recorded, not raised."""
+def run_bench(cfg: BenchConfig, say: Say = lambda message: None, progress: Progress | None = None) -> BenchResult:
+    """Measure every model × backend × batch of `cfg`; failures are recorded, not raised.
+
+    say:      one-line notes (the matmul rates measured, sizes mapped, backends unavailable).
+    progress: the caller's open reporter (`emseg_rt.progress.Progress`, e.g. `Progress("bench", None,
+              unit="measurements", say=say)`): its total is set to the number of measurements and it advances
+              by one after each, with 'model · backend · batch' as its status. None: no progress shown.
+    """
     cfg.validate()
+    progress = progress or Progress("bench", None, enabled=False)
     peak_rates = peak_matmul_rates(cfg.device)
     say("measured matmul rates: " + ", ".join(f"{k} {v * 1e3:.1f} GFLOP/s" for k, v in peak_rates.items()))
     result = BenchResult(cfg, machine_record(cfg.device), peak_rates)
+    progress.update(progress.done, total=len(cfg.backend_names) * len(cfg.models) * len(cfg.batches))
     for name in cfg.backend_names:
-        target = BenchTarget.parse(name)
-        reason = target.unavailable_reason(cfg.device)
-        for family in cfg.models:
-            model_name = registry_name(family, cfg.size)
-            if model_name != f"{family}-{cfg.size}":
-                say(f"{family}: --size {cfg.size} runs {model_name}")
-            gflops = model_info(model_name).gflops_per_slice
-            for batch in cfg.batches:
-                base = {"model": family, "model_name": model_name, "backend": name, "batch": batch,
-                        "device": cfg.device, "paper_s": PAPER_TABLE5_SECONDS.get(family)}
-                if reason is not None:
-                    result.records.append({**base, "status": "unavailable", "reason": reason})
-                    continue
-                say(f"{model_name} · {name} · batch {batch}")
-                try:
-                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops, peak_rates))
-                except (EmsegError, RuntimeError, MemoryError) as exc:
-                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    result.records.append({**base, "status": "failed", "reason": message[:300]})
-        if reason is not None:
-            say(f"{name}: unavailable ({reason})")
+        _bench_backend(result, BenchTarget.parse(name), say, progress)
     _speedups(result.records)
     _fractions(result)
     if cfg.breakdown and "scsam" in cfg.models:
-        from emseg_rt.bench.breakdown import scsam_stage_breakdown
-
         say("scsam per-stage breakdown")
+        progress.update(progress.done, status="scsam per-stage breakdown")
+        fast_backend = next((b for b in cfg.backend_names if b.startswith("torch-") and "eager" not in b), None)
         result.breakdown = scsam_stage_breakdown(f"scsam-{cfg.size}", cfg.device, cfg.warmup, cfg.iters,
-                                                 fast_backend=next((b for b in cfg.backend_names
-                                                                    if b.startswith("torch-") and "eager" not in b),
-                                                                   None))
+                                                 fast_backend=fast_backend)
     return result
+
+
+def _bench_backend(result: BenchResult, target: BenchTarget, say: Say, progress: Progress) -> None:
+    """Every model × batch of `result.config` on one backend, appended to `result.records` (a record with
+    status 'unavailable' or 'failed' where the backend cannot run here or a measurement raised)."""
+    cfg = result.config
+    reason = target.unavailable_reason(cfg.device)
+    for family in cfg.models:
+        model_name = registry_name(family, cfg.size)
+        if model_name != f"{family}-{cfg.size}":
+            say(f"{family}: --size {cfg.size} runs {model_name}")
+        gflops = model_info(model_name).gflops_per_slice
+        for batch in cfg.batches:
+            base = {"model": family, "model_name": model_name, "backend": target.name, "batch": batch,
+                    "device": cfg.device, "paper_s": PAPER_TABLE5_SECONDS.get(family)}
+            if reason is not None:
+                result.records.append({**base, "status": "unavailable", "reason": reason})
+            else:
+                progress.update(progress.done, status=f"{model_name} · {target.name} · batch {batch}")
+                try:
+                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops))
+                except (EmsegError, RuntimeError, MemoryError) as exc:
+                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    result.records.append({**base, "status": "failed", "reason": message[:300]})
+            progress.advance(1)
+    if reason is not None:
+        say(f"{target.name}: unavailable ({reason})")

@@ -12,7 +12,16 @@ from emseg_rt.bench.runners import BACKENDS
 from emseg_rt.bench.table5 import PAPER_ROWS, BenchConfig, run_bench
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
+from emseg_rt.progress import Progress
 from emseg_rt.runtime.devices import resolve_device
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -47,8 +56,11 @@ def bench_command(
         os.environ["EMSEG_RT_CACHE"] = str(cache_dir)
     config = BenchConfig(models=_csv(models), size=size, backends=() if backends == "auto" else _csv(backends),
                          batches=batches, warmup=warmup, iters=iters, device=resolved_device, breakdown=breakdown)
-    console = Console(stderr=True)
-    result = run_bench(config, say=(lambda message: None) if quiet else (lambda message: console.log(message)))
+    config.validate()  # a bad option is one line, before any bar is drawn
+    say = _silent if quiet else _say
+    # A bar on a terminal, else a line every 10 s on stderr; one step per measurement.
+    with Progress("bench", None, unit="measurements", say=say, enabled=not quiet) as progress:
+        result = run_bench(config, say=say, progress=progress)
     if json_path:
         write_json(result, json_path)
     if markdown_path:

@@ -8,10 +8,24 @@ from pathlib import Path
 import typer
 
 from emseg_rt.cli.app import app
+from emseg_rt.cli.eval_cmd import read_volume_or_fail
+from emseg_rt.clustering import fit_clusters
+from emseg_rt.constants import GROUND_TRUTH
+from emseg_rt.errors import EmsegError
+from emseg_rt.io import list_label_groups
+from emseg_rt.metrics import check_label_range
+from emseg_rt.models import build, get_config
+from emseg_rt.progress import Progress
+from emseg_rt.training.loop import atomic_save
 
 cluster_app = typer.Typer(help="Fit the clustering head of maester-* / his4mae-* models (K-means centres, "
                           "Hungarian cluster → class mapping).", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
 
 NO_LABELS = ("{data} has no ground_truth label group and no --labels was given: labels name the K-means clusters "
              "(Hungarian matching), so cluster fit needs them; a small annotated volume is enough (--labels NAME|PATH)")
@@ -19,11 +33,6 @@ NO_LABELS = ("{data} has no ground_truth label group and no --labels was given: 
 
 def read_labels(data: Path, labels: str | None):
     """The ground truth: a label group of `data` or a label volume path; default the phantom's ground_truth."""
-    from emseg_rt.cli.eval_cmd import read_volume_or_fail
-    from emseg_rt.data.phantom import GROUND_TRUTH
-    from emseg_rt.errors import EmsegError
-    from emseg_rt.io.ome_zarr import list_label_groups
-
     groups = list_label_groups(data)
     if labels is None:
         if GROUND_TRUTH not in groups:
@@ -53,14 +62,6 @@ def fit_command(
     batch: int = typer.Option(64, "--batch", help="Tiles per encoder call."),
 ) -> None:
     """Fit K-means centres on sampled expand-stride features, map clusters to classes, write the model."""
-    from emseg_rt.cli.eval_cmd import read_volume_or_fail
-    from emseg_rt.clustering import fit_clusters
-    from emseg_rt.data.phantom import GROUND_TRUTH
-    from emseg_rt.errors import EmsegError
-    from emseg_rt.metrics import check_label_range
-    from emseg_rt.models import build, get_config
-    from emseg_rt.training.trainer import atomic_save
-
     config = get_config(model)
     if config.cluster_head is None:
         raise EmsegError(f"model {model} has no clustering head; cluster fit is for the maester-* and his4mae-* "
@@ -73,9 +74,11 @@ def fit_command(
     truth = read_labels(data, labels)
     check_label_range(truth, config.num_classes, f"--labels {labels or GROUND_TRUTH}")
     pipeline = build(model, checkpoint=list(weights) if weights else None)
-    fit = fit_clusters(pipeline, image, truth, clusters=clusters, fraction=fraction, seed=seed, halo=halo,
-                       batch=batch)
-    atomic_save(pipeline.state_dict(), out)
+    # A bar on a terminal, else a line every 10 s on stderr; the last line only once the checkpoint is written.
+    with Progress("cluster fit", None, unit="slices", say=_say) as progress:
+        fit = fit_clusters(pipeline, image, truth, clusters=clusters, fraction=fraction, seed=seed, halo=halo,
+                           batch=batch, progress=progress)
+        atomic_save(pipeline.state_dict(), out)
     mapping = ", ".join(f"{cluster}→{name}" for cluster, name, _, _ in fit.rows())
     typer.echo(f"{out}: {fit.clusters} clusters from {fit.samples} sampled voxels in {fit.seconds:.1f} s; {mapping}")
     for cluster, name, voxels, share in fit.rows():

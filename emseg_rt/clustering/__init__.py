@@ -1,6 +1,7 @@
 """Clustering heads' fitting and evaluation (MAESTER / HiS4MAE): expand-stride pixel features of a voxel
 sample, K-means centres, Hungarian cluster → class matching, and MAESTER's cover-stride for comparison
-(docs/clustering.md). Knows models and the runtime's tiler; nothing of ONNX or the CLI."""
+(docs/clustering.md). Knows models, the tiler, the progress reporter and the runtime (cover-stride compares
+against `segment_array`); nothing of ONNX or the CLI."""
 
 from emseg_rt.clustering.cover_stride import (
     compare_strides,

@@ -21,7 +21,9 @@ from torch import nn
 from emseg_rt.clustering.features import eval_mode, interpolate_grid_at
 from emseg_rt.clustering.fit import cluster_head_of
 from emseg_rt.kernels import token_scores
-from emseg_rt.runtime.tiling import plan_tiles
+from emseg_rt.runtime.backends.torch_backend import TorchBackend
+from emseg_rt.runtime.slab import segment_array
+from emseg_rt.tiling import plan_tiles
 
 
 def cover_stride_windows(plane_shape: tuple[int, int]) -> int:
@@ -97,9 +99,6 @@ def compare_strides(pipeline: nn.Module, plane: np.ndarray, *, halo: int | None 
     default tile // 8), the labels `emseg-rt segment --backend torch` writes. The backend puts the pipeline in
     eval mode without gradients.
     """
-    from emseg_rt.runtime.backends.torch_backend import TorchBackend
-    from emseg_rt.runtime.slab import segment_array
-
     tile = pipeline.config.tile
     halo = tile // 8 if halo is None else int(halo)
     began = time.perf_counter()

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.runtime.tiling import TilePlan, extract_tiles, plan_tiles
+from emseg_rt.progress import Progress
+from emseg_rt.tiling import TilePlan, extract_tiles, plan_tiles
 
 DEFAULT_FRACTION = 1e-3  # HiS4MAE §3.3: centres from a subset one-thousandth the size of X
 
@@ -128,8 +129,8 @@ def plane_features(encoder: nn.Module, plane: np.ndarray, plan: TilePlan, pixels
 
 
 def sample_pixel_features(pipeline: nn.Module, volume: np.ndarray, *, fraction: float = DEFAULT_FRACTION,
-                          halo: int | None = None, seed: int = 0, batch: int = 64,
-                          min_samples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                          halo: int | None = None, seed: int = 0, batch: int = 64, min_samples: int = 0,
+                          progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Expand-stride features of a seeded random sample of voxels (see the module docstring).
 
     pipeline:    a maester / his4mae pipeline (uses `pipeline.encoders["fov_encoder"]` and `config.tile`).
@@ -137,6 +138,7 @@ def sample_pixel_features(pipeline: nn.Module, volume: np.ndarray, *, fraction: 
     fraction:    share of voxels sampled (`sample_positions`; at least `min_samples`).
     halo:        tile halo as in the runtime (None: tile // 8), so features match `segment` exactly.
     batch:       tiles per encoder call.
+    progress:    a reporter whose total becomes the number of planes holding samples, advanced plane by plane.
     returns      features (N, C) float32 and positions (N, 3) int64 (z, y, x; z = 0 for a 2D volume), in the
                  same order, sorted plane by plane.
     """
@@ -149,9 +151,14 @@ def sample_pixel_features(pipeline: nn.Module, volume: np.ndarray, *, fraction: 
     encoder = pipeline.encoders["fov_encoder"]
     bounds = np.searchsorted(positions[:, 0], np.arange(planes.shape[0] + 1))
     features = np.empty((len(positions), pipeline.config.fov_encoder.embed_dim), dtype=np.float32)
+    sampled_planes = np.unique(positions[:, 0])
+    if progress is not None:
+        progress.update(progress.done, total=progress.done + len(sampled_planes))
     with eval_mode(encoder):
-        for z in np.unique(positions[:, 0]):
+        for z in sampled_planes:
             rows = slice(bounds[z], bounds[z + 1])
             plane = np.asarray(planes[int(z)], dtype=np.uint8)
             features[rows] = plane_features(encoder, plane, plan, positions[rows, 1:], batch)
+            if progress is not None:
+                progress.advance(1)
     return features, positions

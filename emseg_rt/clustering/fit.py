@@ -19,6 +19,7 @@ from emseg_rt.clustering.features import DEFAULT_FRACTION, sample_pixel_features
 from emseg_rt.clustering.matching import contingency, match_table
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.cluster_head import ClusterHead
+from emseg_rt.progress import Progress
 
 KMEANS_INITS = 10  # k-means++ restarts, best inertia kept (scikit-learn's classic default)
 MIN_SAMPLES_PER_CLUSTER = 20  # the sample is raised to at least this many voxels per centre
@@ -109,13 +110,15 @@ def cluster_head_of(pipeline: nn.Module) -> ClusterHead:
 
 def fit_clusters(pipeline: nn.Module, volume: np.ndarray, labels: np.ndarray | None = None, *,
                  clusters: int | None = None, fraction: float = DEFAULT_FRACTION, seed: int = 0,
-                 halo: int | None = None, batch: int = 64) -> ClusterFit:
+                 halo: int | None = None, batch: int = 64, progress: Progress | None = None) -> ClusterFit:
     """Fit and install the clustering head of a maester / his4mae pipeline.
 
     volume:   (Z, Y, X) uint8 image; labels: the same shape, ground-truth classes 0..num_classes (required:
               the truth names the clusters; a small annotated volume is enough).
     clusters: K (None: the head's current K); fraction, seed, halo, batch: as `sample_pixel_features`
               (the sample is raised to at least MIN_SAMPLES_PER_CLUSTER·K voxels where the volume has them).
+    progress: the caller's open reporter (`emseg_rt.progress.Progress`, e.g. `Progress("cluster fit", None,
+              say=say)`): one step per sampled plane encoded, then 'k-means' and 'matching' as its status.
     Samples expand-stride features, runs K-means (`fit_centres`), maps each cluster to a class by Hungarian
     matching on the sampled voxels' truth (`matching.match_clusters`), and installs the result with
     `pipeline.head.set_clusters`. Returns the ClusterFit record.
@@ -130,12 +133,17 @@ def fit_clusters(pipeline: nn.Module, volume: np.ndarray, labels: np.ndarray | N
     clusters = head.num_clusters if clusters is None else int(clusters)
     if clusters < 1:
         raise EmsegError(f"--clusters {clusters} must be at least 1")
+    progress = progress or Progress("cluster fit", None, enabled=False)
     features, positions = sample_pixel_features(pipeline, volume, fraction=fraction, halo=halo, seed=seed,
-                                                batch=batch, min_samples=MIN_SAMPLES_PER_CLUSTER * clusters)
+                                                batch=batch, min_samples=MIN_SAMPLES_PER_CLUSTER * clusters,
+                                                progress=progress)
     truth = labels_at(labels, positions)
+    progress.update(progress.done, status=f"k-means, {clusters} centres on {len(positions)} voxels")
     centres = fit_centres(features, clusters, seed)
+    progress.update(progress.done, status="matching clusters to classes")
     table = contingency(nearest_centre(features, centres), truth, clusters, head.num_classes)
     cluster_classes = match_table(table)
+    progress.update(progress.done, status="")
     head.set_clusters(torch.from_numpy(centres), torch.from_numpy(cluster_classes))
     names = ("background", *pipeline.config.classes)
     return ClusterFit(centres, cluster_classes, table, names, len(positions), time.perf_counter() - began)

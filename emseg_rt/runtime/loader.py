@@ -1,4 +1,5 @@
-"""From `--model` / `--backend` / `--device` / `--precision` to one loaded Backend.
+"""From `--model` / `--backend` / `--device` / `--precision` to one loaded Backend: the one loader that
+`segment`, `segment_labels`, the Dask workers and `emseg-rt bench` share.
 
 --model is a registry name (built in PyTorch; for ONNX Runtime exported once, through the export layer,
 into a cached model package keyed by model + weights + precision) or a model package directory from
@@ -7,6 +8,11 @@ into a cached model package keyed by model + weights + precision) or a model pac
 `auto` picks, and says in one line what it picked and why it skipped anything:
 a package → its TensorRT engine for this GPU, else ONNX Runtime; a registry name on the CPU in fp32 →
 ONNX Runtime (the cached package's full graph), otherwise → the torch fast path.
+
+TensorRT runs a package's engine. With `build_engine=True` (what `emseg-rt bench` asks) a registry name is
+exported into the package cache and its engine for this GPU built there on first use, as `emseg-rt export` +
+`emseg-rt build --target current` would, and then loaded as that package: the backend `segment --model
+<package> --backend tensorrt` gets.
 """
 
 from __future__ import annotations
@@ -15,18 +21,22 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from torch import nn
+
+from emseg_rt.engines import build_engines, current_target, engine_flavour_for
 from emseg_rt.errors import EmsegError
+from emseg_rt.export.cache import cached_package
+from emseg_rt.models import build_model
+from emseg_rt.models.checkpoint import state_dict_digest
+from emseg_rt.models.default_model import default_model_name
+from emseg_rt.package import FULL, ModelPackage, load_package
 from emseg_rt.runtime.backends.base import BACKENDS, PACKAGE_PRECISIONS, PRECISIONS, Backend
+from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from emseg_rt.runtime.backends.tensorrt_backend import TensorRTBackend
+from emseg_rt.runtime.backends.torch_backend import TorchBackend
+from emseg_rt.runtime.devices import resolve_device
 
 Say = Callable[[str], None]
-
-
-def default_model_name() -> str:
-    """The embedded default model's registry name."""
-    from emseg_rt.models.default_model import default_model_name as name
-
-    return name()
-
 
 def is_package_path(model: str) -> bool:
     """True when --model names a directory (a model package) rather than a registry name."""
@@ -45,17 +55,18 @@ def _check_choices(backend: str, device: str, precision: str) -> None:
 
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
                  checkpoints: Sequence[str | Path] = (), *, fast: bool = True, batch_max: int = 8,
-                 say: Say | None = None) -> Backend:
+                 build_engine: bool = False, say: Say | None = None) -> Backend:
     """Resolve --model/--checkpoint/--backend/--device/--precision to a loaded Backend.
 
-    fast:  the torch backend's fast path (SDPA attention, compile on CUDA); False runs the reference
-           (research-code) attention. Ignored by the other backends.
-    batch_max: the largest batch of the package a registry model is exported to for onnxruntime.
-    say:   receives one line saying which backend `auto` chose, and why it skipped others.
+    fast:         the torch backend's fast path (SDPA attention, compile on CUDA); False runs the reference
+                  (research-code) attention. Ignored by the other backends.
+    batch_max:    the largest batch of the package a registry model is exported to (onnxruntime, tensorrt).
+    build_engine: with a registry name and backend 'tensorrt': export the cached package and build its engine
+                  for this GPU when it has none, then load that package (without it a registry name is
+                  refused for tensorrt: `segment` runs engines that `emseg-rt build` made).
+    say:          receives one line saying which backend `auto` chose, and why it skipped others.
     EmsegError for bad choices; `checkpoints` apply to registry names (a package holds its weights).
     """
-    from emseg_rt.runtime.devices import resolve_device
-
     say = say or (lambda message: None)
     device = resolve_device(device, say)
     _check_choices(backend, device, precision)
@@ -68,13 +79,19 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
             raise EmsegError(f"--checkpoint applies to registry models; the package {path} already holds its "
                              "weights (pass --checkpoint to `emseg-rt export` instead)")
         return _from_package(path, backend, device, precision, say)
+    if backend == "tensorrt":
+        if not build_engine:
+            raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export "
+                             f"{model}` and `emseg-rt build`, then pass the package directory as --model")
+        _check_package_precision(backend, precision)
+        _tensorrt_device(device)
+        package_dir = _package_with_engine(build_model(model, checkpoints), precision, batch_max)
+        return _from_package(package_dir, backend, device, precision, say)
     return _from_registry(model, backend, device, precision, checkpoints, fast, batch_max, say)
 
 
 def _from_package(path: Path, backend: str, device: str, precision: str, say: Say) -> Backend:
-    from emseg_rt.package import load_package  # verifies every sha256; EmsegError on problems
-
-    package = load_package(path)
+    package = load_package(path)  # verifies every sha256; EmsegError on problems
     if backend == "torch":
         raise EmsegError(f"{path} is a model package (ONNX graphs); use --backend onnxruntime or tensorrt, "
                          "or pass a registry name to run it in PyTorch")
@@ -97,18 +114,31 @@ def _from_package(path: Path, backend: str, device: str, precision: str, say: Sa
     return chosen
 
 
-def _tensorrt(package, device: str) -> Backend:
-    from emseg_rt.runtime.backends.tensorrt_backend import TensorRTBackend
-
+def _tensorrt_device(device: str) -> None:
     if not device.startswith("cuda"):
         raise EmsegError("--backend tensorrt runs on a GPU; pass --device cuda")
+
+
+def _tensorrt(package: ModelPackage, device: str) -> Backend:
+    _tensorrt_device(device)
     return TensorRTBackend.from_package(package)
 
 
-def _onnxruntime(package, device: str) -> Backend:
-    from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+def _package_with_engine(model: nn.Module, precision: str, batch_max: int) -> Path:
+    """The cached package of `model` (`cached_package`), with the full graph's engine for this GPU built into it
+    when it has none (the flavour `engines.engine_flavour_for` picks; EmsegError when none fits this GPU)."""
+    package_dir = cached_package(model, precision, batch_max=batch_max)
+    target = current_target()
+    if target not in load_package(package_dir).engines.get(FULL, {}):
+        flavour, reason = engine_flavour_for(target)
+        if flavour is None:
+            raise EmsegError(reason)
+        build_engines(package_dir, targets=[target], flavour=flavour, components=[FULL])
+    return package_dir
 
-    full = package.components.get("full")
+
+def _onnxruntime(package: ModelPackage, device: str) -> Backend:
+    full = package.components.get(FULL)
     if full is None:
         raise EmsegError(f"{package.root} has no 'full' component (the whole per-slice graph); export it again")
     outputs = tuple(o.name for o in full.outputs)
@@ -121,28 +151,21 @@ def _onnxruntime(package, device: str) -> Backend:
                               precision=package.precision, batch_max=package.batch_max, threshold=threshold)
 
 
+def _check_package_precision(backend: str, precision: str) -> None:
+    if precision not in PACKAGE_PRECISIONS:
+        raise EmsegError(f"--precision {precision} runs only on the torch backend; {backend} runs "
+                         f"{' or '.join(PACKAGE_PRECISIONS)} packages")
+
+
 def _from_registry(name: str, backend: str, device: str, precision: str, checkpoints: Sequence[str | Path],
                    fast: bool, batch_max: int, say: Say) -> Backend:
-    if backend == "tensorrt":
-        raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export {name}` "
-                         "and `emseg-rt build`, then pass the package directory as --model")
-    from emseg_rt.models import build_model
-
     torch_model = build_model(name, checkpoints)
     if backend == "auto":
         backend, why = _auto_for_registry(device, precision)
         say(f"backend: {backend} (auto: {why})")
     if backend == "onnxruntime":
-        if precision not in PACKAGE_PRECISIONS:
-            raise EmsegError(f"--precision {precision} runs only on the torch backend; onnxruntime runs "
-                             f"{' or '.join(PACKAGE_PRECISIONS)} packages")
-        from emseg_rt.export.cache import cached_package
-        from emseg_rt.package import load_package
-
+        _check_package_precision(backend, precision)
         return _onnxruntime(load_package(cached_package(torch_model, precision, batch_max=batch_max)), device)
-    from emseg_rt.models.checkpoint import state_dict_digest
-    from emseg_rt.runtime.backends.torch_backend import TorchBackend
-
     return TorchBackend(torch_model, device=device, precision=precision, fast=fast,
                         model_id=f"{name}:{state_dict_digest(torch_model)}")
 

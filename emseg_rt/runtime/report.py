@@ -1,12 +1,10 @@
-"""What one `segment_volume` call did: totals, timings (the JSON of `--report`), the progress bar (a terminal)
-and progress lines (`ProgressLog`, for logs of batch jobs where stderr is not a terminal)."""
+"""What one `segment_volume` call did: totals and timings, the JSON of `--report` (its progress is
+`emseg_rt.progress.Progress`)."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,81 +88,3 @@ class SegmentReport:
             os.replace(tmp, path)
         except OSError as exc:
             raise EmsegError(f"cannot write report {path}: {exc.strerror}") from exc
-
-
-def progress_bar(depth: int, pending_slices: int, plane_voxels: int):
-    """A rich progress bar over the slices of one run: (bar, task id); bar.update(task, advance=n)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task) -> Text:  # type: ignore[override]
-            speed = task.finished_speed or task.speed
-            if not speed:
-                return Text("– slices/s", style="progress.data.speed")
-            return Text(f"{speed:.2f} slices/s  {speed * plane_voxels / 1e6:.1f} Mvox/s", style="progress.data.speed")
-
-    bar = Progress(TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), Rate(),
-                   TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-    task = bar.add_task("segment", total=depth, completed=depth - pending_slices)
-    bar.start()
-    return bar, task
-
-
-class ProgressLog:
-    """Progress as plain lines for logs: at most one line every `interval` seconds, and a final one.
-
-    `update(planes)` after each written block; `finish()` at the end. Rates and the ETA count only the planes
-    computed in this run (a resumed run starts at `done_planes` > 0), timed from construction by `clock`.
-    """
-
-    def __init__(self, total_planes: int, done_planes: int = 0, *, say: Callable[[str], None], interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic, voxels_per_plane: int | None = None) -> None:
-        self.total_planes, self.done_planes, self.computed_planes = total_planes, done_planes, 0
-        self.say, self.interval, self.clock, self.voxels_per_plane = say, interval, clock, voxels_per_plane
-        self.started = self.last_said = clock()
-
-    def update(self, planes: int) -> None:
-        """Count `planes` more planes done; say a progress line if `interval` seconds passed since the last."""
-        self.done_planes += planes
-        self.computed_planes += planes
-        now = self.clock()
-        if now - self.last_said >= self.interval:
-            self.last_said = now
-            self.say(self.progress_line(now - self.started))
-
-    def progress_line(self, elapsed: float) -> str:
-        """E.g. `segment: 120/1000 slices (12.0%), 3.41 slices/s, 0.89 Mvox/s, ETA 4m18s`."""
-        percent = 100.0 * self.done_planes / self.total_planes if self.total_planes else 100.0
-        line = f"segment: {self.done_planes}/{self.total_planes} slices ({percent:.1f}%)"
-        rate = self.computed_planes / elapsed if elapsed > 0 else 0.0
-        if rate <= 0:
-            return line + ", ETA unknown"
-        line += f", {rate:.2f} slices/s"
-        if self.voxels_per_plane is not None:
-            line += f", {rate * self.voxels_per_plane / 1e6:.2f} Mvox/s"
-        remaining = max(0, self.total_planes - self.done_planes)
-        return line + f", ETA {format_duration(remaining / rate)}"
-
-    def finish(self) -> None:
-        """Say the final line, e.g. `segment: 1000/1000 slices in 5m02s` (this run's time)."""
-        elapsed = self.clock() - self.started
-        self.say(f"segment: {self.done_planes}/{self.total_planes} slices in {format_duration(elapsed)}")
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds → `42s`, `4m18s` or `1h05m02s` (rounded to the second)."""
-    total = round(max(0.0, float(seconds)))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
