@@ -60,11 +60,11 @@ def test_dask_output_is_byte_identical_and_resume_computes_nothing(cluster, volu
     notes: list[str] = []
     out = tmp_path / "out.zarr"
     report = segment_volume(volume, out, model=MODEL, backend="torch", block=1, dask=client.scheduler.address,
-                            say=notes.append)
+                            say=notes.append, progress=True)
     assert report.complete and report.blocks_computed == 8 and report.tiles_computed == 8
     assert labels_tree(out) == labels_tree(single_process)
     assert any(n.startswith("dask: 2 workers, dashboard") for n in notes)
-    assert any(n.startswith("dask: 8/8 blocks") for n in notes)
+    assert any(n.startswith("segment: 8/8 slices in ") for n in notes)  # the one progress reporter's last line
     again = segment_volume(volume, out, model=MODEL, backend="torch", block=1, dask=client.scheduler.address,
                            resume=True)
     assert again.complete and again.blocks_computed == 0 and again.blocks_done_before == 8

@@ -11,78 +11,109 @@ import typer
 from emseg_rt.cli.app import app
 from emseg_rt.constants import DEFAULT_LABEL_NAME
 
+# One typer option per `SegmentRequest` choice (help texts here, the meaning in runtime/request.py).
+INPUT = typer.Argument(..., help="3D (z, y, x) volume: zarr v2/v3 array or group (--key), OME-Zarr image "
+    "(--level), N5 or HDF5 (--key: dataset), TIFF file or folder of pages, or an "
+    "http(s):// or s3:// URL of zarr / N5.")
+OUT = typer.Option(None, "--out", "-o", help="Output: a new directory that becomes an OME-Zarr "
+    "label image (napari / neuroglancer open it as it is).")
+INTO_INPUT = typer.Option(False, "--into-input", help="Write the label image into the input OME-Zarr "
+    "image's own labels/<--label-name> instead of --out.")
+LEVELS = typer.Option(None, "--levels", help="Pyramid levels of the labels, each 2x smaller in "
+    "y and x (default: down to ~256 px; --into-input: the image's levels).")
+WINDOW = typer.Option(None, "--window", help="Intensity window for the uint8 the model sees: "
+    "LOW,HIGH values or percentiles (1%,99%); default 0.5%,99.5% for "
+    "non-uint8 input.")
+MODEL = typer.Option(None, "--model", "-m", help="Registry name or model package directory "
+    "(default: the embedded default model).")
+CHECKPOINT = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
+    "model (SAM, MAE or emseg-rt state dicts); repeatable, "
+    "loaded in order.")
+BACKEND = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt (auto prints "
+    "which it chose and why).")
+DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else the CPU; "
+    "says which), cpu, cuda or cuda:N.")
+PRECISION = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (bf16: torch backend only; "
+    "fp16 on onnxruntime/tensorrt runs the mixed-fp16 package).")
+BATCH = typer.Option(4, "--batch", help="Tiles per backend call.")
+HALO = typer.Option(None, "--halo", help="Context pixels per tile side (default: tile/8).")
+BLEND = typer.Option("center", "--blend", help="center (crop) | gaussian (weighted logits)")
+AXIS = typer.Option("z", "--axis", help="Slice perpendicular to z | y | x.")
+BLOCK = typer.Option(8, "--block", help="Slices per write block (= output chunk depth, resume unit).")
+KEY = typer.Option(None, "--key", help="Array inside a zarr group.")
+LEVEL = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0).")
+LABEL_NAME = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Label image name (its labels/ name with --into-input).")
+RESUME = typer.Option(False, "--resume", help="Finish an interrupted run of the same configuration.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
+PROBABILITIES = typer.Option(False, "--probabilities", help="Also write per-class uint8 probabilities.")
+REPORT = typer.Option(None, "--report", help="Write totals and timings as JSON here.")
+DASK = typer.Option(None, "--dask", help="Run blocks as tasks on a Dask cluster: local:N (N "
+    "one-thread worker processes here) or a scheduler address (tcp://host:8786).")
+ALLOW_MISSING_CHUNKS = typer.Option(False, "--allow-missing-chunks", help="Read input chunks that were "
+    "never written as the array's fill value instead of refusing.")
+PROMPTS = typer.Option(None, "--prompts", help="Point prompts for prompt-das-* models: a CSV "
+    "z,y,x[,label] (label 1 positive, 0 negative; default 1) or a zarr "
+    "array (N, 3|4), in voxel coordinates of the input; or 'auto': the "
+    "model's own density peaks, per slab (a prompt-free pass, then a "
+    "prompted one).")
+PEAK_THRESHOLD = typer.Option(None, "--peak-threshold", help="--prompts auto: density "
+    "peaks at or above this become prompts; --instances on a density "
+    "model: they seed the watershed (default 0.49 = 125/255, the "
+    "Prompt-DAS code's; density is 1 at a trained centre).")
+TTA = typer.Option(False, "--tta", help="Rotation test-time augmentation: each tile run at 0/90/180/270 "
+    "degrees, logits averaged (4x the compute).")
+INSTANCES = typer.Option(None, "--instances", help="Also write instances of these classes "
+    "(CLASS[,CLASS]) as a uint32 label image <class>_instances beside "
+    "the semantic one, IDs unique across blocks: connected components, or "
+    "a watershed seeded by density peaks on prompt-das-* models.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary.")
+
 
 @app.command("segment")
 def segment_command(
-    input: str = typer.Argument(..., help="3D (z, y, x) volume: zarr v2/v3 array or group (--key), OME-Zarr image "
-                                "(--level), N5 or HDF5 (--key: dataset), TIFF file or folder of pages, or an "
-                                "http(s):// or s3:// URL of zarr / N5."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output: a new directory that becomes an OME-Zarr "
-                                       "label image (napari / neuroglancer open it as it is)."),
-    into_input: bool = typer.Option(False, "--into-input", help="Write the label image into the input OME-Zarr "
-                                    "image's own labels/<--label-name> instead of --out."),
-    levels: Optional[int] = typer.Option(None, "--levels", help="Pyramid levels of the labels, each 2x smaller in "
-                                         "y and x (default: down to ~256 px; --into-input: the image's levels)."),
-    window: Optional[str] = typer.Option(None, "--window", help="Intensity window for the uint8 the model sees: "
-                                         "LOW,HIGH values or percentiles (1%,99%); default 0.5%,99.5% for "
-                                         "non-uint8 input."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or model package directory "
-                                        "(default: the embedded default model)."),
-    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
-                                                    "model (SAM, MAE or emseg-rt state dicts); repeatable, "
-                                                    "loaded in order."),
-    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt (auto prints "
-                                "which it chose and why)."),
-    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else the CPU; "
-                               "says which), cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (bf16: torch backend only; "
-                                  "fp16 on onnxruntime/tensorrt runs the mixed-fp16 package)."),
-    batch: int = typer.Option(4, "--batch", help="Tiles per backend call."),
-    halo: Optional[int] = typer.Option(None, "--halo", help="Context pixels per tile side (default: tile/8)."),
-    blend: str = typer.Option("center", "--blend", help="center (crop) | gaussian (weighted logits)"),
-    axis: str = typer.Option("z", "--axis", help="Slice perpendicular to z | y | x."),
-    block: int = typer.Option(8, "--block", help="Slices per write block (= output chunk depth, resume unit)."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array inside a zarr group."),
-    level: Optional[int] = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0)."),
-    label_name: str = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Label image name (its labels/ name with --into-input)."),
-    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run of the same configuration."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class uint8 probabilities."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write totals and timings as JSON here."),
-    dask: Optional[str] = typer.Option(None, "--dask", help="Run blocks as tasks on a Dask cluster: local:N (N "
-                                       "one-thread worker processes here) or a scheduler address (tcp://host:8786)."),
-    allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read input chunks that were "
-                                              "never written as the array's fill value instead of refusing."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Point prompts for prompt-das-* models: a CSV "
-                                          "z,y,x[,label] (label 1 positive, 0 negative; default 1) or a zarr "
-                                          "array (N, 3|4), in voxel coordinates of the input; or 'auto': the "
-                                          "model's own density peaks, per slab (a prompt-free pass, then a "
-                                          "prompted one)."),
-    peak_threshold: Optional[float] = typer.Option(None, "--peak-threshold", help="--prompts auto: density "
-                                                   "peaks at or above this become prompts; --instances on a density "
-                                                   "model: they seed the watershed (default 0.49 = 125/255, the "
-                                                   "Prompt-DAS code's; density is 1 at a trained centre)."),
-    tta: bool = typer.Option(False, "--tta", help="Rotation test-time augmentation: each tile run at 0/90/180/270 "
-                             "degrees, logits averaged (4x the compute)."),
-    instances: Optional[str] = typer.Option(None, "--instances", help="Also write instances of these classes "
-                                            "(CLASS[,CLASS]) as a uint32 label image <class>_instances beside "
-                                            "the semantic one, IDs unique across blocks: connected components, or "
-                                            "a watershed seeded by density peaks on prompt-das-* models."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    input: str = INPUT,
+    out: Optional[Path] = OUT,
+    into_input: bool = INTO_INPUT,
+    levels: Optional[int] = LEVELS,
+    window: Optional[str] = WINDOW,
+    model: Optional[str] = MODEL,
+    checkpoint: Optional[list[Path]] = CHECKPOINT,
+    backend: str = BACKEND,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    batch: int = BATCH,
+    halo: Optional[int] = HALO,
+    blend: str = BLEND,
+    axis: str = AXIS,
+    block: int = BLOCK,
+    key: Optional[str] = KEY,
+    level: Optional[int] = LEVEL,
+    label_name: str = LABEL_NAME,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    probabilities: bool = PROBABILITIES,
+    report: Optional[Path] = REPORT,
+    dask: Optional[str] = DASK,
+    allow_missing_chunks: bool = ALLOW_MISSING_CHUNKS,
+    prompts: Optional[str] = PROMPTS,
+    peak_threshold: Optional[float] = PEAK_THRESHOLD,
+    tta: bool = TTA,
+    instances: Optional[str] = INSTANCES,
+    quiet: bool = QUIET,
 ) -> None:
     """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""
-    from emseg_rt.runtime import segment_volume
+    from emseg_rt.runtime import SegmentRequest, run_segment  # deferred: CLI start-up (torch loads on use)
 
-    result = segment_volume(
-        input, out, model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision, batch=batch, halo=halo,
-        blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite, probabilities=probabilities,
-        key=key, level=level, label_name=label_name, levels=levels, into_input=into_input, window=window,
-        progress=not quiet, report=report,
+    request = SegmentRequest.from_keywords(
+        input, out, model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision,
+        batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite,
+        probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
+        into_input=into_input, window=window, progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)),
         allow_missing_chunks=allow_missing_chunks, dask=dask,
         prompts=None if prompts is None else (prompts if prompts == "auto" else Path(prompts)), tta=tta,
-        instances=instances, peak_threshold=peak_threshold,
-    )
+        instances=instances, peak_threshold=peak_threshold)
+    result = run_segment(request)
     if not quiet:
         typer.echo(
             f"{result.label_path}: {result.slices_computed} slices in {result.wall_seconds:.1f} s "

@@ -1,9 +1,8 @@
 """`segment --dask`: the same block computation as the single-process stream, one Dask task per block.
 
 A block is `block` whole planes, so its output is whole chunks that no other task touches. A task runs
-exactly what the threaded stream runs for a block (`read_slab` → `segment_planes` (prompts, `--prompts auto`,
-`--tta`, the density for the instance watershed) → `OutputStore.write_block`,
-which writes the chunks and then the done-marker), on a backend the worker process loaded once and keeps.
+the one block driver (`runtime.block.BlockDriver.run`: read → segment → `OutputStore.write_block`, which writes
+the chunks and then the done-marker), on a backend the worker process loaded once and keeps.
 A task whose worker dies is retried elsewhere; recomputing a block writes the same bytes, so the output is
 byte-identical to a single-process run. The driver (the process that called `segment_volume`) holds the
 output lock, writes the run record, submits the pending blocks and marks the output complete.
@@ -14,19 +13,20 @@ output lock, writes the run record, submits the pending blocks and marks the out
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
+from distributed import Client, LocalCluster, as_completed, get_worker
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.io import open_volume
 from emseg_rt.runtime.backends.base import Backend
-from emseg_rt.runtime.normalise import Normalisation
+from emseg_rt.runtime.block import Block, BlockDriver, BlockJob, BlockSummary, store_sink
+from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.output import OutputLayout, OutputStore
-from emseg_rt.runtime.slab import PromptMode
 
 TASK_RETRIES = 3  # a block whose worker died is resubmitted this many times
 
@@ -42,8 +42,6 @@ class BackendRecipe:
     checkpoints: tuple[str, ...] = ()
 
     def load(self) -> Backend:
-        from emseg_rt.runtime.loader import load_backend
-
         return load_backend(self.model, self.backend, _worker_device(self.device), self.precision, self.checkpoints)
 
 
@@ -51,13 +49,9 @@ def _worker_device(device: str) -> str:
     """'cuda' on a worker of a machine with several GPUs → that worker's own GPU (worker name modulo count)."""
     if device != "cuda":
         return device
-    import torch
-
     count = torch.cuda.device_count()
     if count <= 1:
         return device
-    from distributed import get_worker
-
     name = str(get_worker().name)
     return f"cuda:{int(name) % count}" if name.isdigit() else device
 
@@ -81,52 +75,25 @@ class BlockTask:
     source: str
     key: str | None
     level: int | None
-    axis_index: int
-    axis: str
-    norm: Normalisation
-    where: str
-    plane_shape: tuple[int, int]
-    tile: int
-    halo: int
-    batch: int
-    blend: str
+    job: BlockJob
     target: str
     layout: OutputLayout
     run_hash: str
-    mode: PromptMode = PromptMode()  # prompted models: the run's points, or --prompts auto
-    tta: bool = False
 
 
-def run_block(task: BlockTask, index: int, start: int, stop: int) -> dict[str, Any]:
-    """Compute and write block `index` (planes start..stop-1) on this worker; returns its counts."""
-    from emseg_rt.io.ome_zarr import open_volume
-    from emseg_rt.runtime.segment import read_slab, region_of
-    from emseg_rt.runtime.slab import segment_planes
-    from emseg_rt.runtime.tiling import plan_tiles
-
+def run_block_task(task: BlockTask, block: Block) -> BlockSummary:
+    """Compute and write one block on this worker with the one block driver; returns what the driver counts."""
     backend = worker_backend(task.recipe)
     if backend.spec.identity != task.identity:
         raise EmsegError(f"a worker loaded a different model ({backend.spec.identity} vs {task.identity}); "
                          "workers need the same packages, checkpoints and library versions as the driver")
     volume = open_volume(task.source, key=task.key, level=task.level, spatial=True)
-    slab = read_slab(volume.array, start, stop, task.axis_index, task.axis, task.norm, task.where)
-    timings: dict[str, float] = {}
-    prompt_counts: dict[str, int] = {}
-    plan = plan_tiles(task.plane_shape, task.tile, task.halo)
-    density = np.empty(slab.shape, np.float32) if task.layout.density else None
-    labels, probs, tiles = segment_planes(backend, slab, plan, task.mode, start=start, axis=task.axis_index,
-                                          batch=task.batch, blend=task.blend,
-                                          probabilities=task.layout.probabilities,
-                                          label_type=task.layout.label_dtype, timings=timings, tta=task.tta,
-                                          counts=prompt_counts, density_out=density)
     store = OutputStore(Path(task.target), task.layout, task.run_hash)
     store.attach()
-    store.write_block(index, region_of(start, stop, task.axis_index), np.moveaxis(labels, 0, task.axis_index),
-                      None if probs is None else np.moveaxis(probs, 1, task.axis_index + 1),
-                      None if density is None else np.moveaxis(density, 0, task.axis_index))
-    counts = np.bincount(labels.ravel(), minlength=len(task.layout.classes) + 1)[: len(task.layout.classes) + 1]
-    return {"index": index, "planes": stop - start, "tiles": tiles, "compute": timings.get("compute", 0.0),
-            "stitch": timings.get("stitch", 0.0), "label_counts": counts.tolist(), "prompt_counts": prompt_counts}
+    driver = BlockDriver(backend, volume.array, task.job, store_sink(store, task.job.axis_index))
+    summary = driver.run(block).summary
+    summary.timings = {stage: driver.timings[stage] for stage in ("compute", "stitch")}
+    return summary
 
 
 def check_address(address: str) -> None:
@@ -142,10 +109,6 @@ def check_address(address: str) -> None:
 def open_client(address: str, say: Callable[[str], None]) -> tuple[Any, Any]:
     """(client, cluster or None) for `local:N` (a LocalCluster of N one-thread worker processes) or a
     scheduler address. Prints the dashboard address."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:  # pragma: no cover - dask[distributed] is a dependency
-        raise EmsegError("--dask needs dask.distributed: pip install 'dask[distributed]'") from None
     check_address(address)
     cluster = None
     if address.startswith("local:"):
@@ -162,25 +125,17 @@ def open_client(address: str, say: Callable[[str], None]) -> tuple[Any, Any]:
     return client, cluster
 
 
-def run_blocks_on_cluster(address: str, task: BlockTask, pending: Sequence[tuple[int, int, int]],
-                          say: Callable[[str], None], on_block: Callable[[dict[str, Any]], None]) -> None:
-    """Submit every pending block as a task and report each finished one to `on_block` (in the driver)."""
-    from distributed import as_completed
-
+def run_blocks_on_cluster(address: str, task: BlockTask, pending: Sequence[Block], say: Callable[[str], None],
+                          on_block: Callable[[BlockSummary], None]) -> None:
+    """Submit every pending block as a task and hand each finished one's summary to `on_block` (in the driver,
+    which reports progress)."""
     client, cluster = open_client(address, say)
     try:
-        futures = [client.submit(run_block, task, index, start, stop, retries=TASK_RETRIES, pure=False,
-                                 key=f"emseg-block-{task.run_hash[:12]}-{index}")
-                   for index, start, stop in pending]
-        started, done, planes = time.perf_counter(), 0, 0
+        futures = [client.submit(run_block_task, task, block, retries=TASK_RETRIES, pure=False,
+                                 key=f"emseg-block-{task.run_hash[:12]}-{block[0]}")
+                   for block in pending]
         for future in as_completed(futures):
-            result = future.result()  # re-raises the task's EmsegError (one line) or a bug
-            on_block(result)
-            done, planes = done + 1, planes + result["planes"]
-            elapsed = time.perf_counter() - started
-            rate = planes / elapsed if elapsed > 0 else 0.0
-            eta = (sum(b1 - b0 for _, b0, b1 in pending) - planes) / rate if rate else float("inf")
-            say(f"dask: {done}/{len(pending)} blocks, {rate:.2f} slices/s, ETA {eta:.0f} s")
+            on_block(future.result())  # re-raises the task's EmsegError (one line) or a bug
     finally:
         client.close()
         if cluster is not None:
