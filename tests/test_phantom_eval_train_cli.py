@@ -95,3 +95,20 @@ def test_train_cli_writes_checkpoint_and_refuses_bad_inputs(tmp_path, monkeypatc
     code, _, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", tmp_path / "w.pt",
                            "--steps", "0")
     assert_one_line_error(code, err, "--steps")
+
+
+def test_train_reports_progress_on_stderr_and_the_summary_on_stdout(tmp_path, monkeypatch, capsys):
+    """Without --quiet, in a log (stderr not a terminal) `train` says the cache's and the run's final progress
+    lines on stderr (`emseg_rt.progress`), and its one summary line on stdout; with --quiet neither."""
+    vol = tmp_path / "cell.zarr"
+    run_cli(monkeypatch, capsys, "phantom", vol, "--shape", "2,128,128")
+    code, out, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", tmp_path / "a.pt",
+                             "--steps", "2", "--batch", "1")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("embedding cache: 2/2 tiles in ") for line in lines), err
+    assert any(line.startswith("training: 2/2 steps in ") and "; loss " in line for line in lines), err
+    assert out.count("\n") == 1 and "steps 0→2 on 2 cached tiles" in out
+    code, out, err = run_cli(monkeypatch, capsys, "train", "scsam-tiny", "--data", vol, "--out", tmp_path / "a.pt",
+                             "--steps", "3", "--batch", "1", "--resume", "--quiet")
+    assert (code, out, err) == (0, "", "")

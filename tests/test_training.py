@@ -1,5 +1,7 @@
 """Head training over cached embeddings: the loss falls, checkpoints load, resume continues exactly."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import build
 from emseg_rt.training import build_cache, dice_loss, train_head
+from emseg_rt.training.loop import Schedule, run_loop, state_path_for
 from emseg_rt.training.losses import one_hot_classes
 
 MODEL = "scsam-tiny"  # 128² tiles
@@ -114,3 +117,44 @@ def test_cache_from_an_exported_package_matches_the_torch_encoders(tmp_path, vol
                                    atol=2e-2, rtol=1e-2)
     with pytest.raises(EmsegError, match="not sam-star-tiny"):
         package_embedder(package, "sam-star-tiny")
+
+
+class _CountingRecipe:
+    """A stand-in recipe for the loop: unit `at` has loss `at`, its weights are [at]."""
+
+    def __init__(self):
+        self.at = 0
+
+    def step(self, at):
+        self.at = at
+        return {"total": float(at)}
+
+    def record(self, terms):
+        return terms
+
+    def status(self, record):
+        return f"loss {record['total']:g}"
+
+    def weights(self):
+        return {"w": torch.tensor([float(self.at)])}
+
+    def state(self, at, losses):
+        return {"step": at, "losses": losses}
+
+
+def test_the_loop_records_saves_resumes_and_reports(tmp_path, capsys):
+    """Loss records are interval means, CKPT and CKPT.state follow the checkpoint interval and the stop, a resume
+    continues after the state's step, and progress says a final line through `say` (nothing when quiet)."""
+    out, lines = tmp_path / "fake.pt", []
+    schedule = Schedule("fake", total=6, stop=5, checkpoint_every=2, record_every=2)
+    first = run_loop(_CountingRecipe(), schedule, out, None, say=lines.append, quiet=False)
+    assert (first.start, first.end) == (0, 5)
+    assert first.losses == [{"step": 2, "total": 1.5}, {"step": 4, "total": 3.5}, {"step": 5, "total": 5.0}]
+    assert torch.load(out, weights_only=True)["w"].item() == 5.0
+    assert lines and lines[-1].startswith("fake: 5/6 steps in ") and lines[-1].endswith("; loss 5")
+    state = torch.load(state_path_for(out), weights_only=True)
+    seen, quiet_lines = [], []
+    second = run_loop(_CountingRecipe(), dataclasses.replace(schedule, stop=6), out, state,
+                      on_step=lambda at, total, terms: seen.append((at, total)), say=quiet_lines.append)
+    assert (second.start, second.end, seen, quiet_lines) == (5, 6, [(6, 6)], [])
+    assert second.losses[-1] == {"step": 6, "total": 6.0} and torch.load(out, weights_only=True)["w"].item() == 6.0

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 
 from emseg_rt.cli.app import app
+from emseg_rt.cli.eval_cmd import read_volume_or_fail
+from emseg_rt.errors import EmsegError
+from emseg_rt.models import build, get_config
+from emseg_rt.runtime.devices import resolve_device
+from emseg_rt.training.pretrain import PretrainConfig, epoch_status, pretrain
 
 
 @app.command("pretrain")
@@ -32,15 +38,6 @@ def pretrain_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Pretrain the student FOV encoder (HiS4MAE eqs. 2–6 / MAESTER) and write it as a pipeline checkpoint."""
-    import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from emseg_rt.cli.eval_cmd import read_volume_or_fail
-    from emseg_rt.errors import EmsegError
-    from emseg_rt.models import build, get_config
-    from emseg_rt.runtime.devices import resolve_device
-    from emseg_rt.training.pretrain import pretrain
-
     if get_config(model).pretrain is None:
         raise EmsegError(f"model {model} has no masked pretraining (only maester-* and his4mae-* do); to train a "
                          "ScSAM-family head use `emseg-rt train`")
@@ -48,21 +45,10 @@ def pretrain_command(
     volumes = [read_volume_or_fail(path) for path in data]
     torch.manual_seed(seed)  # the student's initial weights (decoder and codebook: `pretrain` seeds them)
     pipeline = build(model).to(device)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), disable=quiet, transient=True) as progress:
-        task = progress.add_task("pretraining epochs", total=None, loss="")
-
-        def on_epoch(epoch: int, total: int, record: dict[str, float]) -> None:
-            progress.update(task, completed=epoch, total=total, loss=_terms(record))
-
-        report = pretrain(pipeline, volumes, out, epochs=epochs, samples_per_epoch=samples_per_epoch, batch=batch,
-                          lr=lr, checkpoint_every_epochs=checkpoint_every, stop_after=stop_after, resume=resume,
-                          seed=seed, names=[str(path) for path in data], on_epoch=on_epoch)
-    last = _terms(report.losses[-1]) if report.losses else "no epochs run"
+    config = PretrainConfig(epochs=epochs, samples_per_epoch=samples_per_epoch, batch=batch, lr=lr,
+                            checkpoint_every_epochs=checkpoint_every, stop_after=stop_after, resume=resume, seed=seed)
+    report = pretrain(pipeline, volumes, out, config, names=[str(path) for path in data],
+                      say=lambda line: typer.echo(line, err=True), quiet=quiet)
+    last = epoch_status(report.losses[-1]) if report.losses else "no epochs run"
     typer.echo(f"{out}: {report.model} ({report.kind}) epochs {report.start_epoch}→{report.end_epoch} of "
                f"{report.epochs} in {report.seconds:.1f} s; last epoch {last}")
-
-
-def _terms(record: dict[str, float]) -> str:
-    return (f"loss {record['total']:.4f} (recon {record['recon']:.4f} tea {record['tea']:.4f} "
-            f"stu {record['stu']:.4f})")

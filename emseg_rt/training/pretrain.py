@@ -16,10 +16,7 @@ Files written for `--out CKPT`:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +28,17 @@ from torch import nn
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.masked_pretrain import MaskedPretrainer
-from emseg_rt.training.trainer import (
-    STATE_SUFFIX,
-    atomic_save,
+from emseg_rt.progress import Say
+from emseg_rt.training.loop import (
+    LossRecord,
+    Schedule,
     check_out,
     check_same_run,
+    config_digest,
     read_resume_state,
-    restore_error,
+    restoring,
+    run_loop,
+    volumes_digest,
 )
 
 STATE_FORMAT = "emseg-rt pretrain state 1"
@@ -80,6 +81,24 @@ class PretrainSettings:
         """The batches of one epoch: full ones, then the remainder (the epoch has exactly samples_per_epoch FOVs)."""
         full, rest = divmod(self.samples_per_epoch, self.batch)
         return [self.batch] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The settings of one pretraining run (`emseg-rt pretrain`); None: the model's `config.pretrain` (HiS4MAE
+    Table 2 at paper size). `epochs` is the length of the cosine schedule."""
+
+    epochs: int | None = None
+    samples_per_epoch: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    min_lr: float | None = None
+    warmup_epochs: int | None = None
+    weight_decay: float | None = None
+    checkpoint_every_epochs: int = 1
+    stop_after: int | None = None  # end after this epoch (≤ epochs) with everything saved; resume continues
+    resume: bool = False  # continue from CKPT.state (same model, data and settings)
+    seed: int = 0  # initial decoder and codebook, FOV sampling, masks
 
 
 def check_volume(volume: Any, name: str) -> None:
@@ -152,16 +171,6 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr:
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def volumes_digest(volumes: Sequence[Any]) -> str:
-    """sha256 over every volume's shape, dtype and bytes (slice by slice, so array-likes are read once)."""
-    digest = hashlib.sha256()
-    for volume in volumes:
-        digest.update(f"{tuple(volume.shape)} {np.dtype(volume.dtype)}".encode())
-        for z in range(volume.shape[0]):
-            digest.update(np.ascontiguousarray(volume[z]).tobytes())
-    return digest.hexdigest()
-
-
 def parameter_groups(pretrainer: MaskedPretrainer, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; none on biases, norms, position embeddings, the mask
     token and the codebook. The teacher (no gradient) is left out."""
@@ -185,7 +194,7 @@ STATE_KEYS = {"format": str, "model": str, "data": str, "settings": dict, "epoch
 
 
 def load_pretrain_state(state_path: Path) -> dict:
-    """Read a `--resume` state (`trainer.read_resume_state`) and check its format; EmsegError (one line) for a
+    """Read a `--resume` state (`loop.read_resume_state`) and check its format; EmsegError (one line) for a
     file `emseg-rt pretrain` did not write."""
     state = read_resume_state(state_path, STATE_KEYS, "emseg-rt pretrain")
     if state["format"] != STATE_FORMAT:
@@ -194,29 +203,74 @@ def load_pretrain_state(state_path: Path) -> dict:
     return state
 
 
-def _restore(state: dict, pretrainer: nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-             generator: torch.Generator, state_path: Path) -> None:
-    try:
-        pretrainer.load_state_dict(state["pretrainer"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        generator.set_state(state["torch_rng"])
-        torch.set_rng_state(state["torch_global_rng"])
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise restore_error(exc, state_path, "this model") from None
-
-
-def _settings(pipeline: nn.Module, overrides: dict[str, Any]) -> PretrainSettings:
-    config = pipeline.config.pretrain
-    defaults = {"epochs": config.epochs, "samples_per_epoch": config.samples_per_epoch, "batch": config.batch_size,
-                "lr": config.lr, "min_lr": config.min_lr, "warmup_epochs": config.warmup_epochs,
-                "weight_decay": config.weight_decay, "seed": 0}
-    settings = PretrainSettings(**{k: v if overrides.get(k) is None else overrides[k] for k, v in defaults.items()})
+def _settings(pipeline: nn.Module, config: PretrainConfig) -> PretrainSettings:
+    """The run's numbers: `config`'s, the model's `config.pretrain` where it gives None (checked)."""
+    model = pipeline.config.pretrain
+    defaults = {"epochs": model.epochs, "samples_per_epoch": model.samples_per_epoch, "batch": model.batch_size,
+                "lr": model.lr, "min_lr": model.min_lr, "warmup_epochs": model.warmup_epochs,
+                "weight_decay": model.weight_decay, "seed": 0}
+    given = dataclasses.asdict(config)
+    settings = PretrainSettings(**{k: v if given.get(k) is None else given[k] for k, v in defaults.items()})
     if min(settings.epochs, settings.samples_per_epoch, settings.batch) < 1 or settings.warmup_epochs < 0:
         raise EmsegError("--epochs, --samples-per-epoch and --batch must be >= 1 (warm-up epochs >= 0)")
     if not (settings.lr > 0 and 0 <= settings.min_lr <= settings.lr):
         raise EmsegError(f"--lr must be > 0 and at least the minimum lr {settings.min_lr}, got {settings.lr}")
     return settings
+
+
+class _PretrainRecipe:
+    """One epoch per unit: `settings.batch_sizes()` AdamW steps (lr set per step, EMA teacher after each),
+    then the isolated codebook vectors refreshed (eq. 6). The decoder and codebook start from the seed."""
+
+    def __init__(self, pipeline: nn.Module, sampler: FovSampler, settings: PretrainSettings, fingerprint: dict,
+                 data: str) -> None:
+        self.name, self.settings, self.fingerprint, self.data = pipeline.config.name, settings, fingerprint, data
+        self.sampler, self.rng = sampler, sampler.rng
+        self.student = pipeline.encoders["fov_encoder"].requires_grad_(True)  # inference may have turned it off
+        device = next(self.student.parameters()).device
+        with torch.random.fork_rng(devices=[]):  # decoder and codebook start from `seed`, the global RNG untouched
+            torch.manual_seed(settings.seed)
+            self.pretrainer = MaskedPretrainer(pipeline.config, self.student).to(device)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.pretrainer, settings.weight_decay), lr=settings.lr,
+                                           betas=ADAMW_BETAS)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.steps_done = 0
+
+    def restore(self, state: dict, state_path: Path) -> None:
+        with restoring(state_path, "this model"):
+            self.pretrainer.load_state_dict(state["pretrainer"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.bit_generator.state = state["rng"]
+            self.generator.set_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_global_rng"])
+        self.steps_done = state["step"]
+
+    def step(self, at: int) -> LossRecord:
+        record, self.steps_done = _train_epoch(self.pretrainer, self.optimizer, self.sampler, self.generator,
+                                               self.settings, self.steps_done)
+        return record
+
+    def record(self, terms: LossRecord) -> LossRecord:
+        return terms
+
+    def status(self, record: LossRecord) -> str:
+        return epoch_status(record)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return student_checkpoint(self.pretrainer)
+
+    def state(self, at: int, losses: list[LossRecord]) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "model": self.name, "data": self.data, "settings": self.fingerprint,
+                "epoch": at, "step": self.steps_done, "pretrainer": self.pretrainer.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": self.generator.get_state(), "torch_global_rng": torch.get_rng_state(),
+                "losses": losses}
+
+
+def epoch_status(record: LossRecord) -> str:
+    """One epoch's losses in a line: `loss 1.1323 (recon 1.1311 tea 1.0956 stu 0.7411)`."""
+    return (f"loss {record['total']:.4f} (recon {record['recon']:.4f} tea {record['tea']:.4f} "
+            f"stu {record['stu']:.4f})")
 
 
 def _train_epoch(pretrainer: MaskedPretrainer, optimizer: torch.optim.Optimizer, sampler: FovSampler,
@@ -246,91 +300,50 @@ def pretrain(
     pipeline: nn.Module,
     volumes: Sequence[Any],
     out: str | Path,
+    config: PretrainConfig | None = None,
     *,
-    epochs: int | None = None,
-    samples_per_epoch: int | None = None,
-    batch: int | None = None,
-    lr: float | None = None,
-    min_lr: float | None = None,
-    warmup_epochs: int | None = None,
-    weight_decay: float | None = None,
-    checkpoint_every_epochs: int = 1,
-    stop_after: int | None = None,
-    resume: bool = False,
-    seed: int = 0,
     names: Sequence[str] | None = None,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    say: Say | None = None,
+    quiet: bool = True,
+    **settings: Any,
 ) -> PretrainReport:
     """Pretrain `pipeline.encoders["fov_encoder"]` in place on FOVs drawn from `volumes`.
 
     volumes:    (Z, Y, X) uint8 arrays (numpy or array-likes); `names` names them in error messages.
-    epochs ...: default to `pipeline.config.pretrain` (HiS4MAE Table 2 at paper size); `epochs` is the length
-                of the cosine schedule.
-    stop_after: end after this epoch (≤ epochs) with everything saved; `resume=True` then continues exactly.
-    resume:     continue from out + '.state' (same model, data and settings).
+    config:     the run's settings (`PretrainConfig`); `settings` (its field names: epochs=..., resume=...)
+                replace single fields of it.
     on_epoch:   on_epoch(epoch, epochs, mean losses of the epoch) after every epoch (and its checkpoint).
+    say, quiet: progress (`emseg_rt.progress`): a bar on a terminal, lines through `say` in logs; none when quiet.
     The training runs on the student's device; exact resume is guaranteed on the CPU.
     """
-    config = pipeline.config
-    if config.pretrain is None or config.fov_encoder is None:
-        raise EmsegError(f"model {config.name} has no masked pretraining; `emseg-rt pretrain` is for the "
+    config = dataclasses.replace(config or PretrainConfig(), **settings)
+    model = pipeline.config
+    if model.pretrain is None or model.fov_encoder is None:
+        raise EmsegError(f"model {model.name} has no masked pretraining; `emseg-rt pretrain` is for the "
                          "maester-* and his4mae-* models (ScSAM-family heads: `emseg-rt train`)")
-    settings = _settings(pipeline, {"epochs": epochs, "samples_per_epoch": samples_per_epoch, "batch": batch,
-                                    "lr": lr, "min_lr": min_lr, "warmup_epochs": warmup_epochs,
-                                    "weight_decay": weight_decay, "seed": seed})
-    stop = settings.epochs if stop_after is None else stop_after
-    if not 1 <= stop <= settings.epochs or checkpoint_every_epochs < 1:
-        raise EmsegError(f"--stop-after must be between 1 and --epochs ({settings.epochs}), "
+    numbers = _settings(pipeline, config)
+    stop = numbers.epochs if config.stop_after is None else config.stop_after
+    if not 1 <= stop <= numbers.epochs or config.checkpoint_every_epochs < 1:
+        raise EmsegError(f"--stop-after must be between 1 and --epochs ({numbers.epochs}), "
                          "--checkpoint-every at least 1")
     out = Path(out)
-    state_path = out.with_name(out.name + STATE_SUFFIX)
-    check_out(out, state_path, resume, "pretraining")
-    rng = np.random.default_rng(settings.seed)
-    sampler = FovSampler(volumes, config.fov_encoder.field_of_view, rng, names)
-    state = load_pretrain_state(state_path) if resume else None
+    state_path = check_out(out, config.resume, "pretraining")
+    sampler = FovSampler(volumes, model.fov_encoder.field_of_view, np.random.default_rng(numbers.seed), names)
+    state = load_pretrain_state(state_path) if config.resume else None
     data = volumes_digest(volumes)
-    fingerprint = {**dataclasses.asdict(settings),
-                   "config": hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True,
-                                                       default=str).encode()).hexdigest()}
+    fingerprint = {**dataclasses.asdict(numbers), "config": config_digest(model)}
     if state is not None:
-        check_same_run(state, config.name, data, fingerprint, state_path,
+        check_same_run(state, model.name, data, fingerprint, state_path,
                        "the schedule spans --epochs; --stop-after ends early")
-
-    student = pipeline.encoders["fov_encoder"].requires_grad_(True)  # a pipeline used for inference had it off
-    device = next(student.parameters()).device
-    with torch.random.fork_rng(devices=[]):  # the decoder and codebook start from `seed`, the global RNG untouched
-        torch.manual_seed(settings.seed)
-        pretrainer = MaskedPretrainer(config, student).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(pretrainer, settings.weight_decay), lr=settings.lr,
-                                  betas=ADAMW_BETAS)
-    generator = torch.Generator().manual_seed(settings.seed)
-    start_epoch, step, losses = 0, 0, []
+    recipe = _PretrainRecipe(pipeline, sampler, numbers, fingerprint, data)
     if state is not None:
-        _restore(state, pretrainer, optimizer, rng, generator, state_path)
-        start_epoch, step, losses = state["epoch"], state["step"], list(state["losses"])
-
-    def save(epoch: int) -> None:
-        atomic_save(student_checkpoint(pretrainer), out)
-        atomic_save({"format": STATE_FORMAT, "model": config.name, "data": data, "settings": fingerprint,
-                      "epoch": epoch, "step": step, "pretrainer": pretrainer.state_dict(),
-                      "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                      "torch_rng": generator.get_state(), "torch_global_rng": torch.get_rng_state(),
-                      "losses": losses}, state_path)
-
-    was_training = student.training
-    pretrainer.train()
-    began = time.perf_counter()
-    for epoch in range(start_epoch + 1, stop + 1):
-        record, step = _train_epoch(pretrainer, optimizer, sampler, generator, settings, step)
-        losses.append({"epoch": epoch, **record})
-        if epoch % checkpoint_every_epochs == 0 or epoch == stop:
-            save(epoch)
-        if on_epoch is not None:
-            on_epoch(epoch, settings.epochs, losses[-1])
-    student.train(was_training)
-    if start_epoch >= stop and not out.exists():
-        save(start_epoch)
-    return PretrainReport(model=config.name, kind=config.pretrain.kind, epochs=settings.epochs,
-                          start_epoch=start_epoch, end_epoch=max(start_epoch, stop), steps=step,
-                          seconds=time.perf_counter() - began, losses=losses, checkpoint=str(out),
-                          state=str(state_path))
+        recipe.restore(state, state_path)
+    was_training = recipe.student.training
+    recipe.pretrainer.train()
+    schedule = Schedule("pretraining", numbers.epochs, stop, config.checkpoint_every_epochs, 1, unit="epoch")
+    result = run_loop(recipe, schedule, out, state, on_step=on_epoch, say=say, quiet=quiet)
+    recipe.student.train(was_training)
+    return PretrainReport(model=model.name, kind=model.pretrain.kind, epochs=numbers.epochs,
+                          start_epoch=result.start, end_epoch=result.end, steps=recipe.steps_done,
+                          seconds=result.seconds, losses=result.losses, checkpoint=str(out), state=str(state_path))

@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,17 +39,21 @@ from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.progress import Say
 from emseg_rt.runtime.prompts import peak_points
-from emseg_rt.training.losses import dice_loss
-from emseg_rt.training.pretrain import volumes_digest
-from emseg_rt.training.trainer import (
-    STATE_SUFFIX,
-    atomic_save,
+from emseg_rt.training.loop import (
+    LossRecord,
+    Schedule,
     check_out,
     check_same_run,
+    config_digest,
+    cpu_state_dict,
     read_resume_state,
-    restore_error,
+    restoring,
+    run_loop,
+    volumes_digest,
 )
+from emseg_rt.training.losses import dice_loss
 
 STATE_FORMAT = "emseg-rt prompt-das train state 1"
 MITOCHONDRIA_CLASS = 2  # the phantom's label of mitochondria (emseg_rt.data.phantom.MITOCHONDRIA)
@@ -95,6 +96,32 @@ class MeanTeacher:
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "targets"}
+
+
+@dataclass(frozen=True)
+class PromptDasConfig:
+    """The settings of one Prompt-DAS training run (`emseg-rt train prompt-das-*`).
+
+    sigma:           density Gaussian σ in pixels (None: DENSITY_SIGMA of the model size).
+    prompt_fraction: share of each window's centres given as prompts (None: random per window, paper's n_s).
+    mean_teacher:    target volumes and settings for mean-teacher adaptation (None: source only).
+    class_id:        `labels == class_id` is the object mask (default 2, the phantom's mitochondria).
+    """
+
+    steps: int = 16000  # Prompt-DAS §3: 16k iterations (the run's and the poly schedule's length)
+    batch: int = PAPER_BATCH
+    lr: float = PAPER_LR
+    sigma: float | None = None
+    prompt_fraction: float | None = None
+    mean_teacher: MeanTeacher | None = None
+    contrastive_weight: float = 0.0  # weight of eq. 3's contrastive loss (needs mean_teacher)
+    weights: LossWeights = LossWeights()
+    weight_decay: float = WEIGHT_DECAY
+    class_id: int = MITOCHONDRIA_CLASS
+    checkpoint_every: int = 100  # steps between checkpoints (and loss records)
+    stop_after: int | None = None  # end after this step (≤ steps) with everything saved; resume continues exactly
+    resume: bool = False  # continue from CKPT.state (same model, data and settings)
+    seed: int = 0
 
 
 @dataclass
@@ -428,155 +455,168 @@ def _check_same_run(state: dict, model: str, data: str, settings: dict[str, Any]
     check_same_run(state, model, data, settings, state_path)
 
 
+def _check_config(config: PromptDasConfig, sigma: float) -> int:
+    """One-line EmsegErrors for settings the trainer cannot use; returns the step the run stops after."""
+    if config.steps < 1 or config.batch < 1 or config.checkpoint_every < 1:
+        raise EmsegError("--steps, --batch and --checkpoint-every must be >= 1")
+    stop = config.steps if config.stop_after is None else config.stop_after
+    if not 1 <= stop <= config.steps:
+        raise EmsegError(f"--stop-after must be between 1 and --steps ({config.steps}), got {config.stop_after}")
+    if not config.lr > 0 or not sigma > 0:
+        raise EmsegError(f"--lr and --sigma must be > 0, got {config.lr} and {sigma}")
+    if config.prompt_fraction is not None and not 0.0 <= config.prompt_fraction <= 1.0:
+        raise EmsegError(f"--prompt-fraction must be between 0 and 1, got {config.prompt_fraction}")
+    if config.contrastive_weight < 0 or (config.contrastive_weight > 0 and config.mean_teacher is None):
+        raise EmsegError("--contrastive-weight must be >= 0 and needs a --target volume (it is a target-domain "
+                         "loss of the mean-teacher stage)")
+    if config.mean_teacher is not None and not 0.0 <= config.mean_teacher.ema_decay < 1.0:
+        raise EmsegError(f"--ema-decay must be in [0, 1), got {config.mean_teacher.ema_decay}")
+    return stop
+
+
+def _fingerprint(config: PromptDasConfig, sigma: float, model_config: Any) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues."""
+    teacher = config.mean_teacher
+    return {"steps": config.steps, "batch": config.batch, "lr": config.lr, "sigma": sigma,
+            "prompt_fraction": config.prompt_fraction, "mean_teacher": teacher.settings() if teacher else None,
+            "contrastive_weight": config.contrastive_weight, "weights": dataclasses.asdict(config.weights),
+            "weight_decay": config.weight_decay, "class_id": config.class_id, "seed": config.seed,
+            "config": config_digest(model_config)}
+
+
+class _PromptDasRecipe:
+    """The whole pipeline with AdamW and poly decay on the supervised terms, plus the mean-teacher terms on
+    target windows when `config.mean_teacher` is set (see the module docstring). Every draw comes from one
+    numpy Generator seeded with `config.seed`."""
+
+    def __init__(self, pipeline: nn.Module, config: PromptDasConfig, sigma: float, source: tuple[Sequence, Sequence],
+                 targets: list[Any], identity: tuple[str, dict[str, Any]]) -> None:
+        self.pipeline, self.config, (self.data, self.fingerprint) = pipeline, config, identity
+        self.device = device = next(pipeline.parameters()).device
+        pipeline.requires_grad_(True)
+        self.teacher = (copy.deepcopy(pipeline).requires_grad_(False).eval() if config.mean_teacher is not None
+                        else None)
+        self.projection = None
+        if config.contrastive_weight > 0:
+            with torch.random.fork_rng(devices=[]):  # φ starts from `seed`, the global RNG untouched
+                torch.manual_seed(config.seed)
+                n = pipeline.config.prompt_dim
+                self.projection = MLP(n, n, n, 3).to(device)  # φ: "the same as the MLP of SAM" (§3)
+        params = list(pipeline.parameters())
+        if self.projection is not None:
+            params += list(self.projection.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        tile = pipeline.config.tile
+        self.source = WindowSampler(source[0], source[1], tile, self.rng, config.class_id)
+        self.target = WindowSampler(targets, None, tile, self.rng) if targets else None
+        self.batches = _Batches(pipeline, self.rng, sigma, config.prompt_fraction, device)
+        self.zero = torch.zeros((), device=device)
+
+    def restore(self, state: dict, state_path: Path) -> None:
+        with restoring(state_path, self.pipeline.config.name):
+            self.pipeline.load_state_dict(state["pipeline"])
+            if self.teacher is not None:
+                self.teacher.load_state_dict(state["teacher"])
+            if self.projection is not None:
+                self.projection.load_state_dict(state["projection"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+
+    def step(self, at: int) -> PromptDasLossTerms:
+        config, weights, device, batches = self.config, self.config.weights, self.device, self.batches
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(at - 1, config.steps, config.lr)
+        tiles, masks = self.source.sample(config.batch)
+        centres = [window_centres(mask) for mask in masks]
+        coords, point_labels = batches.prompts(centres)
+        outputs = self.pipeline(_tiles(tiles, device), point_coords=coords, point_labels=point_labels)
+        dice, bce, density = supervised_terms(outputs, _tiles(masks.astype(np.float32), device),
+                                              batches.densities(centres))
+        total = weights.dice * dice + weights.bce * bce + weights.density * density
+        t_dice = t_bce = t_density = pcl = self.zero
+        teacher = config.mean_teacher
+        if self.teacher is not None and self.target is not None:
+            t_dice, t_bce, t_density, pcl = _target_terms(self.pipeline, self.teacher, self.projection, self.target,
+                                                          batches, teacher, config.batch, self.rng, device)
+            total = total + teacher.target_weight * (
+                weights.dice * t_dice + weights.bce * t_bce + weights.density * t_density
+            ) + config.contrastive_weight * pcl
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        if self.teacher is not None:
+            ema_update(self.teacher, self.pipeline, teacher.ema_decay)
+        return PromptDasLossTerms(total=total, dice=dice, bce=bce, density=density, target_dice=t_dice,
+                                  target_bce=t_bce, target_density=t_density, pcl=pcl)
+
+    def record(self, terms: PromptDasLossTerms) -> LossRecord:
+        return terms.as_floats()
+
+    def status(self, record: LossRecord) -> str:
+        return (f"loss {record['total']:.3f} (dice {record['dice']:.3f} bce {record['bce']:.3f} "
+                f"density {record['density']:.4f})")
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return cpu_state_dict(self.pipeline)
+
+    def state(self, at: int, losses: list[LossRecord]) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "model": self.pipeline.config.name, "data": self.data,
+                "settings": self.fingerprint, "step": at, "pipeline": self.pipeline.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+                "projection": self.projection.state_dict() if self.projection is not None else {},
+                "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "losses": losses}
+
+
 def train_prompt_das(
     pipeline: nn.Module,
     volumes: Sequence[Any],
     labels: Sequence[Any],
     out: str | Path,
+    config: PromptDasConfig | None = None,
     *,
-    steps: int = 16000,
-    batch: int = PAPER_BATCH,
-    lr: float = PAPER_LR,
-    sigma: float | None = None,
-    prompt_fraction: float | None = None,
-    mean_teacher: MeanTeacher | None = None,
-    contrastive_weight: float = 0.0,
-    weights: LossWeights = LossWeights(),
-    weight_decay: float = WEIGHT_DECAY,
-    class_id: int = MITOCHONDRIA_CLASS,
-    checkpoint_every: int = 100,
-    stop_after: int | None = None,
-    resume: bool = False,
-    seed: int = 0,
     on_step: Callable[[int, int, PromptDasLossTerms], None] | None = None,
+    say: Say | None = None,
+    quiet: bool = True,
+    **settings: Any,
 ) -> PromptDasReport:
     """Train a prompt-das-* pipeline in place (see the module docstring).
 
-    volumes, labels: source (Z, Y, X) uint8 images and integer label volumes; `labels == class_id` is the
-                     object mask (default 2, the phantom's mitochondria).
-    steps:           length of the run and of the poly schedule (paper: 16k iterations).
-    sigma:           density Gaussian σ in pixels (None: DENSITY_SIGMA of the model size).
-    prompt_fraction: share of each window's centres given as prompts (None: random per window, paper's n_s).
-    mean_teacher:    target volumes and settings for mean-teacher adaptation (None: source only).
-    contrastive_weight: weight of the prompt-guided contrastive loss (needs mean_teacher).
-    stop_after:      end after this step (≤ steps) with everything saved; `resume=True` then continues exactly.
+    volumes, labels: source (Z, Y, X) uint8 images and integer label volumes; `labels == config.class_id` is
+                     the object mask.
+    config:          the run's settings (`PromptDasConfig`); `settings` (its field names: steps=..., resume=...)
+                     replace single fields of it.
     on_step:         on_step(step, steps, loss terms) after every optimiser step.
+    say, quiet:      progress (`emseg_rt.progress`): a bar on a terminal, lines through `say` in logs; none when
+                     quiet.
     """
-    config = pipeline.config
-    if config.family != "prompt-das":
-        raise EmsegError(f"model {config.name} is not a Prompt-DAS model; this trainer is for prompt-das-*")
-    sigma = default_sigma(pipeline) if sigma is None else float(sigma)
-    if steps < 1 or batch < 1 or checkpoint_every < 1:
-        raise EmsegError("--steps, --batch and --checkpoint-every must be >= 1")
-    stop = steps if stop_after is None else stop_after
-    if not 1 <= stop <= steps:
-        raise EmsegError(f"--stop-after must be between 1 and --steps ({steps}), got {stop_after}")
-    if not lr > 0 or not sigma > 0:
-        raise EmsegError(f"--lr and --sigma must be > 0, got {lr} and {sigma}")
-    if prompt_fraction is not None and not 0.0 <= prompt_fraction <= 1.0:
-        raise EmsegError(f"--prompt-fraction must be between 0 and 1, got {prompt_fraction}")
-    if contrastive_weight < 0 or (contrastive_weight > 0 and mean_teacher is None):
-        raise EmsegError("--contrastive-weight must be >= 0 and needs a --target volume (it is a target-domain "
-                         "loss of the mean-teacher stage)")
-    if mean_teacher is not None and not 0.0 <= mean_teacher.ema_decay < 1.0:
-        raise EmsegError(f"--ema-decay must be in [0, 1), got {mean_teacher.ema_decay}")
-    check_volumes(volumes, labels, config.tile, "--data", class_id)
-    if mean_teacher is not None:
-        check_volumes(mean_teacher.targets, None, config.tile, "--target")
+    config = dataclasses.replace(config or PromptDasConfig(), **settings)
+    model = pipeline.config
+    if model.family != "prompt-das":
+        raise EmsegError(f"model {model.name} is not a Prompt-DAS model; this trainer is for prompt-das-*")
+    sigma = default_sigma(pipeline) if config.sigma is None else float(config.sigma)
+    stop = _check_config(config, sigma)
+    check_volumes(volumes, labels, model.tile, "--data", config.class_id)
+    if config.mean_teacher is not None:
+        check_volumes(config.mean_teacher.targets, None, model.tile, "--target")
     out = Path(out)
-    state_path = out.with_name(out.name + STATE_SUFFIX)
-    check_out(out, state_path, resume)
-    state = read_resume_state(state_path, STATE_KEYS, "emseg-rt train") if resume else None
-
-    targets = list(mean_teacher.targets) if mean_teacher is not None else []
+    state_path = check_out(out, config.resume)
+    state = read_resume_state(state_path, STATE_KEYS, "emseg-rt train") if config.resume else None
+    targets = list(config.mean_teacher.targets) if config.mean_teacher is not None else []
     data = volumes_digest([*volumes, *labels, *targets])
-    settings = {"steps": steps, "batch": batch, "lr": lr, "sigma": sigma, "prompt_fraction": prompt_fraction,
-                "mean_teacher": mean_teacher.settings() if mean_teacher is not None else None,
-                "contrastive_weight": contrastive_weight, "weights": dataclasses.asdict(weights),
-                "weight_decay": weight_decay, "class_id": class_id, "seed": seed,
-                "config": hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True,
-                                                    default=str).encode()).hexdigest()}
+    fingerprint = _fingerprint(config, sigma, model)
     if state is not None:
-        _check_same_run(state, config.name, data, settings, state_path)
-
-    device = next(pipeline.parameters()).device
-    pipeline.requires_grad_(True)
-    teacher = copy.deepcopy(pipeline).requires_grad_(False).eval() if mean_teacher is not None else None
-    projection = None
-    if contrastive_weight > 0:
-        with torch.random.fork_rng(devices=[]):  # φ starts from `seed`, the global RNG untouched
-            torch.manual_seed(seed)
-            n = config.prompt_dim
-            projection = MLP(n, n, n, 3).to(device)  # φ: "the same as the MLP of SAM" (§3)
-    params = list(pipeline.parameters()) + (list(projection.parameters()) if projection is not None else [])
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    source = WindowSampler(volumes, labels, config.tile, rng, class_id)
-    target = WindowSampler(targets, None, config.tile, rng) if targets else None
-    batches = _Batches(pipeline, rng, sigma, prompt_fraction, device)
-    start, losses = 0, []
+        _check_same_run(state, model.name, data, fingerprint, state_path)
+    recipe = _PromptDasRecipe(pipeline, config, sigma, (volumes, labels), targets, (data, fingerprint))
     if state is not None:
-        try:
-            pipeline.load_state_dict(state["pipeline"])
-            if teacher is not None:
-                teacher.load_state_dict(state["teacher"])
-            if projection is not None:
-                projection.load_state_dict(state["projection"])
-            optimizer.load_state_dict(state["optimizer"])
-            rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
-        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            raise restore_error(exc, state_path, config.name) from None
-        start, losses = state["step"], list(state["losses"])
-
-    def save(step: int) -> None:
-        atomic_save({k: v.detach().cpu().clone() for k, v in pipeline.state_dict().items()}, out)
-        atomic_save({"format": STATE_FORMAT, "model": config.name, "data": data, "settings": settings, "step": step,
-                     "pipeline": pipeline.state_dict(),
-                     "teacher": teacher.state_dict() if teacher is not None else {},
-                     "projection": projection.state_dict() if projection is not None else {},
-                     "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                     "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
-
+        recipe.restore(state, state_path)
     was_training = pipeline.training
     pipeline.train()
-    began = time.perf_counter()
-    interval: list[dict[str, float]] = []
-    zero = torch.zeros((), device=device)
-    for step in range(start + 1, stop + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(step - 1, steps, lr)
-        tiles, masks = source.sample(batch)
-        centres = [window_centres(mask) for mask in masks]
-        coords, point_labels = batches.prompts(centres)
-        outputs = pipeline(_tiles(tiles, device), point_coords=coords, point_labels=point_labels)
-        dice, bce, density = supervised_terms(outputs, _tiles(masks.astype(np.float32), device),
-                                              batches.densities(centres))
-        total = weights.dice * dice + weights.bce * bce + weights.density * density
-        t_dice = t_bce = t_density = pcl = zero
-        if teacher is not None and target is not None:
-            t_dice, t_bce, t_density, pcl = _target_terms(pipeline, teacher, projection, target, batches,
-                                                          mean_teacher, batch, rng, device)
-            total = total + mean_teacher.target_weight * (
-                weights.dice * t_dice + weights.bce * t_bce + weights.density * t_density) + contrastive_weight * pcl
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        if teacher is not None:
-            ema_update(teacher, pipeline, mean_teacher.ema_decay)
-        terms = PromptDasLossTerms(total=total, dice=dice, bce=bce, density=density, target_dice=t_dice,
-                                   target_bce=t_bce, target_density=t_density, pcl=pcl)
-        interval.append(terms.as_floats())
-        if step % checkpoint_every == 0 or step == stop:
-            losses.append({"step": step, **{k: float(np.mean([d[k] for d in interval])) for k in interval[0]}})
-            interval = []
-            save(step)
-        if on_step is not None:
-            on_step(step, steps, terms)
+    schedule = Schedule("training", config.steps, stop, config.checkpoint_every, config.checkpoint_every)
+    result = run_loop(recipe, schedule, out, state, on_step=on_step, say=say, quiet=quiet)
     pipeline.train(was_training)
-    if start >= stop and not out.exists():
-        save(start)
-    return PromptDasReport(model=config.name, steps=steps, start_step=start, end_step=max(start, stop),
-                           seconds=time.perf_counter() - began, losses=losses, checkpoint=str(out),
-                           state=str(state_path))
+    return PromptDasReport(model=model.name, steps=config.steps, start_step=result.start, end_step=result.end,
+                           seconds=result.seconds, losses=result.losses, checkpoint=str(out), state=str(state_path))

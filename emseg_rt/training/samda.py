@@ -21,9 +21,6 @@ loads it with `--checkpoint CKPT`), CKPT.state everything an exact resume needs;
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,18 +33,22 @@ from torch import nn
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.checkpoint import state_dict_digest
-from emseg_rt.training.pretrain import volumes_digest
-from emseg_rt.training.prompt_das import WindowSampler, check_volumes, poly_lr
-from emseg_rt.training.sampling import TileSampler
-from emseg_rt.training.trainer import (
-    STATE_SUFFIX,
-    atomic_save,
+from emseg_rt.progress import Say
+from emseg_rt.training.loop import (
+    LossRecord,
+    Schedule,
     check_out,
     check_same_run,
-    check_training_data,
+    config_digest,
+    cpu_state_dict,
     read_resume_state,
-    restore_error,
+    restoring,
+    run_loop,
+    volumes_digest,
 )
+from emseg_rt.training.prompt_das import WindowSampler, check_volumes, poly_lr
+from emseg_rt.training.sampling import TileSampler
+from emseg_rt.training.trainer import check_training_data
 
 STATE_FORMAT = "emseg-rt samda train state 1"
 WEIGHT_DECAY = 3e-5  # SAMDA §3.2 (nnU-Net's default)
@@ -72,6 +73,19 @@ RECIPES = {
 }
 STATE_KEYS = {"format": str, "model": str, "recipe": str, "data": str, "settings": dict, "step": int, "head": dict,
               "optimizer": dict, "rng": dict, "torch_rng": torch.Tensor, "losses": list}
+
+
+@dataclass(frozen=True)
+class SamdaConfig:
+    """The settings of one SAMDA step's run (`emseg-rt train samda-* --recipe ...`)."""
+
+    steps: int = 250  # ours: the run's and the poly schedule's length
+    batch: int = 4  # ours
+    lr: float | None = None  # None: the paper's initial rate for the step (Recipe.lr)
+    checkpoint_every: int = 50  # steps between checkpoints (and loss records)
+    stop_after: int | None = None  # end after this step (≤ steps) with everything saved; resume continues exactly
+    resume: bool = False  # continue from CKPT.state (same model, data and settings)
+    seed: int = 0
 
 
 @dataclass
@@ -188,12 +202,6 @@ def _check_data(pipeline: nn.Module, step: Recipe, volumes: Sequence[Any], label
     return None
 
 
-def _prepare_out(out: Path, resume: bool) -> Path:
-    state_path = out.with_name(out.name + STATE_SUFFIX)
-    check_out(out, state_path, resume)
-    return state_path
-
-
 def _trainable(pipeline: nn.Module, step: Recipe) -> list[nn.Parameter]:
     """Freeze everything but the step's head parts; returns their parameters."""
     pipeline.requires_grad_(False)
@@ -205,22 +213,66 @@ def _trainable(pipeline: nn.Module, step: Recipe) -> list[nn.Parameter]:
     return params
 
 
+class _SamdaRecipe:
+    """One SAMDA step: SGD (nnU-Net's, Nesterov) with poly decay on the step's head parts; the frozen
+    encoders stay in eval mode (MobileSAM's BatchNorm statistics must not move)."""
+
+    def __init__(self, pipeline: nn.Module, step: Recipe, config: SamdaConfig, lr: float,
+                 data: tuple[Sequence[Any], list[Any] | None, Sequence[Any]], identity: tuple[str, dict]) -> None:
+        self.pipeline, self.recipe, self.config, self.lr, (self.data, self.fingerprint) = (
+            pipeline, step, config, lr, identity)
+        self.device = next(pipeline.parameters()).device
+        params = _trainable(pipeline, step)
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.batches = _Batches(self.rng, pipeline.config.tile, *data)
+
+    def restore(self, state: dict, state_path: Path) -> None:
+        with restoring(state_path, f"{self.pipeline.config.name}'s head"):
+            self.pipeline.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+
+    def step(self, at: int) -> LossRecord:
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(at - 1, self.config.steps, self.lr)
+        terms = self.batches.loss(self.pipeline, self.config.batch, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def record(self, terms: LossRecord) -> LossRecord:
+        return terms
+
+    def status(self, record: LossRecord) -> str:
+        return " ".join(f"{k} {v:.4f}" for k, v in record.items())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return cpu_state_dict(self.pipeline)
+
+    def state(self, at: int, losses: list[LossRecord]) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "model": self.pipeline.config.name, "recipe": self.recipe.name,
+                "data": self.data, "settings": self.fingerprint, "step": at, "head": self.pipeline.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "losses": losses}
+
+
 def train_samda(
     pipeline: nn.Module,
     recipe_name: str,
     out: str | Path,
+    config: SamdaConfig | None = None,
     *,
     volumes: Sequence[Any],
     labels: Sequence[Any] | None = None,
     target: Sequence[Any] = (),
-    steps: int = 250,
-    batch: int = 4,
-    lr: float | None = None,
-    checkpoint_every: int = 50,
-    stop_after: int | None = None,
-    resume: bool = False,
-    seed: int = 0,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    say: Say | None = None,
+    quiet: bool = True,
+    **settings: Any,
 ) -> SamdaReport:
     """Run one SAMDA step on a samda-* pipeline in place (see the module docstring).
 
@@ -228,82 +280,43 @@ def train_samda(
                      the N annotated target slices for `samda-fewshot` (`few_shot_slices`); for `samda-uda`
                      the unlabelled source volumes (labels ignored).
     target:          `samda-uda`: unlabelled target volumes.
-    lr:              None: the paper's initial rate for the step.
-    stop_after:      end after this step (≤ steps) with everything saved; `resume=True` then continues exactly.
+    config:          the run's settings (`SamdaConfig`); `settings` (its field names: steps=..., resume=...)
+                     replace single fields of it.
     on_step:         on_step(step, steps, loss terms as floats) after every optimiser step.
+    say, quiet:      progress (`emseg_rt.progress`): a bar on a terminal, lines through `say` in logs; none when
+                     quiet.
     """
-    config = pipeline.config
-    if getattr(config, "samda", None) is None:
-        raise EmsegError(f"model {config.name} is not a SAMDA model; --recipe {recipe_name} trains samda-* models")
-    step_recipe = recipe(recipe_name)
-    lr = step_recipe.lr if lr is None else float(lr)
-    stop = steps if stop_after is None else stop_after
-    if steps < 1 or batch < 1 or checkpoint_every < 1 or not lr > 0:
+    config = dataclasses.replace(config or SamdaConfig(), **settings)
+    model = pipeline.config
+    if getattr(model, "samda", None) is None:
+        raise EmsegError(f"model {model.name} is not a SAMDA model; --recipe {recipe_name} trains samda-* models")
+    step = recipe(recipe_name)
+    lr = step.lr if config.lr is None else float(config.lr)
+    stop = config.steps if config.stop_after is None else config.stop_after
+    if config.steps < 1 or config.batch < 1 or config.checkpoint_every < 1 or not lr > 0:
         raise EmsegError("--steps, --batch and --checkpoint-every must be >= 1 and --lr > 0")
-    if not 1 <= stop <= steps:
-        raise EmsegError(f"--stop-after must be between 1 and --steps ({steps}), got {stop_after}")
-    labels = labels if step_recipe.loss == "dce" else None
-    labels = _check_data(pipeline, step_recipe, volumes, labels, target)
+    if not 1 <= stop <= config.steps:
+        raise EmsegError(f"--stop-after must be between 1 and --steps ({config.steps}), got {config.stop_after}")
+    labels = _check_data(pipeline, step, volumes, labels if step.loss == "dce" else None, target)
     out = Path(out)
-    state_path = _prepare_out(out, resume)
-    state = read_resume_state(state_path, STATE_KEYS, "emseg-rt train") if resume else None
+    state_path = check_out(out, config.resume)
+    state = read_resume_state(state_path, STATE_KEYS, "emseg-rt train") if config.resume else None
     data = volumes_digest([*volumes, *(labels or []), *target])
-    settings = {"recipe": step_recipe.name, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-                "weight_decay": WEIGHT_DECAY, "momentum": MOMENTUM,
-                "encoders": state_dict_digest(pipeline.encoders),  # the frozen weights the run started from
-                "config": hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True,
-                                                    default=str).encode()).hexdigest()}
+    fingerprint = {"recipe": step.name, "steps": config.steps, "batch": config.batch, "lr": lr, "seed": config.seed,
+                   "weight_decay": WEIGHT_DECAY, "momentum": MOMENTUM,
+                   "encoders": state_dict_digest(pipeline.encoders),  # the frozen weights the run started from
+                   "config": config_digest(model)}
     if state is not None:
-        check_same_run(state, config.name, data, settings, state_path)
-
-    device = next(pipeline.parameters()).device
-    params = _trainable(pipeline, step_recipe)
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    batches = _Batches(rng, config.tile, volumes, labels, target)
-    start, losses = 0, []
+        check_same_run(state, model.name, data, fingerprint, state_path)
+    runner = _SamdaRecipe(pipeline, step, config, lr, (volumes, labels, target), (data, fingerprint))
     if state is not None:
-        try:
-            pipeline.head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
-        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            raise restore_error(exc, state_path, f"{config.name}'s head") from None
-        start, losses = state["step"], list(state["losses"])
-
-    def save(at: int) -> None:
-        atomic_save({k: v.detach().cpu().clone() for k, v in pipeline.state_dict().items()}, out)
-        atomic_save({"format": STATE_FORMAT, "model": config.name, "recipe": step_recipe.name, "data": data,
-                     "settings": settings, "step": at, "head": pipeline.head.state_dict(),
-                     "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                     "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
-
+        runner.restore(state, state_path)
     was_training = pipeline.training
     pipeline.eval()  # frozen encoders stay in eval mode (MobileSAM's BatchNorm statistics must not move)
     pipeline.head.train()
-    began = time.perf_counter()
-    interval: list[dict[str, float]] = []
-    for at in range(start + 1, stop + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(at - 1, steps, lr)
-        terms = batches.loss(pipeline, batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        optimizer.step()
-        floats = {k: float(v.detach()) for k, v in terms.items()}
-        interval.append(floats)
-        if at % checkpoint_every == 0 or at == stop:
-            losses.append({"step": at, **{k: float(np.mean([d[k] for d in interval])) for k in interval[0]}})
-            interval = []
-            save(at)
-        if on_step is not None:
-            on_step(at, steps, floats)
+    schedule = Schedule(step.name, config.steps, stop, config.checkpoint_every, config.checkpoint_every)
+    result = run_loop(runner, schedule, out, state, on_step=on_step, say=say, quiet=quiet)
     pipeline.train(was_training)
     pipeline.requires_grad_(False)
-    if start >= stop and not out.exists():
-        save(start)
-    return SamdaReport(model=config.name, recipe=step_recipe.name, steps=steps, start_step=start,
-                       end_step=max(start, stop), seconds=time.perf_counter() - began, losses=losses,
-                       checkpoint=str(out))
+    return SamdaReport(model=model.name, recipe=step.name, steps=config.steps, start_step=result.start,
+                       end_step=result.end, seconds=result.seconds, losses=result.losses, checkpoint=str(out))

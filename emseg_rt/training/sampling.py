@@ -1,5 +1,5 @@
 """Training tiles: random crops of (image, labels) slices with flips and 90° rotations, and the fixed grid of
-crops the embedding cache holds (`tile_starts`). Inference tiling is `emseg_rt.runtime.tiling`'s alone.
+crops the embedding cache holds (`tile_starts`). Inference tiling is `emseg_rt.tiling`'s alone.
 """
 
 from __future__ import annotations
