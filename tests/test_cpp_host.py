@@ -124,6 +124,30 @@ def test_export_records_aoti_package_and_parity(cpp: CppBuild) -> None:
     assert parity["passed"] and parity["seed"] == package.parity["seed"] and parity["batch"] == package.parity["batch"]
     outputs = parity["components"]["full"]["outputs"]
     assert outputs["logits"]["rel_error"] <= 1e-4 and outputs["labels"]["agreement"] >= 0.995
+    # Parity recomputed here, not read from the exporter: full.pt2 loaded with torch's own AOTInductor loader
+    # and full.onnx in an onnxruntime session of our own, each against the eager default model on tiles the
+    # exporter never saw (another seed, batch 3).
+    import onnxruntime
+
+    from emseg_rt.models.default_model import load_default_model
+
+    model = load_default_model()
+    tiles = model.example_inputs(batch=3, seed=parity["seed"] + 1)["tiles"]
+    with torch.no_grad():
+        reference = model(tiles)
+        aoti_logits, aoti_labels = torch._inductor.aoti_load_package(str(cpp.package / "full.pt2"))(tiles)[:2]
+    session = onnxruntime.InferenceSession(str(cpp.package / "full.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits, onnx_labels = session.run(["logits", "labels"], {"tiles": tiles.numpy()})
+    ref_logits, ref_labels = reference["logits"].numpy().astype(np.float64), reference["labels"].numpy()
+    runs = (("aoti", aoti_logits.numpy(), aoti_labels.numpy()), ("onnx", onnx_logits, onnx_labels))
+    for name, logits, labels in runs:
+        rel = float(np.linalg.norm(logits - ref_logits) / np.linalg.norm(ref_logits))
+        agreement = float((labels == ref_labels).mean())
+        assert rel <= 1e-4 and agreement >= 0.995, (name, rel, agreement)
+        if name == "aoti":  # one graph, two inputs of one distribution: the recorded error is of its size
+            assert 1 / 3 <= rel / outputs["logits"]["rel_error"] <= 3, (rel, outputs["logits"])
+    # Measured (CPU, 3 seeds): AOTI rel 4.0e-7..4.3e-7 (1.1-1.2× the recorded 3.5e-7), ONNX 5.0e-7..5.7e-7,
+    # label agreement 1.0 for both.
 
 
 def test_c_abi_contract_and_refusal(cpp: CppBuild, tmp_path: Path) -> None:
