@@ -1,4 +1,4 @@
-"""The one exception type for problems a user can fix."""
+"""The one exception type for problems a user can fix (the shared checks that raise it: `emseg_rt.checks`)."""
 
 
 class EmsegError(Exception):

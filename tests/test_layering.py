@@ -2,7 +2,7 @@
 
 Floors, lowest first (a module may import its own floor and the floors below, never a higher one):
 
-    0  errors, constants, the root package (its version)
+    0  errors, checks, constants, the root package (its version)
     1  package, onnx_session, tiling, progress, io, kernels, metrics, data, weights
     2  models
     3  export
@@ -49,7 +49,7 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 # The first name after `emseg_rt.` (a subpackage or a top-level module) → its floor; "" is the root __init__.
 FLOORS: dict[str, int] = {
-    "": 0, "errors": 0, "constants": 0,
+    "": 0, "errors": 0, "constants": 0, "checks": 0,
     "package": 1, "onnx_session": 1, "tiling": 1, "progress": 1, "io": 1, "kernels": 1, "metrics": 1,
     "data": 1, "weights": 1,
     "models": 2,

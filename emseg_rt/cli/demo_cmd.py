@@ -9,6 +9,7 @@ import typer
 from emseg_rt.cli.app import app
 from emseg_rt.cli.eval_cmd import print_scores
 from emseg_rt.cli.phantom_cmd import parse_shape
+from emseg_rt.checks import check_seed
 
 
 @app.command("demo")
@@ -23,7 +24,9 @@ def demo_command(
     from emseg_rt.demo import DEMO_SHAPE, run_demo  # deferred: CLI start-up (the library loads on use)
     from emseg_rt.models.default_model import default_model_name  # deferred: CLI start-up
 
-    report = run_demo(out, seed=seed, shape=DEMO_SHAPE if shape is None else parse_shape(shape), backend=backend)
+    zyx = DEMO_SHAPE if shape is None else parse_shape(shape)
+    check_seed(seed)  # before run_demo creates --out
+    report = run_demo(out, seed=seed, shape=zyx, backend=backend)
     print_scores(report.scores)
     dice = ", ".join(f"{name} {value:.3f}" for name, value in report.scores.dice.items())
     s = report.seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -9,17 +10,18 @@ import typer
 
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import check_output_folder
+
+
+SHAPE_SEPARATOR = re.compile(r"\s*[,x×]\s*|\s+")  # '32,256,256', '32, 256, 256', '32x256x256', '32 256 256'
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
-    """'32,256,256' → (32, 256, 256); EmsegError naming --shape otherwise."""
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3:
-        raise EmsegError(f"--shape {text!r} must be three integers Z,Y,X, e.g. 32,256,256")
-    return shape  # type: ignore[return-value]
+    """'32,256,256' (spaces around the numbers allowed) → (32, 256, 256); EmsegError naming --shape otherwise."""
+    parts = SHAPE_SEPARATOR.split(text.strip().lower())
+    if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise EmsegError(f"--shape {text!r} must be three whole numbers Z,Y,X, e.g. 32,256,256")
+    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 @app.command("phantom")
@@ -37,6 +39,7 @@ def phantom_command(
     )
 
     zyx = parse_shape(shape)
+    check_output_folder(out, "OUT", new=True)  # before generating: a new path in an existing, writable folder
     start = time.perf_counter()
     phantom = generate_phantom(zyx, seed=seed, noise=noise, anisotropy=anisotropy)
     write_phantom(out, phantom)

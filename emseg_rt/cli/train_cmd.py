@@ -95,6 +95,7 @@ def train_command(
 ) -> None:
     """Train FAFM + class prompt encoder + decoder with 0.2·L_cos + L_NTX + L_Dice on frozen encoders, or a
     whole Prompt-DAS pipeline (Dice + BCE + density MSE; optional mean teacher and contrastive loss)."""
+    check_out(out, resume)  # --out first (folder, --resume, not a directory): one line before anything is read
     device = resolve_device(device, None if quiet else _say)
     if recipe is not None or model.startswith("samda-"):
         other = {"--sigma": sigma, "--prompt-fraction": prompt_fraction, "--class-id": class_id != 2 or None,
@@ -112,6 +113,8 @@ def train_command(
         "--contrastive-weight": contrastive_weight != 0.0, "--stop-after": stop_after is not None,
     }, {"--cos-weight": cos_weight != 0.2, "--cache": cache is not None,
         "--embeddings-from": embeddings_from is not None})
+    if prompt_das and target is None and ema_decay != 0.99:
+        raise EmsegError(f"--ema-decay {ema_decay}: the mean teacher's EMA decay needs a --target volume")
     labels = GROUND_TRUTH if labels is None else labels
     image, truth = read_volume_or_fail(data), _read_labels(data, labels)
     pipeline = build_model(model, list(weights or ())).to(device)  # same random init in every process

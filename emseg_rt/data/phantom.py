@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from emseg_rt.constants import DEFAULT_CLASSES, GROUND_TRUTH  # noqa: F401  (GROUND_TRUTH re-exported)
+from emseg_rt.checks import check_seed
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.ome_zarr import write_volume_with_labels
 
@@ -132,7 +133,7 @@ def generate_phantom(
     """
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     _check(shape, noise, anisotropy)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     nz, ny, nx = shape
     aniso = float(anisotropy)
     extent = np.array([nz * aniso, ny, nx], dtype=np.float64)  # physical size (z, y, x)

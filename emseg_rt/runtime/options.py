@@ -52,6 +52,9 @@ class SegmentOptions:
             raise EmsegError(f"--halo {self.halo} must be >= 0")
         if not self.label_name or "/" in self.label_name or self.label_name.startswith("."):
             raise EmsegError(f"--label-name {self.label_name!r} must be a plain name (no '/', not hidden)")
+        if self.resume and self.overwrite:
+            raise EmsegError("--resume and --overwrite contradict each other (--resume finishes the existing output, "
+                             "--overwrite replaces it); pass one of them")
         return self
 
     def halo_for(self, tile: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from emseg_rt.checks import split_items
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import is_array, is_url
 from emseg_rt.runtime.backends.base import Backend
@@ -22,7 +23,7 @@ from emseg_rt.runtime.distributed import check_address
 from emseg_rt.runtime.instances import WatershedSeeds, parse_instance_classes
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.options import SegmentOptions
-from emseg_rt.runtime.prompts import NMS_KERNEL, PEAK_THRESHOLD, PointSet, load_points, plane_of, points_per_window
+from emseg_rt.runtime.prompts import NMS_KERNEL, PEAK_THRESHOLD, PointSet, load_points, points_per_window
 from emseg_rt.runtime.slab import PromptMode
 
 Say = Callable[[str], None]
@@ -114,6 +115,7 @@ class SegmentRequest:
     def validate(self) -> SegmentRequest:
         """EmsegError naming the option for a choice that no model could run; loads the point prompts."""
         self.options.validate()
+        self._check_names()
         self._check_peak_threshold()
         if self.device != "auto":  # a GPU that is not there: refused before anything is read or claimed
             resolve_device(self.device)
@@ -121,6 +123,16 @@ class SegmentRequest:
         points = None if self.prompts is None or self.auto_prompts else load_points(self.prompts)
         object.__setattr__(self, "points", points)
         return self
+
+    def _check_names(self) -> None:
+        """--model and --instances name something when given: an empty value is a typo, never the default."""
+        if isinstance(self.model, str) and not self.model.strip():
+            raise EmsegError(f"--model {self.model!r}: name a registered model (`emseg-rt models`) or a model "
+                             "package directory, or leave --model out for the default model")
+        if isinstance(self.instances, str):
+            split_items(self.instances, "--instances", "mitochondria,granules")
+        elif self.instances is not None and not all(isinstance(n, str) and n.strip() for n in self.instances):
+            raise EmsegError(f"--instances {list(self.instances)!r}: every entry must be a class name")
 
     def _check_peak_threshold(self) -> None:
         """--peak-threshold is for --prompts auto, and for --instances (checked once the model is known)."""
@@ -205,14 +217,3 @@ def _watershed_seeds(engine: Backend, instances: tuple[str, ...], request: Segme
     threshold = auto_threshold if auto_threshold is not None else (
         PEAK_THRESHOLD if peak_threshold is None else float(peak_threshold))
     return WatershedSeeds(threshold, NMS_KERNEL)
-
-
-def note_points_outside(points: PointSet | None, shape: tuple[int, ...], note: Say) -> None:
-    """One note when some prompts lie outside the volume (they prompt nothing)."""
-    if points is None or not len(points):
-        return
-    planes = np.stack([plane_of(points, i) for i in range(3)], axis=1)
-    outside = int((~((planes >= 0) & (planes < np.array(shape))).all(axis=1)).sum())
-    if outside:
-        note(f"prompts: {outside} of {len(points)} points lie outside the volume {tuple(shape)} (z, y, x) and "
-             "prompt nothing")

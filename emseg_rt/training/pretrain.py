@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from emseg_rt.checks import check_number, check_seed
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.masked_pretrain import MaskedPretrainer
 from emseg_rt.progress import Say
@@ -99,6 +100,13 @@ class PretrainConfig:
     stop_after: int | None = None  # end after this epoch (≤ epochs) with everything saved; resume continues
     resume: bool = False  # continue from CKPT.state (same model, data and settings)
     seed: int = 0  # initial decoder and codebook, FOV sampling, masks
+
+    def __post_init__(self) -> None:  # numbers checked before anything is read or written (nan, inf, < 0)
+        for value, option, low in ((self.lr, "--lr", None), (self.min_lr, "the minimum lr", 0.0),
+                                   (self.weight_decay, "the weight decay", 0.0)):
+            if value is not None:
+                check_number(value, option, above=0 if low is None else None, at_least=low)
+        check_seed(self.seed)
 
 
 def check_volume(volume: Any, name: str) -> None:

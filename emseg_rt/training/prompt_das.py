@@ -38,6 +38,7 @@ from scipy import ndimage
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
+from emseg_rt.checks import check_number, check_seed
 from emseg_rt.errors import EmsegError
 from emseg_rt.progress import Say
 from emseg_rt.runtime.prompts import peak_points
@@ -75,6 +76,10 @@ class LossWeights:
     bce: float = 1.0  # eq. 2: CE, which for one class is the binary cross-entropy
     density: float = 1.0  # eq. 1: MSE on the density
 
+    def __post_init__(self) -> None:
+        for name in ("dice", "bce", "density"):
+            check_number(getattr(self, name), f"the {name} loss weight", at_least=0)
+
 
 @dataclass(frozen=True)
 class MeanTeacher:
@@ -93,6 +98,12 @@ class MeanTeacher:
     queries_per_instance: int = 3  # Prompt-DAS §2: three points from each instance
     temperature: float = 0.5  # Prompt-DAS code (util/loss.py, token_contrast): cosine similarity / 0.5
     target_weight: float = 1.0  # eqs. 1, 2: source and target terms weigh the same
+
+    def __post_init__(self) -> None:  # numbers checked before anything is read or written (nan, inf, range)
+        check_number(self.ema_decay, "--ema-decay", at_least=0, below=1)
+        check_number(self.peak_threshold, "the mean teacher's peak threshold")
+        check_number(self.temperature, "the contrastive temperature", above=0)
+        check_number(self.target_weight, "the target loss weight", at_least=0)
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "targets"}
@@ -122,6 +133,16 @@ class PromptDasConfig:
     stop_after: int | None = None  # end after this step (≤ steps) with everything saved; resume continues exactly
     resume: bool = False  # continue from CKPT.state (same model, data and settings)
     seed: int = 0
+
+    def __post_init__(self) -> None:  # numbers checked before anything is read or written (nan, inf, < 0)
+        check_number(self.lr, "--lr", above=0)
+        if self.sigma is not None:
+            check_number(self.sigma, "--sigma", above=0)
+        if self.prompt_fraction is not None:
+            check_number(self.prompt_fraction, "--prompt-fraction", at_least=0, at_most=1)
+        check_number(self.contrastive_weight, "--contrastive-weight", at_least=0)
+        check_number(self.weight_decay, "the weight decay", at_least=0)
+        check_seed(self.seed)
 
 
 @dataclass

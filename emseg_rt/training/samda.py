@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emseg_rt.checks import check_number, check_seed
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.progress import Say
@@ -86,6 +87,11 @@ class SamdaConfig:
     stop_after: int | None = None  # end after this step (≤ steps) with everything saved; resume continues exactly
     resume: bool = False  # continue from CKPT.state (same model, data and settings)
     seed: int = 0
+
+    def __post_init__(self) -> None:  # numbers checked before anything is read or written (nan, inf, <= 0)
+        if self.lr is not None:
+            check_number(self.lr, "--lr", above=0)
+        check_seed(self.seed)
 
 
 @dataclass

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from emseg_rt.checks import check_number, check_seed
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import check_writable
 from emseg_rt.progress import Progress, Say
 from emseg_rt.training.cache import EmbeddingCache, EmbedFn, build_cache, check_cache_path
 from emseg_rt.training.losses import COS_WEIGHT, LossTerms, scsam_loss
@@ -33,7 +35,6 @@ from emseg_rt.training.loop import (
     LossRecord,
     Schedule,
     check_out,
-    check_writable,
     read_resume_state,
     restoring,
     run_loop,
@@ -57,6 +58,11 @@ class HeadTrainConfig:
     seed: int = 0  # batch sampling
     cache_path: str | Path | None = None
     sources: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:  # numbers checked before anything is read or written (nan, inf, < 0)
+        check_number(self.lr, "--lr", above=0)
+        check_number(self.cos_weight, "--cos-weight", at_least=0)
+        check_seed(self.seed)
 
 
 @dataclass
