@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # the report writers create no folders (emseg_rt.io.outputs)
 
     config = BenchConfig(
         models=tuple(args.models.split(",")), size=args.size,

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -15,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from emseg_rt.data.phantom import CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import read_volume
+from emseg_rt.io.outputs import check_output_folder, write_file_atomic
 from emseg_rt.metrics import SegmentationScores, evaluate
 from emseg_rt.runtime import segment_volume
+from emseg_rt.runtime.claim import is_our_output
 
 DEMO_SEED = 7  # never used in training (scripts/train_default.py trains on seeds >= 1000)
 DEMO_SHAPE = (16, 256, 256)
@@ -63,8 +66,39 @@ def write_preview(path: Path, image: np.ndarray, prediction: np.ndarray, truth: 
     for i, text in enumerate(("EM slice", "prediction", "ground truth")):
         draw.text((i * (w + gap) + 4, 2), text, fill=(0, 0, 0))
     draw.text((4, 17), title, fill=(90, 90, 90))
-    picture.save(path)
-    return path
+    return write_file_atomic(path, lambda tmp: picture.save(tmp, format="PNG"), "--out")
+
+
+def _is_phantom(path: Path) -> bool:
+    """Whether `path` is an OME-Zarr image `write_phantom` wrote (its root attribute `emseg_rt_phantom`)."""
+    try:
+        attributes = json.loads((path / "zarr.json").read_bytes()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(attributes, dict) and "emseg_rt_phantom" in attributes
+
+
+def _is_png(path: Path) -> bool:
+    try:
+        with Image.open(path) as picture:
+            return picture.format == "PNG"
+    except (OSError, UnidentifiedImageError):
+        return False
+
+
+def check_demo_folder(out: Path) -> None:
+    """The demo replaces only what a demo wrote: `out` is a folder (or new, in an existing folder), and its
+    phantom.zarr, segmentation.zarr and preview.png are absent or a phantom, an emseg-rt segmentation and a
+    PNG image. EmsegError (one line) otherwise, before anything is written."""
+    check_output_folder(out, "--out")
+    phantom, segmentation, preview = out / "phantom.zarr", out / "segmentation.zarr", out / "preview.png"
+    checks = ((phantom, _is_phantom), (preview, _is_png),
+              (segmentation, lambda p: p.is_dir() and (is_our_output(p) or not any(p.iterdir()))))
+    foreign = [path.name for path, ours in checks
+               if (path.exists() or path.is_symlink()) and (path.is_symlink() or not ours(path))]
+    if foreign:
+        raise EmsegError(f"--out {out}: {', '.join(foreign)} there not written by a demo; it is left alone: "
+                         "choose another --out")
 
 
 def run_demo(
@@ -74,11 +108,11 @@ def run_demo(
     backend: str = "torch",
     progress: bool = False,
 ) -> DemoReport:
-    """Run the demo into folder `out` (created; earlier demo results in it are replaced)."""
+    """Run the demo into folder `out` (created in an existing folder; earlier demo results in it are replaced,
+    nothing else: `check_demo_folder`)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EmsegError(f"--out {out} is a file; pass a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_demo_folder(out)
+    out.mkdir(exist_ok=True)
     phantom_path, seg_path, preview_path = out / "phantom.zarr", out / "segmentation.zarr", out / "preview.png"
     seconds: dict[str, float] = {}
 

@@ -1,4 +1,10 @@
-"""Bench results as JSON, a markdown table with the paper's column beside ours, and a PNG bar chart."""
+"""Bench results as JSON, a markdown table with the paper's column beside ours, and a PNG bar chart.
+
+Where they go follows every command's output rule (`emseg_rt.io.outputs`): `check_report_paths` refuses, before
+the run, a missing or unwritable folder, a directory, an existing file without `--overwrite`, two options naming
+one file and a plot format matplotlib cannot write; the writers write a temporary sibling and rename it, so a
+failed write (disk full) is one line and leaves any old file as it was.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,36 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from emseg_rt.bench.table5 import PAPER_TABLE5_SECONDS, BenchResult
+from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import check_distinct, check_output_file, write_file_atomic
+
+
+def plot_format(path: Path) -> str:
+    """The image format of a --plot path, from its suffix (none: png); EmsegError for one matplotlib cannot write."""
+    suffix = path.suffix[1:].lower() or "png"
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise EmsegError(f"--plot {path}: matplotlib cannot write .{suffix} images; use one of "
+                         f"{', '.join('.' + name for name in sorted(formats))}")
+    return suffix
+
+
+def check_report_paths(json_path: Path | None, markdown_path: Path | None, plot_path: Path | None,
+                       overwrite: bool = False) -> None:
+    """Before a run: each given report path may be written (`io.outputs.check_output_file`), no two name the
+    same file, and the plot's format is one matplotlib writes. One-line EmsegError otherwise."""
+    paths = {"--json": json_path, "--markdown": markdown_path, "--plot": plot_path}
+    check_distinct(paths)
+    for option, path in paths.items():
+        if path is not None:
+            check_output_file(path, option, overwrite)
+    if plot_path is not None:
+        plot_format(plot_path)
 
 
 def write_json(result: BenchResult, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    write_file_atomic(path, lambda tmp: tmp.write_text(text), "--json")
 
 
 def _seconds(value: float | None) -> str:
@@ -126,8 +157,8 @@ def _ceilings(result: BenchResult) -> list[str]:
 
 
 def write_markdown(result: BenchResult, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown_table(result))
+    text = markdown_table(result)
+    write_file_atomic(path, lambda tmp: tmp.write_text(text), "--markdown")
 
 
 def write_plot(result: BenchResult, path: Path) -> None:
@@ -153,5 +184,5 @@ def write_plot(result: BenchResult, path: Path) -> None:
     axis.set_title(f"ScSAM Table 5, --size {cfg.size}, {result.machine['device_name']}")
     axis.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    image_format = plot_format(path)
+    write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format=image_format), "--plot")

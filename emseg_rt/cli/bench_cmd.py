@@ -7,11 +7,13 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from emseg_rt.bench.report import markdown_table, write_json, write_markdown, write_plot
+from emseg_rt.bench.report import check_report_paths, markdown_table, write_json, write_markdown, write_plot
 from emseg_rt.bench.runners import BACKENDS
 from emseg_rt.bench.table5 import PAPER_ROWS, BenchConfig, run_bench
 from emseg_rt.cli.app import app
+from emseg_rt.checks import split_items
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import check_output_folder
 from emseg_rt.progress import Progress
 from emseg_rt.runtime.devices import resolve_device
 
@@ -22,10 +24,6 @@ def _say(message: str) -> None:
 
 def _silent(message: str) -> None:
     pass
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 @app.command("bench")
@@ -43,28 +41,37 @@ def bench_command(
     breakdown: bool = typer.Option(True, help="Also time ScSAM stage by stage."),
     json_path: Path = typer.Option(None, "--json", help="Write every record as JSON here."),
     markdown_path: Path = typer.Option(None, "--markdown", help="Write the markdown table here."),
-    plot_path: Path = typer.Option(None, "--plot", help="Write a PNG bar chart here."),
+    plot_path: Path = typer.Option(None, "--plot", help="Write a PNG bar chart here (.pdf, .svg: that format)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --json / --markdown / --plot files "
+                                   "(else refused before the run)."),
     quiet: bool = typer.Option(False, help="Print only the table."),
 ) -> None:
     """Reproduce ScSAM's per-image inference-time table on this machine, for every backend."""
-    try:
-        batches = tuple(int(b) for b in _csv(batch))
+    try:  # comma-separated lists: '1, 2' is two items, '1,,2' is refused in one line
+        batches = tuple(int(b) for b in split_items(batch, "--batch", "1,2,4"))
     except ValueError:
         raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
+    families = split_items(models, "--models", ",".join(PAPER_ROWS[:2]))
+    backend_names = () if backends == "auto" else split_items(backends, "--backends", ",".join(BACKENDS[:2]))
+    # Every output is checked before the run (folder exists, not a directory, no file replaced without
+    # --overwrite): a long run never ends in a lost table.
+    check_report_paths(json_path, markdown_path, plot_path, overwrite)
+    if cache_dir is not None:
+        check_output_folder(cache_dir, "--cache-dir")
     resolved_device = resolve_device(device)
     if cache_dir is not None:  # the export cache is located by the environment, for this process
         os.environ["EMSEG_RT_CACHE"] = str(cache_dir)
-    config = BenchConfig(models=_csv(models), size=size, backends=() if backends == "auto" else _csv(backends),
+    config = BenchConfig(models=families, size=size, backends=backend_names,
                          batches=batches, warmup=warmup, iters=iters, device=resolved_device, breakdown=breakdown)
     config.validate()  # a bad option is one line, before any bar is drawn
     say = _silent if quiet else _say
     # A bar on a terminal, else a line every 10 s on stderr; one step per measurement.
     with Progress("bench", None, unit="measurements", say=say, enabled=not quiet) as progress:
         result = run_bench(config, say=say, progress=progress)
+    Console().print(Markdown(markdown_table(result)))  # first: a write that fails (disk full) loses no numbers
     if json_path:
         write_json(result, json_path)
     if markdown_path:
         write_markdown(result, markdown_path)
     if plot_path:
         write_plot(result, plot_path)
-    Console().print(Markdown(markdown_table(result)))

@@ -11,8 +11,10 @@ from emseg_rt.cli.app import app
 from emseg_rt.cli.eval_cmd import read_volume_or_fail
 from emseg_rt.clustering import fit_clusters
 from emseg_rt.constants import GROUND_TRUTH
+from emseg_rt.checks import check_seed
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import list_label_groups
+from emseg_rt.io.outputs import check_output_file
 from emseg_rt.metrics import check_label_range
 from emseg_rt.models import build, get_config
 from emseg_rt.progress import Progress
@@ -27,6 +29,7 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+KMEANS_SEED_MAX = 2**32 - 1  # scikit-learn's K-means takes random_state 0 .. 2**32 - 1
 NO_LABELS = ("{data} has no ground_truth label group and no --labels was given: labels name the K-means clusters "
              "(Hungarian matching), so cluster fit needs them; a small annotated volume is enough (--labels NAME|PATH)")
 
@@ -60,8 +63,10 @@ def fit_command(
     halo: int | None = typer.Option(None, "--halo", help="Tile halo as for segment (default: tile/8)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the voxel sample and of K-means."),
     batch: int = typer.Option(64, "--batch", help="Tiles per encoder call."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (else refused)."),
 ) -> None:
     """Fit K-means centres on sampled expand-stride features, map clusters to classes, write the model."""
+    check_output_file(out, "--out", overwrite)  # before anything slow: refused in one line, the file untouched
     config = get_config(model)
     if config.cluster_head is None:
         raise EmsegError(f"model {model} has no clustering head; cluster fit is for the maester-* and his4mae-* "
@@ -70,6 +75,7 @@ def fit_command(
         raise EmsegError(f"--clusters {clusters} must be at least 1")
     if batch < 1:
         raise EmsegError(f"--batch {batch} must be at least 1")
+    check_seed(seed, limit=KMEANS_SEED_MAX)
     image = read_volume_or_fail(data)
     truth = read_labels(data, labels)
     check_label_range(truth, config.num_classes, f"--labels {labels or GROUND_TRUTH}")

@@ -13,6 +13,7 @@ from emseg_rt.cli.app import app
 from emseg_rt.engines import build_engines
 from emseg_rt.export.parity import parity_summary
 from emseg_rt.export.writer import export_package
+from emseg_rt.io.outputs import check_folder_of
 from emseg_rt.package import load_package
 
 
@@ -36,6 +37,7 @@ def export_command(
     component: list[str] = typer.Option([], "--component", help="Only these graphs (e.g. full; default: all)."),
 ) -> None:
     """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
+    check_folder_of(out, "--out")  # the folder --out goes into exists and is writable (the rest: export_package)
     path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
                           allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
                           progress=_say, components=component or None, aoti_device=aoti_device if aoti else None)
@@ -54,11 +56,11 @@ def build_command(
     target: str = typer.Option("sm86", "--target", help="Comma-separated GPU targets (sm86,sm89,sm120) or 'current'."),
     engine_backend: str = typer.Option("tensorrt-rtx", "--engine-backend", help="tensorrt-rtx or tensorrt."),
     component: list[str] = typer.Option([], "--component", help="Only these components (default: all)."),
-    batch_max: int = typer.Option(0, "--batch-max", help="Profile maximum batch (default: the package's)."),
+    batch_max: int | None = typer.Option(None, "--batch-max", help="Profile maximum batch (default: the package's)."),
 ) -> None:
     """Build one TensorRT engine per component and target into PACKAGE_DIR/engines/ and record them."""
     records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
-                            batch_max=batch_max or None, progress=_say)
+                            batch_max=batch_max, progress=_say)
     for record in records:
         typer.echo(f"{record.file}: {record.flavour} {record.trt_version}, {record.target}, "
                    f"{record.bytes / (1 << 20):.1f} MiB, built in {record.build_seconds:.1f} s")
@@ -81,9 +83,11 @@ def _parity_numbers(output: str, numbers: dict) -> str:
 @app.command("inspect")
 def inspect_command(
     package_dir: Path = typer.Argument(..., help="Package directory."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of every file."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of every file (the graphs are "
+                                   "still read whole and checked against the manifest)."),
 ) -> None:
-    """Print a readable summary of a model package (and verify its files)."""
+    """Print a readable summary of a model package, after checking it as every command does (`load_package`): every
+    file's sha256 (unless --no-verify), and every graph against what the manifest says of it."""
     package = load_package(package_dir, verify=not no_verify)
     manifest = package.manifest
     console = Console()
@@ -128,4 +132,7 @@ def inspect_command(
         console.print("engines: none (run `emseg-rt build`)")
     tools = manifest.get("toolchain", {})
     console.print("toolchain: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v))
-    console.print(f"files verified: {'no (--no-verify)' if no_verify else len(manifest['files'])}")
+    count = len(manifest["files"])
+    console.print(f"files: {count}, " + ("sha256 NOT checked (--no-verify); " if no_verify else
+                                         "every sha256 checked; ") + "every graph read whole and its inputs and "
+                  "outputs checked against the manifest")

@@ -12,6 +12,7 @@ from emseg_rt.cli.eval_cmd import read_volume_or_fail
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import build, get_config
 from emseg_rt.runtime.devices import resolve_device
+from emseg_rt.training.loop import check_out
 from emseg_rt.training.pretrain import PretrainConfig, epoch_status, pretrain
 
 
@@ -41,12 +42,13 @@ def pretrain_command(
     if get_config(model).pretrain is None:
         raise EmsegError(f"model {model} has no masked pretraining (only maester-* and his4mae-* do); to train a "
                          "ScSAM-family head use `emseg-rt train`")
+    check_out(out, resume, "pretraining")  # --out before the volumes are read: one line, nothing written
+    config = PretrainConfig(epochs=epochs, samples_per_epoch=samples_per_epoch, batch=batch, lr=lr,
+                            checkpoint_every_epochs=checkpoint_every, stop_after=stop_after, resume=resume, seed=seed)
     device = resolve_device(device)
     volumes = [read_volume_or_fail(path) for path in data]
     torch.manual_seed(seed)  # the student's initial weights (decoder and codebook: `pretrain` seeds them)
     pipeline = build(model).to(device)
-    config = PretrainConfig(epochs=epochs, samples_per_epoch=samples_per_epoch, batch=batch, lr=lr,
-                            checkpoint_every_epochs=checkpoint_every, stop_after=stop_after, resume=resume, seed=seed)
     report = pretrain(pipeline, volumes, out, config, names=[str(path) for path in data],
                       say=lambda line: typer.echo(line, err=True), quiet=quiet)
     last = epoch_status(report.losses[-1]) if report.losses else "no epochs run"

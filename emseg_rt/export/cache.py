@@ -31,6 +31,7 @@ from emseg_rt import __version__
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.trace import Progress, _quiet, _resolve_model
 from emseg_rt.export.writer import export_package
+from emseg_rt.io.outputs import NO_SPACE, write_failure
 from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.package import FULL, PRECISIONS, ModelPackage, load_package
 
@@ -78,6 +79,8 @@ def cached_package(
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=entry.parent))
     except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise write_failure(exc, f"package cache {entry.parent}", "EMSEG_RT_CACHE") from None
         raise EmsegError(f"package cache {entry.parent}: cannot write there ({exc.strerror or exc}); "
                          "set EMSEG_RT_CACHE to a writable directory") from None
     try:

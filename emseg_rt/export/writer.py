@@ -35,6 +35,7 @@ from emseg_rt.export.fp16 import convert_to_mixed_fp16
 from emseg_rt.export.onnx_io import OPSET, graph_io, save_onnx
 from emseg_rt.export.parity import measure_package_parity, parity_summary
 from emseg_rt.export.trace import Progress, TracedGraphs, _quiet, _resolve_model, trace_model
+from emseg_rt.io.outputs import NO_SPACE, write_failure
 from emseg_rt.package import (
     BATCH_DIM,
     FORMAT_VERSION,
@@ -203,13 +204,15 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
 
 def _build_package(out_dir: Path, overwrite: bool, fill: Callable[[Path], None]) -> None:
     """Check `out_dir`, let `fill` write a package into a fresh staging sibling, and install it atomically;
-    on any failure the staging directory is removed and `out_dir` is left as it was."""
+    on any failure the staging directory is removed and `out_dir` is left as it was; a full disk is one line."""
     staging = _staging_dir(out_dir, overwrite)
     try:
         fill(staging)
         _install(staging, out_dir, overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:  # a graph, its weights, the manifest, ...
+            raise write_failure(exc, out_dir, "location") from None
         raise
 
 

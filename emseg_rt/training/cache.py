@@ -14,16 +14,20 @@ epoch into head-only work. A cache is a zarr v3 group:
 Tiles are a grid over every z-slice (the last row and column flush with the edge, none dropped). The
 embedding function is any callable uint8 tiles (B, 1, T, T) → {"sam_embedding", "mae_embedding"}:
 by default the torch pipeline's `embed`, or a runtime backend running exported encoder components.
-A cache is written to `<path>.partial` (marked as ours the moment it is created) and renamed when
-complete; a cache whose key differs is rebuilt beside it and swapped in. Only a directory that is an
-emseg-rt embedding cache (`is_embedding_cache`: the marker, or the attributes every cache has carried) is
-ever deleted or replaced: `--cache DIR` naming anything else is refused (`check_cache_path`).
+A cache is written to `<path>.partial` (marked as ours in the very first file written, its zarr.json) and
+renamed when complete; a cache whose key differs is rebuilt beside it and swapped in. A build that fails (a
+full disk, an error, Ctrl-C) removes its `.partial`; one that was killed leaves it, and the next build removes
+it: a leftover of ours never blocks a later run. Only a directory that is an emseg-rt embedding cache
+(`is_embedding_cache`: the marker, or the attributes every cache has carried; for `.partial`, also an empty
+directory or one holding only zarr's own temporary files, what a kill or a full disk leaves before the marker)
+is ever deleted or replaced: `--cache DIR` naming anything else is refused (`check_cache_path`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -35,6 +39,7 @@ import zarr
 from torch import nn
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import write_failure
 from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.models.pipeline import embedding_name
 from emseg_rt.onnx_session import OnnxGraph
@@ -44,6 +49,7 @@ from emseg_rt.training.sampling import tile_starts
 CACHE_MARKER = ("emseg_rt", "embedding-cache")  # root attribute naming a directory as our embedding cache
 LEGACY_ATTRS = ("key", "model", "tile", "tiles", "sources")  # what caches carried before the marker
 EmbedFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+ZARR_TEMPORARY = re.compile(r"zarr\.[0-9a-f]{32}\.partial")  # zarr writes zarr.json as this, then renames it
 
 
 def tile_plan(shape: tuple[int, int, int], tile: int) -> list[tuple[int, int, int]]:
@@ -85,10 +91,23 @@ def is_embedding_cache(path: str | Path, partial: bool = False) -> bool:
     attribute (with `partial`, one still being written), or a complete cache from before the marker."""
     attributes = _root_attributes(Path(path))
     if attributes is None:
-        return False
+        return partial and _unmarked_leftover(Path(path))
     if attributes.get(CACHE_MARKER[0]) == CACHE_MARKER[1]:
         return True
     return not partial and all(name in attributes for name in LEGACY_ATTRS)
+
+
+def _unmarked_leftover(path: Path) -> bool:
+    """Whether `path` is what a cache build of ours leaves when killed (or out of space) before its first
+    zarr.json was in place: an empty directory, or one holding only zarr's temporary metadata files."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    return all(entry.is_file() and not entry.is_symlink() and ZARR_TEMPORARY.fullmatch(entry.name)
+               for entry in entries)
 
 
 def check_cache_path(path: str | Path, option: str = "--cache") -> Path:
@@ -161,8 +180,8 @@ def build_cache(
     try:
         if tmp.exists():
             shutil.rmtree(tmp)  # an interrupted build of ours (check_cache_path made sure)
-        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-        group.attrs.update({CACHE_MARKER[0]: CACHE_MARKER[1], "complete": False})
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3,  # the marker is in its first zarr.json
+                                attributes={CACHE_MARKER[0]: CACHE_MARKER[1], "complete": False})
         n = len(plan)
         label_array = group.create_array("labels", shape=(n, tile, tile), dtype="uint8",
                                          chunks=(min(n, 64), tile, tile))
@@ -183,9 +202,11 @@ def build_cache(
         group.attrs.update({"key": key, "model": model.config.name, "tile": tile, "tiles": n, "sources": sources,
                             "complete": True})
         _swap_in(tmp, path)
-    except OSError as exc:
-        raise EmsegError(f"embedding cache {path}: cannot write it ({exc.strerror or exc}); choose a writable "
-                         "--cache location") from None
+    except BaseException as exc:  # ours, half-written: removed, so nothing blocks or confuses the next run
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full, read-only, permissions: one line naming the cache
+            raise write_failure(exc, f"embedding cache {path}", "--cache") from None
+        raise
     return EmbeddingCache(path)
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import check_folder_of, write_file_atomic
 from emseg_rt.models.checkpoint import load_error_detail
 from emseg_rt.progress import Progress, Say
 
@@ -49,14 +48,12 @@ def state_path_for(out: Path) -> Path:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary name, then rename; EmsegError (one line) when the file cannot be written."""
-    tmp = path.with_name(path.name + ".tmp")
+    """torch.save to a temporary name, then rename; EmsegError (one line) when the file cannot be written
+    (the temporary file removed, `path` as it was; `emseg_rt.io.outputs.write_file_atomic`)."""
     try:
-        torch.save(obj, tmp)
-        tmp.replace(path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports an unopenable or full file as RuntimeError
-        tmp.unlink(missing_ok=True)
-        detail = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        write_file_atomic(path, lambda tmp: torch.save(obj, tmp), "--out")
+    except RuntimeError as exc:  # torch.save reports an unopenable or full file as RuntimeError
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmsegError(f"cannot write {path} ({detail}); choose a writable --out with free space") from None
 
 
@@ -70,25 +67,14 @@ def check_out(out: Path, resume: bool, what: str = "training") -> Path:
     its state (`out`.state), and the folder must exist and be writable (one-line EmsegError each).
     Returns the state's path."""
     state_path = state_path_for(out)
+    if out.is_dir():
+        raise EmsegError(f"--out {out}: is a directory; give the checkpoint file to write")
     if out.exists() and not resume:
         raise EmsegError(f"{out} exists; pass --resume to continue that run or choose another --out")
     if resume and not state_path.exists():
         raise EmsegError(f"--resume: no {what} state {state_path} next to {out}; start without --resume")
-    if not out.parent.exists():
-        raise EmsegError(f"output folder {out.parent} does not exist")
-    check_writable(out.parent, "--out")
+    check_folder_of(out, "--out")  # exists, a folder, writable (emseg_rt.io.outputs: every command's rule)
     return state_path
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """EmsegError naming `what` when no file can be created in `folder` (read-only filesystem, permissions)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".emseg-rt-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise EmsegError(f"{what} {folder}: cannot write there ({exc.strerror or exc}); choose a writable "
-                         "location") from None
 
 
 # ------------------------------------------------------------------------------------------- resume
