@@ -87,6 +87,7 @@ def test_parser_rejection_is_a_clear_error(tmp_path):
     manifest = json.loads((package_dir / MANIFEST_NAME).read_text())
     manifest["files"]["head.onnx"] = sha256_file(package_dir / "head.onnx")
     manifest["components"]["head"]["inputs"] = [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
+    manifest["components"]["head"]["outputs"] = [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}]
     write_manifest(package_dir, manifest)
     with pytest.raises(EmsegError, match="head.onnx: the tensorrt-rtx ONNX parser rejected the graph"):
         build_engines(package_dir, targets="sm86", components=["head"])

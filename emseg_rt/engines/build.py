@@ -24,6 +24,7 @@ from typing import Any
 
 from emseg_rt.engines.select import current_target, gpu_target
 from emseg_rt.engines.trt import FLAVOURS, RTX_TARGETS, flavour_version, import_flavour
+from emseg_rt.checks import split_items
 from emseg_rt.errors import EmsegError
 from emseg_rt.package import (
     TARGET_NAME,
@@ -31,6 +32,7 @@ from emseg_rt.package import (
     EngineRecord,
     load_package,
     package_from_manifest,
+    package_lock,
     sha256_file,
     write_manifest,
 )
@@ -40,11 +42,17 @@ __all__ = ["FLAVOURS", "RTX_TARGETS", "build_engine", "build_engines", "parse_ta
 ENGINE_DIR = "engines"
 
 
+def target_items(text: str | Sequence[str]) -> list[str]:
+    """The targets as written ('sm86, sm89' or ['sm86']), lower-cased; none, or an empty entry, is refused."""
+    items = split_items(text, "--target", "sm86,sm89") if isinstance(text, str) else [str(t).strip() for t in text]
+    if not items or not all(items):
+        raise EmsegError(f"--target {text!r}: name at least one target and no empty one, e.g. sm86,sm89 or current")
+    return [item.lower() for item in items]
+
+
 def parse_targets(text: str | Sequence[str], flavour: str = "tensorrt-rtx") -> list[str]:
     """'sm86,sm89' / ['sm86'] / 'current' → validated target names for `flavour`."""
-    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
-    if not items:
-        raise EmsegError("--target: name at least one target, e.g. sm86 or current")
+    items = target_items(text)
     targets = []
     for item in items:
         target = current_target() if item == "current" else item
@@ -140,11 +148,21 @@ def build_engines(
     manifest (file, target, flavour and version, build time, size; sha256 under "files").
 
     components: default all (full graph, encoders, head). batch_max: default the package's.
-    The package is verified first; the manifest is rewritten atomically after each engine.
+    The package is verified first; the manifest is rewritten atomically after each engine. The package's lock
+    (`package.package_lock`) is held throughout: a second `build` of the same package is refused (one line).
     """
-    say = progress or (lambda message: None)
+    if batch_max is not None and batch_max < 1:
+        raise EmsegError(f"--batch-max {batch_max}: must be at least 1 (leave it out for the package's)")
+    items = target_items(targets)  # a malformed list is refused before TensorRT is looked for
     import_flavour(flavour)
-    target_list = parse_targets(targets, flavour)
+    target_list = parse_targets(items, flavour)
+    with package_lock(package_dir):  # read, build and rewrite the manifest as one writer: no record lost
+        return _build_locked(package_dir, target_list, flavour, components, batch_max, progress)
+
+
+def _build_locked(package_dir: str | Path, target_list: list[str], flavour: str, components: Sequence[str] | None,
+                  batch_max: int | None, progress: Callable[[str], None] | None) -> list[EngineRecord]:
+    say = progress or (lambda message: None)
     package = load_package(package_dir)
     names = list(components) if components else list(package.components)
     for name in names:

@@ -5,14 +5,20 @@ Guarantees (docs/runtime.md "What --overwrite, --resume and the lock promise"):
 - An output is ours only if it holds our run record (the attributes of the zarr group `.emseg-rt`, written
   first, in one atomic file; outputs of earlier versions held `.emseg-rt/run.json`, still recognised).
   Anything else that is not an empty directory is never deleted, resumed into or written into.
-- One writer at a time: an exclusive OS lock (`fcntl.flock`) on `<parent>/.<name>.emseg-rt.lock`, held for
-  the run's life and released by the kernel when the process dies, so a stale lock cannot block anyone. A
-  second run is refused with one line naming the holder's host and pid.
+- One writer at a time: an exclusive OS lock (`package.hold_lock`, `fcntl.flock`) on
+  `<parent>/.<name>.emseg-rt.lock`, keyed on the output's real path (the parent's symlinks resolved; an
+  image's label image locks beside the image, `runtime.target`), held for the run's life and released by
+  the kernel when the process dies, so a stale lock cannot block anyone. A second run is refused with one
+  line naming the holder's host and pid.
 - `--overwrite` builds the new output in a sibling staging directory and, only once it is complete,
   exchanges the two directories in one `renameat2(RENAME_EXCHANGE)` call (Linux); the old output is then
   deleted under its staging name. A kill at any instant leaves OUT either the old complete output or the
   new complete one. Where the exchange is not available, two renames are used and a run that finds OUT
   missing beside a moved-aside complete output puts it back first.
+- Only what is provably ours is ever removed: a sibling (staging or moved-aside directory) is named in the
+  lock file before it is created, and the next run removes exactly the names the dead run noted (never by a
+  pattern, never by glob: a user's `.OUT.emseg-rt-old-x` or a name with `*`/`[` in it is left alone). A
+  directory holding only the start of our run state (a kill before the run record's rename) is taken as new.
 """
 
 from __future__ import annotations
@@ -21,19 +27,20 @@ import ctypes
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.package import HeldLock, hold_lock, lock_path_beside
 
 RUN_DIR = ".emseg-rt"
 RUN_KEY = "emseg_rt_run"  # the run record's key in the attributes of the RUN_DIR zarr group
 LEGACY_RECORD = "run.json"
 _STAGING, _OLD = "emseg-rt-new", "emseg-rt-old"
+_RECORD_TMP = re.compile(r"\.(zarr\.json|\.zattrs|\.zgroup)\.tmp[0-9]+")  # `write_record`'s temporary files
 
 
 def record_files(attributes: dict, zarr_format: int) -> list[tuple[str, dict]]:
@@ -42,6 +49,16 @@ def record_files(attributes: dict, zarr_format: int) -> list[tuple[str, dict]]:
     if zarr_format == 2:
         return [(".zattrs", attributes), (".zgroup", {"zarr_format": 2})]
     return [("zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes})]
+
+
+def write_record(state: Path, attributes: dict, zarr_format: int) -> None:
+    """Write the run-state group `state` holding `attributes` (`record_files`), each file atomically (temporary
+    file + rename): the output is recognisably ours from the first rename on."""
+    state.mkdir(parents=True, exist_ok=True)
+    for name, payload in record_files(attributes, zarr_format):
+        tmp = state / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, state / name)
 
 
 def read_record(path: Path) -> dict | None:
@@ -75,7 +92,7 @@ class OutputClaim:
     output: Path
     target: Path
     resumable: bool
-    lock: IO[str]
+    lock: HeldLock
 
     @property
     def replaces(self) -> bool:
@@ -84,13 +101,15 @@ class OutputClaim:
     def commit(self) -> None:
         """Make a complete staged output the output (no-op when the run wrote `output` itself)."""
         if self.replaces:
-            _swap_into_place(self.target, self.output)
+            _swap_into_place(self.target, self.output, self.lock)
 
     def release(self) -> None:
         """Drop the lock; a staging directory of a run that did not commit is removed."""
-        if self.replaces and self.target.exists():
-            shutil.rmtree(self.target, ignore_errors=True)
-        self.lock.close()
+        try:
+            if self.replaces and self.target.exists():
+                shutil.rmtree(self.target, ignore_errors=True)
+        finally:  # the lock file (with its notes for cleaning up) stays only if something was left behind
+            self.lock.release()
 
 
 def claim_output(output: Path, source: Path | None, *, resume: bool, overwrite: bool,
@@ -100,16 +119,15 @@ def claim_output(output: Path, source: Path | None, *, resume: bool, overwrite: 
 
     source:     the local input (None for an array in memory or a URL: nothing local to protect).
     into_input: the output is the input image's `labels/<name>` (`--into-input`): inside it on purpose.
-    lock_path:  the lock file (default: `.<name>.emseg-rt.lock` beside the output).
+    lock_path:  the lock file (default: `.<name>.emseg-rt.lock` beside the output's real path).
     """
     _check_location(output, source, into_input)
-    lock = _lock(output, lock_path)
+    lock = hold_lock(lock_path or lock_path_beside(output), f"output {output}")
     try:
-        _recover_interrupted_swap(output)
-        _remove_stale_siblings(output)
-        target, resumable = _target(output, resume, overwrite)
+        _clean_up_after_dead_run(output, lock)
+        target, resumable = _target(output, resume, overwrite, lock)
     except BaseException:
-        lock.close()
+        lock.release()
         raise
     return OutputClaim(output, target, resumable, lock)
 
@@ -135,71 +153,76 @@ def _parent(output: Path) -> Path:
     return output.parent if str(output.parent) else Path(".")
 
 
-def _sibling(output: Path, kind: str) -> Path:
-    return _parent(output) / f".{output.name}.{kind}-{secrets.token_hex(4)}"
+def _sibling(output: Path, kind: str, lock: HeldLock) -> Path:
+    """A new sibling directory name for `output`, noted in the lock file before anything creates it."""
+    name = f".{output.name}.{kind}-{secrets.token_hex(4)}"
+    lock.note(kind, name)
+    return _parent(output) / name
 
 
-def _lock(output: Path, lock_path: Path | None = None) -> IO[str]:
-    import fcntl  # optional: POSIX only
-
-    path = lock_path or _parent(output) / f".{output.name}.emseg-rt.lock"
-    try:
-        handle = open(path, "a+")  # noqa: SIM115  (held open for the run's life)
-    except OSError as exc:
-        raise EmsegError(f"cannot write {output}: cannot create the lock {path} ({exc.strerror})") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise EmsegError(f"output {output} is being written by {holder}; wait for that run to finish "
-                         "(or stop it) and try again") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-    handle.flush()
-    return handle
+def _noted_siblings(output: Path, lock: HeldLock, kind: str) -> list[Path]:
+    """The sibling directories of `kind` that the lock's previous holder noted and that exist (exact names of
+    the form `_sibling` makes: nothing found by a pattern, nothing that is not a plain directory)."""
+    found = []
+    for name in lock.noted(kind):
+        prefix = f".{output.name}.{kind}-"
+        path = _parent(output) / name
+        if (name.startswith(prefix) and re.fullmatch(r"[0-9a-f]{8}", name[len(prefix):])
+                and path.is_dir() and not path.is_symlink()):
+            found.append(path)
+    return found
 
 
-def _target(output: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
-    if not output.exists() or not any(output.iterdir()):
+def _clean_up_after_dead_run(output: Path, lock: HeldLock) -> None:
+    """What the lock's previous holder left beside the output if it died (we hold the lock, so it is not
+    running): the two-rename fallback can die between its renames, so a moved-aside output of ours is put
+    back first; then its staging and moved-aside directories are removed."""
+    aside = _noted_siblings(output, lock, _OLD)
+    if not output.exists() and aside and is_our_output(aside[-1]):
+        os.rename(aside[-1], output)
+    for stale in _noted_siblings(output, lock, _STAGING) + _noted_siblings(output, lock, _OLD):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _target(output: Path, resume: bool, overwrite: bool, lock: HeldLock) -> tuple[Path, bool]:
+    if not output.exists() or _nothing_written(output):
         return output, False
     if not is_our_output(output):
         action = "replace" if overwrite else "resume into" if resume else "write into"
         raise EmsegError(f"output {output} exists and is not an emseg-rt output (no {RUN_DIR} run record); "
                          f"refusing to {action} it; choose another --out")
     if overwrite:
-        return _sibling(output, _STAGING), False  # the old output stays until the new one is complete
+        return _sibling(output, _STAGING, lock), False  # the old output stays until the new one is complete
     if resume:
         return output, True
     raise EmsegError(f"output {output} already exists; pass --resume to finish it or --overwrite to replace it")
 
 
-def _remove_stale_siblings(output: Path) -> None:
-    """Staging and moved-aside directories of runs that died (we hold the lock, so none is live)."""
-    for kind in (_STAGING, _OLD):
-        for stale in _parent(output).glob(f".{output.name}.{kind}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+def _nothing_written(output: Path) -> bool:
+    """True for an empty directory, or one holding only the start of our run state: `.emseg-rt/` with nothing
+    but `write_record`'s temporary files (a kill before the record's rename); those files are removed."""
+    entries = list(output.iterdir())
+    if not entries:
+        return True
+    state = output / RUN_DIR
+    if [entry.name for entry in entries] != [RUN_DIR] or state.is_symlink() or not state.is_dir():
+        return False
+    leftovers = list(state.iterdir())
+    if not all(_RECORD_TMP.fullmatch(p.name) and p.is_file() and not p.is_symlink() for p in leftovers):
+        return False
+    for leftover in leftovers:
+        leftover.unlink()
+    return True
 
 
-def _recover_interrupted_swap(output: Path) -> None:
-    """The two-rename fallback can die between its renames: put the moved-aside output back."""
-    if output.exists():
-        return
-    moved = sorted(_parent(output).glob(f".{output.name}.{_OLD}-*"))
-    if moved and is_our_output(moved[-1]):
-        os.rename(moved[-1], output)
-
-
-def _swap_into_place(staged: Path, output: Path) -> None:
+def _swap_into_place(staged: Path, output: Path, lock: HeldLock) -> None:
     if not output.exists():
         os.rename(staged, output)
         return
     if _exchange(staged, output):
         shutil.rmtree(staged, ignore_errors=True)  # `staged` now names the old output
         return
-    aside = _sibling(output, _OLD)
+    aside = _sibling(output, _OLD, lock)
     os.rename(output, aside)
     os.rename(staged, output)
     shutil.rmtree(aside, ignore_errors=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +41,16 @@ import zarr.errors
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.ome_zarr import LabelImageSpec, create_array, create_ome_group
 from emseg_rt.io.pyramid import Level, write_lower_levels
-from emseg_rt.runtime.claim import RUN_DIR, RUN_KEY, read_record, record_files
+from emseg_rt.runtime.claim import RUN_DIR, RUN_KEY, read_record, write_record
+
+# The temporary files a kill can leave in our output tree: zarr's atomic writes (`<name>.<uuid hex>.partial`)
+# and the run record's (`.<name>.tmp<pid>`); a resume removes them (`remove_write_leftovers`).
+_LEFTOVER = re.compile(r".+\.[0-9a-f]{32}\.partial|\..+\.tmp[0-9]+")
 
 
 def config_hash(config: dict) -> str:
     """sha256 of a run configuration (JSON, sorted keys): equal hashes mean equal output bytes."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,8 @@ class DoneMarkers:
                      overwrite=True, compressors=None)
 
     def exists(self) -> bool:
-        return self.path.is_dir()
+        """True once the array's metadata is written (a kill while creating it leaves at most a directory)."""
+        return (self.path / "zarr.json").is_file() or (self.path / ".zarray").is_file()
 
     def done(self) -> set[int]:
         """The indices whose markers are set (none when the array does not exist)."""
@@ -130,25 +130,26 @@ class OutputStore:
     def create(self, config: dict, root_attrs: dict, fingerprint: str) -> None:
         """Write the run record (first), then the label image, its level arrays and the markers."""
         try:
-            self.state.mkdir(parents=True, exist_ok=True)
             record = {"config_hash": self.run_hash, "config": config, "input_fingerprint": fingerprint}
-            for name, payload in record_files({RUN_KEY: record}, self.layout.zarr_format):
-                write_json_atomic(self.state / name, payload)
+            write_record(self.state, {RUN_KEY: record}, self.layout.zarr_format)
             self._create_arrays(root_attrs)
         except OSError as exc:
             raise _write_error(self.root, exc) from exc
 
     def _create_arrays(self, root_attrs: dict) -> None:
+        """Every array of the output, the block markers last: their presence says that all the others exist,
+        so a kill at any point of the creation leaves either no block markers (a resume creates everything
+        again) or a complete set of arrays."""
         layout = self.layout
         arrays = create_ome_group(self.root, layout.label_spec(), source_image=self.source_image,
                                   extra_attributes={"emseg_rt": root_attrs})
         self.labels = arrays[0]
-        self.markers(self._done_name).create(layout.blocks)
         self.markers(self._levels_name).create(len(layout.levels))
         if layout.probabilities:
             self.probabilities = self._create_probabilities()
         if layout.density:
             self.density = self.create_state_array(self._density_name, layout.shape, np.uint8, layout.chunks)
+        self.markers(self._done_name).create(layout.blocks)
 
     @property
     def source_image(self) -> str | None:
@@ -223,9 +224,15 @@ class OutputStore:
             raise EmsegError(f"the input changed since {self.root} was started (its chunk files differ); a resume "
                              "would mix old and new blocks; pass --overwrite to start again")
         try:
+            remove_write_leftovers(self.root)
             self.attach()
+            levels = self.markers(self._levels_name)
+            if not levels.exists():  # an output of an earlier version killed before its level markers
+                levels.create(len(self.layout.levels))  # none set: the pyramid is written again from s0
         except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
             self._recreate_before_any_marker(root_attrs)
+        except OSError as exc:
+            raise _write_error(self.root, exc) from exc
 
     def _recreate_before_any_marker(self, root_attrs: dict) -> None:
         """A kill between the run record and the arrays: no block can be marked done yet, so create them."""
@@ -312,7 +319,20 @@ def marker_indices(array_dir: Path) -> set[int]:
 
 def done_markers(root: Path) -> set[int]:
     """The finished write blocks of the output at `root` (any configuration's markers)."""
-    return set().union(*(marker_indices(d) for d in (root / RUN_DIR).glob("done-*")))
+    state = root / RUN_DIR
+    names = [p for p in state.iterdir() if p.name.startswith("done-")] if state.is_dir() else []
+    return set().union(*(marker_indices(d) for d in names))
+
+
+def remove_write_leftovers(root: Path) -> None:
+    """Remove the temporary files a killed run left in its own output tree `root` (`_LEFTOVER`: zarr's
+    `.partial` files and the run record's temporary files; the caller holds the output's lock, so none is
+    being written). They hide nothing a reader sees, but the finished output would not equal a run that was
+    never interrupted."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if _LEFTOVER.fullmatch(name):
+                Path(directory, name).unlink(missing_ok=True)
 
 
 def read_run_record(root: Path) -> dict | None:

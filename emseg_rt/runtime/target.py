@@ -6,6 +6,10 @@
 - `--into-input`: `IN.zarr/labels/<name>` in the input image's own zarr format and OME-Zarr version (0.4 on
   zarr v2, 0.5 on zarr v3), with the image's levels (same count, shapes and transforms). The image's arrays
   are never opened for writing; the name joins the `labels` list only when the label image is complete.
+
+Every label image is locked on its real path (`output_lock`): an image's label image beside the image (the
+same lock whether it is written with `--into-input`, through a symlink to the image, or as `--out
+IMAGE/labels/NAME`), any other output beside itself.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import zarr
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.ome_zarr import register_label, require_labels_group
 from emseg_rt.io.pyramid import Level, default_level_count, levels_like_image, pyramid_levels
+from emseg_rt.package import lock_path_beside
 from emseg_rt.runtime.options import SegmentOptions
 
 
@@ -54,7 +59,7 @@ def plan_target(source: Any, volume: Any, output: str | Path | None, options: Se
             raise EmsegError("no output given: pass --out OUT.zarr, or --into-input to write into the input image")
         count = options.levels or default_level_count(volume.shape, "".join(volume.axes))
         return OutputTarget(Path(output), pyramid_levels(volume.shape, "".join(volume.axes), volume.voxel_size,
-                                                         volume.translation, count))
+                                                         volume.translation, count), lock=output_lock(Path(output)))
     return _into_input_target(source, volume, output, options, level)
 
 
@@ -80,12 +85,24 @@ def _into_input_target(source: Any, volume: Any, output: str | Path | None, opti
         raise EmsegError(f"input {image_path} has axes {[a.get('name') for a in multiscale.get('axes', ())]}; "
                          "--into-input writes labels into 3D (z, y, x) images only; use --out")
     levels = levels_like_image(image, multiscale, volume.shape)
+    if isinstance(image.get("labels"), zarr.Array):
+        raise EmsegError(f"input {image_path}: its 'labels' is an array, not the OME-Zarr labels group that "
+                         "--into-input writes into; use --out")
     require_labels_group(image_path, version)
-    return OutputTarget(image_path / "labels" / options.label_name, levels, version,
-                        lock=_lock_beside(image_path, f"labels-{options.label_name}"), image=image_path,
-                        name=options.label_name)
+    output = image_path / "labels" / options.label_name
+    return OutputTarget(output, levels, version, lock=output_lock(output), image=image_path, name=options.label_name)
+
+
+def output_lock(output: Path) -> Path:
+    """The lock file of the label image `output`, keyed on its real path: beside the image for a label image in
+    an image's `labels/` (never inside its zarr hierarchy, where readers would trip on it), else beside it."""
+    labels = output.parent.resolve()
+    image = labels.parent
+    if labels.name == "labels" and any((image / name).is_file() for name in ("zarr.json", ".zgroup")):
+        return lock_path_beside(image, f"labels-{output.name}")
+    return lock_path_beside(output)
 
 
 def _lock_beside(image: Path, what: str) -> Path:
-    """A lock file next to the image (never inside its zarr hierarchy, where readers would trip on it)."""
-    return image.parent / f".{image.name}.{what}.emseg-rt.lock"
+    """A lock file next to the image's real path (the image's `labels` list: `register`)."""
+    return lock_path_beside(image, what)
