@@ -5,6 +5,11 @@ import numpy as np
 DEFAULT_CLASSES = ("nucleus", "mitochondria", "granules")  # labels 1, 2, 3 (ScSAM §4.1, BetaSeg); 0 = background
 DEFAULT_LABEL_NAME = "organelles"  # the label image name (IN/labels/<this> with --into-input) unless --label-name
 GROUND_TRUTH = "ground_truth"  # the label group a written phantom keeps its ground truth in
+# The model families (models/registry.py describes each; a package's manifest names one) and those whose
+# whole-slice graph takes point prompts (inputs point_coords, point_labels besides the tiles).
+MODEL_FAMILIES = ("vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "maester", "his4mae",
+                  "vanilla-sam2", "prompt-das", "samda")
+POINT_PROMPTED_FAMILIES = ("vanilla-sam", "vanilla-sam2", "prompt-das")
 
 
 def label_dtype(num_classes: int) -> np.dtype:

@@ -26,7 +26,12 @@ hash the loader checks. `load_package`
   directory, and any symlink in the directory that points outside it;
 - reads every graph's tensors without their data (`onnx.load(load_external_data=False)`) and refuses an
   external-data `location` that leaves the directory or is not a file the manifest lists and hashes;
-- checks that every listed file is present and, with `verify` (the default), has its recorded sha256.
+- checks that every listed file is present and, with `verify` (the default), has its recorded sha256;
+- reads every graph's inputs and outputs (`graph_signature`: the protobuf wire format, nodes and weights
+  skipped; a truncated file is refused) and refuses a manifest that does not describe them: component
+  records that differ from their graph, a tile, batch_max or class list out of range, an unknown family,
+  and a full graph whose tile input, logits, labels or prompt inputs disagree with tile, classes and family
+  (`check_manifest_fields`, `check_against_graphs`).
 
 All of this happens before TensorRT or ONNX Runtime sees a graph. Problems a user can fix raise
 `EmsegError` with a one-line message.
@@ -61,6 +66,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +76,7 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
+from emseg_rt.constants import MODEL_FAMILIES, POINT_PROMPTED_FAMILIES
 from emseg_rt.errors import EmsegError
 
 MANIFEST_NAME = "manifest.json"
@@ -82,6 +89,10 @@ BATCH_DIM = "batch"  # the one symbolic dimension of every graph input and outpu
 FULL = "full"  # component: the whole per-slice graph, uint8 tiles → logits, labels
 HEAD = "head"  # component: everything after the encoders
 PRECISIONS = ("fp32", "fp16")  # what a package's graphs compute in (fp16 = mixed, with FP32 islands)
+POINT_PROMPTS = ("point_coords", "point_labels")  # the full graph's prompt inputs (POINT_PROMPTED_FAMILIES)
+MAX_TILE = 8192  # the largest tile side a manifest may declare (SAM's is 1024)
+MAX_BATCH = 4096  # the largest batch_max a manifest or engine record may declare
+MAX_CLASSES = 65535  # label images are uint8 up to 255 classes, uint16 up to this
 
 
 @dataclass(frozen=True)
@@ -228,15 +239,28 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def safe_member(root: Path, relative: str) -> Path:
-    """`root / relative`, or an EmsegError when `relative` is absolute, climbs out with '..', or resolves
-    (through symlinks) to a place outside `root`."""
+    """`root / relative`, or an EmsegError when `relative` is absolute, climbs out with '..', holds a control
+    character (a NUL byte, ...), or resolves (through symlinks, a loop of them included) to a place outside
+    `root`."""
+    if not isinstance(relative, str) or any(ord(c) < 32 or ord(c) == 127 for c in relative):
+        raise EmsegError(f"package {root}: manifest names a file that is not a file name: {relative!r}")
     pure = PurePosixPath(relative)
     if not relative or pure.is_absolute() or Path(relative).is_absolute() or ".." in pure.parts or "\\" in relative:
         raise EmsegError(f"package {root}: manifest names a file outside the package: {relative!r}")
     candidate = root / relative
-    if not candidate.resolve().is_relative_to(root.resolve()):
+    if not _real(root, candidate).is_relative_to(_real(root, root)):
         raise EmsegError(f"package {root}: {relative!r} resolves outside the package directory")
     return candidate
+
+
+def _real(root: Path, path: Path) -> Path:
+    """`path.resolve()`; a symlink loop (RuntimeError or OSError ELOOP, by Python version) is an EmsegError."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        where = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        raise EmsegError(f"package {root}: {where} is a symlink loop or cannot be resolved "
+                         f"({getattr(exc, 'strerror', None) or exc}); remove it or re-export the package") from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -273,6 +297,111 @@ def write_manifest(root: Path, manifest: Mapping[str, Any]) -> Path:
     return root / MANIFEST_NAME
 
 
+class HeldLock:
+    """An exclusive OS lock (`fcntl.flock`) on one lock file, held until `release` and released by the kernel
+    when the process dies, so a stale lock file blocks no one. The file says who holds it (first line: pid and
+    host) and what the holder is about to create (`note`): the next holder reads those notes (`previous`) to
+    clean up after a holder that died, removing only what was provably its own."""
+
+    def __init__(self, path: Path, handle: Any, previous: str) -> None:
+        self.path, self.handle, self.previous = path, handle, previous
+        self.created: list[str] = []  # what this holder noted
+
+    def noted(self, kind: str) -> list[str]:
+        """The names the previous holder noted under `kind`, in the order it noted them."""
+        return [line.split(" ", 1)[1] for line in self.previous.splitlines()[1:] if line.startswith(f"{kind} ")]
+
+    def note(self, kind: str, name: str) -> None:
+        """Record `name` (something this holder is about to create) in the lock file, before creating it."""
+        self.created.append(name)
+        self.handle.write(f"{kind} {name}\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        """Drop the lock. When nothing noted here (by this holder or the previous one) is left beside the lock,
+        the lock file goes first, while still held, so no lock file stays beside a finished output (`hold_lock`
+        re-checks that the file it locked is still the one at its path: a waiter on the deleted file retries).
+        Otherwise (an interrupted swap, a staging directory that could not be removed) its notes stay for the
+        next holder to clean up."""
+        try:
+            noted = self.created + [line.split(" ", 1)[-1] for line in self.previous.splitlines()[1:]]
+            if not any((self.path.parent / name).exists() for name in noted):
+                self.path.unlink(missing_ok=True)
+        finally:
+            self.handle.close()
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def hold_lock(path: Path, what: str) -> HeldLock:
+    """Take the exclusive lock file `path` for writing `what` (e.g. "output out.zarr"), without waiting.
+    EmsegError (one line) when another process holds it (naming its host and pid) or it cannot be created.
+    Every writer of emseg-rt's outputs and packages locks through here, on a path derived from the real path
+    (symlinks resolved) of what it writes, so two names for one directory share one lock."""
+    for _ in range(100):  # a holder deleting the file as we open it: open the new one
+        handle = _locked_file(path, what)
+        if _still_at(handle, path):
+            break
+        handle.close()
+    else:
+        raise EmsegError(f"cannot write {what}: its lock {path} keeps being replaced; try again")
+    handle.seek(0)
+    previous = handle.read()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    handle.flush()
+    return HeldLock(path, handle, previous)
+
+
+def _locked_file(path: Path, what: str) -> Any:
+    """`path` opened and flock'ed (exclusive, not waiting); EmsegError naming the holder when it is taken."""
+    import fcntl  # optional: POSIX only
+
+    try:
+        handle = open(path, "a+")  # noqa: SIM115  (held open for the writer's life)
+    except OSError as exc:
+        raise EmsegError(f"cannot write {what}: cannot create the lock {path} ({exc.strerror})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = (handle.read().splitlines() or [""])[0].strip() or "another process"
+        handle.close()
+        raise EmsegError(f"{what} is being written by {holder}; wait for that run to finish (or stop it) and "
+                         "try again") from None
+    return handle
+
+
+def _still_at(handle: Any, path: Path) -> bool:
+    """Whether the open lock file is still the file at `path` (not deleted by a holder that finished)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def lock_path_beside(path: Path, what: str = "") -> Path:
+    """The lock file for writing the directory `path`: `.<name>[.<what>].emseg-rt.lock` beside its real path
+    (never inside it: readers of a package or a zarr hierarchy would trip on it)."""
+    real = path.parent.resolve() / path.name
+    if real.is_symlink():
+        real = real.resolve()
+    return real.parent / f".{real.name}{'.' + what if what else ''}.emseg-rt.lock"
+
+
+def package_lock(root: str | Path) -> HeldLock:
+    """The lock of the package directory `root` (held while `build` rewrites its manifest)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EmsegError(f"package {root}: no such directory")
+    return hold_lock(lock_path_beside(root), f"package {root}")
+
+
 def _read_member_bytes(root: Path, name: str, missing: str) -> bytes:
     """Bytes of the regular file `root/name` (not a symlink leaving the package), EmsegError `missing` if absent."""
     path = root / name
@@ -297,6 +426,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EmsegError(f"package {root}: {MANIFEST_NAME} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise EmsegError(f"package {root}: {MANIFEST_NAME} is nested too deeply to be a package manifest; "
+                         "re-export the package") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
         raise EmsegError(f"package {root}: {MANIFEST_NAME} is not an emseg-rt package manifest")
     version = manifest.get("format_version")
@@ -333,11 +465,11 @@ def check_target_name(root: Path | str, target: object) -> str:
 
 def check_symlinks(root: Path) -> None:
     """EmsegError when any symlink inside the package directory resolves to a place outside it."""
-    base = root.resolve()
+    base = _real(root, root)
     for directory, dirs, files in os.walk(root):
         for name in (*dirs, *files):
             entry = Path(directory) / name
-            if entry.is_symlink() and not entry.resolve().is_relative_to(base):
+            if entry.is_symlink() and not _real(root, entry).is_relative_to(base):
                 raise EmsegError(f"package {root}: {entry.relative_to(root).as_posix()} is a symlink to a place "
                                  "outside the package directory")
 
@@ -429,6 +561,9 @@ def check_external_data(root: Path, component: ComponentSpec, files: Mapping[str
     graph_dir = PurePosixPath(component.file).parent
     for location in sorted(external_data_locations(component.path)):
         pure = PurePosixPath(location)
+        if any(ord(c) < 32 or ord(c) == 127 for c in location):
+            raise EmsegError(f"package {root}: {component.file} reads external data from {location!r}, which is "
+                             "not a file name (it holds a control character)")
         if (not location or pure.is_absolute() or Path(location).is_absolute() or ".." in pure.parts
                 or "\\" in location):
             raise EmsegError(f"package {root}: {component.file} reads external data from {location!r}, outside the "
@@ -440,6 +575,99 @@ def check_external_data(root: Path, component: ComponentSpec, files: Mapping[str
                              "manifest does not list (no sha256)")
         if not (root / relative).is_file():
             raise EmsegError(f"package {root}: {relative} (external data of {component.file}) is missing")
+
+
+# ------------------------------------------------------------------------ the graphs a manifest describes
+#
+# An ONNX file is a protobuf ModelProto; its inputs and outputs are read from the wire format alone (field
+# numbers below, onnx.proto), skipping every node and weight, so a multi-GB graph costs a few thousand small
+# reads. The walk also proves the file whole: every length must end inside its parent and the file must end
+# where the last top-level field does (a truncated graph does not).
+
+_MODEL_GRAPH, _MODEL_OPSET = 7, 8  # ModelProto.graph, ModelProto.opset_import
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 5, 11, 12  # GraphProto fields
+_TENSOR_NAME = 8  # TensorProto.name
+
+
+class _NotOnnx(ValueError):
+    """The bytes are not a complete ONNX ModelProto."""
+
+
+def _varint(handle: Any, at: int, end: int) -> tuple[int, int]:
+    """(value, position after it) of the protobuf varint at byte `at` (which must end before `end`)."""
+    handle.seek(at)
+    data = handle.read(min(10, max(0, end - at)))
+    value = 0
+    for i, byte in enumerate(data):
+        value |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            return value, at + i + 1
+    raise _NotOnnx("a field is cut off")
+
+
+def _fields(handle: Any, start: int, end: int) -> Any:
+    """(field number, wire type, value start, value end) of each field of the message in bytes start..end."""
+    position = start
+    while position < end:
+        tag, position = _varint(handle, position, end)
+        number, wire = tag >> 3, tag & 7
+        value = position
+        if wire == 0:
+            _, position = _varint(handle, position, end)
+        elif wire in (1, 5):
+            position += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, value = _varint(handle, position, end)
+            position = value + length
+        else:
+            raise _NotOnnx(f"wire type {wire} in field {number}")
+        if number == 0 or position > end:
+            raise _NotOnnx("truncated: a field runs past the end of its message")
+        yield number, wire, value, position
+
+
+def _value_spec(data: bytes) -> TensorSpec:
+    """A graph input or output (ValueInfoProto bytes) as the manifest records it (export's `graph_io`)."""
+    value = onnx.ValueInfoProto.FromString(data)
+    tensor = value.type.tensor_type
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    except (KeyError, TypeError, ValueError):
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+    shape = tuple(dim.dim_param if dim.dim_param else int(dim.dim_value) for dim in tensor.shape.dim)
+    return TensorSpec(value.name, dtype, shape)
+
+
+def graph_signature(onnx_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of the ONNX file at `onnx_path`, initialisers listed as inputs left out, read without
+    parsing nodes or weights; EmsegError (one line) when the file is not a complete ONNX model (truncated,
+    cut short, or not ONNX at all)."""
+    try:
+        size = onnx_path.stat().st_size
+        with open(onnx_path, "rb") as handle:
+            top = list(_fields(handle, 0, size))
+            graphs = [(start, end) for number, wire, start, end in top if number == _MODEL_GRAPH and wire == 2]
+            if len(graphs) != 1 or not any(number == _MODEL_OPSET for number, *_ in top):
+                raise _NotOnnx("no graph and opset")
+            inputs, outputs, weights = [], [], set()
+            for number, wire, start, end in _fields(handle, *graphs[0]):
+                if wire == 2 and number in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                    handle.seek(start)
+                    (inputs if number == _GRAPH_INPUT else outputs).append(_value_spec(handle.read(end - start)))
+                elif wire == 2 and number == _GRAPH_INITIALIZER:
+                    weights.update(_tensor_name(handle, start, end))
+    except (_NotOnnx, DecodeError, OSError) as exc:
+        raise EmsegError(f"{onnx_path}: not a complete ONNX graph ({exc}); re-export the package") from None
+    return tuple(spec for spec in inputs if spec.name not in weights), tuple(outputs)
+
+
+def _tensor_name(handle: Any, start: int, end: int) -> list[str]:
+    names = []
+    for number, wire, value, stop in _fields(handle, start, end):
+        if number == _TENSOR_NAME and wire == 2:
+            handle.seek(value)
+            names.append(handle.read(stop - value).decode("utf-8", errors="replace"))
+    return names
 
 
 def _component(root: Path, name: str, raw: Mapping[str, Any], files: Mapping[str, str]) -> ComponentSpec:
@@ -461,6 +689,69 @@ def _component(root: Path, name: str, raw: Mapping[str, Any], files: Mapping[str
     )
 
 
+def _whole(root: Path, manifest: Mapping[str, Any], key: str, low: int, high: int, what: str) -> int:
+    """manifest[key] as an int in low..high (a JSON integer, not 128.5, true or 1e400), else EmsegError."""
+    value = manifest[key]  # a missing key: KeyError, "malformed manifest.json" as the C++ host says
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EmsegError(f"package {root}: manifest {key} {value!r} is not {what} (a whole number {low}..{high}); "
+                         "the manifest was not written by emseg-rt: re-export the package")
+    return value
+
+
+def check_manifest_fields(root: Path, manifest: Mapping[str, Any]) -> None:
+    """The package-wide fields in range: tile, batch_max, a class list of distinct names, a known family."""
+    _whole(root, manifest, "tile", 1, MAX_TILE, "a tile side")
+    _whole(root, manifest, "batch_max", 1, MAX_BATCH, "a largest batch")
+    classes = manifest.get("classes")
+    if (not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES
+            or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        raise EmsegError(f"package {root}: manifest classes must be 1..{MAX_CLASSES} distinct names; re-export "
+                         "the package")
+    if manifest.get("family") not in MODEL_FAMILIES:
+        raise EmsegError(f"package {root}: manifest family {manifest.get('family')!r} is not one this emseg-rt "
+                         f"knows ({', '.join(MODEL_FAMILIES)}); re-export the package")
+    for component, targets in (manifest.get("engines") or {}).items():
+        for target, record in (targets.items() if isinstance(targets, dict) else ()):
+            _whole(root, record if isinstance(record, dict) else {}, "batch_max", 1, MAX_BATCH,
+                   f"the largest batch of engine {component}/{target}")
+
+
+def check_against_graphs(package: ModelPackage) -> None:
+    """EmsegError (one line) unless every component's graph has the inputs and outputs its manifest record
+    lists (read from the ONNX file: `graph_signature`) and the package-wide fields agree with the full graph:
+    the tile input (uint8 [batch, 1, tile, tile]), logits [batch, len(classes), tile, tile] and labels [batch,
+    tile, tile], and the prompt inputs the family takes (none, or point_coords and point_labels)."""
+    root = package.root
+    for spec in package.components.values():
+        inputs, outputs = graph_signature(spec.path)
+        for kind, listed, found in (("inputs", spec.inputs, inputs), ("outputs", spec.outputs, outputs)):
+            if tuple(listed) != found:
+                raise EmsegError(f"package {root}: the manifest lists {spec.file}'s {kind} as {_specs(listed)} but "
+                                 f"the graph has {_specs(found)}; re-export the package")
+    full, tile, classes = package.components[FULL], package.tile, len(package.classes)
+    tiles = TensorSpec(package.input.name, "uint8", (BATCH_DIM, 1, tile, tile))
+    prompts = POINT_PROMPTS if package.family in POINT_PROMPTED_FAMILIES else ()
+    checks = [("input", _specs([package.input]), _specs([tiles])),
+              (f"{tiles.name} input", _specs(s for s in full.inputs if s.name == tiles.name), _specs([tiles])),
+              ("inputs", tuple(s.name for s in full.inputs), (tiles.name, *prompts)),
+              ("prompts", tuple(package.manifest.get("prompts", ())), prompts),
+              ("logits", _shape_of(full, "logits"), (BATCH_DIM, classes, tile, tile)),
+              ("labels", _shape_of(full, "labels"), (BATCH_DIM, tile, tile))]
+    for what, found, want in checks:
+        if found != want:
+            raise EmsegError(f"package {root}: its manifest says {package.family}, tile {tile}, {classes} classes, so "
+                             f"the full graph's {what} should be {want}, but it is {found}: the manifest does not "
+                             "describe its graph; re-export the package")
+
+
+def _specs(specs: Any) -> str:
+    return ", ".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in specs) or "none"
+
+
+def _shape_of(component: ComponentSpec, output: str) -> tuple[int | str, ...] | None:
+    return next((spec.shape for spec in component.outputs if spec.name == output), None)
+
+
 def package_from_manifest(root: Path, manifest: dict[str, Any]) -> ModelPackage:
     """Build the typed view of a parsed manifest (paths checked to stay inside `root`; hashes not checked)."""
     root = Path(root)
@@ -468,6 +759,7 @@ def package_from_manifest(root: Path, manifest: dict[str, Any]) -> ModelPackage:
     try:
         if not isinstance(files, dict):
             raise TypeError("files is not an object")
+        check_manifest_fields(root, manifest)
         components = {check_component_name(root, name): _component(root, name, raw, files)
                       for name, raw in manifest["components"].items()}
         if FULL not in components:
@@ -503,7 +795,7 @@ def package_from_manifest(root: Path, manifest: dict[str, Any]) -> ModelPackage:
             components=components,
             engines=engines,
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise EmsegError(f"package {root}: malformed {MANIFEST_NAME} ({type(exc).__name__}: {exc})") from None
 
 
@@ -522,4 +814,5 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
     verify_files(root, manifest, hashes=verify)
     for component in package.components.values():
         check_external_data(root, component, manifest["files"])
+    check_against_graphs(package)
     return package

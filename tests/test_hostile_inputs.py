@@ -213,16 +213,23 @@ def test_external_data_must_be_inside_and_listed(package, tmp_path, location):
 
 
 def test_listed_external_data_inside_the_package_is_accepted(package):
-    """The control: the same graph with its external data inside the package, listed and hashed, loads
-    and runs."""
+    """The control: the package's own graph with its weights moved to external data inside the package, listed
+    and hashed, loads and runs as before (a graph that is not the one the manifest describes is refused: the
+    manifest is checked against its graph, issue 26)."""
     from emseg_rt.onnx_session import OnnxGraph
 
-    weight = np.random.default_rng(6).normal(size=(64, 32)).astype(np.float32)
-    (package / "full.onnx.data").write_bytes(weight.tobytes())
-    put_graph(package, matmul_graph("full.onnx.data", weight), {"full.onnx.data": package / "full.onnx.data"})
+    inline = package.parent / "inline.onnx"
+    shutil.copyfile(package / "full.onnx", inline)
+    onnx.save(onnx.load(str(inline)), str(package / "full.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="full.onnx.data", size_threshold=1024)
+    put_graph(package, onnx.load(str(package / "full.onnx"), load_external_data=False),
+              {"full.onnx.data": package / "full.onnx.data"})
     loaded = load_package(package)
-    x = np.random.default_rng(7).normal(size=(2, 64)).astype(np.float32)
-    np.testing.assert_allclose(OnnxGraph(loaded.full_onnx_path).run({"x": x})["y"], x @ weight, rtol=1e-5, atol=1e-5)
+    assert loaded.components["full"].external_data == ("full.onnx.data",)
+    tiles = np.random.default_rng(7).integers(0, 256, (2, 1, 128, 128), dtype=np.uint8)
+    got, want = OnnxGraph(loaded.full_onnx_path).run({"tiles": tiles}), OnnxGraph(inline).run({"tiles": tiles})
+    np.testing.assert_array_equal(got["labels"], want["labels"])
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-6, atol=1e-6)
 
 
 def test_the_external_data_scan_finds_a_location_across_read_boundaries(tmp_path):

@@ -58,7 +58,8 @@ def test_csv_with_and_without_header_default_label(tmp_path):
     assert read_points_csv(three).labels.tolist() == [1]
     empty = tmp_path / "empty.csv"
     empty.write_text("z,y,x,label\n")
-    assert len(load_points(empty)) == 0
+    with pytest.raises(EmsegError, match="holds no points"):  # a header alone is a mistake (issue 26), not no prompts
+        load_points(empty)
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from emseg_rt.package import BATCH_DIM
+from emseg_rt.package import BATCH_DIM, graph_signature
 
 OPSET = 18
 PROTOBUF_LIMIT = 2_000_000_000  # bytes; a ModelProto above this cannot be serialised in one piece
@@ -111,15 +110,7 @@ def proto_bytes(model: onnx.ModelProto) -> int:
 
 def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(inputs, outputs) of the ONNX file at `path` as manifest dicts {name, dtype, shape}; a symbolic
-    dimension appears by name ('batch'). Initialisers listed as inputs are left out; weights are not read."""
-    model = onnx.load(str(path), load_external_data=False)
-
-    def spec(value: onnx.ValueInfoProto) -> dict[str, Any]:
-        tensor = value.type.tensor_type
-        shape = [dim.dim_param if dim.dim_param else int(dim.dim_value) for dim in tensor.shape.dim]
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-        return {"name": value.name, "dtype": dtype, "shape": shape}
-
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
-    return inputs, [spec(v) for v in model.graph.output]
+    dimension appears by name ('batch'). Initialisers listed as inputs are left out; weights are not read.
+    Read by `package.graph_signature`, the reader `load_package` checks every manifest against."""
+    inputs, outputs = graph_signature(path)
+    return [spec.to_dict() for spec in inputs], [spec.to_dict() for spec in outputs]

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.volume import ArrayView, Volume, default_axes, first_line, import_optional, squeeze_non_spatial
+from emseg_rt.io.volume import (
+    ArrayView,
+    Volume,
+    check_chunk_size,
+    check_member,
+    default_axes,
+    first_line,
+    import_optional,
+    squeeze_non_spatial,
+)
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -74,6 +83,7 @@ def hdf5_volume(path: Path, key: str | None = None, level: int | None = None, *,
     try:
         if not key:
             raise EmsegError(f"{path} is an HDF5 file: choose a dataset with --key{_listing(h5file)}")
+        key = check_member(key, "--key", path)
         node = h5file.get(key)
         if node is None:
             raise EmsegError(f"{path} has no dataset {key!r}{_listing(h5file)}")
@@ -86,7 +96,16 @@ def hdf5_volume(path: Path, key: str | None = None, level: int | None = None, *,
         h5file.close()
         raise
     ndim = node.ndim
-    axes, voxel_size, units = _physical(node, ndim)
+    try:
+        check_chunk_size(node.chunks, node.dtype, f"input {path} (key {key})")  # None: contiguous, read by hyperslab
+        axes, voxel_size, units = _physical(node, ndim)
+    except (TypeError, ValueError):
+        h5file.close()
+        raise EmsegError(f"input {path} (key {key}): its element_size_um / resolution attribute is not a list of "
+                         "numbers; fix the attribute") from None
+    except EmsegError:
+        h5file.close()
+        raise
     array = ArrayView(node.__getitem__, node.shape, node.dtype, node.chunks, keep=h5file, explicit_index=True,
                       kind="hdf5")
     attrs = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in node.attrs.items()}

@@ -29,9 +29,10 @@ import zarr
 
 from emseg_rt.constants import GROUND_TRUTH
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.readers import open_volume
-from emseg_rt.io.volume import Volume, first_line
+from emseg_rt.io.readers import check_whole_fits, open_volume
+from emseg_rt.io.volume import Volume, check_member, first_line
 from emseg_rt.io.zarr_reader import label_names, looks_like_zarr
+from emseg_rt.io.zarr_reader import member as zarr_member
 
 ROLES = {"prediction": "--pred-labels", "truth": "--gt-labels"}  # role → the eval option that names a label image
 ROLE_WORDS = {"prediction": "prediction", "truth": "ground truth"}
@@ -56,7 +57,9 @@ class LabelImage:
 
     def read(self) -> np.ndarray:
         """The whole volume in memory, (Z, Y, X) integers; a chunk that cannot be read or decoded (corrupt,
-        truncated, unreadable) is an EmsegError naming the volume instead of a codec traceback."""
+        truncated, unreadable) is an EmsegError naming the volume instead of a codec traceback, and so is a
+        volume larger than the memory available."""
+        check_whole_fits(self.volume, str(self.path))
         try:
             return np.asarray(self.volume.array[...])
         except EmsegError:
@@ -77,6 +80,8 @@ def open_label_image(path: str | Path, name: str | None = None, *, role: str) ->
     if role not in ROLES:
         raise ValueError(f"role must be one of {sorted(ROLES)}, not {role!r}")
     path = Path(path)
+    if name is not None:
+        name = check_member(name, ROLES[role], path)
     if not (path.is_dir() and looks_like_zarr(path)):  # missing, N5, HDF5, TIFF: open_volume says which
         return _plain_label_volume(open_volume(path), path, name, role)
     node = _open_zarr(path)
@@ -92,6 +97,8 @@ def instance_images(label: LabelImage) -> dict[str, LabelImage]:
     found: dict[str, LabelImage] = {}
     places = [label.path] + ([label.path.parent] if label.name is not None else [])
     for class_name in sorted(set((label.class_names or {}).values())):
+        if "/" in class_name or class_name in ("", ".", ".."):  # a name that would leave the image: no instances
+            continue
         for place in places:
             path = place / f"{class_name}{INSTANCE_SUFFIX}"
             if not (path.is_dir() and looks_like_zarr(path)):
@@ -182,7 +189,7 @@ def choose_label_name(names: list[str], path: Path, role: str) -> str:
 
 def _listed_label_image(image: zarr.Group, path: Path, name: str, role: str) -> LabelImage:
     """The label image `path`/labels/<name> that the labels/ metadata lists; EmsegError when it is not there."""
-    member = image["labels"].get(name)
+    member = zarr_member(image["labels"], name, f"{path}/labels lists the label image", path)
     if not isinstance(member, zarr.Group):
         raise EmsegError(f"{path}/labels lists the label image {name!r}, but there is no group labels/{name}")
     return _label_image(member, path / "labels" / name, name, role)

@@ -24,6 +24,8 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import (
     ArrayView,
     Volume,
+    check_chunk_size,
+    check_member,
     default_axes,
     first_line,
     import_optional,
@@ -155,7 +157,7 @@ def _physical(dataset_attrs: dict, group_attrs: dict, level_entry: dict | None, 
 def n5_volume(location: Location, key: str | None = None, level: int | None = None, *, spatial: bool = False) -> Volume:
     """Open an N5 dataset (or a level of a multiscale N5 group) lazily; reads attributes.json files only."""
     container = _Container(location)
-    node = (key or "").strip("/")
+    node = check_member(key, "--key", location) if key else ""
     name = join_location(location, node) if node else location
     attrs = container.attributes(node)
     if attrs is None and node and not container.exists(node):
@@ -179,7 +181,7 @@ def n5_volume(location: Location, key: str | None = None, level: int | None = No
             raise EmsegError(f"{name} has {len(levels)} level(s); --level {level} is out of range")
         if isinstance(multiscales, list) and multiscales:
             level_entry = multiscales[0]["datasets"][index]
-        dataset_path = levels[index]
+        dataset_path = check_member(levels[index], "multiscales dataset path", name)
         node = posixpath.join(node, dataset_path)
         attrs = container.attributes(node)
         if not attrs or "dimensions" not in attrs:
@@ -189,9 +191,15 @@ def n5_volume(location: Location, key: str | None = None, level: int | None = No
     store = container.open(node).T  # N5 order (x, y, z) → C order (z, y, x)
     shape = tuple(int(s) for s in store.shape)
     ndim = len(shape)
-    axes, voxel_size, units, translation = _physical(attrs, group_attrs, level_entry, ndim)
+    try:
+        axes, voxel_size, units, translation = _physical(attrs, group_attrs, level_entry, ndim)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        raise EmsegError(f"input {name}: its resolution / transform attributes are not lists of numbers; fix the "
+                         "attributes.json") from None
+    chunks = tuple(int(c) for c in store.chunk_layout.read_chunk.shape)
+    check_chunk_size(chunks, store.dtype.numpy_dtype, f"input {name}")
     array = ArrayView(lambda index: store[index].read().result(), shape, store.dtype.numpy_dtype,
-                      tuple(store.chunk_layout.read_chunk.shape), keep=store, explicit_index=True, kind="n5")
+                      chunks, keep=store, explicit_index=True, kind="n5")
     named = axes is not None
     volume = Volume(join_location(location, node) if node else location, array, axes or default_axes(ndim),
                     voxel_size, units, False, dataset_path, {**group_attrs, **attrs}, translation, format="n5")

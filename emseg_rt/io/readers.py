@@ -17,6 +17,7 @@ HDF5 dimension labels, N5 axes) are squeezed out; `spatial=True` refuses a longe
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.io.hdf5 import HDF5_SUFFIXES, hdf5_volume, looks_like_hdf5
 from emseg_rt.io.n5 import looks_like_n5, n5_volume
 from emseg_rt.io.tiff import TIFF_SUFFIXES, tiff_volume
-from emseg_rt.io.volume import ArrayView, Volume, default_axes
+from emseg_rt.io.volume import ArrayView, Volume, check_declared, check_fits_memory, default_axes
 from emseg_rt.io.zarr_reader import is_url, looks_like_zarr, node_volume, zarr_volume
 
 SUPPORTED = "zarr / OME-Zarr, N5, HDF5 (.h5), TIFF (.tif file or folder)"
@@ -110,10 +111,36 @@ def open_volume(source: Any, key: str | None = None, level: int | None = None, l
     key:     the array or dataset inside a container (zarr group member, N5 / HDF5 dataset, TIFF series).
     level:   the pyramid level of an OME-Zarr image or a multiscale N5 group (0 = full resolution).
     labels:  the label group `labels/<labels>` of an OME-Zarr image, opened instead of the image.
-    spatial: refuse a time or channel axis longer than 1 (singleton ones are always squeezed out).
+    spatial: the volume is read plane by plane (segment): refuse a time or channel axis longer than 1
+             (singleton ones are always squeezed out), and planes too large for this machine's memory.
     Raises EmsegError (one line, naming the input) for a missing input, key, level or label group, an
-    unrecognised format, or a reader library that is not installed (naming the pip extra).
+    unrecognised format, a reader library that is not installed (naming the pip extra), and metadata that
+    declares what no volume has (`volume.check_declared`: a shape past MAX_VOXELS, a NaN or non-positive voxel
+    size; `check_chunk_size`: a chunk too large to decode) before anything proportional to it is allocated.
     """
+    volume = _open(source, key, level, labels, spatial)
+    where = f"input {source_name(source)}"
+    check_declared(volume, where)
+    if spatial and not isinstance(volume.array, np.ndarray):  # in memory already: its planes fit
+        check_planes_fit(volume, where)
+    return volume
+
+
+def check_planes_fit(volume: Volume, where: str) -> None:
+    """EmsegError (one line) when the largest axis-aligned plane of a 3D `volume`, held as read, as uint8
+    and as labels (what reading it plane by plane needs at the least), exceeds the memory available."""
+    if volume.ndim != 3:
+        return
+    areas = {"z": volume.shape[1] * volume.shape[2], "y": volume.shape[0] * volume.shape[2],
+             "x": volume.shape[0] * volume.shape[1]}
+    axis = max(areas, key=areas.__getitem__)
+    check_fits_memory(areas[axis] * (volume.dtype.itemsize + 2), f"one {axis} plane of its {volume.shape} "
+                      f"{volume.dtype.name} (as read, as uint8 and as labels)", where,
+                      "is its shape right? else pass a smaller array or a coarser level (--key / --level)")
+
+
+def _open(source: Any, key: str | None, level: int | None, labels: str | None, spatial: bool) -> Volume:
+    """`open_volume` before the checks of what the metadata declares."""
     if is_array(source):
         return array_volume(source, key, level, labels, spatial=spatial)
     if isinstance(source, str) and is_url(source):
@@ -146,5 +173,17 @@ def open_volume(source: Any, key: str | None = None, level: int | None = None, l
 
 def read_volume(source: Any, key: str | None = None, level: int | None = None, labels: str | None = None, *,
                 spatial: bool = False) -> np.ndarray:
-    """Read a whole volume (array, level or label group) into memory (arguments as `open_volume`)."""
-    return np.asarray(open_volume(source, key=key, level=level, labels=labels, spatial=spatial).array[...])
+    """Read a whole volume (array, level or label group) into memory (arguments as `open_volume`); EmsegError
+    (one line) when it would not fit in the memory available."""
+    volume = open_volume(source, key=key, level=level, labels=labels, spatial=spatial)
+    check_whole_fits(volume, f"input {source_name(source)}")
+    return np.asarray(volume.array[...])
+
+
+def check_whole_fits(volume: Volume, where: str) -> None:
+    """EmsegError (one line) unless the whole of `volume` fits in the memory available (arrays already in
+    memory always do)."""
+    if not isinstance(volume.array, np.ndarray):
+        check_fits_memory(math.prod(volume.shape) * volume.dtype.itemsize, f"the whole volume ({volume.shape} "
+                          f"{volume.dtype.name})", where, "is its shape right? else read a smaller array or a "
+                          "coarser level")

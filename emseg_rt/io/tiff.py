@@ -19,6 +19,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import (
     ArrayView,
     Volume,
+    check_chunk_size,
     default_axes,
     first_line,
     import_optional,
@@ -55,7 +56,7 @@ def _imagej_physical(tif: Any, axes: tuple[str, ...]) -> tuple[tuple[float, ...]
     if meta:
         unit = unit_name(meta.get("unit"))
         if "spacing" in meta:
-            size["z"] = float(meta["spacing"])
+            size["z"] = _number(meta["spacing"], "ImageJ spacing", tif)
         for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
             value = tif.pages[0].tags.get(tag)
             if value is not None and value.value[0]:
@@ -63,6 +64,14 @@ def _imagej_physical(tif: Any, axes: tuple[str, ...]) -> tuple[tuple[float, ...]
                 size[axis] = float(denominator) / float(numerator)
     spatial = [a in ("z", "y", "x") for a in axes]
     return tuple(size[a] for a in axes), tuple(unit if s else None for s in spatial)
+
+
+def _number(value: Any, what: str, tif: Any) -> float:
+    """`value` as a float, or EmsegError (one line) naming the metadata field of the file."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise EmsegError(f"input {tif.filename}: its {what} {value!r} is not a number; fix the metadata") from None
 
 
 def _check_decodable(tifffile: Any, series: Any, name: Path) -> None:
@@ -82,6 +91,7 @@ def _zarr_view(store: Any, keep: Any, name: Path) -> ArrayView:
         raise EmsegError(f"input {name}: tifffile cannot read it as one array ({first_line(exc)})") from exc
     if not isinstance(array, zarr.Array):
         array = array["0"]  # a multiscale group: level 0 (levels are chosen when the store is made)
+    check_chunk_size(array.chunks, array.dtype, f"input {name}")  # a page (or tile) is decoded whole
     return ArrayView(array.__getitem__, array.shape, array.dtype, array.chunks, keep=(keep, store, array), kind="tiff")
 
 

@@ -10,6 +10,7 @@ Arrays that are not zarr are wrapped in `ArrayView`; singleton time and channel 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ from typing import Any
 import numpy as np
 
 from emseg_rt.errors import EmsegError
+
+try:
+    import resource  # POSIX: the address-space limit (`ulimit -v`)
+except ImportError:  # Windows: no such limit to read
+    resource = None  # type: ignore[assignment]
 
 SPATIAL_AXES = ("z", "y", "x")
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -32,6 +38,125 @@ UNIT_NAMES = {
 # The pip extra that brings each optional reader library (pyproject's [project.optional-dependencies]).
 EXTRAS = {"tensorstore": "n5", "h5py": "hdf5", "tifffile": "tiff", "fsspec": "remote", "s3fs": "remote",
           "aiohttp": "remote", "gcsfs": "remote"}
+
+
+# What declared metadata may claim before anything proportional to it is allocated (io.open_volume checks it).
+MAX_VOXELS = 2**53  # past this, voxel counts lose integer precision in float64; beyond any volume ever imaged
+MAX_CHUNK_BYTES = 2**31  # one stored chunk (zarr, N5, a chunked HDF5 dataset, a TIFF page) is decoded whole
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of MemAvailable (/proc/meminfo), the cgroup's memory
+    limit less its usage, and the address-space limit (RLIMIT_AS, `ulimit -v`) less what is mapped now;
+    None where none of them can be read (not Linux)."""
+    limits = [_meminfo_available(), _cgroup_available()]
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0] if resource is not None else -1
+    if resource is not None and soft != resource.RLIM_INFINITY:
+        limits.append(max(0, soft - _mapped_bytes()))
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available() -> int | None:
+    """A cgroup v2 container's memory.max less its working set (memory.current without the reclaimable
+    inactive file cache, as Kubernetes counts it); None without a limit."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        stat = dict(line.split() for line in (root / "memory.stat").read_text().splitlines() if " " in line)
+        used = int((root / "memory.current").read_text()) - int(stat.get("inactive_file", 0))
+        return max(0, int(limit) - used)
+    except (OSError, ValueError):
+        return None
+
+
+def _mapped_bytes() -> int:
+    """VmSize of this process (what counts against RLIMIT_AS), 0 where /proc/self/status cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def gib(nbytes: float) -> str:
+    """'9.3 GiB' (one decimal), '512 MiB' below 1 GiB."""
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "×".join(str(int(s)) for s in shape)
+
+
+def check_chunk_size(chunks: Sequence[int] | None, dtype: Any, where: str) -> None:
+    """EmsegError (one line) when one stored chunk, which every reader decodes whole, is larger than
+    MAX_CHUNK_BYTES or than half the memory this process may still allocate. `chunks` None: no chunking
+    (a contiguous HDF5 dataset is read by hyperslab), nothing to check."""
+    if not chunks:
+        return
+    nbytes = math.prod(int(c) for c in chunks) * np.dtype(dtype).itemsize
+    available = available_memory()
+    limit = MAX_CHUNK_BYTES if available is None else min(MAX_CHUNK_BYTES, available // 2)
+    if nbytes > limit:
+        room = "" if limit == MAX_CHUNK_BYTES else f" (this machine has {gib(available or 0)} free)"
+        raise EmsegError(f"{where}: its metadata declares chunks of {shape_text(chunks)} {np.dtype(dtype).name} "
+                         f"({gib(nbytes)} each), more than the {gib(limit)} a chunk may take{room}: a chunk is "
+                         "read whole; rewrite the array with smaller chunks (e.g. 64×512×512)")
+
+
+def check_declared(volume: Volume, where: str) -> None:
+    """EmsegError (one line) for metadata no real volume has: more than MAX_VOXELS voxels, or a voxel size or
+    origin that is not a finite number (NaN, inf), or a voxel size that is not positive."""
+    voxels = math.prod(volume.shape)
+    if voxels > MAX_VOXELS:
+        raise EmsegError(f"{where}: its metadata declares shape {volume.shape} ({voxels:.3g} voxels), more than "
+                         f"any volume emseg-rt reads ({MAX_VOXELS:.3g}); the metadata is wrong: fix its shape")
+    for what, values in (("voxel size (scale)", volume.voxel_size), ("origin (translation)", volume.translation)):
+        bad = [v for v in values or () if not isinstance(v, (int, float)) or not math.isfinite(v)
+               or (what.startswith("voxel") and v <= 0)]
+        if bad:
+            wanted = "finite numbers > 0" if what.startswith("voxel") else "finite numbers"
+            raise EmsegError(f"{where}: its metadata gives the {what} {tuple(values)} along "
+                             f"{','.join(volume.axes)}; they must be {wanted}: fix the metadata")
+
+
+def check_member(name: Any, what: str, where: Any) -> str:
+    """`name` without leading and trailing '/' if it is a path inside a group of a zarr, N5 or HDF5 container
+    (`a`, `a/b`, `/a`): a non-empty string without '.', '..' or empty segments, backslashes or control
+    characters; else EmsegError (one line) naming `what` (the option, or the metadata field, that gave it) and
+    `where`. Every member path a user or metadata gives is checked here before zarr, tensorstore, h5py or the
+    file system sees it, so none climbs out of its group (zarr's ValueError for '..' never reaches a user)."""
+    text = name.strip("/") if isinstance(name, str) else ""
+    segments = text.split("/") if text else []
+    if (not segments or any(part in ("", ".", "..") for part in segments) or "\\" in text
+            or any(ord(c) < 32 or ord(c) == 127 for c in text)):
+        fix = "name an array or group inside it" if what.startswith("--") else "fix the metadata"
+        raise EmsegError(f"{what} {name!r} in {where}: not a path inside the group (names joined by '/'; no '.', "
+                         f"'..' or empty parts, backslashes or control characters); {fix}")
+    return text
+
+
+def check_fits_memory(nbytes: int, what: str, where: str, hint: str) -> None:
+    """EmsegError (one line) when `what` ("the whole volume", "one z plane") needs more than the memory this
+    process may still allocate (`available_memory`); `hint` says what to do instead."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise EmsegError(f"{where}: {what} needs about {gib(nbytes)} in memory, more than the {gib(available)} "
+                         f"available; {hint}")
 
 
 def import_optional(module: str, what: str) -> Any:

@@ -11,6 +11,7 @@ fsspec protocol) go through zarr's FsspecStore, with the path left exactly as gi
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import re
 from pathlib import Path
@@ -18,11 +19,16 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.metadata import ArrayV2Metadata
+from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import (
+    SqueezedArray,
     Volume,
+    check_chunk_size,
+    check_member,
     default_axes,
     first_line,
     import_optional,
@@ -63,6 +69,14 @@ def fsspec_store(url: str) -> Any:
         raise EmsegError(f"input {url}: cannot open this URL ({first_line(exc)})") from exc
 
 
+def member(group: Any, name: str, what: str, where: Any) -> Any:
+    """`group[name]` after `check_member`; None when the group has no such member."""
+    try:
+        return group[check_member(name, what, where)]
+    except KeyError:
+        return None
+
+
 def looks_like_zarr(path: Path) -> bool:
     """True when the local directory `path` holds zarr v2 or v3 metadata (an array or a group)."""
     return any((path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup"))
@@ -88,6 +102,47 @@ def _open_node(location: Location) -> Any:
         if type(exc).__name__ == "NoCredentialsError":
             hint = "; for a public bucket set FSSPEC_S3='{\"anon\": true}'"
         raise EmsegError(f"input {location} could not be read: {first_line(exc)}{hint}") from exc
+
+
+def chunk_counts(array: Any) -> tuple[int, int] | None:
+    """(chunks stored, chunks the metadata declares) of a zarr array (or one with singleton axes squeezed out),
+    counted from the store's listing: time in proportion to what is stored, never to the declared chunk grid
+    (zarr's `nchunks_initialized` tests every key of the grid, hours for absurd metadata). Sharded arrays count
+    a stored shard as all its chunks, as zarr does. None for an array that is not zarr; a store that cannot
+    list its keys raises what it raises (remote stores)."""
+    base = array._base if isinstance(array, SqueezedArray) else array
+    if not isinstance(base, zarr.Array):
+        return None
+    unit = tuple(base.shards or base.chunks)
+    grid = tuple(-(-int(s) // int(u)) for s, u in zip(base.shape, unit))
+    per_unit = math.prod(int(u) // int(c) for u, c in zip(unit, base.chunks))
+    prefix = f"{base.path}/" if base.path else ""
+
+    async def keys() -> list[str]:
+        return [key[len(prefix):] async for key in base.store.list_prefix(prefix)]
+
+    present = sum(1 for key in sync(keys()) if _grid_key(base.metadata, key, grid))
+    return present * per_unit, math.prod(grid) * per_unit
+
+
+def _grid_key(metadata: Any, key: str, grid: tuple[int, ...]) -> bool:
+    """Whether the stored `key` is the key of a chunk (or shard) of `grid` under the array's key encoding."""
+    if not grid:
+        return key == metadata.encode_chunk_key(())
+    if isinstance(metadata, ArrayV2Metadata):
+        separator, start = metadata.dimension_separator, ""
+    else:  # v3: "default" keys are c/0/1/2 (or c.0.1.2), "v2" keys 0/1/2 or 0.1.2
+        encoding = metadata.chunk_key_encoding
+        separator = encoding.separator
+        start = f"c{separator}" if encoding.name == "default" else ""
+    if not key.startswith(start):
+        return False
+    try:
+        coords = tuple(int(part) for part in key[len(start):].split(separator))
+    except ValueError:
+        return False
+    return (len(coords) == len(grid) and all(0 <= c < g for c, g in zip(coords, grid))
+            and metadata.encode_chunk_key(coords) == key)
 
 
 def label_names(labels_group: zarr.Group, *, members: bool = False) -> list[str]:
@@ -160,7 +215,8 @@ def ome_scale_translation(multiscale: dict, dataset: dict, ndim: int) -> tuple[t
 
 def multiscales_of(attrs: dict) -> list | None:
     """The `multiscales` list of a group's attributes (0.5 under "ome", 0.4 at the top level), or None."""
-    return attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    ome = attrs.get("ome")
+    return (ome.get("multiscales") if isinstance(ome, dict) else None) or attrs.get("multiscales")
 
 
 def _member_hint(group: Any) -> str:
@@ -175,6 +231,7 @@ def zarr_volume(location: Location, key: str | None = None, level: int | None = 
                 *, spatial: bool = False) -> Volume:
     """Open a zarr / OME-Zarr volume at a local path or URL (see the module docstring); nothing but metadata is read."""
     if labels is not None:
+        labels = check_member(labels, "label image", location)
         groups = list_label_groups(location)
         if labels not in groups:
             raise EmsegError(f"{location} has no label group labels/{labels}; it has: {', '.join(groups) or 'none'}")
@@ -196,6 +253,7 @@ def node_volume(node: Any, location: Location | None, key: str | None = None, le
     if key:
         if not isinstance(node, zarr.Group):
             raise EmsegError(f"--key {key!r} given but {name} is an array, not a group")
+        key = check_member(key, "--key", name)
         try:
             node = node[key]
         except KeyError:
@@ -218,6 +276,7 @@ def node_volume(node: Any, location: Location | None, key: str | None = None, le
         return _ome_volume(node, multiscales[0], attrs, node_path, name, level, spatial)
     if level not in (None, 0):
         raise EmsegError(f"--level {level} given but {name} is a plain array, not an OME-Zarr image")
+    check_chunk_size(node.chunks, node.dtype, f"input {name}")
     names = getattr(node.metadata, "dimension_names", None) or node.attrs.get("_ARRAY_DIMENSIONS")
     named = bool(names) and len(names) == node.ndim and all(names)
     axes = tuple(str(n) for n in names) if named else default_axes(node.ndim)
@@ -238,25 +297,40 @@ def _bioformats2raw_image(group: Any, node_path: Location | None, name: Any) -> 
     return group["0"], path, path if path is not None else f"{name} image '0'"
 
 
+def _ome_datasets(ms: Any, name: Any) -> list[dict]:
+    """The `datasets` of one multiscales entry, each a dict with a member path; EmsegError (one line) else."""
+    datasets = ms.get("datasets") if isinstance(ms, dict) else None
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) for d in datasets):
+        raise EmsegError(f"{name}: its multiscales metadata lists no datasets (levels); it is not a valid OME-Zarr "
+                         "image: fix the metadata or pass an array with --key")
+    return datasets
+
+
 def _ome_volume(group: Any, ms: dict, attrs: dict, node_path: Location | None, name: Any, level: int | None,
                 spatial: bool) -> Volume:
-    datasets = ms["datasets"]
+    datasets = _ome_datasets(ms, name)
     level = 0 if level is None else level
     if not 0 <= level < len(datasets):
         raise EmsegError(f"{name} has {len(datasets)} level(s); --level {level} is out of range")
-    dataset_path = datasets[level]["path"]
-    try:
-        array = group[dataset_path]
-    except KeyError:
-        raise EmsegError(f"{name}: multiscales names level {dataset_path!r}, which does not exist") from None
+    dataset_path = datasets[level].get("path")
+    array = member(group, dataset_path, "multiscales dataset path", name)
+    if not isinstance(array, zarr.Array):
+        what = "which does not exist" if array is None else "which is a group, not an array"
+        raise EmsegError(f"{name}: multiscales names level {dataset_path!r}, {what}")
+    check_chunk_size(array.chunks, array.dtype, f"input {name} (level {dataset_path})")
     axes_meta = ms.get("axes") or [{"name": n} for n in default_axes(array.ndim)]
-    if len(axes_meta) != array.ndim:
-        raise EmsegError(f"{name}: multiscales lists {len(axes_meta)} axes but level {dataset_path!r} has "
+    if not isinstance(axes_meta, list) or len(axes_meta) != array.ndim:
+        listed = f"{len(axes_meta)} axes" if isinstance(axes_meta, list) else f"axes {axes_meta!r}"[:80]
+        raise EmsegError(f"{name}: multiscales lists {listed} but level {dataset_path!r} has "
                          f"{array.ndim} dimensions")
-    axes = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes_meta)
+    axes = tuple(str(a.get("name")) if isinstance(a, dict) else str(a) for a in axes_meta)
     units = tuple(a.get("unit") if isinstance(a, dict) else None for a in axes_meta)
     types = [a.get("type") if isinstance(a, dict) else None for a in axes_meta]
-    voxel_size, translation = ome_scale_translation(ms, datasets[level], array.ndim)
+    try:
+        voxel_size, translation = ome_scale_translation(ms, datasets[level], array.ndim)
+    except (TypeError, ValueError, AttributeError):
+        raise EmsegError(f"{name}: the multiscales coordinateTransformations of level {dataset_path!r} are not "
+                         "lists of numbers; fix the metadata") from None
     volume = Volume(node_path, array, axes, voxel_size, units, True, dataset_path, attrs, translation,
                     format="zarr" if node_path is not None else "memory")
     return squeeze_non_spatial(volume, types, f"input {name}", spatial)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emseg_rt.constants import POINT_PROMPTED_FAMILIES
 from emseg_rt.models.class_prompted_head import ClassPromptedHead
 from emseg_rt.models.cluster_head import ClusterHead
 from emseg_rt.models.configs import PipelineConfig
@@ -17,7 +18,7 @@ from emseg_rt.models.sam_encoder import SamImageEncoder
 from emseg_rt.models.samda import samda_parts
 from emseg_rt.models.vanilla_sam_head import VanillaSamHead
 
-POINT_PROMPTED = ("vanilla-sam", "vanilla-sam2", "prompt-das")  # families whose forward takes point prompts
+POINT_PROMPTED = POINT_PROMPTED_FAMILIES  # families whose forward takes point prompts
 PER_CLASS_PROMPTED = ("vanilla-sam", "vanilla-sam2")  # point prompts per class: (B, K, P, 2), (B, K, P)
 
 

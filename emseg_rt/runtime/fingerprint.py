@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.zarr_reader import chunk_counts
 
 
 def array_directory(array: Any) -> Path | None:
@@ -53,9 +54,12 @@ def check_no_missing_chunks(array: Any, where: str, allow_missing: bool) -> None
     if allow_missing:
         return
     try:
-        total, present = int(array.nchunks), int(array.nchunks_initialized)
+        counts = chunk_counts(array)  # from the store's listing, never by walking the declared chunk grid
     except Exception:  # a store that cannot list its keys: nothing to check against
         return
+    if counts is None:  # not zarr (N5, HDF5, TIFF, arrays in memory)
+        return
+    present, total = counts
     if present < total:
         raise EmsegError(f"{where}: {total - present} of {total} chunks are missing (they would be read as "
                          f"{array.fill_value!r}); repair the input, or pass --allow-missing-chunks if they are "

@@ -14,6 +14,7 @@ import numpy as np
 from emseg_rt.runtime.block import BlockDriver, array_sink, open_input
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.plan import RunPlan
+from emseg_rt.runtime.prompts import check_points_inside
 from emseg_rt.runtime.request import SegmentRequest, check_against, open_backend
 
 # segment_volume's keywords that mean something for labels held in memory (the others write or schedule)
@@ -40,6 +41,7 @@ def segment_labels(input: Any, **choices: Any) -> np.ndarray:
 def labels_of(request: SegmentRequest) -> np.ndarray:
     """The labels (Z, Y, X) of a checked request, block after block in memory."""
     volume, where = open_input(request.source, request.key, request.level)
+    check_points_inside(request.points, volume.shape)
     window = parse_window(request.window) if request.window else None
     norm = dataset_normalisation(volume.array, where, window=window)
     engine, owns_backend, _ = open_backend(request, request.note)

@@ -7,6 +7,7 @@ A user's `--window` (`parse_window`) replaces them: fixed values (nothing sample
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from emseg_rt.errors import EmsegError
 
+STRIP_VOXELS = 1 << 24  # sampling reads planes larger than this in strips of rows (16 Mi voxels at a time)
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32", "float64")
 
 
@@ -124,19 +126,45 @@ def sample_planes(array: Any, source: str, *, max_planes: int, samples_per_plane
                   seed: int) -> tuple[np.ndarray, int]:
     """A fixed-seed sample of a (Z, Y, X) array-like's voxels: (values (N,) float64, number of planes read).
 
-    Up to `max_planes` planes spread evenly along axis 0, each subsampled to `samples_per_plane` voxels.
+    Up to `max_planes` planes spread evenly along axis 0, each subsampled to `samples_per_plane` voxels. A
+    plane larger than STRIP_VOXELS is read in strips of rows, keeping only the sampled voxels of each: memory
+    stays bounded whatever the metadata declares, and the sample is the same as from the whole plane.
     """
     depth = array.shape[0]
     indices = np.unique(np.linspace(0, depth - 1, num=min(max_planes, depth)).round().astype(int))
     rng = np.random.default_rng(seed)
     samples = []
     for index in indices:
-        plane = np.asarray(array[int(index)]).ravel()
-        check_finite(plane, f"{source} (slice {index} along axis 0)")
-        if plane.size > samples_per_plane:
-            plane = plane[rng.choice(plane.size, samples_per_plane, replace=False)]
-        samples.append(plane.astype(np.float64))
+        where = f"{source} (slice {index} along axis 0)"
+        size = math.prod(int(s) for s in array.shape[1:])
+        pick = rng.choice(size, samples_per_plane, replace=False) if size > samples_per_plane else None
+        if size <= STRIP_VOXELS or len(array.shape) < 3:
+            plane = np.asarray(array[int(index)]).ravel()
+            check_finite(plane, where)
+            samples.append((plane if pick is None else plane[pick]).astype(np.float64))
+        else:
+            samples.append(_sample_in_strips(array, int(index), pick, where).astype(np.float64))
     return np.concatenate(samples), len(indices)
+
+
+def _sample_in_strips(array: Any, index: int, pick: np.ndarray | None, where: str) -> np.ndarray:
+    """`array[index].ravel()[pick]` (the whole plane for `pick` None), read STRIP_VOXELS at a time in strips
+    of rows along axis 1, each checked for NaN / Inf as the whole plane would be."""
+    row = math.prod(int(s) for s in array.shape[2:])
+    rows = max(1, STRIP_VOXELS // max(row, 1))
+    parts, values = [], None
+    for start in range(0, int(array.shape[1]), rows):
+        strip = np.asarray(array[index, start:start + rows]).ravel()
+        check_finite(strip, where)
+        if pick is None:
+            parts.append(strip)
+            continue
+        if values is None:
+            values = np.empty(len(pick), strip.dtype)
+        lo = start * row
+        inside = (pick >= lo) & (pick < lo + strip.size)
+        values[inside] = strip[pick[inside] - lo]
+    return np.concatenate(parts) if pick is None else values
 
 
 def to_uint8(slab: np.ndarray, norm: Normalisation) -> np.ndarray:

@@ -36,9 +36,12 @@ import torch.nn.functional as F
 import zarr
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.io import open_volume
+from emseg_rt.io.zarr_reader import multiscales_of
+from emseg_rt.package import POINT_PROMPTS  # a window-prompted model's inputs (Prompt-DAS), the graph's names
 from emseg_rt.tiling import TilePlan
 
-POINT_PROMPTS = ("point_coords", "point_labels")  # a window-prompted model's inputs (Prompt-DAS)
+MAX_POINTS = 10_000_000  # the most points a prompts file may hold (each is checked against every tile)
 AXES = ("z", "y", "x")
 COLUMNS = ("z", "y", "x", "label")
 # Prompt-DAS code (util/point_prompt.py): heatmap >= 125 of 255, nms(kernel=5). Our density head is trained
@@ -122,6 +125,9 @@ def read_points_csv(path: str | Path) -> PointSet:
             raise EmsegError(f"--prompts {path}: line {line_no}: label {label} must be 1 (positive) or 0 (negative)")
         points.append((z, y, x))
         labels.append(label)
+    if not points:
+        raise EmsegError(f"--prompts {path}: holds no points ({'a header only' if order else 'empty'}); give one "
+                         "z,y,x[,label] row per point, or leave --prompts out to segment without prompts")
     return PointSet(np.array(points, dtype=np.float64).reshape(-1, 3), np.array(labels, dtype=np.int64),
                     source=f"--prompts {path}")
 
@@ -142,11 +148,19 @@ def read_points_array(path_or_array: Any) -> PointSet:
     if isinstance(path_or_array, (str, Path)):
         where = f"--prompts {path_or_array}"
         array = _open_zarr_array(Path(path_or_array), where)
-    data = np.asarray(array)
-    if data.ndim != 2 or data.shape[1] not in (3, 4):
-        raise EmsegError(f"{where}: shape {data.shape}; point arrays are (N, 3) z,y,x or (N, 4) z,y,x,label")
-    if not np.issubdtype(data.dtype, np.number):
-        raise EmsegError(f"{where}: dtype {data.dtype} is not numeric")
+    array = array if hasattr(array, "shape") and hasattr(array, "dtype") else np.asarray(array)
+    shape = tuple(int(s) for s in array.shape)
+    if len(shape) != 2 or shape[1] not in (3, 4) or shape[0] > MAX_POINTS:
+        raise EmsegError(f"{where}: shape {shape}; point arrays are (N, 3) z,y,x or (N, 4) z,y,x,label, N up to "
+                         f"{MAX_POINTS}")
+    if shape[0] == 0 and isinstance(path_or_array, (str, Path)):
+        raise EmsegError(f"{where}: holds no points (shape {shape}); leave --prompts out to segment without prompts")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise EmsegError(f"{where}: dtype {array.dtype} is not real numbers")
+    try:
+        data = np.asarray(array[...])
+    except (ValueError, RuntimeError, OSError) as exc:  # zarr's codecs on a damaged chunk
+        raise EmsegError(f"{where}: cannot read it ({type(exc).__name__}: {str(exc)[:120]})") from None
     data = data.astype(np.float64)
     labels = np.ones(data.shape[0], np.int64)
     if data.shape[1] == 4:
@@ -163,10 +177,8 @@ def _open_zarr_array(path: Path, where: str) -> Any:
         raise EmsegError(f"{where}: not a zarr array or group ({type(exc).__name__})") from exc
     if isinstance(node, zarr.Array):
         return node
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        return node[multiscales[0]["datasets"][0]["path"]]
+    if multiscales_of(dict(node.attrs)):
+        return open_volume(path).array  # its first level, as every OME-Zarr reader opens it
     arrays = [a for _, a in node.arrays()]
     if len(arrays) != 1:
         raise EmsegError(f"{where}: a group with {len(arrays)} arrays; point prompts need one (N, 3|4) array")
@@ -187,6 +199,33 @@ def load_points(spec: PointSet | str | Path | np.ndarray) -> PointSet:
     if path.is_dir():
         return read_points_array(path)
     raise EmsegError(f"--prompts {path}: unknown format; give a .csv (z,y,x[,label]) or a zarr array (N, 3|4)")
+
+
+def check_points_inside(points: PointSet | None, shape: tuple[int, ...]) -> None:
+    """EmsegError (one line, saying how many and the volume's shape) when prompts lie outside the volume:
+    a point whose voxel (each coordinate rounded half up, as `plane_of` rounds) is not inside `shape`
+    (z, y, x) prompts nothing, so it is a mistake (physical units, another level, swapped axes)."""
+    if points is None or not len(points):
+        return
+    voxels = np.floor(points.points + 0.5)  # float: coordinates past int64 stay comparable
+    outside = ~((voxels >= 0) & (voxels < np.asarray(shape, dtype=np.float64))).all(axis=1)
+    if outside.any():
+        first = tuple(float(v) for v in points.points[np.flatnonzero(outside)[0]])
+        raise EmsegError(f"{points.source}: {int(outside.sum())} of {len(points)} points lie outside the volume "
+                         f"{tuple(int(s) for s in shape)} (z, y, x), e.g. {first}; give voxel coordinates of "
+                         "the volume segment reads (its level 0 array axes), or drop those points")
+
+
+def fractional_note(points: PointSet | None) -> str | None:
+    """A note when some points have non-integer coordinates (what they mean: sub-voxel positions within a
+    plane, and the plane along the slicing axis rounded half up); None when all are whole voxels."""
+    if points is None or not len(points):
+        return None
+    fractional = int((points.points != np.round(points.points)).any(axis=1).sum())
+    if not fractional:
+        return None
+    return (f"prompts: {fractional} of {len(points)} points have non-integer coordinates: read as sub-voxel "
+            "positions within their plane, the plane along the slicing axis rounded half up")
 
 
 def _axis_index(axis: str | int) -> int:

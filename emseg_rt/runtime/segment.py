@@ -18,6 +18,7 @@ import numpy as np
 
 from emseg_rt.constants import DEFAULT_LABEL_NAME
 from emseg_rt.io import source_name
+from emseg_rt.io.volume import available_memory
 from emseg_rt.progress import Progress
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.block import Block, BlockDriver, BlockSummary, open_input, store_sink
@@ -28,9 +29,9 @@ from emseg_rt.runtime.instances import instance_label_name, write_instances
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.output import OutputStore
 from emseg_rt.runtime.plan import RunPlan
-from emseg_rt.runtime.prompts import PointSet
+from emseg_rt.runtime.prompts import PointSet, check_points_inside, fractional_note
 from emseg_rt.runtime.report import SegmentReport
-from emseg_rt.runtime.request import SegmentRequest, Say, check_against, note_points_outside, open_backend
+from emseg_rt.runtime.request import SegmentRequest, Say, check_against, open_backend
 from emseg_rt.runtime.stream import run_stream
 from emseg_rt.runtime.target import OutputTarget, plan_target
 
@@ -89,6 +90,7 @@ def run_segment(request: SegmentRequest) -> SegmentReport:
     t_start = time.perf_counter()
     source, options = request.source, request.options
     volume, where = open_input(source, request.key, request.level)
+    check_points_inside(request.points, volume.shape)
     check_no_missing_chunks(volume.array, where, request.allow_missing_chunks)
     window = parse_window(request.window) if request.window else None
     norm = dataset_normalisation(volume.array, where, window=window)
@@ -121,8 +123,9 @@ def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, r
     engine, owns_backend, device = open_backend(request, note)
     try:
         run = RunPlan(engine, volume, request.options, *read_as, check_against(engine, request), target)
-        note_points_outside(request.points, run.shape, request.note)
-        run.check_memory(volume.dtype.itemsize, _available_memory_bytes())
+        if fraction := fractional_note(request.points):
+            note(fraction)
+        run.check_memory(volume.dtype.itemsize, available_memory())
         rep = run.report(source_name(request.source), claim.output, request.model or "default", device,
                          " ".join(notes))
         store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array, volume.path))
@@ -234,13 +237,3 @@ def _instance_stage(run: RunPlan, store: OutputStore, rep: SegmentReport) -> Non
                                          run.choices.seeds))
     rep.instance_seconds = time.perf_counter() - t0
 
-
-def _available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), None elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
