@@ -36,3 +36,14 @@ def test_bad_usage_exits_non_zero_without_traceback(args):
     result = run_cli(*args)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
+
+
+def test_version_prints_the_installed_version():
+    import importlib.metadata
+
+    import emseg_rt
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"emseg-rt {emseg_rt.__version__}"
+    assert emseg_rt.__version__ == importlib.metadata.version("emseg-rt")  # the package's version, not a copy
