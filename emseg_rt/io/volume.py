@@ -57,14 +57,19 @@ def available_memory() -> int | None:
     return min(known) if known else None
 
 
-def _meminfo_available() -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The `key:` line of a /proc status file (in kB there) as bytes; None where it cannot be read."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _meminfo_available() -> int | None:
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _cgroup_available() -> int | None:
@@ -84,13 +89,7 @@ def _cgroup_available() -> int | None:
 
 def _mapped_bytes() -> int:
     """VmSize of this process (what counts against RLIMIT_AS), 0 where /proc/self/status cannot be read."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_bytes("/proc/self/status", "VmSize") or 0
 
 
 def gib(nbytes: float) -> str:
