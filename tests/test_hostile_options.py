@@ -260,3 +260,19 @@ def test_shared_checks():
     for bad in ("", ",", "a,,b", "a,", " , a"):
         with pytest.raises(EmsegError, match="empty entry"):
             split_items(bad, "--x", "a,b")
+
+
+def test_a_request_built_directly_is_checked_before_anything_runs(tmp_path):
+    """`run_segment` / `labels_of` validate a `SegmentRequest` that did not come through `from_keywords`."""
+    import numpy as np
+
+    from emseg_rt.runtime import SegmentOptions, SegmentRequest, run_segment
+    from emseg_rt.runtime.labels import labels_of
+
+    volume = np.zeros((2, 16, 16), np.uint8)
+    bad = SegmentRequest(input=volume, output=tmp_path / "out.zarr", options=SegmentOptions(batch=0))
+    with pytest.raises(EmsegError, match="--batch 0 must be >= 1"):
+        run_segment(bad)
+    with pytest.raises(EmsegError, match="--batch 0 must be >= 1"):
+        labels_of(SegmentRequest(input=volume, device="cpu", options=SegmentOptions(batch=0)))
+    assert not (tmp_path / "out.zarr").exists()

@@ -39,7 +39,8 @@ def segment_labels(input: Any, **choices: Any) -> np.ndarray:
 
 
 def labels_of(request: SegmentRequest) -> np.ndarray:
-    """The labels (Z, Y, X) of a checked request, block after block in memory."""
+    """The labels (Z, Y, X) of a request (validated here if it was built directly), block after block in memory."""
+    request = request.checked_once()
     volume, where = open_input(request.source, request.key, request.level)
     check_points_inside(request.points, volume.shape)
     window = parse_window(request.window) if request.window else None

@@ -80,6 +80,11 @@ class SegmentRequest:
     report: str | Path | None = None
     say: Say | None = field(default=None, compare=False)
     points: PointSet | None = field(default=None, init=False, compare=False)  # the loaded prompts (validate)
+    checked: bool = field(default=False, init=False, compare=False)  # validate() ran
+
+    def checked_once(self) -> SegmentRequest:
+        """This request, validated if nobody has yet (a request built directly rather than by `from_keywords`)."""
+        return self if self.checked else self.validate()
 
     @classmethod
     def from_keywords(cls, input: Any, output: str | Path | None = None, **choices: Any) -> SegmentRequest:
@@ -122,6 +127,7 @@ class SegmentRequest:
         self._check_dask()
         points = None if self.prompts is None or self.auto_prompts else load_points(self.prompts)
         object.__setattr__(self, "points", points)
+        object.__setattr__(self, "checked", True)
         return self
 
     def _check_names(self) -> None:

@@ -86,8 +86,10 @@ def segment_volume(
 
 
 def run_segment(request: SegmentRequest) -> SegmentReport:
-    """Run a checked request: open the input, claim the output, compute every pending block, mark it complete."""
+    """Run a request (validated here if it was built directly): open the input, claim the output, compute every
+    pending block, mark it complete."""
     t_start = time.perf_counter()
+    request = request.checked_once()
     source, options = request.source, request.options
     volume, where = open_input(source, request.key, request.level)
     check_points_inside(request.points, volume.shape)
