@@ -9,16 +9,28 @@ import pytest
 from PIL import Image
 
 from emseg_rt.demo import overlay, run_demo
+from emseg_rt.io import read_label_metadata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_overlay_colours_only_labelled_pixels():
+def test_overlay_colours_only_labelled_pixels_each_nearest_its_own_colour():
+    colours = {1: (230, 159, 0), 2: (86, 180, 233), 3: (0, 158, 115)}
     image = np.full((4, 4), 100, np.uint8)
     labels = np.zeros((4, 4), np.uint8)
-    labels[0, 0] = 3
-    rgb = overlay(image, labels)
-    assert rgb.shape == (4, 4, 3) and (rgb[1:, 1:] == 100).all() and not (rgb[0, 0] == 100).all()
+    labels[0, :3] = [1, 2, 3]
+    rgb = overlay(image, labels, colours).astype(float)
+    assert rgb.shape == (4, 4, 3) and (rgb[1:] == 100).all() and (rgb[0, 3] == 100).all()
+    for x, value in enumerate((1, 2, 3)):
+        distances = {v: np.linalg.norm(rgb[0, x] - c) for v, c in colours.items()}
+        assert min(distances, key=distances.get) == value
+
+
+def metadata_colours(label_path) -> dict[str, tuple[int, int, int]]:
+    """Class name → RGB as the label image's `image-label` metadata gives them (what napari shows)."""
+    meta = read_label_metadata(label_path)
+    names = {p["label-value"]: p["class"] for p in meta["properties"]}
+    return {names[c["label-value"]]: tuple(c["rgba"][:3]) for c in meta["colors"]}
 
 
 def test_demo_runs_and_writes_its_files(tmp_path):
@@ -28,6 +40,14 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     assert report.phantom.is_dir() and report.segmentation.is_dir()
     picture = Image.open(report.preview)
     assert picture.width > 3 * 256 and picture.height > 256
+    # The legend shows each class in the colour the segmentation's metadata gives it (a 12 × 12 swatch), and
+    # the ground truth's metadata gives the same classes the same colours.
+    colours = metadata_colours(report.segmentation)
+    assert set(colours) == {"nucleus", "mitochondria", "granules"}
+    assert metadata_colours(report.phantom / "labels" / "ground_truth") == colours
+    pixels = np.asarray(picture.convert("RGB"))
+    for name, rgb in colours.items():
+        assert (pixels == rgb).all(axis=2).sum() >= 144, name
     assert set(report.scores.dice) == {"nucleus", "mitochondria", "granules"}
     assert report.scores.mean_dice > 0.85
     again = run_demo(tmp_path / "demo", shape=(4, 256, 256))  # repeatable into the same folder

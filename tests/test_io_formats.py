@@ -1,8 +1,9 @@
 """Every input format reads the same voxels as the same volume written as zarr, block by block, lazily.
 
 Fixtures are written with the tools that make these files in the field: tensorstore's n5 driver (in N5's
-fastest-first dimension order, as Java N5 writes it), h5py, tifffile, ome-zarr-py (OME-Zarr 0.4 in a
-bioformats2raw container), zarr; remote reads go through a local HTTP server on 127.0.0.1.
+fastest-first dimension order, as Java N5 writes it), h5py, tifffile (OME-TIFF and ImageJ metadata included),
+ome-zarr-py (OME-Zarr 0.4 and 0.5 in bioformats2raw containers), zarr; remote reads go through a local HTTP
+server on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -147,6 +148,41 @@ def test_multipage_tiff_reads_like_zarr(tmp_path, dtype):
     tiff = open_volume(tmp_path / "stack.tif")
     assert_same_reads(tiff, open_volume(write_zarr(tmp_path / "ref.zarr", data)), data)
     assert tiff.voxel_size == (1.0, 1.0, 1.0) and tiff.units == (None, None, None)
+
+
+def test_ome_tiff_carries_its_physical_sizes_and_units_per_series_and_level(tmp_path):
+    """OME-XML PhysicalSizeX/Y/Z with their units (micrometres where none is named, as the OME schema says);
+    each series its own; a pyramid level's voxels larger by the level's ratio."""
+    data = make_volume(19, "uint8")
+    physical = {"PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 4.0, "PhysicalSizeYUnit": "nm",
+                "PhysicalSizeZ": 5.0, "PhysicalSizeZUnit": "nm"}
+    tifffile.imwrite(tmp_path / "nm.ome.tif", data, ome=True, photometric="minisblack",
+                     metadata={"axes": "ZYX", **physical})
+    tiff = open_volume(tmp_path / "nm.ome.tif")
+    np.testing.assert_array_equal(tiff.array[BLOCK], data[BLOCK])
+    assert tiff.voxel_size == (5.0, 4.0, 4.0) and tiff.units == ("nanometer",) * 3
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as writer:  # two series, sizes in µm (default)
+        writer.write(data, photometric="minisblack", metadata={"axes": "ZYX", "PhysicalSizeX": 0.004,
+                                                                "PhysicalSizeY": 0.004, "PhysicalSizeZ": 0.005})
+        writer.write(data[:, :10], photometric="minisblack", metadata={"axes": "ZYX", "PhysicalSizeX": 0.008,
+                                                                        "PhysicalSizeY": 0.008})
+    first, second = (open_volume(tmp_path / "two.ome.tif", key=k) for k in ("0", "1"))
+    assert first.voxel_size == (0.005, 0.004, 0.004) and first.units == ("micrometer",) * 3
+    assert second.shape == (12, 10, 24) and second.voxel_size == (1.0, 0.008, 0.008)
+    assert second.units == (None, "micrometer", "micrometer")  # z: no size given, so no unit invented
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif", ome=True) as writer:
+        writer.write(data[:, :16, :16], subifds=1, tile=(16, 16), photometric="minisblack",
+                     metadata={"axes": "ZYX", **physical})
+        writer.write(data[:, :8:2, :8:2], subfiletype=1, tile=(16, 16), photometric="minisblack")
+    level1 = open_volume(tmp_path / "pyramid.ome.tif", level=1)
+    assert level1.shape == (12, 4, 4) and level1.voxel_size == (5.0, 16.0, 16.0)
+    for size, expected in (("four", "its OME PhysicalSizeX 'four' is not a number"),
+                           ("-4", "voxel size (scale) (1.0, 1.0, -4.0) along z,y,x")):
+        tifffile.imwrite(tmp_path / "bad.ome.tif", data, ome=True, photometric="minisblack",
+                         metadata={"axes": "ZYX", "PhysicalSizeX": size})
+        with pytest.raises(EmsegError) as excinfo:
+            open_volume(tmp_path / "bad.ome.tif")
+        assert expected in one_line_error(excinfo)
 
 
 def test_imagej_tiff_carries_its_voxel_size(tmp_path):
@@ -407,3 +443,93 @@ def test_each_format_segments_to_the_labels_of_the_same_voxels_as_zarr(tmp_path,
     assert len(np.unique(labels["zarr"])) > 1  # the model found something to label
     for name, result in labels.items():
         np.testing.assert_array_equal(result, labels["zarr"], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def default_engine():
+    from emseg_rt.runtime import load_backend
+
+    return load_backend(None, "torch")  # the embedded default model, as `segment` runs it without --model
+
+
+def ome_zarr_reader_layer(path) -> dict:
+    """What ome-zarr-py's Reader (napari-ome-zarr before 0.8 displays this) makes of the label image at `path`:
+    name, axes (with units) and the scale of each level."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(str(path)))()))
+    return {"name": node.metadata["name"], "axes": node.metadata["axes"],
+            "scales": [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]}
+
+
+def nanometre_axes(*sizes: float) -> list[dict]:
+    return [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"][-len(sizes):]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ome_tiff_physical_sizes_reach_the_segment_output(tmp_path, default_engine):
+    from emseg_rt.runtime import segment_volume
+
+    data = np.random.default_rng(20).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "cell.ome.tif", data, ome=True, photometric="minisblack",
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 4.0,
+                               "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 10.0, "PhysicalSizeZUnit": "nm"})
+    report = segment_volume(tmp_path / "cell.ome.tif", tmp_path / "seg.zarr", backend=default_engine,
+                            label_name="cells")
+    assert report.complete
+    layer = ome_zarr_reader_layer(tmp_path / "seg.zarr")
+    assert layer == {"name": "cells", "axes": nanometre_axes(10, 4, 4), "scales": [[10.0, 4.0, 4.0]]}
+
+
+def write_bioformats2raw(path, zarr_format: int, images: list[np.ndarray], series: list[str] | None = None):
+    """A bioformats2raw container as bioformats2raw lays it out: root attribute `bioformats2raw.layout` 3 (under
+    "ome" in 0.5), images 0, 1, ... each an OME image with (t, c, z, y, x) levels, and OME/METADATA.ome.xml;
+    image k has voxel size (5, 4 (k + 1), 4 (k + 1)) nm, so each image is known by its scale."""
+    import ome_zarr.format
+    import ome_zarr.writer
+
+    version = {2: "0.4", 3: "0.5"}[zarr_format]
+    fmt = ome_zarr.format.FormatV04() if version == "0.4" else ome_zarr.format.FormatV05()
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    layout = {"bioformats2raw.layout": 3}
+    root.attrs.update(layout if version == "0.4" else {"ome": {"version": version, **layout}})
+    for k, data in enumerate(images):
+        ome_zarr.writer.write_image(data[None, None], root.create_group(str(k)), axes="tczyx", fmt=fmt,
+                                    scale_factors=(), axes_units={a: "nanometer" for a in "zyx"},
+                                    scale={"t": 1.0, "c": 1.0, "z": 5.0, "y": 4.0 * (k + 1), "x": 4.0 * (k + 1)})
+    ome = root.create_group("OME")
+    if series is not None:
+        ome.attrs.update({"series": series} if version == "0.4" else {"ome": {"version": version, "series": series}})
+    images_xml = "".join(f'<Image ID="Image:{k}" Name="series {k}"/>' for k in range(len(images)))
+    (path / "OME" / "METADATA.ome.xml").write_text(
+        f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">{images_xml}</OME>')
+    return path
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_bioformats2raw_root_segments_its_image_0_or_the_one_key_names(tmp_path, engine, zarr_format):
+    from emseg_rt.runtime import segment_volume
+
+    rng = np.random.default_rng(21)
+    images = [rng.integers(0, 256, (2, 64, 64), dtype=np.uint8), rng.integers(0, 256, (1, 48, 40), dtype=np.uint8)]
+    root = write_bioformats2raw(tmp_path / "plate.ome.zarr", zarr_format, images)
+    for key, image in ((None, 0), ("1", 1)):
+        volume = open_volume(root, key=key, spatial=True)
+        np.testing.assert_array_equal(volume.array[...], images[image])
+        assert str(volume.path).endswith(f"plate.ome.zarr/{image}")
+        out = tmp_path / f"seg-{key}.zarr"
+        assert segment_volume(root, out, backend=engine, key=key).complete
+        labels = read_volume(out)
+        assert labels.shape == images[image].shape
+        side = 4.0 * (image + 1)
+        assert ome_zarr_reader_layer(out) == {"name": "organelles", "axes": nanometre_axes(5, side, side),
+                                              "scales": [[5.0, side, side]]}
+    # The OME group's `series` names the images in OME-XML order: its first is image 0.
+    reordered = write_bioformats2raw(tmp_path / "reordered.ome.zarr", zarr_format, images, series=["1", "0"])
+    assert open_volume(reordered).shape == images[1].shape
+    with pytest.raises(EmsegError) as excinfo:
+        open_volume(write_bioformats2raw(tmp_path / "none.ome.zarr", zarr_format, images, series=["7"]))
+    assert "bioformats2raw container without image '7'; choose an image with --key (groups: 0, 1, OME)" in (
+        one_line_error(excinfo))

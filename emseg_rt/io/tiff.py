@@ -4,12 +4,15 @@ Both are read through tifffile's zarr views (`TiffPageSeries.aszarr()`, `TiffSeq
 block of planes decodes only the pages (or tiles) it touches; nothing else is loaded. A folder's files
 (*.tif, *.tiff) are taken in natural name order (slice_2 before slice_10), as tifffile and Fiji sort them;
 every file must hold one plane of the same shape and dtype. `key` picks an image series of a file that has
-several ("0", "1", ...); `level` a pyramid level of a pyramidal (OME-)TIFF. Voxel size and unit come from
-ImageJ metadata (`spacing`, `unit`, X/Y resolution) where present.
+several ("0", "1", ...); `level` a pyramid level of a pyramidal (OME-)TIFF. Voxel size and unit per axis come
+from the OME-XML of an OME-TIFF (`PhysicalSizeX/Y/Z` and their units, micrometres where it names none, as the
+OME schema says; at `level` n, scaled by how much smaller that level is), else from ImageJ metadata (`spacing`,
+`unit`, X/Y resolution) where present; otherwise 1.0 and no unit.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ from emseg_rt.io.volume import (
 TIFF_SUFFIXES = (".tif", ".tiff")
 # tifffile's axis codes → OME axis names (Q: unknown, I: image sequence, S: samples, e.g. RGB).
 _AXIS_NAMES = {"Z": "z", "Q": "z", "I": "z", "Y": "y", "X": "x", "T": "t", "C": "c", "S": "c"}
+OME_DEFAULT_UNIT = "µm"  # the unit of PhysicalSizeX/Y/Z when the OME-XML names none (OME schema 2016-06)
+_OME_NON_PHYSICAL_UNITS = ("pixel", "reference frame")  # OME units that are no length: the size, no unit
 
 
 def tiff_files(folder: Path) -> list[Path]:
@@ -46,6 +51,48 @@ def _axes(codes: str, ndim: int) -> tuple[tuple[str, ...], bool]:
     if len(names) == ndim and len(set(names)) == ndim:
         return names, True
     return default_axes(ndim), False
+
+
+def _physical(tif: Any, series_index: int, level: int, axes: tuple[str, ...]
+              ) -> tuple[tuple[float, ...], tuple[str | None, ...]]:
+    """Voxel size and unit per axis of `tif.series[series_index]` at `level`: from its OME-XML Pixels element
+    where it gives any physical size, else from ImageJ metadata (1.0 / None where neither says anything)."""
+    pixels = _ome_pixels(tif, series_index)
+    if pixels is None or not any(f"PhysicalSize{a.upper()}" in pixels for a in ("z", "y", "x")):
+        return _imagej_physical(tif, axes)
+    size, unit = {a: 1.0 for a in axes}, {a: None for a in axes}
+    for axis in ("z", "y", "x"):
+        value = pixels.get(f"PhysicalSize{axis.upper()}")
+        if axis in size and value is not None:
+            size[axis] = _number(value, f"OME PhysicalSize{axis.upper()}", tif)
+            name = pixels.get(f"PhysicalSize{axis.upper()}Unit", OME_DEFAULT_UNIT)
+            unit[axis] = None if name in _OME_NON_PHYSICAL_UNITS else unit_name(name)
+    series = tif.series[series_index]
+    full, shape = series.levels[0].shape, series.levels[level].shape
+    if level and len(full) == len(shape) == len(axes):  # a pyramid level: its voxels are larger by the ratio
+        size = {a: size[a] * full[i] / shape[i] for i, a in enumerate(axes)}
+    return tuple(size[a] for a in axes), tuple(unit[a] for a in axes)
+
+
+def _ome_pixels(tif: Any, series_index: int) -> dict[str, str] | None:
+    """The attributes of the OME-XML Pixels element that tifffile's OME series `series_index` reads; None for a
+    TIFF without OME-XML (or with OME-XML tifffile could not use), or when the series cannot be matched to one
+    Image (tifffile skips Images it cannot read: then the Image whose Name and sizes are the series')."""
+    series = tif.series[series_index]
+    if not tif.is_ome or series.kind != "ome":
+        return None
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata)
+    except (ElementTree.ParseError, TypeError, ValueError):  # tifffile read the series from it, so rarely
+        return None
+    images = [(image.get("Name"), pixels.attrib) for image in root if image.tag.endswith("}Image")
+              for pixels in image if pixels.tag.endswith("}Pixels")]
+    if len(images) == len(tif.series):
+        return images[series_index][1]
+    shape = dict(zip(series.get_axes(squeeze=False), series.get_shape(squeeze=False)))
+    matches = [attrib for name, attrib in images if name == series.name
+               and all(attrib.get(f"Size{a}") == str(shape[a]) for a in "XYZ" if a in shape)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _imagej_physical(tif: Any, axes: tuple[str, ...]) -> tuple[tuple[float, ...], tuple[str | None, ...]]:
@@ -116,7 +163,7 @@ def tiff_volume(path: Path, key: str | None = None, level: int | None = None, *,
             codes = "Z" + series.axes
             array = _zarr_view(store, sequence, path)
             axes, named = _axes(codes, array.ndim)
-            voxel_size, units = _imagej_physical(first, axes)
+            voxel_size, units = _physical(first, 0, 0, axes)
     else:
         try:
             tif = tifffile.TiffFile(path)
@@ -127,7 +174,8 @@ def tiff_volume(path: Path, key: str | None = None, level: int | None = None, *,
                 raise EmsegError(f"{path} holds {len(tif.series)} image series: choose one with --key "
                                  f"0..{len(tif.series) - 1}")
             try:
-                series = tif.series[int(key or 0)]
+                index = int(key or 0)
+                series = tif.series[index]
             except (ValueError, IndexError):
                 raise EmsegError(f"{path} has no image series {key!r}; it has {len(tif.series)} (--key 0.."
                                  f"{len(tif.series) - 1})") from None
@@ -136,7 +184,7 @@ def tiff_volume(path: Path, key: str | None = None, level: int | None = None, *,
                 raise EmsegError(f"{path} has {len(series.levels)} level(s); --level {level} is out of range")
             array = _zarr_view(series.aszarr(level=level or 0), tif, path)
             axes, named = _axes(series.axes, array.ndim)
-            voxel_size, units = _imagej_physical(tif, axes)
+            voxel_size, units = _physical(tif, index, level or 0, axes)
         except BaseException:
             tif.close()
             raise

@@ -1,11 +1,13 @@
 """Reading zarr v2/v3 arrays and OME-Zarr 0.4/0.5 images: local, remote (fsspec URLs) and in memory.
 
 `path` may be a plain zarr array, an OME-Zarr image group, a label image (a `segment` output,
-`VOL.zarr/labels/organelles`) or a bioformats2raw container (whose image `0` is opened); `labels=NAME` on an
-image picks its label group `labels/NAME` (`label_names` is the one lookup of the names an image lists). Dataset paths are taken from the `multiscales` metadata, never assumed (ome-zarr-py names
-levels s0, s1, ...; other writers 0, 1, ...). Scale and translation compose the dataset's transforms with
-the multiscales-level ones, as the OME-Zarr spec lays out. Remote stores (`http(s)://`, `s3://`, any
-fsspec protocol) go through zarr's FsspecStore, with the path left exactly as given.
+`VOL.zarr/labels/organelles`) or a bioformats2raw container (OME-Zarr 0.4 or 0.5: its image `0`, the first
+its OME/ group's `series` lists, is opened, `key="1"` opens image 1); `labels=NAME` on an image picks its label
+group `labels/NAME` (`label_names` is the one lookup of the names an image lists). Dataset paths are taken from
+the `multiscales` metadata, never assumed (ome-zarr-py names levels s0, s1, ...; other writers 0, 1, ...).
+Scale and translation compose the dataset's transforms with the multiscales-level ones, as the OME-Zarr spec
+lays out. Remote stores (`http(s)://`, `s3://`, any fsspec protocol) go through zarr's FsspecStore, with the
+path left exactly as given.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import posixpath
-import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,10 @@ from zarr.core.metadata import ArrayV2Metadata
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
+from emseg_rt.checks import check_input_exists, is_url
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import (
+    PlaneStack,
     SqueezedArray,
     Volume,
     check_chunk_size,
@@ -37,15 +41,9 @@ from emseg_rt.io.volume import (
 
 Location = Path | str  # a local path, or a URL kept as the string the user gave
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # What a protocol needs beyond fsspec (the ImportError fsspec raises names it; we name the extra).
 _PROTOCOL_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "http": "aiohttp", "https": "aiohttp", "gs": "gcsfs",
                       "gcs": "gcsfs"}
-
-
-def is_url(source: Any) -> bool:
-    """True for 'scheme://...' strings other than file:// (those are local paths)."""
-    return isinstance(source, str) and bool(_URL.match(source)) and not source.startswith("file://")
 
 
 def join_location(location: Location, *parts: str) -> Location:
@@ -110,7 +108,9 @@ def chunk_counts(array: Any) -> tuple[int, int] | None:
     (zarr's `nchunks_initialized` tests every key of the grid, hours for absurd metadata). Sharded arrays count
     a stored shard as all its chunks, as zarr does. None for an array that is not zarr; a store that cannot
     list its keys raises what it raises (remote stores)."""
-    base = array._base if isinstance(array, SqueezedArray) else array
+    base = array
+    while isinstance(base, (SqueezedArray, PlaneStack)):  # views over a stored array: count its chunks
+        base = base._base
     if not isinstance(base, zarr.Array):
         return None
     unit = tuple(base.shards or base.chunks)
@@ -219,12 +219,15 @@ def multiscales_of(attrs: dict) -> list | None:
     return (ome.get("multiscales") if isinstance(ome, dict) else None) or attrs.get("multiscales")
 
 
-def _member_hint(group: Any) -> str:
+def _member_hint(group: Any, *, groups: bool = False) -> str:
+    """' (arrays: a, b)' (with `groups`: ' (groups: 0, 1)') listing the group's members, '' when none."""
     try:
-        members = sorted(group.array_keys())
+        with warnings.catch_warnings():  # zarr warns of non-zarr files it lists (bioformats2raw's METADATA.ome.xml)
+            warnings.simplefilter("ignore")
+            members = sorted(group.group_keys() if groups else group.array_keys())
     except Exception:  # a remote store that cannot list
         return ""
-    return f" (arrays: {', '.join(members)})" if members else ""
+    return f" ({'groups' if groups else 'arrays'}: {', '.join(members)})" if members else ""
 
 
 def zarr_volume(location: Location, key: str | None = None, level: int | None = None, labels: str | None = None,
@@ -237,8 +240,7 @@ def zarr_volume(location: Location, key: str | None = None, level: int | None = 
             raise EmsegError(f"{location} has no label group labels/{labels}; it has: {', '.join(groups) or 'none'}")
         location = join_location(location, "labels", labels)
     if isinstance(location, Path):
-        if not location.exists():
-            raise EmsegError(f"input {location} does not exist")
+        check_input_exists(location)
         if not location.is_dir() or not looks_like_zarr(location):
             raise EmsegError(f"input {location} is not a zarr array or group (no zarr.json, .zarray or .zgroup found)")
     return node_volume(_open_node(location), location, key, level, spatial=spatial)
@@ -266,7 +268,7 @@ def node_volume(node: Any, location: Location | None, key: str | None = None, le
         name = node_path if node_path is not None else f"{name} member {key!r}"
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)
-        if not multiscales_of(attrs) and "bioformats2raw.layout" in attrs and not key:
+        if not multiscales_of(attrs) and not key and _ome_value(attrs, "bioformats2raw.layout") is not None:
             node, node_path, name = _bioformats2raw_image(node, node_path, name)
             attrs = dict(node.attrs)
         multiscales = multiscales_of(attrs)
@@ -287,14 +289,23 @@ def node_volume(node: Any, location: Location | None, key: str | None = None, le
     return squeeze_non_spatial(volume, [None] * node.ndim, f"input {name}", spatial)
 
 
+def _ome_value(attrs: dict, key: str) -> Any:
+    """`key` of a group's OME attributes: under "ome" (OME-Zarr 0.5) or at the top level (0.4); None if absent."""
+    ome = attrs.get("ome")
+    return ome[key] if isinstance(ome, dict) and key in ome else attrs.get(key)
+
+
 def _bioformats2raw_image(group: Any, node_path: Location | None, name: Any) -> tuple[Any, Location | None, Any]:
-    """The one image of a bioformats2raw container (series `0`); EmsegError when it holds several."""
-    if "0" not in group:
-        raise EmsegError(f"{name} is a bioformats2raw container without image 0; choose an image with --key")
-    if "1" in group:
-        raise EmsegError(f"{name} is a bioformats2raw container with several images: choose one with --key 0, 1, ...")
-    path = join_location(node_path, "0") if node_path is not None else None
-    return group["0"], path, path if path is not None else f"{name} image '0'"
+    """Image 0 of a bioformats2raw container: the first path its OME group's `series` lists, else `0` (the layout
+    numbers images 0, 1, ... in the order of the OME-XML's Image elements); `--key N` opens another."""
+    series = _ome_value(dict(group["OME"].attrs), "series") if "OME" in group else None
+    first = str(series[0]) if isinstance(series, list) and series else "0"
+    image = member(group, first, "bioformats2raw OME series path", name)
+    if not isinstance(image, zarr.Group):
+        raise EmsegError(f"{name} is a bioformats2raw container without image {first!r}; choose an image with "
+                         f"--key{_member_hint(group, groups=True)}")
+    path = join_location(node_path, first) if node_path is not None else None
+    return image, path, path if path is not None else f"{name} image {first!r}"
 
 
 def _ome_datasets(ms: Any, name: Any) -> list[dict]:
