@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import re
+from pathlib import Path
+from typing import Any
 
 from emseg_rt.errors import EmsegError
 
 SEED_MAX = 2**64 - 1  # numpy's default_rng and torch.manual_seed both take seeds 0 .. 2**64 - 1
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # 'scheme://...'; file:// ones name local paths
+GLOB_CHARACTERS = "*?["  # an input holding one of these that names no file is a pattern of files (`segment`)
 
 
 def check_seed(seed: int, option: str = "--seed", limit: int = SEED_MAX) -> int:
@@ -47,3 +53,20 @@ def split_items(text: str, option: str, example: str) -> tuple[str, ...]:
     if not all(items):
         raise EmsegError(f"{option} {text!r}: empty entry in the comma-separated list; give e.g. {example}")
     return items
+
+
+def is_url(source: Any) -> bool:
+    """True for 'scheme://...' strings other than file:// (those are local paths)."""
+    return isinstance(source, str) and bool(URL_SCHEME.match(source)) and not source.startswith("file://")
+
+
+def check_input_exists(source: Any, patterns: bool = False) -> None:
+    """EmsegError 'input PATH does not exist' (one line, the readers' own check) when `source` is a local path (a
+    str or PathLike with no scheme://) that is not there. With `patterns`, a text holding glob characters passes
+    too (`segment 'raw/*.tif'`: a pattern of files). Arrays and URLs (file:// too) pass: their readers check them.
+    Needs nothing but the file system, so the CLI can say it before it loads any library."""
+    if not isinstance(source, (str, os.PathLike)) or URL_SCHEME.match(str(source)):
+        return
+    path = Path(source)
+    if not path.exists() and not (patterns and any(c in str(source) for c in GLOB_CHARACTERS)):
+        raise EmsegError(f"input {path} does not exist")

@@ -10,6 +10,11 @@ GROUND_TRUTH = "ground_truth"  # the label group a written phantom keeps its gro
 MODEL_FAMILIES = ("vanilla-sam", "sam-star", "mae-star", "surgicalsam", "scsam", "maester", "his4mae",
                   "vanilla-sam2", "prompt-das", "samda")
 POINT_PROMPTED_FAMILIES = ("vanilla-sam", "vanilla-sam2", "prompt-das")
+# `emseg-rt bench`: the rows of ScSAM's Table 5 (model families) and the backends it times, named here so that the
+# command's options list them without loading the benchmark (bench/table5.py, bench/runners.py use these).
+TABLE5_ROWS = ("vanilla-sam", "vanilla-sam2", "surgicalsam", "mae-star", "sam-star", "scsam")
+BENCH_BACKENDS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-fp16", "onnxruntime", "onnxruntime-fp16",
+                  "tensorrt")
 
 
 def label_dtype(num_classes: int) -> np.dtype:

@@ -67,11 +67,11 @@ def fake_bench(monkeypatch):
     def run_bench(config, **_kwargs):
         return BenchResult(config, machine={"device_name": "cpu", "date": "today"}, matmul_tflops={})
 
-    monkeypatch.setattr("emseg_rt.cli.bench_cmd.run_bench", run_bench)
+    monkeypatch.setattr("emseg_rt.bench.table5.run_bench", run_bench)  # bench_cmd loads it when run
 
 
 def test_bench_outputs_are_checked_before_the_run(tmp_path, monkeypatch, capsys, never):
-    never("emseg_rt.cli.bench_cmd.run_bench")
+    never("emseg_rt.bench.table5.run_bench")
     (tmp_path / "old.md").write_text("my notes")
     (tmp_path / "a.file").write_text("not a folder")
     (tmp_path / "dir.json").mkdir()
@@ -132,7 +132,7 @@ def test_cluster_fit_never_replaces_a_file_without_overwrite(tmp_path, monkeypat
     existing.write_bytes(b"someone else's checkpoint")
     (tmp_path / "dir.pt").mkdir()
     before = snapshot(tmp_path)
-    never("emseg_rt.cli.cluster_cmd.fit_clusters")
+    never("emseg_rt.clustering.fit_clusters")
     fit = ("cluster", "fit", "his4mae-tiny", "--data", tiny_phantom, "--clusters", "2", "--fraction", "0.05")
     assert_one_line(run_cli(monkeypatch, capsys, *fit, "--out", existing), "--out", "exists", "--overwrite")
     assert_one_line(run_cli(monkeypatch, capsys, *fit, "--out", tmp_path / "dir.pt"), "is a directory")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from emseg_rt.constants import label_dtype
+from emseg_rt.constants import BENCH_BACKENDS, label_dtype
 from emseg_rt.engines import engine_flavour_for, gpu_target
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import build
@@ -36,8 +36,7 @@ from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.slab import segment_slab, takes_device_path
 from emseg_rt.tiling import plan_tiles
 
-BACKENDS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-fp16", "onnxruntime", "onnxruntime-fp16",
-            "tensorrt")
+BACKENDS = BENCH_BACKENDS
 
 
 def default_backends(device: str) -> tuple[str, ...]:

@@ -18,10 +18,11 @@ from emseg_rt.bench.timing import (
     peak_matmul_rates,
     reset_peak_host_memory,
 )
+from emseg_rt.constants import TABLE5_ROWS
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import list_models
 from emseg_rt.models.info import model_info
-from emseg_rt.progress import Progress
+from emseg_rt.progress import Progress, format_duration
 
 Say = Callable[[str], None]
 
@@ -34,7 +35,7 @@ PAPER_TABLE5_SECONDS = {
     "sam-star": 0.375,
     "scsam": 0.457,
 }
-PAPER_ROWS = ("vanilla-sam", "vanilla-sam2", "surgicalsam", "mae-star", "sam-star", "scsam")
+PAPER_ROWS = TABLE5_ROWS
 SIZES = ("vit-h", "vit-b", "tiny")
 # SAM2 has no ViT sizes: --size vit-h / vit-b run its SAM2.1 Hiera-L / Hiera-B+ (the paper does not name the
 # SAM2 size behind its 0.273 s; these are the SAM2.1 models nearest SAM ViT-H / ViT-B in role).
@@ -203,6 +204,9 @@ def run_bench(cfg: BenchConfig, say: Say = lambda message: None, progress: Progr
     progress = progress or Progress("bench", None, enabled=False)
     peak_rates = peak_matmul_rates(cfg.device)
     say("measured matmul rates: " + ", ".join(f"{k} {v * 1e3:.1f} GFLOP/s" for k, v in peak_rates.items()))
+    estimate = bench_estimate(cfg, peak_rates)
+    if estimate is not None:
+        say(estimate)
     result = BenchResult(cfg, machine_record(cfg.device), peak_rates)
     progress.update(progress.done, total=len(cfg.backend_names) * len(cfg.models) * len(cfg.batches))
     for name in cfg.backend_names:
@@ -216,6 +220,42 @@ def run_bench(cfg: BenchConfig, say: Say = lambda message: None, progress: Progr
         result.breakdown = scsam_stage_breakdown(f"scsam-{cfg.size}", cfg.device, cfg.warmup, cfg.iters,
                                                  fast_backend=fast_backend)
     return result
+
+
+ESTIMATE_MIN_SECONDS = 60.0  # no up-front estimate for a run shorter than this at the matmul rates
+EFFICIENCY_RANGE = "20–75 %"  # of the matmul rate, what the Table 5 models reached (README, CPU vit-b table)
+
+
+def bench_seconds_at_matmul_rates(cfg: BenchConfig, peak_rates: dict[str, float]) -> tuple[int, float]:
+    """(measurements, seconds) the model calls of `cfg` take at the measured matmul rates (TFLOP/s by precision):
+    warm-up and timed calls of every available model × backend × batch, and the ScSAM breakdown (eager and fast
+    paths). A floor: real models reach a fraction of the rate, and loading, exports and engine builds add to it."""
+    gflops = {family: model_info(registry_name(family, cfg.size)).gflops_per_slice for family in cfg.models}
+    calls = cfg.warmup + cfg.iters
+    measurements, seconds = 0, 0.0
+    for name in cfg.backend_names:
+        target = BenchTarget.parse(name)
+        if target.unavailable_reason(cfg.device) is not None:
+            continue
+        rate = peak_rates.get(target.precision, peak_rates["fp32"]) * 1e3  # GFLOP/s
+        for family in cfg.models:
+            measurements += len(cfg.batches)
+            seconds += sum(gflops[family] * batch * calls for batch in cfg.batches) / rate
+    if cfg.breakdown and "scsam" in cfg.models:
+        seconds += 2 * gflops["scsam"] * calls / (peak_rates["fp32"] * 1e3)
+    return measurements, seconds
+
+
+def bench_estimate(cfg: BenchConfig, peak_rates: dict[str, float]) -> str | None:
+    """The line `bench` says before its first measurement when the run will take a minute or more, e.g. 'bench:
+    18 measurements of 23 calls each at vit-h: at least 17h20m at the matmul rates measured above (the models
+    reach 20–75 % of them, so expect up to 5× that); --size tiny, fewer --models or --iters 3 for a shorter run'."""
+    measurements, seconds = bench_seconds_at_matmul_rates(cfg, peak_rates)
+    if seconds < ESTIMATE_MIN_SECONDS:
+        return None
+    return (f"bench: {measurements} measurements of {cfg.warmup + cfg.iters} calls each at {cfg.size}: at least "
+            f"{format_duration(seconds)} at the matmul rates measured above (the models reach {EFFICIENCY_RANGE} of "
+            "them, so expect up to 5× that); --size tiny, fewer --models or --iters 3 for a shorter run")
 
 
 def _bench_backend(result: BenchResult, target: BenchTarget, say: Say, progress: Progress) -> None:

@@ -3,12 +3,17 @@
 One module per command registers on `app`; `main` turns every error a user can fix into one line on stderr
 and exit code 2: an `EmsegError` from the library, and a usage error typer finds while parsing (an option
 value that is not a number, an unknown option, a missing argument) instead of typer's multi-line usage box.
+
+Command modules import typer, rich and the light floor-0 modules at their top and the library inside the command
+(`# deferred`), so `--help`, `--version`, `models` and a one-line error answer without loading torch, ONNX Runtime
+or zarr (tests/test_cli_latency_imports.py; timed by benchmarks/cli_latency.py). Tables go through `tables.py`.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 
 import typer
 
@@ -35,6 +40,9 @@ USAGE_EXIT = 2
 
 def main() -> None:
     """Console-script entry point: run the app; one `emseg-rt: error: ...` line and exit 2 for a user's error."""
+    # timm <= 1.0.22 (what nnU-Net v2's dynamic-network-architectures caps it to) decorates a class of a model we
+    # never build (hrnet) with torch.jit.interface, which torch 2.14 warns about in two lines on every import
+    warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
     try:
         code = app(standalone_mode=False)  # typer raises its usage errors here instead of printing them
     except EmsegError as exc:

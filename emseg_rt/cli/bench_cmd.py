@@ -4,18 +4,12 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markdown import Markdown
 
-from emseg_rt.bench.report import check_report_paths, markdown_table, write_json, write_markdown, write_plot
-from emseg_rt.bench.runners import BACKENDS
-from emseg_rt.bench.table5 import PAPER_ROWS, BenchConfig, run_bench
-from emseg_rt.cli.app import app
 from emseg_rt.checks import split_items
+from emseg_rt.cli.app import app
+from emseg_rt.cli.tables import print_markdown
+from emseg_rt.constants import BENCH_BACKENDS, TABLE5_ROWS
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.outputs import check_output_folder
-from emseg_rt.progress import Progress
-from emseg_rt.runtime.devices import resolve_device
 
 
 def _say(message: str) -> None:
@@ -28,9 +22,9 @@ def _silent(message: str) -> None:
 
 @app.command("bench")
 def bench_command(
-    models: str = typer.Option(",".join(PAPER_ROWS), help="Comma-separated families (Table 5 rows)."),
+    models: str = typer.Option(",".join(TABLE5_ROWS), help="Comma-separated families (Table 5 rows)."),
     size: str = typer.Option("vit-h", help="Model size: vit-h (the paper's), vit-b or tiny."),
-    backends: str = typer.Option("auto", help="Comma-separated bench backends (" + ", ".join(BACKENDS) + "); "
+    backends: str = typer.Option("auto", help="Comma-separated bench backends (" + ", ".join(BENCH_BACKENDS) + "); "
                                  "auto: torch-eager-fp32, the device's fast torch path, onnxruntime, tensorrt."),
     batch: str = typer.Option("1", help="Comma-separated batch sizes; latency is reported per slice."),
     warmup: int = typer.Option(3, help="Warm-up calls before timing."),
@@ -47,12 +41,20 @@ def bench_command(
     quiet: bool = typer.Option(False, help="Print only the table."),
 ) -> None:
     """Reproduce ScSAM's per-image inference-time table on this machine, for every backend."""
+    from emseg_rt.bench.report import (  # deferred: CLI start-up (the library loads on use)
+        check_report_paths, markdown_table, write_json, write_markdown, write_plot,
+    )
+    from emseg_rt.bench.table5 import BenchConfig, run_bench  # deferred: CLI start-up
+    from emseg_rt.io.outputs import check_output_folder  # deferred: CLI start-up
+    from emseg_rt.progress import Progress  # deferred: CLI start-up
+    from emseg_rt.runtime.devices import resolve_device  # deferred: CLI start-up
+
     try:  # comma-separated lists: '1, 2' is two items, '1,,2' is refused in one line
         batches = tuple(int(b) for b in split_items(batch, "--batch", "1,2,4"))
     except ValueError:
         raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
-    families = split_items(models, "--models", ",".join(PAPER_ROWS[:2]))
-    backend_names = () if backends == "auto" else split_items(backends, "--backends", ",".join(BACKENDS[:2]))
+    families = split_items(models, "--models", ",".join(TABLE5_ROWS[:2]))
+    backend_names = () if backends == "auto" else split_items(backends, "--backends", ",".join(BENCH_BACKENDS[:2]))
     # Every output is checked before the run (folder exists, not a directory, no file replaced without
     # --overwrite): a long run never ends in a lost table.
     check_report_paths(json_path, markdown_path, plot_path, overwrite)
@@ -68,7 +70,7 @@ def bench_command(
     # A bar on a terminal, else a line every 10 s on stderr; one step per measurement.
     with Progress("bench", None, unit="measurements", say=say, enabled=not quiet) as progress:
         result = run_bench(config, say=say, progress=progress)
-    Console().print(Markdown(markdown_table(result)))  # first: a write that fails (disk full) loses no numbers
+    print_markdown(markdown_table(result))  # first: a write that fails (disk full) loses no numbers; plain in logs
     if json_path:
         write_json(result, json_path)
     if markdown_path:

@@ -7,18 +7,11 @@ from pathlib import Path
 
 import typer
 
+from emseg_rt.checks import check_seed
 from emseg_rt.cli.app import app
 from emseg_rt.cli.eval_cmd import read_volume_or_fail
-from emseg_rt.clustering import fit_clusters
 from emseg_rt.constants import GROUND_TRUTH
-from emseg_rt.checks import check_seed
 from emseg_rt.errors import EmsegError
-from emseg_rt.io import list_label_groups
-from emseg_rt.io.outputs import check_output_file
-from emseg_rt.metrics import check_label_range
-from emseg_rt.models import build, get_config
-from emseg_rt.progress import Progress
-from emseg_rt.training.loop import atomic_save
 
 cluster_app = typer.Typer(help="Fit the clustering head of maester-* / his4mae-* models (K-means centres, "
                           "Hungarian cluster → class mapping).", no_args_is_help=True)
@@ -36,6 +29,8 @@ NO_LABELS = ("{data} has no ground_truth label group and no --labels was given: 
 
 def read_labels(data: Path, labels: str | None):
     """The ground truth: a label group of `data` or a label volume path; default the phantom's ground_truth."""
+    from emseg_rt.io import list_label_groups  # deferred: CLI start-up (the library loads on use)
+
     groups = list_label_groups(data)
     if labels is None:
         if GROUND_TRUTH not in groups:
@@ -66,6 +61,13 @@ def fit_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (else refused)."),
 ) -> None:
     """Fit K-means centres on sampled expand-stride features, map clusters to classes, write the model."""
+    from emseg_rt.clustering import fit_clusters  # deferred: CLI start-up (the library loads on use)
+    from emseg_rt.io.outputs import check_output_file  # deferred: CLI start-up
+    from emseg_rt.metrics import check_label_range  # deferred: CLI start-up
+    from emseg_rt.models import build, get_config  # deferred: CLI start-up
+    from emseg_rt.progress import Progress  # deferred: CLI start-up
+    from emseg_rt.training.loop import atomic_save  # deferred: CLI start-up
+
     check_output_file(out, "--out", overwrite)  # before anything slow: refused in one line, the file untouched
     config = get_config(model)
     if config.cluster_head is None:

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from emseg_rt.cli.app import app
+from emseg_rt.cli.tables import print_table
 from emseg_rt.errors import EmsegError
 
 
@@ -71,7 +71,7 @@ def read_volume_or_fail(path: Path, labels: str | None = None):
 
 
 def print_scores(scores) -> None:
-    """A rich table of per-class scores and their means."""
+    """A table of per-class scores and their means (rich on a terminal, plain text in a log: `print_table`)."""
     def fmt(value: float) -> str:
         return "—" if math.isnan(value) else f"{value:.3f}"
 
@@ -86,4 +86,4 @@ def print_scores(scores) -> None:
     if from_images:
         table.caption = (f"AJI/PQ instances: {', '.join(from_images)} from <class>_instances label images, "
                          "others from connected components")
-    Console().print(table)
+    print_table(table)

@@ -6,15 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from emseg_rt.cli.app import app
-from emseg_rt.engines import build_engines
-from emseg_rt.export.parity import parity_summary
-from emseg_rt.export.writer import export_package
-from emseg_rt.io.outputs import check_folder_of
-from emseg_rt.package import load_package
+from emseg_rt.cli.tables import out_console, print_table
 
 
 def _say(message: str) -> None:
@@ -37,10 +32,18 @@ def export_command(
     component: list[str] = typer.Option([], "--component", help="Only these graphs (e.g. full; default: all)."),
 ) -> None:
     """Export MODEL to a package: full.onnx, one graph per component, manifest.json with measured parity."""
+    from emseg_rt.export.parity import parity_summary  # deferred: CLI start-up (torch and ONNX load on use)
+    from emseg_rt.export.writer import export_package  # deferred: CLI start-up
+    from emseg_rt.io.outputs import check_folder_of  # deferred: CLI start-up
+    from emseg_rt.package import load_package  # deferred: CLI start-up
+    from emseg_rt.progress import Progress  # deferred: CLI start-up
+
     check_folder_of(out, "--out")  # the folder --out goes into exists and is writable (the rest: export_package)
-    path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
-                          allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
-                          progress=_say, components=component or None, aoti_device=aoti_device if aoti else None)
+    with Progress("export", None, unit="steps", say=_say) as progress:  # a bar, or each step and every 10 s a line
+        path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
+                              allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
+                              progress=progress.step, components=component or None,
+                              aoti_device=aoti_device if aoti else None)
     package = load_package(path)
     typer.echo(f"{path}: {package.name} {package.precision}, parity "
                f"{'passed' if package.parity['passed'] else 'FAILED (' + parity_summary(package.parity) + ')'}")
@@ -59,8 +62,12 @@ def build_command(
     batch_max: int | None = typer.Option(None, "--batch-max", help="Profile maximum batch (default: the package's)."),
 ) -> None:
     """Build one TensorRT engine per component and target into PACKAGE_DIR/engines/ and record them."""
-    records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
-                            batch_max=batch_max, progress=_say)
+    from emseg_rt.engines import build_engines  # deferred: CLI start-up (ONNX and TensorRT load on use)
+    from emseg_rt.progress import Progress  # deferred: CLI start-up
+
+    with Progress("build", None, unit="engines", say=_say) as progress:  # a bar, or each engine and every 10 s a line
+        records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
+                                batch_max=batch_max, progress=progress.step)
     for record in records:
         typer.echo(f"{record.file}: {record.flavour} {record.trt_version}, {record.target}, "
                    f"{record.bytes / (1 << 20):.1f} MiB, built in {record.build_seconds:.1f} s")
@@ -88,9 +95,11 @@ def inspect_command(
 ) -> None:
     """Print a readable summary of a model package, after checking it as every command does (`load_package`): every
     file's sha256 (unless --no-verify), and every graph against what the manifest says of it."""
+    from emseg_rt.package import load_package  # deferred: CLI start-up (ONNX loads on use)
+
     package = load_package(package_dir, verify=not no_verify)
     manifest = package.manifest
-    console = Console()
+    console = out_console()  # plain and never cut in a log (`cli/tables.py`)
     console.print(f"[bold]{package.name}[/bold] ({package.family}) — {package.precision}, tile {package.tile}, "
                   f"batch 1..{package.batch_max}, opset {manifest.get('opset')}")
     console.print(f"classes: {', '.join(f'{i + 1}={c}' for i, c in enumerate(package.classes))} (0=background)")
@@ -110,7 +119,7 @@ def inspect_command(
             "\n".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in spec.outputs),
             ("ok " if result.get("passed") else "FAIL ") + ", ".join(numbers),
         )
-    console.print(table)
+    print_table(table, console)
     p = package.parity
     targets = p.get("targets", {})
     console.print(f"parity: {'passed' if p.get('passed') else 'FAILED'} (targets rel ≤ {targets.get('rel_error')}, "
@@ -127,7 +136,7 @@ def inspect_command(
             for target, record in per_target.items():
                 engines.add_row(name, target, record.flavour, record.trt_version, f"{record.bytes / (1 << 20):.1f}",
                                 f"{record.build_seconds:.1f}", record.file)
-        console.print(engines)
+        print_table(engines, console)
     else:
         console.print("engines: none (run `emseg-rt build`)")
     tools = manifest.get("toolchain", {})

@@ -10,7 +10,6 @@ import typer
 
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError
-from emseg_rt.io.outputs import check_output_folder
 
 
 SHAPE_SEPARATOR = re.compile(r"\s*[,x×]\s*|\s+")  # '32,256,256', '32, 256, 256', '32x256x256', '32 256 256'
@@ -37,6 +36,7 @@ def phantom_command(
     from emseg_rt.data.phantom import (  # deferred: CLI start-up (the library loads on use)
         CLASS_NAMES, GROUND_TRUTH, generate_phantom, write_phantom,
     )
+    from emseg_rt.io.outputs import check_output_folder  # deferred: CLI start-up
 
     zyx = parse_shape(shape)
     check_output_folder(out, "OUT", new=True)  # before generating: a new path in an existing, writable folder

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
 from emseg_rt.cli.app import app
 from emseg_rt.cli.eval_cmd import read_volume_or_fail
 from emseg_rt.errors import EmsegError
-from emseg_rt.models import build, get_config
-from emseg_rt.runtime.devices import resolve_device
-from emseg_rt.training.loop import check_out
-from emseg_rt.training.pretrain import PretrainConfig, epoch_status, pretrain
 
 
 @app.command("pretrain")
@@ -39,6 +34,13 @@ def pretrain_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Pretrain the student FOV encoder (HiS4MAE eqs. 2–6 / MAESTER) and write it as a pipeline checkpoint."""
+    import torch  # deferred: CLI start-up (the library loads on use)
+
+    from emseg_rt.models import build, get_config  # deferred: CLI start-up
+    from emseg_rt.runtime.devices import resolve_device  # deferred: CLI start-up
+    from emseg_rt.training.loop import check_out  # deferred: CLI start-up
+    from emseg_rt.training.pretrain import PretrainConfig, epoch_status, pretrain  # deferred: CLI start-up
+
     if get_config(model).pretrain is None:
         raise EmsegError(f"model {model} has no masked pretraining (only maester-* and his4mae-* do); to train a "
                          "ScSAM-family head use `emseg-rt train`")

@@ -8,22 +8,29 @@ from typing import Optional
 
 import typer
 
+from emseg_rt.checks import check_input_exists
 from emseg_rt.cli.app import app
 from emseg_rt.constants import DEFAULT_LABEL_NAME
+from emseg_rt.errors import EmsegError
 
 # One typer option per `SegmentRequest` choice (help texts here, the meaning in runtime/request.py).
-INPUT = typer.Argument(..., help="3D (z, y, x) volume: zarr v2/v3 array or group (--key), OME-Zarr image "
-    "(--level), N5 or HDF5 (--key: dataset), TIFF file or folder of pages, or an "
-    "http(s):// or s3:// URL of zarr / N5.")
+INPUT = typer.Argument(..., help="3D (z, y, x) volume or 2D image: zarr v2/v3 array or group (--key), "
+    "OME-Zarr image (--level), N5 or HDF5 (--key: dataset), TIFF file or folder of pages, PNG / JPEG, or an "
+    "http(s):// or s3:// URL of zarr / N5. A folder of such files or a quoted glob pattern ('raw/*.tif') "
+    "segments each into OUT/<name>.zarr (complete ones kept, incomplete ones resumed); a folder of TIFFs "
+    "only is one stack of pages.")
 OUT = typer.Option(None, "--out", "-o", help="Output: a new directory that becomes an OME-Zarr "
     "label image (napari / neuroglancer open it as it is).")
 INTO_INPUT = typer.Option(False, "--into-input", help="Write the label image into the input OME-Zarr "
     "image's own labels/<--label-name> instead of --out.")
 LEVELS = typer.Option(None, "--levels", help="Pyramid levels of the labels, each 2x smaller in "
     "y and x (default: down to ~256 px; --into-input: the image's levels).")
-WINDOW = typer.Option(None, "--window", help="Intensity window for the uint8 the model sees: "
-    "LOW,HIGH values or percentiles (1%,99%); default 0.5%,99.5% for "
-    "non-uint8 input.")
+WINDOW = typer.Option(None, "--window", help="How intensities become the model's uint8. Default: uint8 "
+    "as it is; any other dtype has its 0.5/99.5 percentiles (sampled across the volume) mapped onto the "
+    "model's reference window (those percentiles of its training data), so a rescale of the same data "
+    "segments the same. LOW,HIGH values (100,3000; --window=-1200,800): LOW -> 0, HIGH -> 255, any dtype. "
+    "Percentiles (1%,99% or p1,p99): those -> 0 and 255, a contrast stretch. The output records the mapping; "
+    "its normalisation.window values, passed as --window, reproduce it.")
 MODEL = typer.Option(None, "--model", "-m", help="Registry name or model package directory "
     "(default: the embedded default model).")
 CHECKPOINT = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
@@ -66,6 +73,8 @@ INSTANCES = typer.Option(None, "--instances", help="Also write instances of thes
     "(CLASS[,CLASS]) as a uint32 label image <class>_instances beside "
     "the semantic one, IDs unique across blocks: connected components, or "
     "a watershed seeded by density peaks on prompt-das-* models.")
+PART = typer.Option(None, "--part", help="Folder or pattern input: segment only share K of N of the "
+    "sorted files (K/N, e.g. 1/4), to split them over N jobs.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary.")
 
 
@@ -99,13 +108,16 @@ def segment_command(
     peak_threshold: Optional[float] = PEAK_THRESHOLD,
     tta: bool = TTA,
     instances: Optional[str] = INSTANCES,
+    part: Optional[str] = PART,
     quiet: bool = QUIET,
 ) -> None:
     """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""
+    check_input_exists(input, patterns=True)  # a missing input is one line before anything loads
     from emseg_rt.runtime import SegmentRequest, run_segment  # deferred: CLI start-up (torch loads on use)
+    from emseg_rt.runtime.batch import folder_inputs, parse_part  # deferred
 
-    request = SegmentRequest.from_keywords(
-        input, out, model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision,
+    choices = dict(
+        model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision,
         batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite,
         probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
         into_input=into_input, window=window, progress=not quiet, report=report,
@@ -113,7 +125,13 @@ def segment_command(
         allow_missing_chunks=allow_missing_chunks, dask=dask,
         prompts=None if prompts is None else (prompts if prompts == "auto" else Path(prompts)), tta=tta,
         instances=instances, peak_threshold=peak_threshold)
-    result = run_segment(request)
+    files = folder_inputs(input)
+    if files is not None:
+        _segment_folder(files, out, parse_part(part), choices, quiet)
+        return
+    if part is not None:
+        raise EmsegError(f"--part splits the files of a folder or glob pattern over jobs; {input} is one input")
+    result = run_segment(SegmentRequest.from_keywords(input, out, **choices))
     if not quiet:
         typer.echo(
             f"{result.label_path}: {result.slices_computed} slices in {result.wall_seconds:.1f} s "
@@ -121,3 +139,21 @@ def segment_command(
             f"idle {result.backend_idle_fraction:.0%})" + (f"; {result.blocks_done_before} blocks were already done"
                                                            if result.blocks_done_before else "")
         )
+
+
+def _segment_folder(files: list, out: Optional[Path], part: tuple[int, int], choices: dict, quiet: bool) -> None:
+    """A folder run (`runtime.batch`): one line per file as it goes, a summary line, exit 2 if any failed."""
+    from emseg_rt.runtime.batch import segment_files, summary_line  # deferred
+
+    if out is None:
+        raise EmsegError("a folder or pattern input needs --out OUTDIR, the folder its outputs go into")
+    outcomes = segment_files(files, out, part=part, **choices)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if quiet:
+        for outcome in failed:
+            typer.echo(f"{outcome.input}: failed: {outcome.message}", err=True)
+    if failed:
+        raise EmsegError(f"{summary_line(outcomes)} ({len(outcomes)} files, outputs in {out}); rerun to retry "
+                         "the failed ones (complete outputs are kept)")
+    if not quiet:
+        typer.echo(summary_line(outcomes))

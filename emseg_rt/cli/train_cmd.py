@@ -9,24 +9,18 @@ goes through `emseg_rt.progress` (a bar on a terminal, a line every 10 s on stde
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
 from emseg_rt.cli.app import app
 from emseg_rt.cli.eval_cmd import read_volume_or_fail
-from emseg_rt.data.phantom import GROUND_TRUTH
+from emseg_rt.constants import GROUND_TRUTH
 from emseg_rt.errors import EmsegError
-from emseg_rt.io import list_label_groups
-from emseg_rt.models.reproducible import build_model
-from emseg_rt.runtime.devices import resolve_device
-from emseg_rt.training.cache import package_embedder
-from emseg_rt.training.loop import check_out
-from emseg_rt.training.prompt_das import MeanTeacher, PromptDasConfig, train_prompt_das
-from emseg_rt.training.samda import SamdaConfig, few_shot_slices, train_samda
-from emseg_rt.training.samda import recipe as samda_recipe
-from emseg_rt.training.trainer import HeadTrainConfig, train_head
+
+if TYPE_CHECKING:
+    from emseg_rt.training.samda import SamdaConfig
 
 SAMDA_SHOTS = 10  # SAMDA §4: annotated target slices of the few-shot step
 
@@ -95,6 +89,14 @@ def train_command(
 ) -> None:
     """Train FAFM + class prompt encoder + decoder with 0.2·L_cos + L_NTX + L_Dice on frozen encoders, or a
     whole Prompt-DAS pipeline (Dice + BCE + density MSE; optional mean teacher and contrastive loss)."""
+    from emseg_rt.models.reproducible import build_model  # deferred: CLI start-up (torch loads on use)
+    from emseg_rt.runtime.devices import resolve_device  # deferred: CLI start-up
+    from emseg_rt.training.cache import package_embedder  # deferred: CLI start-up
+    from emseg_rt.training.loop import check_out  # deferred: CLI start-up
+    from emseg_rt.training.prompt_das import MeanTeacher, PromptDasConfig, train_prompt_das  # deferred
+    from emseg_rt.training.samda import SamdaConfig  # deferred: CLI start-up
+    from emseg_rt.training.trainer import HeadTrainConfig, train_head  # deferred: CLI start-up
+
     check_out(out, resume)  # --out first (folder, --resume, not a directory): one line before anything is read
     device = resolve_device(device, None if quiet else _say)
     if recipe is not None or model.startswith("samda-"):
@@ -148,6 +150,8 @@ def _refuse_other_family(model: str, prompt_das: bool, prompt_das_options: dict[
 
 def _read_labels(data: Path, labels: str) -> np.ndarray:
     """--labels: a label group of --data, or a label volume's path (one line when it is neither)."""
+    from emseg_rt.io import list_label_groups  # deferred: CLI start-up (zarr loads on use)
+
     if labels in list_label_groups(data):
         return read_volume_or_fail(data, labels)
     if Path(labels).exists():
@@ -170,6 +174,11 @@ def _train_samda(model: str, recipe: str | None, weights: list[Path] | None,
     """`emseg-rt train samda-* --recipe ...`: one SAMDA step with `train_samda`, on `device`.
 
     volumes: (--data, --labels, --target) as given; `wrong`: options given that SAMDA has no use for."""
+    from emseg_rt.models.reproducible import build_model  # deferred: CLI start-up (torch loads on use)
+    from emseg_rt.training.loop import check_out  # deferred: CLI start-up
+    from emseg_rt.training.samda import few_shot_slices, train_samda  # deferred: CLI start-up
+    from emseg_rt.training.samda import recipe as samda_recipe  # deferred: CLI start-up
+
     data, labels, target = volumes
     if recipe is None or not model.startswith("samda-"):
         raise EmsegError(f"--recipe {recipe}: SAMDA's steps train samda-* models" if recipe else

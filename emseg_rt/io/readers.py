@@ -7,12 +7,15 @@
     *.n5 directory / N5 attributes.json            n5 (tensorstore, extra `n5`); `key` = dataset path
     *.h5 / *.hdf5 file (or the HDF5 signature)     hdf5 (h5py, extra `hdf5`); `key` = dataset path
     *.tif / *.tiff file, folder of TIFF pages      tiff (tifffile, extra `tiff`); `key` = series number
+    *.png / *.jpg / *.jpeg file (2D)               images2d (Pillow), decoded whole
     http(s)://, s3://, ... URL                     zarr via FsspecStore, or N5 via tensorstore for a URL
                                                     ending in .n5 (fsspec + s3fs/aiohttp, extra `remote`)
     numpy, dask or zarr array in memory            Volume with axes zyx (tczyx[-ndim:]), voxel size 1, path None
 
 Singleton time / channel axes that the metadata names (OME axes, zarr dimension_names, tifffile's axes,
-HDF5 dimension labels, N5 axes) are squeezed out; `spatial=True` refuses a longer one in one line.
+HDF5 dimension labels, N5 axes) are squeezed out; `spatial=True` refuses a longer one in one line. A 2D image
+(2D TIFF, PNG, a 2D zarr array or OME-Zarr yx image, a 2D array) opens as a 2D Volume; `segment` runs it as one
+plane (`volume.as_plane_stack`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import zarr
 
+from emseg_rt.checks import check_input_exists
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.hdf5 import HDF5_SUFFIXES, hdf5_volume, looks_like_hdf5
+from emseg_rt.io.images2d import IMAGE_SUFFIXES, image_volume
 from emseg_rt.io.n5 import looks_like_n5, n5_volume
 from emseg_rt.io.tiff import TIFF_SUFFIXES, tiff_volume
 from emseg_rt.io.volume import ArrayView, Volume, check_declared, check_fits_memory, default_axes
 from emseg_rt.io.zarr_reader import is_url, looks_like_zarr, node_volume, zarr_volume
 
-SUPPORTED = "zarr / OME-Zarr, N5, HDF5 (.h5), TIFF (.tif file or folder)"
+SUPPORTED = "zarr / OME-Zarr, N5, HDF5 (.h5), TIFF (.tif file or folder), PNG / JPEG (2D)"
 
 
 def _is_zarr_node(source: Any) -> bool:
@@ -92,8 +97,8 @@ def _url_volume(url: str, key: str | None, level: int | None, labels: str | None
             raise EmsegError(f"input {url}: N5 is read from local folders and http(s):// URLs; for a public bucket "
                              f"pass its https address, e.g. {https}")
         return n5_volume(url, key, level, spatial=spatial)
-    if path.endswith(HDF5_SUFFIXES + TIFF_SUFFIXES):
-        raise EmsegError(f"input {url}: HDF5 and TIFF are read from local files only; download it first, or "
+    if path.endswith(HDF5_SUFFIXES + TIFF_SUFFIXES + IMAGE_SUFFIXES):
+        raise EmsegError(f"input {url}: HDF5, TIFF, PNG and JPEG are read from local files only; download it first, or "
                          "convert it to OME-Zarr")
     return zarr_volume(url, key, level, labels, spatial=spatial)
 
@@ -152,8 +157,7 @@ def _open(source: Any, key: str | None, level: int | None, labels: str | None, s
     path = Path(source)
     if labels is not None:
         return zarr_volume(path, key, level, labels, spatial=spatial)
-    if not path.exists():
-        raise EmsegError(f"input {path} does not exist")
+    check_input_exists(path)
     if path.is_dir():
         if looks_like_zarr(path):
             return zarr_volume(path, key, level, spatial=spatial)
@@ -167,6 +171,8 @@ def _open(source: Any, key: str | None, level: int | None, labels: str | None, s
         return tiff_volume(path, key, level, spatial=spatial)
     if looks_like_hdf5(path):
         return hdf5_volume(path, key, level, spatial=spatial)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return image_volume(path, key, level)
     raise EmsegError(f"input {path} is not a zarr array or group, nor a volume file emseg-rt reads "
                      f"(supported: {SUPPORTED})")
 

@@ -336,6 +336,8 @@ class PipelineConfig:
                  "prompt-das"
     prompt_dim:  N, the width of the decoder's tokens and embeddings (256 in SAM and ScSAM).
     tile:        side of the square uint8 tile the pipeline takes.
+    reference_window: the uint8 values at the 0.5 and 99.5 percentiles of the training data, onto which
+                 `segment` maps the same percentiles of a non-uint8 volume (`runtime.normalise`); None: 0..255.
     """
 
     name: str
@@ -358,6 +360,7 @@ class PipelineConfig:
     sam2_encoder: Sam2EncoderConfig | None = None  # vanilla-sam2
     sam2_decoder: Sam2DecoderConfig | None = None  # vanilla-sam2
     samda: SamdaConfig | None = None  # samda: U-Net + projector (+ MobileSAM encoder)
+    reference_window: tuple[float, float] | None = None  # uint8 p0.5, p99.5 of the training data, when known
     description: str = ""
 
     @property
