@@ -1,4 +1,5 @@
-"""`--window`: user intensity windows (values or percentiles) next to the default dataset percentiles."""
+"""Intensity mapping: `--window` (values or percentiles), the default dataset percentiles, and the model's
+reference window they land on for non-uint8 data."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.runtime.normalise import (
     IntensityWindow,
     Normalisation,
+    check_reference,
     dataset_normalisation,
     parse_window,
     to_uint8,
@@ -123,3 +125,75 @@ def test_int32_near_2_pow_31_maps_exactly():
     assert top - 2000 <= default.low < default.high <= top
     mapped = to_uint8(spread, default)
     assert mapped.min() == 0 and mapped.max() == 255 and len(np.unique(mapped)) > 200
+
+
+REFERENCE = (52.0, 185.0)  # a model's reference window (the default model's numbers)
+
+
+def _rescales(image: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact linear rescales of uint8 values to every other supported dtype (float16 holds 0..255 exactly)."""
+    return {"int8": (image.astype(np.int16) - 128).astype(np.int8), "uint16": image.astype(np.uint16) * 257,
+            "int16": image.astype(np.int16) * 100 - 12800, "uint32": image.astype(np.uint32) * 16_777_216,
+            "int32": image.astype(np.int32) * 1_000_000 - 2**27, "float16": image.astype(np.float16),
+            "float32": image.astype(np.float32) / 255, "float64": image.astype(np.float64) * 0.37 + 12.5}
+
+
+def test_default_maps_percentiles_onto_the_reference_window():
+    volume = np.random.default_rng(36).normal(1000, 150, (5, 40, 30)).astype(np.float32)
+    norm = dataset_normalisation(volume, reference=REFERENCE)
+    low, high = np.percentile(volume.astype(np.float64), (0.5, 99.5))
+    assert norm.method == "percentile" and (norm.low, norm.high) == (low, high)
+    record = norm.to_dict()
+    assert record["reference_window"] == list(REFERENCE)
+    w_low, w_high = record["window"]
+    assert w_low < low < high < w_high  # the reference lies inside 0..255: the values window is wider
+    probe = np.array([low, high, w_low, w_high, w_low - 50, w_high + 50], np.float64)
+    np.testing.assert_allclose(to_uint8(probe, norm), [52, 185, 0, 255, 0, 255], atol=1)
+
+
+def test_linear_rescales_give_the_same_model_input():
+    """Same image, any dtype, any linear rescale: the same uint8 bytes reach the model, equal to the uint8 image
+    wherever its percentiles equal the reference (here a reference measured on the image itself)."""
+    image = np.random.default_rng(37).integers(20, 230, (6, 50, 40)).astype(np.uint8)
+    own = tuple(float(v) for v in np.percentile(image.astype(np.float64), (0.5, 99.5)))
+    for reference in (REFERENCE, own):
+        mapped = {name: to_uint8(values, dataset_normalisation(values, reference=reference)).tobytes()
+                  for name, values in _rescales(image).items()}
+        assert len(set(mapped.values())) == 1, reference
+    assert next(iter(mapped.values())) == image.tobytes()  # `own`: identity, the uint8 run's input
+
+
+def test_recorded_window_reproduces_the_mapping_byte_for_byte():
+    """A rerun with `--window LOW,HIGH` from the recorded normalisation (JSON round trip) gives the same bytes."""
+    import json
+
+    rng = np.random.default_rng(38)
+    for values in (rng.integers(300, 40000, (3, 30, 20)).astype(np.uint16), rng.normal(0, 1, (3, 30, 20)),
+                   rng.integers(-2**30, 2**30, (3, 30, 20)).astype(np.int32)):
+        norm = dataset_normalisation(values, reference=REFERENCE)
+        low, high = json.loads(json.dumps(norm.to_dict()))["window"]
+        again = dataset_normalisation(values, window=parse_window(f"{low!r},{high!r}"))
+        assert again.method == "window" and to_uint8(values, again).tobytes() == to_uint8(values, norm).tobytes()
+
+
+def test_uint8_and_percentile_windows_ignore_the_reference():
+    """uint8 stays identity and a percentile `--window` stretches onto 0..255 with or without a reference: the
+    recorded uint8 outputs (tests/test_output_bytes.py) keep their bytes and their recorded normalisation."""
+    volume = np.random.default_rng(39).integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    assert dataset_normalisation(volume, reference=REFERENCE) == Normalisation("identity")
+    window = parse_window("1%,99%")
+    stretched = dataset_normalisation(volume, window=window, reference=REFERENCE)
+    assert stretched == dataset_normalisation(volume, window=window)
+    assert stretched.window == (stretched.low, stretched.high) and "reference_window" not in stretched.to_dict()
+    wide = volume.astype(np.uint16) * 257
+    assert dataset_normalisation(wide, window=window, reference=REFERENCE).to_dict() == \
+        dataset_normalisation(wide, window=window).to_dict()
+
+
+@pytest.mark.parametrize("value", [[200, 40], [-1, 100], [0, 256], [5, 5], ["a", 9], [1, 2, 3], "52,185", 52,
+                                   [float("nan"), 9]])
+def test_malformed_reference_windows_are_refused_in_one_line(value):
+    with pytest.raises(EmsegError) as info:
+        check_reference(value, "package p")
+    assert str(info.value).startswith("package p: reference_window") and "\n" not in str(info.value)
+    assert check_reference(None, "x") is None and check_reference([0, 255], "x") == (0.0, 255.0)

@@ -393,8 +393,11 @@ def toolchain_versions() -> dict[str, str | None]:
 
 
 def normalisation_record(config: Any) -> dict[str, Any]:
-    """How each encoder turns uint8 intensities into its input (all inside the graph)."""
+    """How each encoder turns uint8 intensities into its input (all inside the graph), and the model's
+    reference window (uint8 p0.5, p99.5 of its training data) when its config has one."""
     record: dict[str, Any] = {"inside_graph": True}
+    if getattr(config, "reference_window", None) is not None:
+        record["reference_window"] = [float(v) for v in config.reference_window]
     if config.sam_encoder is not None:
         record["sam_encoder"] = {
             "scale": 1.0, "mean": list(config.sam_encoder.pixel_mean), "std": list(config.sam_encoder.pixel_std),
