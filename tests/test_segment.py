@@ -181,7 +181,7 @@ BAD_INPUTS = {
     "missing": (lambda p: p / "nope.zarr", "does not exist"),
     "not zarr": (lambda p: (p / "plain").mkdir() or p / "plain", "not a zarr"),
     "4D": (lambda p: _zarr(p, "4d.zarr", np.zeros((2, 2, 8, 8), np.uint8)), "4D"),
-    "2D": (lambda p: _zarr(p, "2d.zarr", np.zeros((8, 8), np.uint8)), "2D"),
+    "1D": (lambda p: _zarr(p, "1d.zarr", np.zeros((8,), np.uint8)), "1D"),  # 2D images: test_segment_2d.py
     "dtype": (lambda p: _zarr(p, "b.zarr", np.zeros((2, 8, 8), np.int64)), "dtype int64"),
     "empty axis": (lambda p: _zarr(p, "e.zarr", np.zeros((0, 8, 8), np.uint8)), "empty axis"),
     "nan": (lambda p: _zarr(p, "n.zarr", np.where(np.eye(8)[None] > 0, np.nan, 1.0).repeat(3, 0)), "NaN or Inf"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,34 @@ class ArrayView:
         return f"<ArrayView {self.kind} shape={self.shape} dtype={self.dtype.name}>"
 
 
-class SqueezedArray:
+class _ArrayView:
+    """What the two views of a stored array below share: numpy-like `ndim`, `len` and `np.asarray(view)`
+    (subclasses set `shape` and define `__getitem__`); every attribute they do not define is the base array's."""
+
+    _base: Any
+    shape: tuple[int, ...]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data.astype(dtype) if dtype is not None else data
+
+
+class SqueezedArray(_ArrayView):
     """`base` with some of its length-1 axes hidden; indexing maps back to the base (index 0 on those axes).
 
     Attributes this class does not define (a zarr array's `store`, `path`, `nchunks`, `fill_value`, ...) are
@@ -280,29 +307,67 @@ class SqueezedArray:
         base_chunks = tuple(getattr(base, "chunks", None) or base.shape)
         self.chunks = tuple(int(c) for a, c in enumerate(base_chunks) if a not in self._drop)
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._base, name)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __getitem__(self, index: Any) -> np.ndarray:
         kept = iter(_full_index(index, self.ndim))
         base_index = tuple(0 if a in self._drop else next(kept) for a in range(len(self._base.shape)))
         return np.asarray(self._base[base_index])
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self[...]
-        return data.astype(dtype) if dtype is not None else data
-
     def __repr__(self) -> str:
         return f"<SqueezedArray shape={self.shape} of {self._base!r}>"
+
+
+class PlaneStack(_ArrayView):
+    """`base` with a length-1 axis added at `axis`, for reading and writing: a 2D image (Y, X) seen as a
+    one-plane volume (1, Y, X) (axis 0), or (K, Y, X) probabilities as (K, 1, Y, X) (axis 1). Index 0 (or slice
+    0:1) of the added axis is `base` itself. `segment` runs a 2D image through its 3D block driver as this
+    (`as_plane_stack`) and writes its 2D label image through it (`runtime.output`). Attributes this class does
+    not define are the base array's (as `SqueezedArray`'s)."""
+
+    def __init__(self, base: Any, axis: int = 0) -> None:
+        self._base, self._axis = base, axis
+        shape, chunks = tuple(int(s) for s in base.shape), getattr(base, "chunks", None) or base.shape
+        self.shape = shape[:axis] + (1,) + shape[axis:]
+        self.dtype = np.dtype(base.dtype)
+        self.chunks = tuple(int(c) for c in chunks[:axis]) + (1,) + tuple(int(c) for c in chunks[axis:])
+
+    def _split(self, index: Any) -> tuple[Any, tuple, int]:
+        """(the index on the added axis, the index of `base`, where the added axis lands in the result)."""
+        full = _full_index(index, self.ndim)
+        at = full[self._axis]
+        if not isinstance(at, slice):
+            range(1)[at]  # IndexError for an integer other than 0 / -1
+        landing = sum(not isinstance(i, (int, np.integer)) for i in full[:self._axis])
+        return at, full[:self._axis] + full[self._axis + 1:], landing
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        at, rest, landing = self._split(index)
+        data = np.asarray(self._base[rest])
+        if isinstance(at, slice):  # (.., 1, ..) or (.., 0, ..) for a slice past the one element
+            data = np.expand_dims(data, landing)[(slice(None),) * landing + (at,)]
+        return data
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """Write `value`, shaped as numpy would want it for `index`, into `base` (without the added axis)."""
+        at, rest, landing = self._split(index)
+        value = np.asarray(value)
+        if isinstance(at, slice):
+            if not range(1)[at]:
+                return  # selects nothing
+            if value.ndim > landing and value.ndim == sum(not isinstance(i, (int, np.integer)) for i in rest) + 1:
+                value = np.take(value, 0, axis=landing)
+        self._base[rest] = value
+
+    def __repr__(self) -> str:
+        return f"<PlaneStack shape={self.shape} of {self._base!r}>"
+
+
+def as_plane_stack(volume: "Volume") -> "Volume":
+    """A 2D image (Y, X) as a one-plane volume (1, Y, X), axes z, y, x: its array a `PlaneStack`, its voxel size,
+    units and translation with z's added (1.0, none, 0.0) and `planar` set, so writers drop the z axis again.
+    The image's own axis names are taken as y, x whatever its metadata calls them."""
+    return replace(volume, array=PlaneStack(volume.array), axes=SPATIAL_AXES,
+                   voxel_size=(1.0,) + tuple(volume.voxel_size), units=(None,) + tuple(volume.units),
+                   translation=(0.0,) + tuple(volume.translation or (0.0, 0.0)), planar=True)
 
 
 @dataclass
@@ -317,7 +382,8 @@ class Volume:
     voxel_size:  physical size per axis at this level (1.0 where unknown).
     units:       unit per axis as OME-Zarr names them (None where unknown).
     translation: physical position of voxel 0 per axis (0.0 where unknown).
-    format:      "zarr", "n5", "hdf5", "tiff" or "memory".
+    format:      "zarr", "n5", "hdf5", "tiff", "image" (PNG, JPEG) or "memory".
+    planar:      a 2D image seen as one plane (1, Y, X) (`as_plane_stack`): writers drop the z axis again.
     """
 
     path: Path | str | None
@@ -330,6 +396,7 @@ class Volume:
     attributes: dict = field(default_factory=dict)
     translation: tuple[float, ...] | None = None
     format: str = "zarr"
+    planar: bool = False
 
     def __post_init__(self) -> None:
         if self.translation is None:

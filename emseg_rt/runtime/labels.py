@@ -15,6 +15,7 @@ from emseg_rt.runtime.block import BlockDriver, array_sink, open_input
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.plan import RunPlan
 from emseg_rt.runtime.prompts import check_points_inside
+from emseg_rt.runtime.reference import reference_window
 from emseg_rt.runtime.request import SegmentRequest, check_against, open_backend
 
 # segment_volume's keywords that mean something for labels held in memory (the others write or schedule)
@@ -39,12 +40,14 @@ def segment_labels(input: Any, **choices: Any) -> np.ndarray:
 
 
 def labels_of(request: SegmentRequest) -> np.ndarray:
-    """The labels (Z, Y, X) of a request (validated here if it was built directly), block after block in memory."""
+    """The labels (Z, Y, X) of a request (validated here if it was built directly), block after block in memory;
+    (Y, X) for a 2D image."""
     request = request.checked_once()
     volume, where = open_input(request.source, request.key, request.level)
     check_points_inside(request.points, volume.shape)
     window = parse_window(request.window) if request.window else None
-    norm = dataset_normalisation(volume.array, where, window=window)
+    norm = dataset_normalisation(volume.array, where, window=window,
+                                 reference=reference_window(request.model, request.backend))
     engine, owns_backend, _ = open_backend(request, request.note)
     try:
         run = RunPlan(engine, volume, request.options, norm, where, check_against(engine, request, instances=False))
@@ -52,7 +55,7 @@ def labels_of(request: SegmentRequest) -> np.ndarray:
         driver = BlockDriver(engine, volume.array, run.job, array_sink(out, run.axis_index))
         for block in run.blocks:
             driver.run(block)
-        return out
+        return out[0] if volume.planar else out  # a 2D image: its (Y, X) labels
     finally:
         if owns_backend:
             engine.close()
