@@ -10,8 +10,9 @@ and returns {relative path: sha256} for the tree it wrote (an in-memory `segment
 `segment_labels`, `emseg_rt.data`, the `emseg-rt` console entry point (`emseg_rt.cli.main`) and the file system.
 
 What is pinned, and what is left out, found by running every case twice and diffing (`--twice`):
-- The input's files get a fixed modification time (PINNED_MTIME_NS) after they are written: the run record
-  (`.emseg-rt/zarr.json`) holds an input fingerprint over the input files' sizes and mtimes.
+- The input's files get a fixed modification time (PINNED_MTIME_NS) after they are written: run records
+  before issue 26 held an input fingerprint over the input files' sizes and mtimes (now the input's
+  description, and each block's marker the digest of its input's values: neither depends on mtimes).
 - `.emseg-rt/instances-*/` (the instance stage's scratch: provisional IDs, boundary pairs, equivalence table
   and its own done markers) is left out: issue 24 moves that stage's done markers and status onto the output's
   own, so its bookkeeping may change; the instance label images it writes (`<class>_instances/`) are compared.

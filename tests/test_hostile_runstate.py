@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from cli_helpers import assert_one_line, run_cli
 
@@ -135,6 +137,34 @@ def test_resume_repairs_level_markers_missing_from_an_earlier_version(engine, pr
                                                                     "status": "incomplete"}})
     run(engine, src, False, resume=True)
     assert digests(src, False) == reference
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_resume_at_another_thread_count_is_refused_and_at_the_same_one_is_identical(engine, pristine, tmp_path):
+    """torch's CPU reductions depend on its thread count, so the run records it: a run killed at 2 threads and
+    resumed at 1 is refused in one line naming the threads; resumed at 2 it equals an uninterrupted 2-thread run."""
+    reference = fresh_input(pristine, tmp_path / "reference")
+    with torch_threads(2):
+        run(engine, reference, False)
+    record = json.loads((reference.parent / "out.zarr" / ".emseg-rt" / "zarr.json").read_text())
+    assert record["attributes"]["emseg_rt_run"]["config"]["threads"] == 2
+    src = fresh_input(pristine, tmp_path / "killed")
+    with torch_threads(2), pytest.raises(Killed), dies_at(12):
+        run(engine, src, False)
+    with pytest.raises(EmsegError, match=r"threads: 2 then, 1 now.*OMP_NUM_THREADS"):
+        run(engine, src, False, resume=True)  # this module's one torch thread
+    with torch_threads(2):
+        run(engine, src, False, resume=True)
+    assert digests(src, False) == digests(reference, False)
 
 
 # ------------------------------------------------------------------------------------------------ locks

@@ -7,6 +7,7 @@ SIGKILL where the instant should be arbitrary.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import zarr
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import read_volume, write_ome_image
 from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime import output as output_module
 from emseg_rt.runtime.claim import claim_output
 from emseg_rt.runtime.output import read_run_record
 
@@ -140,7 +142,6 @@ def test_interrupted_swap_is_recovered(tmp_path, volume, engine, monkeypatch):
 
 
 def test_a_block_written_without_its_marker_is_redone_identically(tmp_path, volume, engine, monkeypatch):
-    from emseg_rt.runtime import output as output_module
 
     src, _ = volume
     reference = tmp_path / "ref.zarr"
@@ -148,10 +149,10 @@ def test_a_block_written_without_its_marker_is_redone_identically(tmp_path, volu
     out = tmp_path / "out.zarr"
     real_mark = output_module.OutputStore.mark_done
 
-    def die_before_second_marker(self, index):
+    def die_before_second_marker(self, index, input_digest):
         if index == 1:
             raise KeyboardInterrupt  # chunks of block 1 are written, its marker is not
-        return real_mark(self, index)
+        return real_mark(self, index, input_digest)
 
     monkeypatch.setattr(output_module.OutputStore, "mark_done", die_before_second_marker)
     with pytest.raises(KeyboardInterrupt):
@@ -177,15 +178,62 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_not_in_the_way(tmp_p
     assert segment_volume(src, out, backend=engine).complete
 
 
-def test_resume_refuses_a_changed_input(tmp_path, volume, engine):
+def _rewrite_keeping_size_and_mtime(array_dir: Path, write) -> None:
+    """Run `write()` on the array in `array_dir`, then restore every chunk file's mtime: the change keeps each
+    file's size (no compression of random bytes) and leaves no trace in sizes or modification times."""
+    files = {p: p.stat() for p in array_dir.rglob("*") if p.is_file()}
+    write()
+    for path, stat in files.items():
+        assert path.stat().st_size == stat.st_size
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_resume_refuses_an_input_a_finished_block_read_differently(tmp_path, volume, engine):
+    """A chunk a finished block read, rewritten with the same size and its mtime restored: the block's recorded
+    input digest no longer matches, the resume is refused and the output stays incomplete."""
     src, data = volume
     out = tmp_path / "out.zarr"
     with pytest.raises(RuntimeError, match="injected"):
         segment_volume(src, out, backend=DiesAfter(engine, 1), block=2)
     array = zarr.open_array(str(src / "s0"), mode="r+")
-    time.sleep(0.01)
-    array[4:6] = 255 - data[4:6]  # a block the interrupted run has not reached
-    with pytest.raises(EmsegError, match="input changed"):
+    done = sorted(output_module.done_markers(out))
+    assert done == [0]
+
+    def flip_one_voxel():
+        array[1, 5, 7] = 255 - data[1, 5, 7]
+
+    _rewrite_keeping_size_and_mtime(src / "s0", flip_one_voxel)
+    with pytest.raises(EmsegError, match=r"input changed since .* z 0\.\.1 no longer holds the values block 0"):
+        segment_volume(src, out, backend=engine, block=2, resume=True)
+    assert status_of(out) == "incomplete"
+
+
+def test_a_block_not_yet_computed_reads_the_input_as_it_is(tmp_path, volume, engine):
+    """Planes only pending blocks read, changed before the resume: the finished output equals one uninterrupted
+    run over the changed input (nothing old is mixed in)."""
+    src, data = volume
+    out, reference = tmp_path / "out.zarr", tmp_path / "reference.zarr"
+    with pytest.raises(RuntimeError, match="injected"):
+        segment_volume(src, out, backend=DiesAfter(engine, 1), block=2)
+    array = zarr.open_array(str(src / "s0"), mode="r+")
+    _rewrite_keeping_size_and_mtime(src / "s0", lambda: array.__setitem__(slice(4, 6), 255 - data[4:6]))
+    assert segment_volume(src, out, backend=engine, block=2, resume=True).complete
+    segment_volume(src, reference, backend=engine, block=2)
+    assert tree(out / "s0") == tree(reference / "s0")
+
+
+def test_resume_refuses_changed_units(tmp_path, volume, engine):
+    src, _ = volume
+    out = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError, match="injected"):
+        segment_volume(src, out, backend=DiesAfter(engine, 1), block=2)
+    meta = json.loads((src / "zarr.json").read_text())
+    text = json.dumps(meta)
+    assert '"nanometer"' in text or '"micrometer"' in text
+    swapped = text.replace('"nanometer"', '"UNIT"').replace('"micrometer"', '"nanometer"').replace('"UNIT"',
+                                                                                                 '"micrometer"')
+    (src / "zarr.json").write_text(swapped)
+    with pytest.raises(EmsegError, match="units or translation differ"):
         segment_volume(src, out, backend=engine, block=2, resume=True)
 
 
@@ -202,6 +250,7 @@ def test_missing_input_chunks_are_an_error_unless_allowed(tmp_path, volume, engi
 @pytest.mark.parametrize(("option", "message"), [
     ({"label_name": ""}, "--label-name"), ({"label_name": "../x"}, "--label-name"),
     ({"batch": 10**9}, "GiB of buffers"), ({"block": 0}, "--block"),
+    ({"report": "/nonexistent-emseg-dir/r.json"}, r"--report .*folder /nonexistent-emseg-dir does not exist"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, volume, engine, option, message):
     src, _ = volume

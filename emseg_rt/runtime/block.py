@@ -22,7 +22,9 @@ import numpy as np
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import open_volume, source_name
+from emseg_rt.io.volume import as_plane_stack
 from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.runtime.fingerprint import block_digest
 from emseg_rt.runtime.normalise import Normalisation, check_dtype, check_finite, to_uint8
 from emseg_rt.runtime.slab import PromptMode, SlabSettings, segment_planes
 
@@ -40,29 +42,45 @@ def region_of(start: int, stop: int, axis_index: int) -> tuple[slice, ...]:
 
 
 def open_input(source: Any, key: str | None, level: int | None) -> tuple[Any, str]:
-    """The input as a checked 3D Volume (singleton t/c squeezed) and how messages name it."""
+    """The input as a checked 3D Volume (singleton t/c squeezed; a 2D image as one plane (1, Y, X), `planar`)
+    and how messages name it."""
     volume = open_volume(source, key=key, level=level, spatial=True)
     where = f"input {source_name(source)}" + (f" (key {key})" if key else "") + (
         f" (level {volume.dataset_path})" if volume.is_ome else "")
+    if volume.ndim == 2:
+        volume = as_plane_stack(volume)
     if volume.ndim != 3:
-        raise EmsegError(f"{where} is {volume.ndim}D with shape {volume.shape}; segment takes 3D (z, y, x) volumes "
-                         "(pick a 3D array with --key / --level)")
+        raise EmsegError(f"{where} is {volume.ndim}D with shape {volume.shape}; segment takes 2D (y, x) images and "
+                         "3D (z, y, x) volumes (pick one with --key / --level)")
     if 0 in volume.shape:
         raise EmsegError(f"{where} has an empty axis (shape {volume.shape}); nothing to segment")
     check_dtype(volume.dtype, where)
     return volume, where
 
 
-def read_slab(array: Any, start: int, stop: int, axis_index: int, axis: str, norm: Normalisation,
-              where: str) -> np.ndarray:
-    """Planes start..stop-1 of a (Z, Y, X) array as a (N, H, W) uint8 slab (normalised, NaN/Inf refused)."""
+def read_raw(array: Any, start: int, stop: int, axis_index: int, axis: str, where: str) -> np.ndarray:
+    """Planes start..stop-1 of a (Z, Y, X) array, as stored (the volume's orientation and dtype)."""
     try:
-        raw = np.asarray(array[region_of(start, stop, axis_index)])
+        return np.asarray(array[region_of(start, stop, axis_index)])
     except Exception as exc:  # codec / store errors from a damaged chunk
         raise EmsegError(f"{where}: cannot read {axis} {start}..{stop - 1} (corrupt or missing chunk?): "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def slab_of(raw: np.ndarray, start: int, stop: int, axis_index: int, axis: str, norm: Normalisation,
+            where: str) -> np.ndarray:
+    """A block's raw planes (volume orientation) as a (N, H, W) uint8 slab (normalised, NaN/Inf refused)."""
     check_finite(raw, f"{where} ({axis} {start}..{stop - 1})")
     return to_uint8(np.moveaxis(raw, axis_index, 0), norm)
+
+
+@dataclass
+class BlockInput:
+    """A block's input as the driver read it: slab (N, H, W) uint8, normalised, and the digest of the raw values
+    it came from (`fingerprint.block_digest`, recorded in the block's done-marker)."""
+
+    slab: np.ndarray
+    digest: bytes
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,7 @@ class BlockResult:
     probabilities: np.ndarray | None
     density: np.ndarray | None
     summary: BlockSummary
+    input_digest: bytes = b""
 
 
 @dataclass
@@ -116,7 +135,7 @@ def store_sink(store: Any, axis_index: int) -> Sink:
     def write(result: BlockResult) -> None:
         _, start, stop = result.block
         store.write_block(result.block[0], region_of(start, stop, axis_index), result.labels,
-                          result.probabilities, result.density)
+                          result.probabilities, result.density, result.input_digest)
     return write
 
 
@@ -143,19 +162,27 @@ class BlockDriver:
         self.write(result)
         return result
 
-    def read(self, block: Block) -> np.ndarray:
-        """The block's planes as a (N, H, W) uint8 slab."""
+    def read(self, block: Block) -> BlockInput:
+        """The block's planes as a (N, H, W) uint8 slab, with the digest of what was read."""
         _, start, stop = block
         t0 = time.perf_counter()
         job = self.job
-        slab = read_slab(self.array, start, stop, job.axis_index, job.axis, job.norm, job.where)
+        raw = read_raw(self.array, start, stop, job.axis_index, job.axis, job.where)
+        read = BlockInput(slab_of(raw, start, stop, job.axis_index, job.axis, job.norm, job.where), block_digest(raw))
         self.timings["read"] += time.perf_counter() - t0
-        return slab
+        return read
 
-    def compute(self, block: Block, slab: np.ndarray) -> BlockResult:
-        """Segment a block's slab (N, H, W) uint8 into its `BlockResult`."""
+    def input_unchanged(self, block: Block, recorded: bytes) -> bool:
+        """Whether the block's planes still hold the values whose digest is `recorded` (a finished block, on
+        resume)."""
+        _, start, stop = block
+        job = self.job
+        return block_digest(read_raw(self.array, start, stop, job.axis_index, job.axis, job.where)) == recorded
+
+    def compute(self, block: Block, read: BlockInput) -> BlockResult:
+        """Segment a block's input (its slab (N, H, W) uint8) into its `BlockResult`."""
         index, start, stop = block
-        job, timings, counts = self.job, self.timings, {}
+        job, timings, counts, slab = self.job, self.timings, {}, read.slab
         density = np.empty(slab.shape, np.float32) if job.density else None
         labels, probs, tiles = segment_planes(self.backend, slab, job.slab, job.mode, start=start,
                                               axis=job.axis_index, timings=timings, counts=counts,
@@ -166,7 +193,7 @@ class BlockDriver:
         axis = job.axis_index
         return BlockResult(block, np.moveaxis(labels, 0, axis),
                            None if probs is None else np.moveaxis(probs, 1, axis + 1),
-                           None if density is None else np.moveaxis(density, 0, axis), summary)
+                           None if density is None else np.moveaxis(density, 0, axis), summary, read.digest)
 
     def write(self, result: BlockResult) -> None:
         """Hand a computed block to the sink (an OutputStore, an array in memory)."""

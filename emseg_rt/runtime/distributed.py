@@ -22,13 +22,15 @@ import torch
 from distributed import Client, LocalCluster, as_completed, get_worker
 
 from emseg_rt.errors import EmsegError
-from emseg_rt.io import open_volume
-from emseg_rt.runtime.backends.base import Backend
-from emseg_rt.runtime.block import Block, BlockDriver, BlockJob, BlockSummary, store_sink
+from emseg_rt.runtime.backends.base import Backend, cpu_threads
+from emseg_rt.runtime.block import Block, BlockDriver, BlockJob, BlockSummary, open_input, store_sink
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.output import OutputLayout, OutputStore
 
 TASK_RETRIES = 3  # a block whose worker died is resubmitted this many times
+# Every block of a Dask run is computed on one CPU thread (a worker runs as many blocks at once as it has
+# threads), so its bytes do not depend on the machines the workers run on; recorded as the run's thread count.
+WORKER_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class BlockTask:
 
     recipe: BackendRecipe
     identity: str  # the driver's backend identity: a worker computing other numbers refuses
+    threads: int | None  # the CPU threads each block is computed with (WORKER_THREADS; None on a GPU)
     source: str
     key: str | None
     level: int | None
@@ -87,7 +90,10 @@ def run_block_task(task: BlockTask, block: Block) -> BlockSummary:
     if backend.spec.identity != task.identity:
         raise EmsegError(f"a worker loaded a different model ({backend.spec.identity} vs {task.identity}); "
                          "workers need the same packages, checkpoints and library versions as the driver")
-    volume = open_volume(task.source, key=task.key, level=task.level, spatial=True)
+    threads = cpu_threads(backend)
+    if threads is not None and task.threads is not None and threads != task.threads:
+        torch.set_num_threads(task.threads)  # this worker process computes the run's blocks, and nothing else
+    volume, _ = open_input(task.source, task.key, task.level)  # as the driver opened it (2D: one plane)
     store = OutputStore(Path(task.target), task.layout, task.run_hash)
     store.attach()
     driver = BlockDriver(backend, volume.array, task.job, store_sink(store, task.job.axis_index))

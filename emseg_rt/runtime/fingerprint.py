@@ -1,51 +1,49 @@
-"""What the input looked like when a run started: a resume refuses an input that changed since.
+"""What the input looked like when a run read it: a resume refuses an input that changed since.
 
-The fingerprint is cheap and streamed: the array's metadata (shape, dtype, chunks) plus, for a local
-store, the relative path, size and modification time (ns) of every file under the array's directory,
-hashed in sorted order, never their contents. A rewritten chunk changes its size or mtime; a changed
-plane the normalisation did not sample is caught all the same. Remote stores get the metadata only.
+Two records, both in the output's run state, neither trusting file sizes or modification times:
+
+- the input's description (`input_fingerprint`): shape, dtype, chunks, and what its container says of the axes,
+  voxel size, units and translation. It is in the run record and compared before anything is computed, so a
+  unit changed from nanometer to micrometer is refused, not completed under the old unit;
+- what each write block read (`block_digest`): a BLAKE2b digest of the raw values of the block's planes, the
+  content of the block's done-marker. A resume reads every finished block's planes again and compares
+  (`BlockDriver.input_unchanged`), so a rewritten chunk is found whatever its size and mtime. Blocks not yet
+  computed read the input as it is then: the finished output equals one run over the input as it is at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.zarr_reader import chunk_counts
 
-
-def array_directory(array: Any) -> Path | None:
-    """The local directory holding a zarr array's metadata and chunks, or None for a non-local store."""
-    root = getattr(getattr(array, "store", None), "root", None)
-    if root is None:
-        return None
-    return Path(root) / getattr(array, "path", "")
+DIGEST_BYTES = 32  # BLAKE2b-256: a block's input digest, the content of its done-marker
 
 
-def input_fingerprint(array: Any, path: Any = None) -> str:
-    """sha256 hex of the array's metadata and its files' (path, size, mtime_ns): the zarr array's directory,
-    else the local file or folder `path` it was read from (N5, HDF5, TIFF); metadata only for URLs and
-    arrays in memory."""
-    digest = hashlib.sha256()
-    chunks = tuple(getattr(array, "chunks", None) or ())
-    digest.update(repr((tuple(array.shape), str(array.dtype), chunks)).encode())
-    location = array_directory(array)
-    if location is None and isinstance(path, (str, os.PathLike)) and "://" not in str(path):
-        location = Path(path)
-    if location is not None and location.is_file():
-        stat = location.stat()
-        digest.update(f"{location.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    elif location is not None and location.is_dir():
-        for dirpath, dirnames, filenames in os.walk(location):
-            dirnames.sort()
-            for name in sorted(filenames):
-                file = Path(dirpath) / name
-                stat = file.stat()
-                digest.update(f"{file.relative_to(location)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+def input_fingerprint(volume: Any) -> str:
+    """sha256 hex of what describes the input `volume` (an `io.Volume`): its array's shape, dtype and chunks and
+    its axes, voxel size, units and translation. Its values are checked per block (`block_digest`)."""
+    array = volume.array
+    description = {
+        "shape": [int(s) for s in array.shape], "dtype": str(array.dtype),
+        "chunks": [int(c) for c in (getattr(array, "chunks", None) or ())],
+        "axes": list(volume.axes), "voxel_size": [float(v) for v in volume.voxel_size],
+        "units": list(volume.units), "translation": [float(t) for t in (volume.translation or ())],
+    }
+    return hashlib.sha256(repr(sorted(description.items())).encode()).hexdigest()
+
+
+def block_digest(raw: np.ndarray) -> bytes:
+    """The DIGEST_BYTES-byte BLAKE2b digest of a block's raw input values (any shape and dtype, as read from the
+    volume): equal digests mean the same values in the same shape and dtype."""
+    digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    digest.update(repr((raw.shape, raw.dtype.str)).encode())
+    digest.update(memoryview(np.ascontiguousarray(raw)).cast("B"))
+    return digest.digest()
 
 
 def check_no_missing_chunks(array: Any, where: str, allow_missing: bool) -> None:

@@ -4,7 +4,8 @@ The output root is an OME-Zarr label image (docs/runtime.md "Output layout" says
 
     OUT.zarr/zarr.json             `multiscales` + `image-label` (classes, colours); attributes["emseg_rt"]:
                                    run configuration and status ("incomplete" until every level is written)
-    OUT.zarr/s0, s1, ...           (Z, Y, X) uint8 labels (uint16 past 255 classes); s1.. stride-sampled
+    OUT.zarr/s0, s1, ...           (Z, Y, X) uint8 labels (uint16 past 255 classes); s1.. stride-sampled;
+                                   (Y, X), axes y, x, for a 2D image (run as one plane: `OutputLayout.planar`)
     OUT.zarr/probabilities/s0      (K, Z, Y, X) uint8 per-class probabilities (with probabilities=True)
     OUT.zarr/.emseg-rt/            a zarr group holding the run state, so zarr and OME readers walk it
                                    without warnings: attributes["emseg_rt_run"] = configuration, its hash and
@@ -41,11 +42,17 @@ import zarr.errors
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.ome_zarr import LabelImageSpec, create_array, create_ome_group
 from emseg_rt.io.pyramid import Level, write_lower_levels
+from emseg_rt.io.volume import PlaneStack
 from emseg_rt.runtime.claim import RUN_DIR, RUN_KEY, read_record, write_record
+from emseg_rt.runtime.fingerprint import DIGEST_BYTES
 
 # The temporary files a kill can leave in our output tree: zarr's atomic writes (`<name>.<uuid hex>.partial`)
 # and the run record's (`.<name>.tmp<pid>`); a resume removes them (`remove_write_leftovers`).
 _LEFTOVER = re.compile(r".+\.[0-9a-f]{32}\.partial|\..+\.tmp[0-9]+")
+
+
+# A run configuration leaves out keys at these values (so runs without them keep their identity).
+UNRECORDED = {"threads": 1}
 
 
 def config_hash(config: dict) -> str:
@@ -55,18 +62,21 @@ def config_hash(config: dict) -> str:
 
 @dataclass(frozen=True)
 class DoneMarkers:
-    """One done-marker array of the run state: 1-D uint8, one element per chunk; element i is set once item i
-    (a write block, a pyramid level, a block of an instance pass) is completely written. zarr writes each chunk
-    file atomically, so the chunk files that exist are the markers that were set (`marker_indices`)."""
+    """One done-marker array of the run state: 1-D uint8, one chunk of `width` elements per item; item i's chunk
+    is written once item i (a write block, a pyramid level, a block of an instance pass) is completely written.
+    zarr writes each chunk file atomically, so the chunk files that exist are the markers that were set
+    (`marker_indices`). A marker of width > 1 carries a value: a write block's is the digest of the input it
+    read (`fingerprint.block_digest`)."""
 
     path: Path
     zarr_format: int
+    width: int = 1
 
     def create(self, length: int) -> None:
-        """An empty marker array of `length` elements (at least 1), replacing any; its group must exist."""
+        """An empty marker array of `length` items (at least 1), replacing any; its group must exist."""
         group = zarr.open_group(str(self.path.parent), mode="r+")
-        create_array(group, self.path.name, (max(length, 1),), np.uint8, (1,), None, self.zarr_format,
-                     overwrite=True, compressors=None)
+        create_array(group, self.path.name, (max(length, 1) * self.width,), np.uint8, (self.width,), None,
+                     self.zarr_format, overwrite=True, compressors=None)
 
     def exists(self) -> bool:
         """True once the array's metadata is written (a kill while creating it leaves at most a directory)."""
@@ -76,16 +86,26 @@ class DoneMarkers:
         """The indices whose markers are set (none when the array does not exist)."""
         return marker_indices(self.path)
 
-    def mark(self, index: int) -> None:
-        """Set marker `index` (the item's data must be completely written already)."""
-        zarr.open_array(str(self.path), mode="r+")[index] = 1
+    def mark(self, index: int, value: bytes = b"\x01") -> None:
+        """Set marker `index` to `value` (`width` bytes); the item's data must be completely written already."""
+        if len(value) != self.width:
+            raise ValueError(f"a marker of {self.path.name} holds {self.width} bytes, not {len(value)}")
+        array = zarr.open_array(str(self.path), mode="r+")
+        array[index * self.width:(index + 1) * self.width] = np.frombuffer(value, np.uint8)
+
+    def value(self, index: int) -> bytes:
+        """The bytes marker `index` was set to (zeros when it is not set)."""
+        array = zarr.open_array(str(self.path), mode="r")
+        return np.asarray(array[index * self.width:(index + 1) * self.width], np.uint8).tobytes()
 
 
 @dataclass(frozen=True)
 class OutputLayout:
     """What the output looks like: s0's shape (Z, Y, X) and chunks, the label dtype, the OME metadata and
     the pyramid levels (s0 first), the number of write blocks. `nested`: the label image sits in an image's
-    `labels/` (`--into-input`)."""
+    `labels/` (`--into-input`). `planar`: a 2D image run as one plane (shape (1, Y, X)); its label image (and
+    probabilities) drop the z axis: (Y, X) levels, axes y, x (`image_levels`, `label_spec`), written through a
+    `PlaneStack` so blocks and instances index it as (1, Y, X)."""
 
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
@@ -101,14 +121,31 @@ class OutputLayout:
     version: str = "0.5"
     nested: bool = False
     density: bool = False  # keep the model's density per voxel in the run state (the instance watershed)
+    planar: bool = False
 
     @property
     def zarr_format(self) -> int:
         return 2 if self.version == "0.4" else 3
 
+    def _image(self, values: tuple) -> tuple:
+        """Per-axis values (Z, Y, X) as the label image has them: without z for a planar run."""
+        return values[1:] if self.planar else values
+
+    @property
+    def image_levels(self) -> tuple[Level, ...]:
+        """The label image's levels (`levels`, without z for a planar run)."""
+        return tuple(Level(lvl.path, self._image(lvl.shape), self._image(lvl.scale), self._image(lvl.translation))
+                     for lvl in self.levels)
+
     def label_spec(self) -> LabelImageSpec:
-        return LabelImageSpec(name=self.label_name, axes=self.axes, units=self.units, classes=self.classes,
-                              levels=self.levels, dtype=self.label_dtype, chunks=self.chunks, version=self.version)
+        return LabelImageSpec(name=self.label_name, axes="".join(self._image(tuple(self.axes))),
+                              units=self._image(tuple(self.units)), classes=self.classes, levels=self.image_levels,
+                              dtype=self.label_dtype, chunks=self._image(self.chunks), version=self.version)
+
+    def volume_view(self, image_array: Any, axis: int = 0) -> Any:
+        """An array of the label image as the run indexes it, (Z, Y, X): itself, or for a planar run a
+        `PlaneStack` adding the z axis at `axis` (1 for (K, Z, Y, X) probabilities)."""
+        return PlaneStack(image_array, axis) if self.planar else image_array
 
 
 class OutputStore:
@@ -143,13 +180,13 @@ class OutputStore:
         layout = self.layout
         arrays = create_ome_group(self.root, layout.label_spec(), source_image=self.source_image,
                                   extra_attributes={"emseg_rt": root_attrs})
-        self.labels = arrays[0]
+        self.labels = layout.volume_view(arrays[0])
         self.markers(self._levels_name).create(len(layout.levels))
         if layout.probabilities:
             self.probabilities = self._create_probabilities()
         if layout.density:
             self.density = self.create_state_array(self._density_name, layout.shape, np.uint8, layout.chunks)
-        self.markers(self._done_name).create(layout.blocks)
+        self.block_markers.create(layout.blocks)
 
     @property
     def source_image(self) -> str | None:
@@ -199,30 +236,39 @@ class OutputStore:
         return f"done-{self.run_hash[:16]}"
 
     @property
+    def block_markers(self) -> DoneMarkers:
+        """The write blocks' markers, each the digest of the input the block read (`fingerprint.block_digest`)."""
+        return DoneMarkers(self.state / self._done_name, self.layout.zarr_format, DIGEST_BYTES)
+
+    @property
     def _levels_name(self) -> str:
         return f"levels-{self.run_hash[:16]}"
 
     def _create_probabilities(self) -> Any:
         layout = self.layout
-        s0 = layout.levels[0]
-        spec = LabelImageSpec(name="probabilities", axes="c" + layout.axes, units=(None,) + tuple(layout.units),
-                              classes=(), dtype=np.dtype(np.uint8), chunks=(1,) + layout.chunks,
+        s0, image = layout.image_levels[0], layout.label_spec()
+        spec = LabelImageSpec(name="probabilities", axes="c" + image.axes, units=(None,) + image.units,
+                              classes=(), dtype=np.dtype(np.uint8), chunks=(1,) + image.chunks,
                               version=layout.version,
-                              levels=(Level("s0", (len(layout.classes),) + layout.shape, (1.0,) + s0.scale,
+                              levels=(Level("s0", (len(layout.classes),) + s0.shape, (1.0,) + s0.scale,
                                             (0.0,) + s0.translation),))
         attrs = {"emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}}
-        return create_ome_group(self.root / "probabilities", spec, extra_attributes=attrs, image_label=False)[0]
+        arrays = create_ome_group(self.root / "probabilities", spec, extra_attributes=attrs, image_label=False)
+        return layout.volume_view(arrays[0], axis=1)
 
-    def reopen(self, fingerprint: str, root_attrs: dict) -> None:
+    def reopen(self, config: dict, fingerprint: str, root_attrs: dict) -> None:
         """Open an interrupted run's arrays (creating any a kill left unwritten). EmsegError when it was
-        written with another configuration or the input changed since."""
+        written with another configuration (`config`, naming what differs) or the input's description changed
+        since (`fingerprint.input_fingerprint`; its content is checked block by block by the caller)."""
         previous = read_run_record(self.root) or {}
         if previous.get("config_hash") != self.run_hash:
-            raise EmsegError(f"{self.root} was written with a different configuration (model, backend, precision, "
-                             "tiling, levels or input differ); pass --overwrite to start again")
+            raise EmsegError(f"{self.root} was written with a different configuration "
+                             f"({config_difference(previous.get('config'), config)}); resume it as it was started, "
+                             "or pass --overwrite to start again")
         if previous.get("input_fingerprint") != fingerprint:
-            raise EmsegError(f"the input changed since {self.root} was started (its chunk files differ); a resume "
-                             "would mix old and new blocks; pass --overwrite to start again")
+            raise EmsegError(f"the input changed since {self.root} was started (its shape, dtype, chunks, axes, voxel "
+                             "size, units or translation differ); a resume would mix old and new blocks; pass "
+                             "--overwrite to start again")
         try:
             remove_write_leftovers(self.root)
             self.attach()
@@ -246,37 +292,48 @@ class OutputStore:
 
     def attach(self) -> None:
         """Open the arrays of an output the driver created (a Dask worker writing its blocks)."""
-        self.labels = zarr.open_array(str(self.root / self.layout.levels[0].path), mode="r+")
+        self.labels = self.open_level0(self.root, mode="r+")
         self.state_array(self._done_name)  # raises when a kill left it unwritten
         if self.layout.probabilities:
-            self.probabilities = zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+")
+            self.probabilities = self.layout.volume_view(
+                zarr.open_array(str(self.root / "probabilities" / "s0"), mode="r+"), axis=1)
         if self.layout.density:
             self.density = zarr.open_array(str(self.density_path), mode="r+")
 
+    def open_level0(self, image: Path, mode: str = "r") -> Any:
+        """s0 of a label image of this output (the semantic one at the root, or an instance one) as the run
+        indexes it, (Z, Y, X) (`OutputLayout.volume_view`)."""
+        return self.layout.volume_view(zarr.open_array(str(image / self.layout.levels[0].path), mode=mode))
+
     def done_blocks(self) -> set[int]:
         """The write blocks whose markers are set; FileNotFoundError when the marker array is missing."""
-        markers = self.markers(self._done_name)
+        markers = self.block_markers
         if not markers.exists():
             raise FileNotFoundError(markers.path)
         return markers.done()
 
+    def input_digest(self, index: int) -> bytes:
+        """The digest of the input that finished block `index` read (recorded in its marker)."""
+        return self.block_markers.value(index)
+
     def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None,
-                    density: np.ndarray | None = None) -> None:
-        """Write one block's whole chunks, then its done-marker (never the other way round). density: the
-        block's (Z, Y, X) float density (layout.density), stored as uint8 round(clip(d, 0, 1)·255)."""
+                    density: np.ndarray | None, input_digest: bytes) -> None:
+        """Write one block's whole chunks, then its done-marker (never the other way round), which records
+        `input_digest`, the digest of the input planes the block was computed from. density: the block's
+        (Z, Y, X) float density (layout.density), stored as uint8 round(clip(d, 0, 1)·255)."""
         try:
             self.labels[region] = labels
             if self.probabilities is not None and probabilities is not None:
                 self.probabilities[(slice(None),) + region] = probabilities
             if self.density is not None and density is not None:
                 self.density[region] = np.rint(np.clip(density, 0.0, 1.0) * 255).astype(np.uint8)
-            self.mark_done(index)
+            self.mark_done(index, input_digest)
         except OSError as exc:
             raise _write_error(self.root, exc) from exc
 
-    def mark_done(self, index: int) -> None:
-        """Write block `index`'s done-marker (its chunks must be written already)."""
-        self.markers(self._done_name).mark(index)
+    def mark_done(self, index: int, input_digest: bytes) -> None:
+        """Write block `index`'s done-marker, the digest of its input (its chunks must be written already)."""
+        self.block_markers.mark(index, input_digest)
 
     def write_pyramid(self) -> int:
         """Fill the levels below s0 that have no marker yet (stride sampling, one streaming pass each, only
@@ -286,7 +343,7 @@ class OutputStore:
         pending = [i for i in range(1, len(self.layout.levels)) if i not in done]
         for index in pending:
             try:
-                write_lower_levels(self.root, self.layout.levels, [index])
+                write_lower_levels(self.root, self.layout.image_levels, [index])
                 markers.mark(index)
             except OSError as exc:
                 raise _write_error(self.root, exc) from exc
@@ -305,6 +362,29 @@ class OutputStore:
                 raise _write_error(self.root, exc) from exc
         self.set_status("complete")
         return True
+
+
+def config_difference(previous: Any, config: dict) -> str:
+    """What differs between a recorded run configuration and this run's, for a message: "threads: 2 then, 1 now;
+    ..." (the first three keys), or a note that the output predates the current run format."""
+    if not isinstance(previous, dict):
+        return "its run record is unreadable"
+    if previous.get("format") != config.get("format"):
+        return (f"written by another emseg-rt version: run format {previous.get('format')}, "
+                f"{config.get('format')} now")
+    def get(record: dict, key: str) -> Any:
+        return record.get(key, UNRECORDED.get(key))
+
+    keys = sorted(k for k in set(previous) | set(config) if get(previous, k) != get(config, k))
+    parts = [f"{k}: {_short(get(previous, k))} then, {_short(get(config, k))} now" for k in keys[:3]]
+    if "threads" in keys:
+        parts.append("set OMP_NUM_THREADS to the thread count it was started with")
+    return "; ".join(parts) or "same options, other hash"
+
+
+def _short(value: Any) -> str:
+    text = "unset" if value is None else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def marker_indices(array_dir: Path) -> set[int]:

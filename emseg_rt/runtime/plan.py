@@ -17,7 +17,7 @@ from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.block import Block, BlockJob, plan_blocks, region_of
 from emseg_rt.runtime.normalise import Normalisation
 from emseg_rt.runtime.options import AXES, SegmentOptions
-from emseg_rt.runtime.output import OutputLayout, OutputStore, config_hash
+from emseg_rt.runtime.output import UNRECORDED, OutputLayout, OutputStore, config_hash
 from emseg_rt.runtime.prompts import NMS_KERNEL
 from emseg_rt.runtime.report import SegmentReport
 from emseg_rt.runtime.request import ModelChoices
@@ -30,9 +30,15 @@ class RunPlan:
     """The tile plan, blocks, layout, block job and configuration of one run of `engine` over `volume`."""
 
     def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation, where: str,
-                 choices: ModelChoices, target: OutputTarget | None = None) -> None:
+                 choices: ModelChoices, target: OutputTarget | None = None, threads: int | None = None) -> None:
+        """threads: the CPU threads each block is computed with, where the numbers depend on it
+        (`backends.base.cpu_threads`; None on a GPU); part of the run's configuration."""
         spec = engine.spec
         self.engine, self.options, self.norm, self.choices = engine, options, norm, choices
+        self.threads = threads
+        self.planar = bool(volume.planar)
+        if self.planar and options.axis != "z":
+            raise EmsegError(f"--axis {options.axis}: a 2D image is segmented as one plane (z); drop --axis")
         self.axis_index = options.axis_index(volume.axes)
         self.halo = options.halo_for(spec.tile)
         self.shape = tuple(int(s) for s in volume.shape)
@@ -79,7 +85,7 @@ class RunPlan:
             "axis": self.options.axis, "classes": list(spec.classes), "normalisation": self.norm.to_dict(),
             "input": {"shape": list(self.shape), "dtype": self.config["dtype"]}}
         if resumable:
-            store.reopen(fingerprint, root_attrs)
+            store.reopen(self.config, fingerprint, root_attrs)
         else:
             store.create(self.config, root_attrs, fingerprint)
         return store
@@ -106,7 +112,8 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
     add their keys only when used, so runs without them keep their identity."""
     spec, options, choices = run.engine.spec, run.options, run.choices
     config: dict[str, Any] = {
-        "format": 3, "backend": spec.identity,  # 2: last tile flush with the edge; 3: label image root, levels
+        # format 2: last tile flush with the edge; 3: label image root, levels; 4: block markers hold input digests
+        "format": 4, "backend": spec.identity,
         "tile": spec.tile, "halo": run.halo, "blend": options.blend,
         "axis": options.axis, "batch": options.batch, "block": options.block,
         "probabilities": options.probabilities, "shape": list(run.shape), "dtype": dtype.name,
@@ -114,6 +121,8 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
         "label_dtype": run.layout.label_dtype.name, "version": run.layout.version,
         "levels": [[lvl.path, list(lvl.shape), list(lvl.scale), list(lvl.translation)] for lvl in run.layout.levels],
     }
+    if run.threads not in (None, UNRECORDED["threads"]):  # CPU runs on more than one thread only
+        config["threads"] = run.threads
     mode = choices.mode
     if mode.max_points is not None:  # prompted runs only
         config["prompts"] = {"points": mode.points.digest if mode.points is not None else None,
@@ -123,6 +132,8 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
                                          "density_blend": "gaussian"}
     if options.tta:
         config["tta"] = "rot90x4"
+    if run.planar:  # a 2D image: its label image is 2D
+        config["planar"] = True
     if choices.instances:  # runs with --instances only
         config["instances"] = {"classes": list(choices.instances), "method": "connected components, face"}
         if choices.seeds is not None:  # density models: their watershed and its density store
@@ -141,4 +152,5 @@ def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_i
     return OutputLayout(shape=shape, chunks=chunks, classes=classes, label_dtype=label_dtype(len(classes)),
                         label_name=options.label_name, voxel_size=target.levels[0].scale, units=units, axes=axes,
                         probabilities=options.probabilities, levels=target.levels, blocks=blocks,
-                        version=target.version, nested=target.nested, density=density)
+                        version=target.version, nested=target.nested, density=density,
+                        planar=bool(volume.planar))

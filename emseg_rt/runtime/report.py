@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emseg_rt.errors import EmsegError
+from emseg_rt.io.outputs import write_file_atomic
 
 
 @dataclass
@@ -81,10 +80,5 @@ class SegmentReport:
 
     def write_json(self, path: str | Path) -> None:
         """Write the report atomically (EmsegError when the location is not writable)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise EmsegError(f"cannot write report {path}: {exc.strerror}") from exc
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        write_file_atomic(path, lambda tmp: tmp.write_text(text), "--report")

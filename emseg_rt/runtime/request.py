@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from emseg_rt.checks import split_items
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import is_array, is_url
+from emseg_rt.io.outputs import check_output_file
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.devices import resolve_device
 from emseg_rt.runtime.distributed import check_address
@@ -35,7 +37,8 @@ class SegmentRequest:
     """One segment run as the user asked for it.
 
     input:   a path or URL that `io.open_volume` reads (zarr / OME-Zarr, N5, HDF5, TIFF; `key` picks a dataset,
-             `level` an OME level), or a numpy / dask / zarr array (Z, Y, X). Non-uint8 intensities are mapped
+             `level` an OME level), or a numpy / dask / zarr array (Z, Y, X). A 2D image (Y, X) (PNG, 2D TIFF or zarr,
+             array) runs as one plane into a 2D label image. Non-uint8 intensities are mapped
              to uint8 with dataset-level robust percentiles, or `window` ("LOW,HIGH", "1%,99%").
     output:  new directory that becomes the label image; refuses an existing one unless `options.resume` (finish
              what is missing) or `options.overwrite`. None with `options.into_input`: INPUT/labels/<label_name>.
@@ -96,7 +99,10 @@ class SegmentRequest:
     @property
     def source(self) -> Any:
         """The input as `io.open_volume` takes it: an array or URL as given, else a Path."""
-        return self.input if is_array(self.input) or is_url(self.input) else Path(self.input)
+        if is_array(self.input) or is_url(self.input):
+            return self.input
+        text = str(self.input)
+        return Path(unquote(urlsplit(text).path) if text.startswith("file://") else text)
 
     @property
     def auto_threshold(self) -> float | None:
@@ -125,6 +131,8 @@ class SegmentRequest:
         if self.device != "auto":  # a GPU that is not there: refused before anything is read or claimed
             resolve_device(self.device)
         self._check_dask()
+        if self.report is not None:  # a report that cannot be written is refused before the run, not after it
+            check_output_file(self.report, "--report", overwrite=True)
         points = None if self.prompts is None or self.auto_prompts else load_points(self.prompts)
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "checked", True)

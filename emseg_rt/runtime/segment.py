@@ -20,16 +20,18 @@ from emseg_rt.constants import DEFAULT_LABEL_NAME
 from emseg_rt.io import source_name
 from emseg_rt.io.volume import available_memory
 from emseg_rt.progress import Progress
-from emseg_rt.runtime.backends.base import Backend
+from emseg_rt.errors import EmsegError
+from emseg_rt.runtime.backends.base import Backend, cpu_threads
 from emseg_rt.runtime.block import Block, BlockDriver, BlockSummary, open_input, store_sink
 from emseg_rt.runtime.claim import OutputClaim, claim_output
-from emseg_rt.runtime.distributed import BackendRecipe, BlockTask, run_blocks_on_cluster
+from emseg_rt.runtime.distributed import WORKER_THREADS, BackendRecipe, BlockTask, run_blocks_on_cluster
 from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
 from emseg_rt.runtime.instances import instance_label_name, write_instances
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.output import OutputStore
 from emseg_rt.runtime.plan import RunPlan
 from emseg_rt.runtime.prompts import PointSet, check_points_inside, fractional_note
+from emseg_rt.runtime.reference import reference_window
 from emseg_rt.runtime.report import SegmentReport
 from emseg_rt.runtime.request import SegmentRequest, Say, check_against, open_backend
 from emseg_rt.runtime.stream import run_stream
@@ -70,7 +72,8 @@ def segment_volume(
     instances: str | Sequence[str] | None = None,
     peak_threshold: float | None = None,
 ) -> SegmentReport:
-    """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport.
+    """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport (a 2D image:
+    as one plane, into a 2D label image, axes y, x). Many files, one output each: `runtime.batch.segment_files`.
 
     The keywords are the fields of `SegmentRequest` (documented there); batch, halo, blend, axis, block, resume,
     overwrite, probabilities, label_name, levels, into_input, prefetch and tta are its `SegmentOptions`. What
@@ -95,7 +98,8 @@ def run_segment(request: SegmentRequest) -> SegmentReport:
     check_points_inside(request.points, volume.shape)
     check_no_missing_chunks(volume.array, where, request.allow_missing_chunks)
     window = parse_window(request.window) if request.window else None
-    norm = dataset_normalisation(volume.array, where, window=window)
+    norm = dataset_normalisation(volume.array, where, window=window,
+                                 reference=reference_window(request.model, request.backend))
     target = plan_target(source, volume, request.output, options, request.level)
     claim = claim_output(target.output, source if isinstance(source, Path) else None, resume=options.resume,
                          overwrite=options.overwrite, into_input=options.into_input, lock_path=target.lock)
@@ -124,13 +128,16 @@ def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, r
 
     engine, owns_backend, device = open_backend(request, note)
     try:
-        run = RunPlan(engine, volume, request.options, *read_as, check_against(engine, request), target)
+        threads = cpu_threads(engine)  # on a CPU: this process's threads, or each Dask worker's one
+        threads = WORKER_THREADS if threads is not None and request.dask is not None else threads
+        run = RunPlan(engine, volume, request.options, *read_as, check_against(engine, request), target, threads)
         if fraction := fractional_note(request.points):
             note(fraction)
         run.check_memory(volume.dtype.itemsize, available_memory())
         rep = run.report(source_name(request.source), claim.output, request.model or "default", device,
                          " ".join(notes))
-        store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume.array, volume.path))
+        store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume))
+        check_finished_inputs(run, store, volume.array, note)
         tally = _Tally(run, store, rep, request)
         if request.dask is None:
             tally.timed(lambda pending: _run_on_threads(engine, volume.array, run, store, tally, pending))
@@ -143,6 +150,22 @@ def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, r
     rep.finish(tally.timings, tally.loop_seconds, time.perf_counter() - t_start)
     rep.setup_seconds = tally.setup_done - t_start
     return rep
+
+
+def check_finished_inputs(run: RunPlan, store: OutputStore, array: Any, say: Say) -> None:
+    """On resume: read the planes of every finished block again and compare them with the digest its marker
+    recorded; EmsegError at the first block whose input changed (a resume would mix old and new input)."""
+    done = store.done_blocks()
+    if not done:
+        return
+    say(f"resume: checking that the input of the {len(done)} finished blocks is unchanged")
+    driver = BlockDriver(run.engine, array, run.job, lambda result: None)
+    for block in run.blocks:
+        index, start, stop = block
+        if index in done and not driver.input_unchanged(block, store.input_digest(index)):
+            raise EmsegError(f"the input changed since {store.root} was started: {run.options.axis} {start}.."
+                             f"{stop - 1} no longer holds the values block {index} was computed from; a resume "
+                             "would mix old and new input; pass --overwrite to start again")
 
 
 class _Tally:
@@ -222,7 +245,8 @@ def _run_on_cluster(request: SegmentRequest, run: RunPlan, store: OutputStore, t
     """The Dask scheduler: every pending block as one task (`runtime.distributed`)."""
     recipe = BackendRecipe(request.model, str(request.backend), request.device, request.precision,
                            tuple(str(c) for c in request.checkpoints))
-    task = BlockTask(recipe=recipe, identity=run.engine.spec.identity, source=str(request.source),
+    task = BlockTask(recipe=recipe, identity=run.engine.spec.identity, threads=run.threads,
+                     source=str(request.source),
                      key=request.key, level=request.level, job=run.job, target=str(store.root), layout=run.layout,
                      run_hash=run.hash)
     if pending:

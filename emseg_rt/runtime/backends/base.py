@@ -35,6 +35,8 @@ class BackendSpec:
     precision:   what the graph computes in: 'fp32', 'fp16' or 'bf16' (named for what runs, per device).
     identity:    a string that changes whenever the computed numbers could (model weights, package hash,
                  backend, provider, precision); it keys resume markers.
+    reference_window: uint8 values of the 0.5/99.5 percentiles of the model's training data, onto which a
+                 non-uint8 volume's percentiles are mapped (`runtime.normalise`); None when not known.
     """
 
     tile: int
@@ -47,6 +49,7 @@ class BackendSpec:
     precision: str = "fp32"
     identity: str = ""
     details: dict = field(default_factory=dict)
+    reference_window: tuple[float, float] | None = None
 
 
 @runtime_checkable
@@ -70,6 +73,14 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release sessions, engines and device memory."""
         ...
+
+
+def cpu_threads(backend: Backend) -> int | None:
+    """How many CPU threads `backend` computes with, where that count changes its numbers (a CPU's reductions are
+    split over threads): a backend says so with a `cpu_threads()` method (the torch backend on a CPU); None for
+    the rest (GPU backends, and ONNX Runtime, whose thread count is fixed per machine: no user setting moves it)."""
+    method = getattr(backend, "cpu_threads", None)
+    return method() if callable(method) else None
 
 
 def check_outputs(spec: BackendSpec, outputs: Sequence[str]) -> tuple[str, ...]:

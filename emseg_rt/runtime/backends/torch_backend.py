@@ -112,7 +112,13 @@ class TorchBackend:
             prompts=tuple(getattr(model, "prompt_names", ())), precision=precision,
             identity=f"torch|{self.device.type}|{precision}|{mode}|{model_id}",
             details={"torch": torch.__version__, "device": str(self.device), "mode": mode},
+            reference_window=getattr(config, "reference_window", None),
         )
+
+    def cpu_threads(self) -> int | None:
+        """torch's intra-op thread count on a CPU (its reductions, and so the last bits of the logits, depend on
+        it; a run records it: `runtime.plan.run_config`); None on a GPU."""
+        return torch.get_num_threads() if self.device.type == "cpu" else None
 
     def run(self, tiles: np.ndarray, want_logits: bool = False,
             prompts: Mapping[str, np.ndarray] | None = None, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
