@@ -15,12 +15,11 @@ The ratio segment / bench is 1 within noise when both time the same thing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from emseg_rt.bench.machine import machine_record
+from emseg_rt.bench.machine import machine_record, save_result
 from emseg_rt.bench.runners import BenchTarget, load_target, prepare
 from emseg_rt.bench.timing import measure_latency
 from emseg_rt.data.phantom import generate_phantom, write_phantom
@@ -82,10 +81,7 @@ def main() -> int:
                    for name in args.backends.split(",")]
     result = {"benchmark": "bench_vs_segment", "machine": machine_record("cpu"), "model": args.model,
               "batch": args.batch, "shape": list(shape), "records": records}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    save_result(args.out, result, markdown(result))
     return 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import importlib.metadata
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -53,3 +55,12 @@ def machine_record(device: str) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "libraries": library_versions(),
     }
+
+
+def save_result(out: Path, result: dict, markdown: str) -> None:
+    """Write a benchmark's result as `out`.json and its table as `out`.md (the folder made if needed), and
+    print the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)

@@ -7,7 +7,11 @@ into a cached model package keyed by model + weights + precision) or a model pac
 
 `auto` picks, and says in one line what it picked and why it skipped anything:
 a package → its TensorRT engine for this GPU, else ONNX Runtime; a registry name on the CPU in fp32 →
-ONNX Runtime (the cached package's full graph), otherwise → the torch fast path.
+ONNX Runtime (the cached package's full graph), otherwise → the torch fast path. `auto` never changes the
+precision asked for (fp32 by default): it never trades fp32 for an emulated, slower bf16.
+
+`--precision bf16` on a CPU without native bf16 (AVX-512 BF16 or AMX: torch emulates it, slower than fp32)
+runs, with one line through `say` (a RuntimeWarning without one) saying so and what to use instead.
 
 TensorRT runs a package's engine. With `build_engine=True` (what `emseg-rt bench` asks) a registry name is
 exported into the package cache and its engine for this GPU built there on first use, as `emseg-rt export` +
@@ -18,6 +22,7 @@ exported into the package cache and its engine for this GPU built there on first
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,7 +38,7 @@ from emseg_rt.package import FULL, ModelPackage, load_package
 from emseg_rt.runtime.backends.base import BACKENDS, PACKAGE_PRECISIONS, PRECISIONS, Backend
 from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from emseg_rt.runtime.backends.tensorrt_backend import TensorRTBackend
-from emseg_rt.runtime.backends.torch_backend import TorchBackend
+from emseg_rt.runtime.backends.torch_backend import TorchBackend, cpu_has_bf16
 from emseg_rt.runtime.devices import resolve_device
 
 Say = Callable[[str], None]
@@ -53,6 +58,27 @@ def _check_choices(backend: str, device: str, precision: str) -> None:
         raise EmsegError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
 
 
+EMULATED_BF16 = ("--precision bf16: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo), so "
+                 "torch emulates it, slower than fp32 (1.8x the default backend's time per tile on such a CPU: "
+                 "benchmarks/results/bench_vs_segment.md); --precision fp32 (the default) is faster here")
+
+
+def emulated_bf16(device: str, precision: str) -> bool:
+    """Whether this asks for bf16 on a CPU that only emulates it (`cpu_has_bf16`: AVX-512 BF16 or AMX)."""
+    return precision == "bf16" and device == "cpu" and not cpu_has_bf16()
+
+
+def warn_emulated_bf16(device: str, precision: str, say: Say | None) -> None:
+    """`EMULATED_BF16` through `say` (one line on the CLI's stderr), or as a RuntimeWarning without one, when
+    `emulated_bf16`; the run goes on (bf16 results may be what the user wants, only slower)."""
+    if not emulated_bf16(device, precision):
+        return
+    if say is not None:
+        say(f"warning: {EMULATED_BF16}")
+    else:
+        warnings.warn(EMULATED_BF16, RuntimeWarning, stacklevel=3)
+
+
 def load_backend(model: str | None = None, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
                  checkpoints: Sequence[str | Path] = (), *, fast: bool = True, batch_max: int = 8,
                  build_engine: bool = False, say: Say | None = None) -> Backend:
@@ -67,9 +93,10 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
     say:          receives one line saying which backend `auto` chose, and why it skipped others.
     EmsegError for bad choices; `checkpoints` apply to registry names (a package holds its weights).
     """
-    say = say or (lambda message: None)
-    device = resolve_device(device, say)
+    device = resolve_device(device, say or (lambda message: None))
     _check_choices(backend, device, precision)
+    warn_emulated_bf16(device, precision, say)
+    say = say or (lambda message: None)
     model = model or default_model_name()
     if is_package_path(model):
         path = Path(model)

@@ -170,7 +170,7 @@ class Schedule:
 
     label:            the progress reporter's name for the run.
     total:            units (steps or epochs) of the schedule: its length, the bar's total.
-    stop:             the run ends after this unit (1 ≤ stop ≤ total; `--stop-after`).
+    stop:             the run ends after this unit (1 ≤ stop ≤ total; `--stop-after`): the ETA's end.
     checkpoint_every: units between CKPT / CKPT.state writes (and at `stop`).
     record_every:     units between loss records, each the mean of the units since the last (and at `stop`).
     unit:             'step' or 'epoch': the key of each loss record and of the state's position.
@@ -206,7 +206,8 @@ def run_loop(recipe: StepRecipe, schedule: Schedule, out: Path, state: dict | No
              quiet: bool = True) -> LoopResult:
     """Run `recipe` from after the state's unit (0 without a state) to `schedule.stop`, recording losses,
     writing CKPT (`out`) and CKPT.state, and reporting progress (a bar on a terminal, a line every 10 s
-    through `say` in logs, nothing when `quiet`). A run already at its stop writes its files if CKPT is missing.
+    through `say` in logs, nothing when `quiet`; once the first units are done, one line with the time the rest
+    takes at the measured rate). A run already at its stop writes its files if CKPT is missing.
 
     on_step: on_step(unit, schedule.total, loss terms) after every unit (and its checkpoint).
     """
@@ -219,8 +220,9 @@ def run_loop(recipe: StepRecipe, schedule: Schedule, out: Path, state: dict | No
 
     began = time.perf_counter()
     interval: list[LossRecord] = []
+    # The bar counts the whole schedule; its ETA and the estimate line count to this run's stop (`--stop-after`).
     with Progress(schedule.label, schedule.total, done=start, unit=f"{schedule.unit}s", say=say,
-                  enabled=not quiet) as progress:
+                  enabled=not quiet, stop=schedule.stop) as progress:
         for at in range(start + 1, schedule.stop + 1):
             terms = recipe.step(at)
             record = recipe.record(terms)

@@ -211,6 +211,16 @@ def load_pretrain_state(state_path: Path) -> dict:
     return state
 
 
+def schedule_line(model: str, numbers: PretrainSettings, start: int, stop: int) -> str:
+    """The line `pretrain` says before the first epoch: what the run will do, and that its duration follows, e.g.
+    'pretraining his4mae-tiny: epochs 1..2800 of 2800, 512 FOVs each in 8 steps of ≤ 64; the time it takes
+    follows the first epochs when it is a minute or more (--epochs or --stop-after for a shorter run)'."""
+    steps, largest = len(numbers.batch_sizes()), max(numbers.batch_sizes())
+    return (f"pretraining {model}: epochs {start + 1}..{stop} of {numbers.epochs}, {numbers.samples_per_epoch} FOVs "
+            f"each in {steps} steps of ≤ {largest}; the time it takes follows the first epochs when it is a minute "
+            "or more (--epochs or --stop-after for a shorter run)")
+
+
 def _settings(pipeline: nn.Module, config: PretrainConfig) -> PretrainSettings:
     """The run's numbers: `config`'s, the model's `config.pretrain` where it gives None (checked)."""
     model = pipeline.config.pretrain
@@ -350,6 +360,8 @@ def pretrain(
     was_training = recipe.student.training
     recipe.pretrainer.train()
     schedule = Schedule("pretraining", numbers.epochs, stop, config.checkpoint_every_epochs, 1, unit="epoch")
+    if say is not None and not quiet:
+        say(schedule_line(model.name, numbers, state[schedule.unit] if state is not None else 0, stop))
     result = run_loop(recipe, schedule, out, state, on_step=on_epoch, say=say, quiet=quiet)
     recipe.student.train(was_training)
     return PretrainReport(model=model.name, kind=model.pretrain.kind, epochs=numbers.epochs,
