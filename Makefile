@@ -3,7 +3,7 @@
 PYTHON ?= python3
 DEMO_OUT ?= demo-out
 
-.PHONY: setup test-setup demo test
+.PHONY: setup test-setup demo test check-coinstall
 
 setup:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev]"
@@ -13,11 +13,16 @@ setup:
 test-setup: setup
 	SAM2_BUILD_CUDA=0 $(PYTHON) -m pip install -q --disable-pip-version-check --no-build-isolation "sam2>=1.1"
 
+# `pip install nnunetv2` beside emseg-rt (a SAMDA user has nnU-Net): a pip dry run against the index, nothing is
+# installed; fails when it would break or downgrade anything emseg-rt needs (scripts/check_coinstall.py).
+check-coinstall: setup
+	$(PYTHON) scripts/check_coinstall.py nnunetv2
+
 demo: setup
 	$(PYTHON) -m emseg_rt demo --out $(DEMO_OUT)
 
 # One pytest worker per core (at most 4), whole files per worker so module fixtures (builds, exports) run once;
 # each worker runs torch (and the CLIs it starts) on one thread (tests/conftest.py).
-test: test-setup
+test: test-setup check-coinstall
 	@$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc

@@ -25,6 +25,7 @@ from emseg_rt.runtime.instances import (
     boundary_pairs,
     cut_plane,
     equivalence_table,
+    fill_cuts,
     label_block,
     relabel_by_first_appearance,
     watershed_block,
@@ -206,6 +207,27 @@ def test_blockwise_watershed_equals_the_whole_volume_at_once(seed):
     np.testing.assert_array_equal(whole > 0, mask)
     for block in (1, 2, 3, 4, 9):
         np.testing.assert_array_equal(blockwise_instances(mask, block, density, seeds), whole)
+
+
+def test_watershed_ids_follow_first_appearance_where_a_filled_cut_pixel_comes_first():
+    """A cut pixel takes its nearest component's ID, and that can come before the component's first uncut
+    pixel in scan order (here the plane's top-left pixels lie on a watershed line and take the ID of a
+    component that starts two rows lower). The written IDs still follow first appearance in C order, block
+    by block and across blocks, as the whole-volume reference numbers them."""
+    rng = np.random.default_rng(13)
+    plane = ndimage.gaussian_filter(rng.random((10, 12)), 1) > 0.45
+    density = ndimage.gaussian_filter(rng.random((10, 12)), 1.5).astype(np.float32)
+    density = (density - density.min()) / np.ptp(density)
+    mask, density = np.stack([np.zeros_like(plane), plane, plane]), np.stack([density] * 3)
+    seeds = WatershedSeeds(0.3, 3)
+    cut = np.stack([cut_plane(m, d, seeds) for m, d in zip(mask, density)])
+    in_cut_order = np.stack([fill_cuts(p, m) for p, m in zip(label_block(cut)[0], mask)])
+    assert not cut[1, 0, 0] and not np.array_equal(in_cut_order, first_appearance(in_cut_order))  # the case
+    expected = watershed_reference(mask, density, 0.3, 3)
+    assert expected.max() > 2
+    np.testing.assert_array_equal(watershed_block(mask, density, seeds)[0], expected)
+    for block in (1, 2, 3):
+        np.testing.assert_array_equal(blockwise_instances(mask, block, density, seeds), expected)
 
 
 def test_segment_instances_of_a_density_model_use_the_watershed(tmp_path):

@@ -22,9 +22,10 @@ the same max-pool NMS and threshold as `--prompts auto`, a plateau peak one mark
 the mask (scikit-image; components no marker reaches are pieces of their own), and the pixels on the lines
 between pieces are cut from the mask (`cut_plane`). Instances are the 3D face-connected components of the cut
 mask, computed exactly as below; each cut pixel then takes the ID of its plane's nearest labelled pixel
-(`fill_cuts`, per plane, so per block). Cuts and fills see one plane only and the cut mask alone links across
-block boundaries, so the result is independent of the block size; with no two peaks in any component it is
-exactly the components method.
+(`fill_cuts`, per plane, so per block), and each block's IDs are renumbered by first appearance of the
+filled block (a filled cut pixel can precede its component's first uncut voxel). Cuts and fills see one
+plane only and the cut mask alone links across block boundaries, so the result is independent of the block
+size; with no two peaks in any component it is exactly the components method.
 
 Resumability (`InstanceStage`): each class's stage keeps its state in the run's output (`OutputStore`), in
 the group `.emseg-rt/instances-<hash>-<class>/`, with the same done-markers the semantic blocks use
@@ -126,11 +127,16 @@ def watershed_block(mask: np.ndarray, density: np.ndarray, seeds: WatershedSeeds
     """Instances of one block, mask (N, H, W) bool and density (N, H, W) float: the 3D face-connected
     components of the mask less each plane's watershed lines (`cut_plane`), then the cut pixels filled from
     their plane's nearest component (`fill_cuts`). → (int32 IDs 1..n by first appearance, planes first; n;
-    the cut mask (N, H, W) bool, which alone links across planes)."""
+    the cut mask (N, H, W) bool, which alone links across planes).
+
+    The IDs are numbered by first appearance in the filled block, not in the cut mask: a filled cut pixel
+    can come before its component's first uncut voxel in scan order. Every component keeps its uncut voxels,
+    so the renumbering keeps 1..n, and the equivalence table (smallest provisional ID first) then numbers
+    the whole volume by first appearance too."""
     cut = np.stack([cut_plane(m, d, seeds) for m, d in zip(mask, density)])
     ids, count = label_block(cut)
     filled = np.stack([fill_cuts(plane, m) for plane, m in zip(ids, np.asarray(mask, bool))])
-    return filled, count, cut
+    return relabel_by_first_appearance(filled).astype(np.int32), count, cut
 
 
 def label_block(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -372,7 +378,7 @@ class InstanceStage:
         return offsets, table
 
     def relabel_pass(self, offsets: np.ndarray, table: np.ndarray) -> None:
-        target = zarr.open_array(str(self.image / self.spec.levels[0].path), mode="r+")
+        target = self.store.open_level0(self.image, mode="r+")
         markers = self._markers("relabelled")
         done = markers.done()
         for index, b0, b1 in self.blocks:
@@ -407,7 +413,7 @@ def instance_stage(store: OutputStore, class_name: str, blocks: Sequence[tuple[i
     spec = dataclasses.replace(layout.label_spec(), name=instance_label_name(class_name), classes=(),
                                dtype=np.dtype(np.uint32), colors=())
     parent = store.root.parent if layout.nested else store.root
-    semantic = zarr.open_array(str(store.root / layout.levels[0].path), mode="r")
+    semantic = store.open_level0(store.root)
     density = zarr.open_array(str(store.density_path), mode="r") if seeds is not None else None
     return InstanceStage(store, class_name, list(layout.classes).index(class_name) + 1, semantic, parent / spec.name,
                          spec, blocks, axis_index, run_hash, density, seeds)
