@@ -48,7 +48,8 @@ def test_output_is_an_ome_zarr_label_image(tmp_path, image, engine):
     assert report.complete and report.slices_computed == 6 and report.tiles_computed == 6 * 9
     labels_path = out  # the output root is the label image
     vol = open_volume(labels_path)
-    assert vol.shape == data.shape and vol.dtype == np.uint8 and vol.chunks == (4, 200, 200)
+    assert vol.shape == data.shape and vol.dtype == np.uint8 and vol.chunks == (1, 200, 200)
+    assert zarr.open_array(str(out / "s0"), mode="r").shards == (4, 200, 200)  # one shard per write block
     assert vol.voxel_size == (30.0, 5.0, 5.0) and vol.units == ("nanometer",) * 3
     meta = read_label_metadata(labels_path)
     assert [p["class"] for p in meta["properties"]] == list(engine.spec.classes)

@@ -46,7 +46,7 @@ BATCH = typer.Option(4, "--batch", help="Tiles per backend call.")
 HALO = typer.Option(None, "--halo", help="Context pixels per tile side (default: tile/8).")
 BLEND = typer.Option("center", "--blend", help="center (crop) | gaussian (weighted logits)")
 AXIS = typer.Option("z", "--axis", help="Slice perpendicular to z | y | x.")
-BLOCK = typer.Option(8, "--block", help="Slices per write block (= output chunk depth, resume unit).")
+BLOCK = typer.Option(8, "--block", help="Slices per write block (= output shard or chunk depth, resume unit).")
 KEY = typer.Option(None, "--key", help="Array inside a zarr group.")
 LEVEL = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0).")
 LABEL_NAME = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Label image name (its labels/ name with --into-input).")
@@ -75,6 +75,9 @@ INSTANCES = typer.Option(None, "--instances", help="Also write instances of thes
     "a watershed seeded by density peaks on prompt-das-* models.")
 PART = typer.Option(None, "--part", help="Folder or pattern input: segment only share K of N of the "
     "sorted files (K/N, e.g. 1/4), to split them over N jobs.")
+SHARDS = typer.Option(True, "--shards/--no-shards", help="Zarr v3 outputs: one shard file per write block "
+    "(labels, levels, probabilities, run state), holding 1 x 256 x 256 chunks for viewers (default); "
+    "--no-shards: one file per chunk, as before.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary.")
 
 
@@ -109,6 +112,7 @@ def segment_command(
     tta: bool = TTA,
     instances: Optional[str] = INSTANCES,
     part: Optional[str] = PART,
+    shards: bool = SHARDS,
     quiet: bool = QUIET,
 ) -> None:
     """Segment organelles in a 3D EM volume into an OME-Zarr label image (OUT itself, or IN/labels/<name>)."""
@@ -121,10 +125,9 @@ def segment_command(
         batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite,
         probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
         into_input=into_input, window=window, progress=not quiet, report=report,
-        say=None if quiet else (lambda message: typer.echo(message, err=True)),
-        allow_missing_chunks=allow_missing_chunks, dask=dask,
-        prompts=None if prompts is None else (prompts if prompts == "auto" else Path(prompts)), tta=tta,
-        instances=instances, peak_threshold=peak_threshold)
+        say=None if quiet else (lambda message: typer.echo(message, err=True)), dask=dask,
+        allow_missing_chunks=allow_missing_chunks, tta=tta, instances=instances, peak_threshold=peak_threshold,
+        prompts=None if prompts is None else (prompts if prompts == "auto" else Path(prompts)), shards=shards)
     files = folder_inputs(input)
     if files is not None:
         _segment_folder(files, out, parse_part(part), choices, quiet)

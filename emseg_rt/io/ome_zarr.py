@@ -56,7 +56,9 @@ def default_colors(num_classes: int) -> list[tuple[int, int, int, int]]:
 @dataclass(frozen=True)
 class LabelImageSpec:
     """Everything `create_ome_group` writes for one image or label image. `chunks` are s0's (as given); lower
-    levels use min(chunks, shape). `classes` name label values 1..K (empty: instance IDs, or an image)."""
+    levels use min(chunks, shape). `classes` name label values 1..K (empty: instance IDs, or an image).
+    `shards`: s0's shard shape (zarr v3's sharding codec; each a multiple of `chunks`, which are then the chunks
+    inside a shard); None: one file per chunk. Lower levels: `level_chunking`."""
 
     name: str
     axes: str
@@ -67,10 +69,23 @@ class LabelImageSpec:
     chunks: tuple[int, ...]
     version: str = OME_VERSION
     colors: tuple[tuple[int, int, int, int], ...] | None = None
+    shards: tuple[int, ...] | None = None
 
     @property
     def zarr_format(self) -> int:
         return ZARR_FORMAT[self.version]
+
+    def level_chunking(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        """(chunks, shards) of level `index`: s0's as given; a lower level's chunks are min(chunks, its shape)
+        and its shards min(shards, its shape) rounded up to whole chunks (an axis that one s0 shard spans whole
+        is spanned whole at every level; the slicing axis keeps s0's shard depth)."""
+        if index == 0:
+            return self.chunks, self.shards
+        shape = self.levels[index].shape
+        chunks = tuple(min(c, s) for c, s in zip(self.chunks, shape))
+        if self.shards is None:
+            return chunks, None
+        return chunks, tuple(-(-min(h, s) // c) * c for h, s, c in zip(self.shards, shape, chunks))
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -156,7 +171,8 @@ def labels_group_attributes(names: Sequence[str], version: str) -> dict:
 
 def create_array(group: zarr.Group, name: str, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
                  dimension_names: Sequence[str] | None, zarr_format: int, **options: Any) -> zarr.Array:
-    """An empty array in `group` with OME-Zarr's chunk-key rules: v3 default encoding, v2 with '/' separators."""
+    """An empty array in `group` with OME-Zarr's chunk-key rules: v3 default encoding, v2 with '/' separators.
+    options: passed to zarr (e.g. `shards=(8, 1024, 1024)`, v3 only: `chunks` are then the chunks inside a shard)."""
     if zarr_format == 2:
         return group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks), fill_value=0,
                                   chunk_key_encoding={"name": "v2", "separator": "/"}, **options)
@@ -168,13 +184,14 @@ def create_ome_group(path: Path, spec: LabelImageSpec, *, source_image: str | No
                      extra_attributes: dict | None = None, image_label: bool = True,
                      library: bool = False) -> list[zarr.Array]:
     """Create the (label) image group at `path`, its attributes (`ome_attributes` + `extra_attributes`) and
-    every level's empty array (overwriting any); returns the arrays, s0 first."""
+    every level's empty array (overwriting any; sharded when `spec.shards`); returns the arrays, s0 first."""
     group = zarr.open_group(str(path), mode="a", zarr_format=spec.zarr_format)
     arrays = []
     for index, level in enumerate(spec.levels):
-        chunks = spec.chunks if index == 0 else tuple(min(c, s) for c, s in zip(spec.chunks, level.shape))
+        chunks, shards = spec.level_chunking(index)
+        sharding = {"shards": shards} if shards is not None else {}
         arrays.append(create_array(group, level.path, level.shape, spec.dtype, chunks, list(spec.axes),
-                                   spec.zarr_format, overwrite=True))
+                                   spec.zarr_format, overwrite=True, **sharding))
     attrs = ome_attributes(spec, source_image, image_label=image_label, library=library)
     group.attrs.update({**attrs, **(extra_attributes or {})})
     return arrays
@@ -245,9 +262,10 @@ def _library_spec(shape: Sequence[int], axes: str, dtype: Any, *, name: str | No
 
 
 def _fill(path: Path, spec: LabelImageSpec, array: Any) -> None:
-    """Write `array` into s0 of the group at `path`, whole chunks along axis 0 at a time, then the lower levels."""
+    """Write `array` into s0 of the group at `path`, whole chunks (shards) along axis 0 at a time, then the lower
+    levels."""
     target = zarr.open_array(str(path / spec.levels[0].path), mode="r+")
-    step = target.chunks[0]
+    step = (target.shards or target.chunks)[0]
     for start in range(0, array.shape[0], step):
         target[start:start + step] = np.asarray(array[start:start + step])
     write_lower_levels(path, spec.levels, range(1, len(spec.levels)))

@@ -84,8 +84,9 @@ def levels_like_image(image: zarr.Group, multiscale: dict, shape: Sequence[int])
 def write_lower_levels(group_path: Path, levels: Sequence[Level], indices: Sequence[int],
                        max_bytes: int = 256 * 2**20) -> None:
     """Fill levels[i] for i in `indices` (each ≥ 1) of the group at `group_path` from its levels[0] by
-    nearest-centre sampling (`Level.source_indices`), whole target chunks along axis 0 at a time, reading at
-    most ~`max_bytes` of s0 per slab."""
+    nearest-centre sampling (`Level.source_indices`), whole target chunks (whole shards of a sharded level, so
+    each shard is written once, in one piece) along axis 0 at a time, reading at most ~`max_bytes` of s0 per
+    slab (or one shard's worth when that is more)."""
     group = zarr.open_group(str(group_path), mode="r+")
     base = levels[0]
     source = group[base.path]
@@ -95,7 +96,8 @@ def write_lower_levels(group_path: Path, levels: Sequence[Level], indices: Seque
         picks = [level.source_indices(base, axis) for axis in range(len(level.shape))]
         plane_bytes = int(np.prod(source.shape[1:])) * source.dtype.itemsize
         span = max(1, int(np.ceil(base.shape[0] / max(level.shape[0], 1))))
-        rows = max(target.chunks[0], (max_bytes // max(plane_bytes * span, 1)) // target.chunks[0] * target.chunks[0])
+        unit = (target.shards or target.chunks)[0]
+        rows = max(unit, (max_bytes // max(plane_bytes * span, 1)) // unit * unit)
         for start in range(0, level.shape[0], rows):
             stop = min(start + rows, level.shape[0])
             first = picks[0][start:stop]

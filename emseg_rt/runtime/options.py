@@ -16,10 +16,12 @@ class SegmentOptions:
     """How to tile, batch, write and resume (everything but the model and the backend).
 
     halo:   context pixels per tile side (None: tile // 8); blend: 'center' crop or 'gaussian' weighting.
-    axis:   the axis planes are perpendicular to; block: planes per write block (= output chunk depth).
+    axis:   the axis planes are perpendicular to; block: planes per write block (= output shard, or chunk, depth).
     levels: pyramid levels of the label image (None: from the plane size); into_input: write the label
             image into the input image's labels/<label_name>.
     tta:    rotation test-time augmentation: every tile run turned by 0, 90, 180 and 270°, logits averaged.
+    shards: zarr v3 outputs hold one shard file per write block (of chunks viewers read); False: one file per
+            chunk (`--no-shards`; zarr v2 outputs never shard).
     """
 
     batch: int = 4
@@ -35,6 +37,7 @@ class SegmentOptions:
     levels: int | None = None
     into_input: bool = False
     tta: bool = False
+    shards: bool = True
 
     def validate(self) -> SegmentOptions:
         """EmsegError naming the option when one is out of range; returns self."""

@@ -18,9 +18,14 @@ The output root is an OME-Zarr label image (docs/runtime.md "Output layout" says
 With `--into-input` the same label image is `IN.zarr/labels/<name>`, in the input's zarr format and
 OME-Zarr version, and its name joins the `labels` list only once it is complete.
 
+Zarr v3 outputs are sharded (unless `--no-shards`): every level of a label image, the probabilities and the
+density hold one shard file per write block (`OutputLayout.shards`), each written whole by the one writer of
+that block; the chunks inside a shard are what viewers read. The done-markers stay one small file per item.
+
 The run record is written first (one atomic file), so a directory is recognisably ours before anything else
-is in it (`runtime.claim`). A block's marker is written only after all its chunks are, so a crash leaves at
-worst a block without its marker, redone on resume; the root says "complete" only once every block and
+is in it (`runtime.claim`). A block's marker is written only after all its chunks (shards) are, so a crash
+leaves at worst a block without its marker, redone on resume (zarr writes each chunk or shard file to a
+temporary name and renames it, so no file is ever half written; a kill leaves at most a `.partial` file); the root says "complete" only once every block and
 every level has its marker. The record holds the input's fingerprint: a resume refuses an input that changed.
 """
 
@@ -30,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +111,9 @@ class OutputLayout:
     the pyramid levels (s0 first), the number of write blocks. `nested`: the label image sits in an image's
     `labels/` (`--into-input`). `planar`: a 2D image run as one plane (shape (1, Y, X)); its label image (and
     probabilities) drop the z axis: (Y, X) levels, axes y, x (`image_levels`, `label_spec`), written through a
-    `PlaneStack` so blocks and instances index it as (1, Y, X)."""
+    `PlaneStack` so blocks and instances index it as (1, Y, X). `shards`: s0's shard shape (Z, Y, X), one write
+    block deep and spanning the plane, `chunks` then being the chunks inside it (`plan.output_chunking`); None:
+    one file per chunk (zarr v2, `--no-shards`)."""
 
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
@@ -122,6 +130,7 @@ class OutputLayout:
     nested: bool = False
     density: bool = False  # keep the model's density per voxel in the run state (the instance watershed)
     planar: bool = False
+    shards: tuple[int, ...] | None = None
 
     @property
     def zarr_format(self) -> int:
@@ -140,7 +149,8 @@ class OutputLayout:
     def label_spec(self) -> LabelImageSpec:
         return LabelImageSpec(name=self.label_name, axes="".join(self._image(tuple(self.axes))),
                               units=self._image(tuple(self.units)), classes=self.classes, levels=self.image_levels,
-                              dtype=self.label_dtype, chunks=self._image(self.chunks), version=self.version)
+                              dtype=self.label_dtype, chunks=self._image(self.chunks), version=self.version,
+                              shards=None if self.shards is None else self._image(self.shards))
 
     def volume_view(self, image_array: Any, axis: int = 0) -> Any:
         """An array of the label image as the run indexes it, (Z, Y, X): itself, or for a planar run a
@@ -185,7 +195,8 @@ class OutputStore:
         if layout.probabilities:
             self.probabilities = self._create_probabilities()
         if layout.density:
-            self.density = self.create_state_array(self._density_name, layout.shape, np.uint8, layout.chunks)
+            self.density = self.create_state_array(self._density_name, layout.shape, np.uint8, layout.chunks,
+                                                   layout.shards)
         self.block_markers.create(layout.blocks)
 
     @property
@@ -204,11 +215,14 @@ class OutputStore:
         zarr.open_group(str(self.state / name), mode="a", zarr_format=self.layout.zarr_format)
         return self.state / name
 
-    def create_state_array(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
-        """An empty array `name` of the run state (replacing any), e.g. "density-<hash>", "<group>/counts"."""
+    def create_state_array(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...],
+                           shards: tuple[int, ...] | None = None) -> Any:
+        """An empty array `name` of the run state (replacing any), e.g. "density-<hash>", "<group>/counts";
+        sharded when `shards` is given (zarr v3)."""
         group = zarr.open_group(str((self.state / name).parent), mode="r+")
+        sharding = {"shards": shards} if shards is not None else {}
         return create_array(group, (self.state / name).name, shape, dtype, chunks, None, self.layout.zarr_format,
-                            overwrite=True)
+                            overwrite=True, **sharding)
 
     def state_array(self, name: str) -> Any:
         """The run state's array `name`, open for reading and writing."""
@@ -249,7 +263,8 @@ class OutputStore:
         s0, image = layout.image_levels[0], layout.label_spec()
         spec = LabelImageSpec(name="probabilities", axes="c" + image.axes, units=(None,) + image.units,
                               classes=(), dtype=np.dtype(np.uint8), chunks=(1,) + image.chunks,
-                              version=layout.version,
+                              version=layout.version,  # a block's K classes in one shard
+                              shards=None if image.shards is None else (len(layout.classes),) + image.shards,
                               levels=(Level("s0", (len(layout.classes),) + s0.shape, (1.0,) + s0.scale,
                                             (0.0,) + s0.translation),))
         attrs = {"emseg_rt": {"classes": list(layout.classes), "scale": "sigmoid(logit) * 255"}}
@@ -318,10 +333,11 @@ class OutputStore:
 
     def write_block(self, index: int, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None,
                     density: np.ndarray | None, input_digest: bytes) -> None:
-        """Write one block's whole chunks, then its done-marker (never the other way round), which records
+        """Write one block's whole chunks (shards), then its done-marker (never the other way round), which records
         `input_digest`, the digest of the input planes the block was computed from. density: the block's
         (Z, Y, X) float density (layout.density), stored as uint8 round(clip(d, 0, 1)·255)."""
         try:
+            self._discard_shards(region)
             self.labels[region] = labels
             if self.probabilities is not None and probabilities is not None:
                 self.probabilities[(slice(None),) + region] = probabilities
@@ -330,6 +346,25 @@ class OutputStore:
             self.mark_done(index, input_digest)
         except OSError as exc:
             raise _write_error(self.root, exc) from exc
+
+    def _discard_shards(self, region: tuple[slice, ...]) -> None:
+        """Delete the shard files of the block at `region` (one per array: shards span the plane) before they
+        are written: zarr merges a write into the shard it finds, so a shard an earlier, killed attempt left
+        (whole, as zarr renames each into place; torn only on a store without atomic renames, which zarr's
+        checksummed shard index refuses) never enters the rewrite, whose bytes then equal an uninterrupted
+        run's. Keys are zarr v3's default encoding, c/i/j/k, as `create_array` makes them."""
+        layout = self.layout
+        if layout.shards is None:
+            return
+        shard = tuple((s.start or 0) // depth for s, depth in zip(region, layout.shards))
+        image = "/".join(map(str, layout._image(shard)))
+        paths = [self.root / layout.levels[0].path / "c" / image]
+        if self.probabilities is not None:
+            paths.append(self.root / "probabilities" / "s0" / "c" / "0" / image)
+        if self.density is not None:
+            paths.append(self.density_path / "c" / "/".join(map(str, shard)))
+        for path in paths:
+            path.unlink(missing_ok=True)
 
     def mark_done(self, index: int, input_digest: bytes) -> None:
         """Write block `index`'s done-marker, the digest of its input (its chunks must be written already)."""
@@ -343,6 +378,8 @@ class OutputStore:
         pending = [i for i in range(1, len(self.layout.levels)) if i not in done]
         for index in pending:
             try:
+                if self.layout.shards is not None:  # written whole again: nothing a killed attempt left is merged
+                    shutil.rmtree(self.root / self.layout.levels[index].path / "c", ignore_errors=True)
                 write_lower_levels(self.root, self.layout.image_levels, [index])
                 markers.mark(index)
             except OSError as exc:
@@ -379,6 +416,9 @@ def config_difference(previous: Any, config: dict) -> str:
     parts = [f"{k}: {_short(get(previous, k))} then, {_short(get(config, k))} now" for k in keys[:3]]
     if "threads" in keys:
         parts.append("set OMP_NUM_THREADS to the thread count it was started with")
+    if "shards" in keys and ("shards" in previous) != ("shards" in config):
+        parts.append("pass --no-shards to resume an output written without shards" if "shards" not in previous
+                     else "leave out --no-shards to resume an output written with shards")
     return "; ".join(parts) or "same options, other hash"
 
 

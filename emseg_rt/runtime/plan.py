@@ -25,6 +25,12 @@ from emseg_rt.runtime.slab import SlabSettings
 from emseg_rt.runtime.target import OutputTarget
 from emseg_rt.tiling import plan_tiles
 
+# The chunks inside a shard: one plane along the slicing axis and 256 × 256 in it. A viewer browsing planes
+# (napari, neuroglancer's cross-sections) reads exactly the plane it shows, in 64 KiB (uint8) pieces that a
+# screen tile maps onto; neuroglancer and ome-zarr-py read chunks of a sharded zarr v3 array directly.
+SHARD_INNER_PLANE = 1
+SHARD_INNER_TILE = 256
+
 
 class RunPlan:
     """The tile plan, blocks, layout, block job and configuration of one run of `engine` over `volume`."""
@@ -134,6 +140,8 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
         config["tta"] = "rot90x4"
     if run.planar:  # a 2D image: its label image is 2D
         config["planar"] = True
+    if run.layout.shards is not None:  # sharded outputs (zarr v3, the default): a resume never mixes layouts
+        config["shards"] = {"shard": list(run.layout.shards), "chunks": list(run.layout.chunks)}
     if choices.instances:  # runs with --instances only
         config["instances"] = {"classes": list(choices.instances), "method": "connected components, face"}
         if choices.seeds is not None:  # density models: their watershed and its density store
@@ -145,12 +153,28 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
 def _layout(volume: Any, options: SegmentOptions, shape: tuple[int, ...], axis_index: int,
             classes: tuple[str, ...], target: OutputTarget, blocks: int, density: bool = False) -> OutputLayout:
     """The label image's layout: the input's axes, scale, translation and units (none invented), `target`'s
-    levels, zarr format and OME-Zarr version; chunks aligned to write blocks."""
+    levels, zarr format and OME-Zarr version; chunks (or shards) aligned to write blocks."""
     axes = "".join(volume.axes) if len(volume.axes) == 3 and set(volume.axes) <= set(AXES) else "zyx"
     units = tuple(volume.units) if len(volume.units) == 3 else (None, None, None)
-    chunks = tuple(min(options.block, s) if i == axis_index else min(s, 1024) for i, s in enumerate(shape))
+    sharded = options.shards and target.version != "0.4"  # zarr v2 (OME-Zarr 0.4) has no shards
+    chunks, shards = output_chunking(shape, axis_index, options.block, sharded)
     return OutputLayout(shape=shape, chunks=chunks, classes=classes, label_dtype=label_dtype(len(classes)),
                         label_name=options.label_name, voxel_size=target.levels[0].scale, units=units, axes=axes,
                         probabilities=options.probabilities, levels=target.levels, blocks=blocks,
                         version=target.version, nested=target.nested, density=density,
-                        planar=bool(volume.planar))
+                        planar=bool(volume.planar), shards=shards)
+
+
+def output_chunking(shape: tuple[int, ...], axis_index: int, block: int,
+                    sharded: bool) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(chunks, shards) of s0 (Z, Y, X) for write blocks of `block` planes along `axis_index`.
+
+    Sharded: one shard per write block, `block` planes deep and spanning the whole plane (rounded up to whole
+    chunks; zarr clips it at the array's edge), so the one writer of a block writes its shard whole, in one
+    file write; chunks inside it (1, 256, 256) (`SHARD_INNER_TILE`, clipped to the shape). Unsharded: chunks
+    `block` planes deep and at most 1024 × 1024 in the plane, one file each."""
+    if not sharded:
+        return tuple(min(block, s) if i == axis_index else min(s, 1024) for i, s in enumerate(shape)), None
+    chunks = tuple(SHARD_INNER_PLANE if i == axis_index else min(s, SHARD_INNER_TILE) for i, s in enumerate(shape))
+    shards = tuple(min(block, s) if i == axis_index else -(-s // c) * c for i, (s, c) in enumerate(zip(shape, chunks)))
+    return chunks, shards

@@ -48,7 +48,7 @@ class SegmentRequest:
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
     device:  'auto' (a CUDA GPU when torch sees one, else the CPU; `runtime.devices`), 'cpu', 'cuda[:N]'.
     precision: 'fp32', 'fp16' or 'bf16' (bf16 on the torch backend only).
-    options: tiling, batching, blocks, pyramid levels and resume (`SegmentOptions`).
+    options: tiling, batching, blocks, shards, pyramid levels and resume (`SegmentOptions`).
     allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
     dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),
              the same computation and output as without it.
