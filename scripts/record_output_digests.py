@@ -16,6 +16,8 @@ What is pinned, and what is left out, found by running every case twice and diff
 - `.emseg-rt/instances-*/` (the instance stage's scratch: provisional IDs, boundary pairs, equivalence table
   and its own done markers) is left out: issue 24 moves that stage's done markers and status onto the output's
   own, so its bookkeeping may change; the instance label images it writes (`<class>_instances/`) are compared.
+- `.emseg-rt/status/` (the run's status for `emseg-rt status`: start and update times, rate, pid, host and
+  the final report) is left out: it differs every run by design.
 - The `--report` JSON is not compared byte for byte: it holds wall times, throughputs, the backend's idle
   fraction and absolute paths. It is recorded (`report.json#content`) with the timing keys dropped
   (`*_seconds`, `*_per_second`, VARYING_REPORT_KEYS) and the work directory replaced by `<work>`.
@@ -47,6 +49,9 @@ import numpy as np
 # A file is left out when a directory on its path is named EXCLUDED_PREFIX* inside a `.emseg-rt` directory
 # (the instance stage's scratch; see the module docstring).
 EXCLUDED_PREFIX = "instances-"
+# ... and the group of this name directly inside a `.emseg-rt` directory: the run's status (times, rate, pid,
+# host, the final report; `emseg_rt.runtime.status`), different every run by design.
+EXCLUDED_STATUS_GROUP = "status"
 # Keys of the --report JSON whose values differ run to run besides `*_seconds` and `*_per_second`.
 VARYING_REPORT_KEYS = ("backend_idle_fraction",)
 PINNED_MTIME_NS = 1_600_000_000 * 10**9  # every input file's mtime (the run record fingerprints it)
@@ -60,9 +65,10 @@ def sha256(data: bytes) -> str:
 
 
 def excluded(relative: Path) -> bool:
-    """True for files under `.emseg-rt/instances-*/` anywhere in the tree."""
+    """True for files under `.emseg-rt/instances-*/` and `.emseg-rt/status/`, anywhere in the tree."""
     parts = relative.parts
-    return any(a == ".emseg-rt" and b.startswith(EXCLUDED_PREFIX) for a, b in zip(parts, parts[1:-1]))
+    return any(a == ".emseg-rt" and (b.startswith(EXCLUDED_PREFIX) or b == EXCLUDED_STATUS_GROUP)
+               for a, b in zip(parts, parts[1:-1]))
 
 
 def digest_tree(root: Path, placeholders: dict[str, str] | None = None) -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-import warnings
 
 import typer
 
@@ -27,6 +26,7 @@ from emseg_rt.cli import (  # noqa: F401  (each module registers its commands on
     phantom_cmd,
     pretrain_cmd,
     segment_cmd,
+    status_cmd,
     train_cmd,
 )
 from emseg_rt.cli.app import app
@@ -40,9 +40,6 @@ USAGE_EXIT = 2
 
 def main() -> None:
     """Console-script entry point: run the app; one `emseg-rt: error: ...` line and exit 2 for a user's error."""
-    # timm <= 1.0.22 (what nnU-Net v2's dynamic-network-architectures caps it to) decorates a class of a model we
-    # never build (hrnet) with torch.jit.interface, which torch 2.14 warns about in two lines on every import
-    warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
     try:
         code = app(standalone_mode=False)  # typer raises its usage errors here instead of printing them
     except EmsegError as exc:

@@ -16,16 +16,21 @@
     labels = segment_array(load_backend("scsam-tiny", "torch"), volume)   # in-memory (Z, Y, X) uint8
 """
 
-from emseg_rt.runtime.backends.base import BACKENDS, PRECISIONS, Backend, BackendSpec
-from emseg_rt.runtime.batch import segment_files
-from emseg_rt.runtime.labels import segment_labels
-from emseg_rt.runtime.loader import default_model_name, load_backend
-from emseg_rt.runtime.options import SegmentOptions
-from emseg_rt.runtime.report import SegmentReport
-from emseg_rt.runtime.request import SegmentRequest
-from emseg_rt.runtime.segment import run_segment, segment_volume
-from emseg_rt.runtime.slab import segment_array, segment_slab, tile_batches
+from importlib import import_module
+from typing import Any
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendSpec", "SegmentOptions", "SegmentReport", "SegmentRequest",
-           "default_model_name", "load_backend", "run_segment", "segment_array", "segment_files", "segment_labels",
-           "segment_slab", "segment_volume", "tile_batches"]
+# Name → the submodule that defines it, imported on first access (PEP 562), so that a light module of the runtime
+# (`runtime.status`, which `emseg-rt status` reads) loads without torch and the backends.
+_PUBLIC = {"BACKENDS": "backends.base", "PRECISIONS": "backends.base", "Backend": "backends.base",
+           "BackendSpec": "backends.base", "segment_files": "batch", "segment_labels": "labels",
+           "default_model_name": "loader", "load_backend": "loader", "SegmentOptions": "options",
+           "SegmentReport": "report", "SegmentRequest": "request", "run_segment": "segment",
+           "segment_volume": "segment", "segment_array": "slab", "segment_slab": "slab", "tile_batches": "slab"}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_PUBLIC[name]}"), name)

@@ -2,9 +2,10 @@
 
 The jobs live in their own modules: `request` (what the user asked, checked once), `plan` (tile plan, blocks,
 layout, configuration), `block` (the unit of work and the one driver that computes it), `output` (the output
-directory, its arrays and done-markers), `stream` (reader / compute / writer threads), `distributed` (Dask) and
-`progress` (the one reporter). This module opens the input and the output and schedules the pending blocks:
-on threads here, or one Dask task per block.
+directory, its arrays and done-markers), `stream` (reader / compute / writer threads), `distributed` (Dask),
+`progress` (the one reporter) and `status` (OUT/.emseg-rt/status/, what `emseg-rt status` prints). This
+module opens the input and the output and schedules the pending blocks: on threads here, or one Dask task per
+block.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from emseg_rt.runtime.prompts import PointSet, check_points_inside, fractional_n
 from emseg_rt.runtime.reference import reference_window
 from emseg_rt.runtime.report import SegmentReport
 from emseg_rt.runtime.request import SegmentRequest, Say, check_against, open_backend
+from emseg_rt.runtime.status import StatusKeeper
 from emseg_rt.runtime.stream import run_stream
 from emseg_rt.runtime.target import OutputTarget, plan_target
 
@@ -71,12 +73,13 @@ def segment_volume(
     tta: bool = False,
     instances: str | Sequence[str] | None = None,
     peak_threshold: float | None = None,
+    shards: bool = True,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport (a 2D image:
     as one plane, into a 2D label image, axes y, x). Many files, one output each: `runtime.batch.segment_files`.
 
     The keywords are the fields of `SegmentRequest` (documented there); batch, halo, blend, axis, block, resume,
-    overwrite, probabilities, label_name, levels, into_input, prefetch and tta are its `SegmentOptions`. What
+    overwrite, probabilities, label_name, levels, into_input, prefetch, tta and shards are its `SegmentOptions`. What
     `overwrite`, `resume` and the output lock guarantee: `runtime.claim`. In-memory labels: `segment_labels`.
     """
     return run_segment(SegmentRequest.from_keywords(
@@ -85,7 +88,7 @@ def segment_volume(
         probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
         into_input=into_input, window=window, progress=progress, report=report, prefetch=prefetch, say=say,
         allow_missing_chunks=allow_missing_chunks, dask=dask, prompts=prompts, tta=tta, instances=instances,
-        peak_threshold=peak_threshold))
+        peak_threshold=peak_threshold, shards=shards))
 
 
 def run_segment(request: SegmentRequest) -> SegmentReport:
@@ -103,11 +106,18 @@ def run_segment(request: SegmentRequest) -> SegmentReport:
     target = plan_target(source, volume, request.output, options, request.level)
     claim = claim_output(target.output, source if isinstance(source, Path) else None, resume=options.resume,
                          overwrite=options.overwrite, into_input=options.into_input, lock_path=target.lock)
+    status = StatusKeeper(claim.target, claim.output)  # OUT/.emseg-rt/status/ (`emseg-rt status OUT`)
     try:
-        rep = _segment_claimed(request, claim, volume, (norm, where), target, t_start)
+        rep = _segment_claimed(request, claim, volume, (norm, where), target, t_start, status)
         if rep.complete:
+            status.complete(rep.to_dict())  # in the staged output with --overwrite: it moves with it
             claim.commit()  # --overwrite: the new output replaces the old one only now, in one rename
             target.register(tuple(instance_label_name(c) for c in rep.instances))
+        else:
+            status.incomplete()
+    except (Exception, KeyboardInterrupt) as exc:  # a kill leaves "running" with a pid that is gone
+        status.fail(exc)
+        raise
     finally:
         claim.release()
     rep.wall_seconds = time.perf_counter() - t_start
@@ -117,7 +127,7 @@ def run_segment(request: SegmentRequest) -> SegmentReport:
 
 
 def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, read_as: tuple[Any, str],
-                     target: OutputTarget, t_start: float) -> SegmentReport:
+                     target: OutputTarget, t_start: float, status: StatusKeeper) -> SegmentReport:
     """Load the backend, open or create the output at `claim.target`, compute every pending block (here, or one
     task per block on a Dask cluster), then the pyramid and the instances. read_as: (normalisation, name)."""
     notes: list[str] = []
@@ -138,7 +148,7 @@ def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, r
                          " ".join(notes))
         store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume))
         check_finished_inputs(run, store, volume.array, note)
-        tally = _Tally(run, store, rep, request)
+        tally = _Tally(run, store, rep, request, status)
         if request.dask is None:
             tally.timed(lambda pending: _run_on_threads(engine, volume.array, run, store, tally, pending))
     finally:
@@ -172,8 +182,9 @@ class _Tally:
     """The schedulers' common bookkeeping: the pending blocks, one progress reporter, and the report's counters
     (blocks, planes, voxels, tiles, label and prompt counts, stage timings) from each block's summary."""
 
-    def __init__(self, run: RunPlan, store: OutputStore, rep: SegmentReport, request: SegmentRequest) -> None:
-        self.run, self.rep, self.request = run, rep, request
+    def __init__(self, run: RunPlan, store: OutputStore, rep: SegmentReport, request: SegmentRequest,
+                 status: StatusKeeper) -> None:
+        self.run, self.rep, self.request, self.status = run, rep, request, status
         done_before = store.done_blocks()
         self.pending = [b for b in run.blocks if b[0] not in done_before]
         rep.blocks_done_before = len(done_before)
@@ -185,6 +196,8 @@ class _Tally:
         self.progress = Progress("segment", run.depth, done=run.depth - pending_planes, say=request.say,
                                  enabled=request.progress and bool(self.pending),
                                  per_unit=(run.plane_voxels / 1e6, "Mvox"))
+        status.start(run.hash, (len(run.blocks) - len(self.pending), len(run.blocks)),
+                     (run.depth - pending_planes, run.depth))
 
     def timed(self, schedule: Any) -> None:
         """Run `schedule(pending blocks)`, timing the loop; then the counts into the report."""
@@ -208,6 +221,7 @@ class _Tally:
         for stage, seconds in summary.timings.items():
             self.timings[stage] += seconds
         self.progress.advance(summary.planes)
+        self.status.advance(summary.planes)
 
     def _finish(self) -> None:
         rep, run, counts = self.rep, self.run, self.prompt_counts
