@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.models.samda_checkpoint import samda_format
+from emseg_rt.models.timm_parts import resample_abs_pos_embed
 
 MAE_SKIPPED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")
 SAM_TOP_LEVEL = ("image_encoder.", "prompt_encoder.", "mask_decoder.")

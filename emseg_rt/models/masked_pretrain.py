@@ -28,12 +28,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import build_sincos2d_pos_embed
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from emseg_rt.models.configs import FovEncoderConfig, MaskedPretrainConfig, PipelineConfig
 from emseg_rt.models.fov_encoder import FovEncoder
+from emseg_rt.models.timm_parts import Block, build_sincos2d_pos_embed
 
 KINDS = ("maester", "his4mae")
 

@@ -13,10 +13,10 @@ import re
 
 import torch
 from segment_anything.modeling.common import LayerNorm2d
-from timm.models.tiny_vit import TinyVit
 from torch import nn
 
 from emseg_rt.models.configs import TinyVitEncoderConfig
+from emseg_rt.models.timm_parts import TinyVit
 
 
 class TinyVitTrunk(nn.Module):

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from emseg_rt.models.timm_parts import VisionTransformer
 
 
 class VitShape(Protocol):
