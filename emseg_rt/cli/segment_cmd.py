@@ -49,6 +49,9 @@ AXIS = typer.Option("z", "--axis", help="Slice perpendicular to z | y | x.")
 BLOCK = typer.Option(8, "--block", help="Slices per write block (= output shard or chunk depth, resume unit).")
 KEY = typer.Option(None, "--key", help="Array inside a zarr group.")
 LEVEL = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0).")
+ROI = typer.Option(None, "--roi", help="Segment only this box of the input, in voxels: z0:z1,y0:y1,x0:x1 (y0:y1,x0:x1 "
+    "for a 2D image; an empty bound is the edge, e.g. 100:300,:,:). The label image has the box's shape and starts "
+    "at its first voxel; intensities are mapped as for the whole volume.")
 LABEL_NAME = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Label image name (its labels/ name with --into-input).")
 RESUME = typer.Option(False, "--resume", help="Finish an interrupted run of the same configuration.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
@@ -100,6 +103,7 @@ def segment_command(
     block: int = BLOCK,
     key: Optional[str] = KEY,
     level: Optional[int] = LEVEL,
+    roi: Optional[str] = ROI,
     label_name: str = LABEL_NAME,
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
@@ -123,7 +127,7 @@ def segment_command(
     choices = dict(
         model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision,
         batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite,
-        probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
+        probabilities=probabilities, key=key, level=level, roi=roi, label_name=label_name, levels=levels,
         into_input=into_input, window=window, progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)), dask=dask,
         allow_missing_chunks=allow_missing_chunks, tta=tta, instances=instances, peak_threshold=peak_threshold,
@@ -136,12 +140,15 @@ def segment_command(
         raise EmsegError(f"--part splits the files of a folder or glob pattern over jobs; {input} is one input")
     result = run_segment(SegmentRequest.from_keywords(input, out, **choices))
     if not quiet:
-        typer.echo(
-            f"{result.label_path}: {result.slices_computed} slices in {result.wall_seconds:.1f} s "
+        typer.echo(_summary(result))
+
+
+def _summary(result) -> str:
+    """The line a finished run prints: where, how many slices, how fast, on which backend."""
+    return (f"{result.label_path}: {result.slices_computed} slices in {result.wall_seconds:.1f} s "
             f"({result.slices_per_second:.2f} slices/s, backend {result.backend}, "
-            f"idle {result.backend_idle_fraction:.0%})" + (f"; {result.blocks_done_before} blocks were already done"
-                                                           if result.blocks_done_before else "")
-        )
+            f"idle {result.backend_idle_fraction:.0%})"
+            + (f"; {result.blocks_done_before} blocks were already done" if result.blocks_done_before else ""))
 
 
 def _segment_folder(files: list, out: Optional[Path], part: tuple[int, int], choices: dict, quiet: bool) -> None:

@@ -361,6 +361,56 @@ class PlaneStack(_ArrayView):
         return f"<PlaneStack shape={self.shape} of {self._base!r}>"
 
 
+class RegionView(_ArrayView):
+    """`base` seen through a box: index i along axis a reads base index box[a][0] + i, for i < box[a][1] -
+    box[a][0]. `segment --roi` runs a region of a volume as if it were the whole volume (`crop_volume`)."""
+
+    def __init__(self, base: Any, box: Sequence[tuple[int, int]]) -> None:
+        self._base, self._box = base, tuple((int(a), int(b)) for a, b in box)
+        self.shape = tuple(b - a for a, b in self._box)
+        self.dtype = np.dtype(base.dtype)
+        self.chunks = tuple(getattr(base, "chunks", None) or base.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        base_index = []
+        for i, (start, _), n in zip(_full_index(index, self.ndim), self._box, self.shape):
+            if isinstance(i, slice):
+                first, stop, step = i.indices(n)
+                if step < 1:
+                    raise IndexError("a region of a volume is read with forward slices only")
+                base_index.append(slice(start + first, start + max(stop, first), step))
+            else:
+                base_index.append(start + range(n)[i])  # IndexError outside the box
+        return np.asarray(self._base[tuple(base_index)])
+
+    @property
+    def whole(self) -> Any:
+        """The array the region is cut from."""
+        return self._base
+
+    @property
+    def box(self) -> tuple[tuple[int, int], ...]:
+        """(start, stop) per axis of the region in the base array."""
+        return self._box
+
+    def __repr__(self) -> str:
+        return f"<RegionView box={self._box} of {self._base!r}>"
+
+
+def whole_array(array: Any) -> Any:
+    """The array a `RegionView` is cut from; any other array as it is. Statistics of a run over a region (the
+    intensity mapping) come from the whole volume, so a region segments as it does in a run over everything."""
+    return array.whole if isinstance(array, RegionView) else array
+
+
+def crop_volume(volume: "Volume", box: Sequence[tuple[int, int]]) -> "Volume":
+    """The region `box` ((start, stop) per axis, voxels) of `volume` as a volume of its own: its array a
+    `RegionView`, its translation moved to the region's first voxel (translation + start · voxel size)."""
+    translation = tuple(t + start * v for t, (start, _), v in
+                        zip(volume.translation or (0.0,) * len(box), box, volume.voxel_size))
+    return replace(volume, array=RegionView(volume.array, box), translation=translation)
+
+
 def as_plane_stack(volume: "Volume") -> "Volume":
     """A 2D image (Y, X) as a one-plane volume (1, Y, X), axes z, y, x: its array a `PlaneStack`, its voxel size,
     units and translation with z's added (1.0, none, 0.0) and `planar` set, so writers drop the z axis again.

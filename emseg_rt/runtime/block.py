@@ -22,9 +22,10 @@ import numpy as np
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import open_volume, source_name
-from emseg_rt.io.volume import as_plane_stack
+from emseg_rt.io.volume import as_plane_stack, crop_volume
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.fingerprint import block_digest
+from emseg_rt.runtime.region import Range, roi_box
 from emseg_rt.runtime.normalise import Normalisation, check_dtype, check_finite, to_uint8
 from emseg_rt.runtime.slab import PromptMode, SlabSettings, segment_planes
 
@@ -41,9 +42,10 @@ def region_of(start: int, stop: int, axis_index: int) -> tuple[slice, ...]:
     return tuple(slice(start, stop) if i == axis_index else slice(None) for i in range(3))
 
 
-def open_input(source: Any, key: str | None, level: int | None) -> tuple[Any, str]:
-    """The input as a checked 3D Volume (singleton t/c squeezed; a 2D image as one plane (1, Y, X), `planar`)
-    and how messages name it."""
+def open_input(source: Any, key: str | None, level: int | None,
+               roi: tuple[Range, ...] | None = None) -> tuple[Any, str]:
+    """The input as a checked 3D Volume (singleton t/c squeezed; a 2D image as one plane (1, Y, X), `planar`;
+    only the region `roi` with `--roi`, `runtime.region`) and how messages name it."""
     volume = open_volume(source, key=key, level=level, spatial=True)
     where = f"input {source_name(source)}" + (f" (key {key})" if key else "") + (
         f" (level {volume.dataset_path})" if volume.is_ome else "")
@@ -55,6 +57,8 @@ def open_input(source: Any, key: str | None, level: int | None) -> tuple[Any, st
     if 0 in volume.shape:
         raise EmsegError(f"{where} has an empty axis (shape {volume.shape}); nothing to segment")
     check_dtype(volume.dtype, where)
+    if roi is not None:
+        volume = crop_volume(volume, roi_box(roi, volume.shape, volume.planar, where))
     return volume, where
 
 

@@ -82,6 +82,7 @@ class BlockTask:
     target: str
     layout: OutputLayout
     run_hash: str
+    roi: tuple[tuple[int | None, int | None], ...] | None = None  # the region the driver segments (--roi)
 
 
 def run_block_task(task: BlockTask, block: Block) -> BlockSummary:
@@ -93,7 +94,7 @@ def run_block_task(task: BlockTask, block: Block) -> BlockSummary:
     threads = cpu_threads(backend)
     if threads is not None and task.threads is not None and threads != task.threads:
         torch.set_num_threads(task.threads)  # this worker process computes the run's blocks, and nothing else
-    volume, _ = open_input(task.source, task.key, task.level)  # as the driver opened it (2D: one plane)
+    volume, _ = open_input(task.source, task.key, task.level, task.roi)  # as the driver opened it (2D: one plane)
     store = OutputStore(Path(task.target), task.layout, task.run_hash)
     store.attach()
     driver = BlockDriver(backend, volume.array, task.job, store_sink(store, task.job.axis_index))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from emseg_rt.io.volume import whole_array
 from emseg_rt.runtime.block import BlockDriver, array_sink, open_input
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.plan import RunPlan
@@ -43,10 +44,10 @@ def labels_of(request: SegmentRequest) -> np.ndarray:
     """The labels (Z, Y, X) of a request (validated here if it was built directly), block after block in memory;
     (Y, X) for a 2D image."""
     request = request.checked_once()
-    volume, where = open_input(request.source, request.key, request.level)
+    volume, where = open_input(request.source, request.key, request.level, request.region)
     check_points_inside(request.points, volume.shape)
     window = parse_window(request.window) if request.window else None
-    norm = dataset_normalisation(volume.array, where, window=window,
+    norm = dataset_normalisation(whole_array(volume.array), where, window=window,
                                  reference=reference_window(request.model, request.backend))
     engine, owns_backend, _ = open_backend(request, request.note)
     try:

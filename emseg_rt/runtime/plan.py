@@ -13,6 +13,7 @@ import numpy as np
 
 from emseg_rt.constants import label_dtype
 from emseg_rt.errors import EmsegError
+from emseg_rt.io.volume import RegionView
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.block import Block, BlockJob, plan_blocks, region_of
 from emseg_rt.runtime.normalise import Normalisation
@@ -43,6 +44,7 @@ class RunPlan:
         self.engine, self.options, self.norm, self.choices = engine, options, norm, choices
         self.threads = threads
         self.planar = bool(volume.planar)
+        self.roi = volume.array.box if isinstance(volume.array, RegionView) else None  # --roi
         if self.planar and options.axis != "z":
             raise EmsegError(f"--axis {options.axis}: a 2D image is segmented as one plane (z); drop --axis")
         self.axis_index = options.axis_index(volume.axes)
@@ -136,6 +138,8 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
         if mode.auto_threshold is not None:  # --prompts auto only
             config["prompts"]["auto"] = {"peak_threshold": mode.auto_threshold, "nms_kernel": NMS_KERNEL,
                                          "density_blend": "gaussian"}
+    if run.roi is not None:  # --roi runs only
+        config["roi"] = [list(r) for r in run.roi]
     if options.tta:
         config["tta"] = "rot90x4"
     if run.planar:  # a 2D image: its label image is 2D

@@ -26,6 +26,7 @@ from emseg_rt.runtime.instances import WatershedSeeds, parse_instance_classes
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.options import SegmentOptions
 from emseg_rt.runtime.prompts import NMS_KERNEL, PEAK_THRESHOLD, PointSet, load_points, points_per_window
+from emseg_rt.runtime.region import Range, parse_roi
 from emseg_rt.runtime.slab import PromptMode
 
 Say = Callable[[str], None]
@@ -43,6 +44,8 @@ class SegmentRequest:
     output:  new directory that becomes the label image; refuses an existing one unless `options.resume` (finish
              what is missing) or `options.overwrite`. None with `options.into_input`: INPUT/labels/<label_name>.
              None for `segment_labels` (nothing written).
+    roi:     segment only this box of the input, "z0:z1,y0:y1,x0:x1" in voxels (`runtime.region`); the label
+             image has the box's shape and starts at its first voxel.
     model:   registry name or model package directory; None → the embedded default model.
     checkpoints: weights loaded in order into a registry model (emseg_rt.models.checkpoint formats).
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
@@ -73,6 +76,7 @@ class SegmentRequest:
     options: SegmentOptions = SegmentOptions()
     key: str | None = None
     level: int | None = None
+    roi: str | None = None
     window: str | None = None
     allow_missing_chunks: bool = False
     dask: str | None = None
@@ -83,6 +87,7 @@ class SegmentRequest:
     report: str | Path | None = None
     say: Say | None = field(default=None, compare=False)
     points: PointSet | None = field(default=None, init=False, compare=False)  # the loaded prompts (validate)
+    region: tuple[Range, ...] | None = field(default=None, init=False, compare=False)  # the parsed roi (validate)
     checked: bool = field(default=False, init=False, compare=False)  # validate() ran
 
     def checked_once(self) -> SegmentRequest:
@@ -133,7 +138,14 @@ class SegmentRequest:
         self._check_dask()
         if self.report is not None:  # a report that cannot be written is refused before the run, not after it
             check_output_file(self.report, "--report", overwrite=True)
+        object.__setattr__(self, "region", None if self.roi is None else parse_roi(self.roi))
+        if self.region is not None and self.options.into_input:
+            raise EmsegError("--roi writes a label image of the region's shape, which cannot go into the input "
+                             "image's labels/; use --out")
         points = None if self.prompts is None or self.auto_prompts else load_points(self.prompts)
+        if points is not None and self.region is not None:
+            raise EmsegError("--roi with point prompts: the points are in the input's coordinates, not the "
+                             "region's; use --prompts auto, or crop the volume and shift the points yourself")
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "checked", True)
         return self

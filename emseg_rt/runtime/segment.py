@@ -19,7 +19,7 @@ import numpy as np
 
 from emseg_rt.constants import DEFAULT_LABEL_NAME
 from emseg_rt.io import source_name
-from emseg_rt.io.volume import available_memory
+from emseg_rt.io.volume import available_memory, whole_array
 from emseg_rt.progress import Progress
 from emseg_rt.errors import EmsegError
 from emseg_rt.runtime.backends.base import Backend, cpu_threads
@@ -74,6 +74,7 @@ def segment_volume(
     instances: str | Sequence[str] | None = None,
     peak_threshold: float | None = None,
     shards: bool = True,
+    roi: str | None = None,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport (a 2D image:
     as one plane, into a 2D label image, axes y, x). Many files, one output each: `runtime.batch.segment_files`.
@@ -88,7 +89,7 @@ def segment_volume(
         probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
         into_input=into_input, window=window, progress=progress, report=report, prefetch=prefetch, say=say,
         allow_missing_chunks=allow_missing_chunks, dask=dask, prompts=prompts, tta=tta, instances=instances,
-        peak_threshold=peak_threshold, shards=shards))
+        peak_threshold=peak_threshold, shards=shards, roi=roi))
 
 
 def run_segment(request: SegmentRequest) -> SegmentReport:
@@ -97,11 +98,11 @@ def run_segment(request: SegmentRequest) -> SegmentReport:
     t_start = time.perf_counter()
     request = request.checked_once()
     source, options = request.source, request.options
-    volume, where = open_input(source, request.key, request.level)
+    volume, where = open_input(source, request.key, request.level, request.region)
     check_points_inside(request.points, volume.shape)
     check_no_missing_chunks(volume.array, where, request.allow_missing_chunks)
     window = parse_window(request.window) if request.window else None
-    norm = dataset_normalisation(volume.array, where, window=window,
+    norm = dataset_normalisation(whole_array(volume.array), where, window=window,
                                  reference=reference_window(request.model, request.backend))
     target = plan_target(source, volume, request.output, options, request.level)
     claim = claim_output(target.output, source if isinstance(source, Path) else None, resume=options.resume,
@@ -262,7 +263,7 @@ def _run_on_cluster(request: SegmentRequest, run: RunPlan, store: OutputStore, t
     task = BlockTask(recipe=recipe, identity=run.engine.spec.identity, threads=run.threads,
                      source=str(request.source),
                      key=request.key, level=request.level, job=run.job, target=str(store.root), layout=run.layout,
-                     run_hash=run.hash)
+                     run_hash=run.hash, roi=request.region)
     if pending:
         run_blocks_on_cluster(request.dask, task, pending, request.note, tally.add)
 
