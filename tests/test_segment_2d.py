@@ -203,3 +203,15 @@ def test_cli_folder_with_a_corrupt_file(tmp_path, monkeypatch, capsys, one_torch
     code, out, err = run_cli(monkeypatch, capsys, "segment", raw / "a.tif", "--out", tmp_path / "x.zarr", "--part",
                              "1/2")
     assert code == 2 and "--part splits the files of a folder" in err
+
+
+def test_a_pattern_the_shell_expanded_is_one_line_saying_to_quote_it(tmp_path, monkeypatch, capsys):
+    """`segment raw/*.tif` unquoted reaches us as many arguments: one line that says to quote the pattern."""
+    files = []
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((32, 32), np.uint8))
+        files.append(tmp_path / name)
+    code, _, err = run_cli(monkeypatch, capsys, "segment", *files, "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "quote the pattern" in lines[0], err
+    assert not (tmp_path / "out").exists()

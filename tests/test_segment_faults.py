@@ -208,6 +208,22 @@ def test_resume_refuses_an_input_a_finished_block_read_differently(tmp_path, vol
     assert status_of(out) == "incomplete"
 
 
+def test_a_resume_with_nothing_pending_reads_no_input(tmp_path, volume, engine):
+    """Every block done: the resume computes nothing, so it mixes nothing and reads no input planes again (a
+    finished output over a changed input keeps what it was computed from, and says no 'checking' line)."""
+    src, data = volume
+    out = tmp_path / "out.zarr"
+    segment_volume(src, out, backend=engine, block=2)
+    before = tree(out / "s0")
+    array = zarr.open_array(str(src / "s0"), mode="r+")
+    array[1, 5, 7] = 255 - data[1, 5, 7]
+    notes: list[str] = []
+    report = segment_volume(src, out, backend=engine, block=2, resume=True, say=notes.append)
+    assert report.complete and report.blocks_computed == 0
+    assert not any(n.startswith("resume: checking") for n in notes)
+    assert tree(out / "s0") == before
+
+
 def test_a_block_not_yet_computed_reads_the_input_as_it_is(tmp_path, volume, engine):
     """Planes only pending blocks read, changed before the resume: the finished output equals one uninterrupted
     run over the changed input (nothing old is mixed in)."""

@@ -59,6 +59,9 @@ def usage_line(exc: Exception) -> str:
     the command's help is."""
     message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
     ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.command_path.endswith(" segment") and "unexpected extra argument" in message:
+        # `segment raw/*.tif` unquoted: the shell expanded the pattern into many arguments
+        message += "; to segment many files, quote the pattern ('raw/*.tif') or give the folder"
     return message + (f" (see '{ctx.command_path} --help')" if ctx is not None else "")
 
 
