@@ -28,6 +28,7 @@ from emseg_rt.cli import (  # noqa: F401  (each module registers its commands on
     segment_cmd,
     status_cmd,
     train_cmd,
+    weights_cmd,
 )
 from emseg_rt.cli.app import app
 from emseg_rt.errors import EmsegError

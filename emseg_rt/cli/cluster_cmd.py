@@ -67,8 +67,10 @@ def fit_command(
     from emseg_rt.models import build, get_config  # deferred: CLI start-up
     from emseg_rt.progress import Progress  # deferred: CLI start-up
     from emseg_rt.training.loop import atomic_save  # deferred: CLI start-up
+    from emseg_rt.weights.fetch import resolve_checkpoints  # deferred: CLI start-up
 
     check_output_file(out, "--out", overwrite)  # before anything slow: refused in one line, the file untouched
+    weights = resolve_checkpoints(weights or (), say=_say)  # official weights names → verified files in the cache
     config = get_config(model)
     if config.cluster_head is None:
         raise EmsegError(f"model {model} has no clustering head; cluster fit is for the maester-* and his4mae-* "

@@ -96,8 +96,10 @@ def train_command(
     from emseg_rt.training.prompt_das import MeanTeacher, PromptDasConfig, train_prompt_das  # deferred
     from emseg_rt.training.samda import SamdaConfig  # deferred: CLI start-up
     from emseg_rt.training.trainer import HeadTrainConfig, train_head  # deferred: CLI start-up
+    from emseg_rt.weights.fetch import resolve_checkpoints  # deferred: CLI start-up
 
     check_out(out, resume)  # --out first (folder, --resume, not a directory): one line before anything is read
+    weights = resolve_checkpoints(weights or (), say=None if quiet else _say, progress=not quiet)  # names → files
     device = resolve_device(device, None if quiet else _say)
     if recipe is not None or model.startswith("samda-"):
         other = {"--sigma": sigma, "--prompt-fraction": prompt_fraction, "--class-id": class_id != 2 or None,
