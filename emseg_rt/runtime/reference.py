@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from emseg_rt.errors import EmsegError
+from emseg_rt.export.bioimageio import is_bioimageio_zip, open_bioimageio
 from emseg_rt.models import get_config
 from emseg_rt.models.default_model import default_model_name
 from emseg_rt.package import read_manifest
@@ -23,8 +24,9 @@ def reference_window(model: str | None, backend: str | Backend) -> tuple[float, 
     """(LOW, HIGH) uint8 reference window of the model a run will use, or None when it records none.
 
     backend: a loaded Backend → its `spec.reference_window`; a backend name → `model` looked up without loading
-    it: a registry name (None: the default model) → its config's; a package directory → its manifest's. A package
-    whose manifest cannot be read gives None here: `load_backend` then refuses it with its own message.
+    it: a registry name (None: the default model) → its config's; a package directory (or bioimage.io zip) → its
+    manifest's. A package whose manifest cannot be read gives None here: `load_backend` then refuses it with its
+    own message.
     EmsegError for an unknown registry name or a malformed reference window.
     """
     if not isinstance(backend, str):
@@ -33,7 +35,7 @@ def reference_window(model: str | None, backend: str | Backend) -> tuple[float, 
     if not is_package_path(model):
         return check_reference(get_config(model).reference_window, f"model {model}")
     try:
-        manifest = read_manifest(model)
+        manifest = read_manifest(open_bioimageio(model) if is_bioimageio_zip(model) else model)
     except EmsegError:
         return None
     return check_reference(_manifest_reference(manifest), f"package {model}")
