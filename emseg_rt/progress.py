@@ -68,13 +68,17 @@ class Progress:
     heartbeat: in logs, repeat the current line every `interval` seconds while no unit finishes.
     stop:     where this run ends when before `total` (training's `--stop-after`): the ETA and the estimate
               count the units to it.
+    listener: called as listener(done, total) after every update, bar or lines or neither (a GUI's progress bar,
+              e.g. the napari widget's); an exception it raises stops the job between units (its Cancel).
     """
 
     def __init__(self, label: str, total: int | None, *, done: int = 0, unit: str = "slices", say: Say | None = None,
                  enabled: bool = True, per_unit: tuple[float, str] | None = None, interval: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, tty: bool | None = None, estimate: bool = True,
-                 heartbeat: bool = True, stop: int | None = None) -> None:
+                 heartbeat: bool = True, stop: int | None = None,
+                 listener: Callable[[int, int | None], None] | None = None) -> None:
         self.label, self.total, self.done, self.unit, self.stop = label, total, done, unit, stop
+        self.listener = listener
         self.computed, self.status, self.per_unit = 0, "", per_unit
         self.say, self.interval, self.clock = say, interval, clock
         self.started = self.last_said = clock()
@@ -110,6 +114,8 @@ class Progress:
                 self._say_estimate(now - self.started)
             if self._lines and now - self.last_said >= self.interval:
                 self._say_line(now)
+        if self.listener is not None:  # outside the lock: it may raise to stop the job
+            self.listener(self.done, self.total)
 
     def step(self, message: str) -> None:
         """A job counted in named steps (`Say`-shaped, e.g. export's): the step before is done and `message` is
