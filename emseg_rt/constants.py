@@ -14,6 +14,7 @@ POINT_PROMPTED_FAMILIES = ("vanilla-sam", "vanilla-sam2", "prompt-das")
 # command's options list them without loading the benchmark (bench/table5.py, bench/runners.py use these).
 TABLE5_ROWS = ("vanilla-sam", "vanilla-sam2", "surgicalsam", "mae-star", "sam-star", "scsam")
 BENCH_BACKENDS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-fp16", "onnxruntime", "onnxruntime-fp16",
+                  "onnxruntime-int8", "onnxruntime-fp32-fused",
                   "tensorrt")
 
 

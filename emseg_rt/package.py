@@ -39,7 +39,7 @@ All of this happens before TensorRT or ONNX Runtime sees a graph. Problems a use
 Manifest schema (format_version 1), keys the runtime relies on::
 
     {"format": "emseg-rt-package", "format_version": 1,
-     "name", "family", "size", "classes": [...], "tile": T, "grid": G, "precision": "fp32"|"fp16",
+     "name", "family", "size", "classes": [...], "tile": T, "grid": G, "precision": "fp32"|"fp16"|"int8"|"fp32-fused"|"fp8",
      "batch_max": N, "opset": 18,
      "input": {"name": "tiles", "dtype": "uint8", "shape": ["batch", 1, T, T], "layout": "NCHW",
                "normalisation": {"inside_graph": true, "<encoder>": {...}}},
@@ -88,7 +88,13 @@ FORMAT_VERSION = 1
 BATCH_DIM = "batch"  # the one symbolic dimension of every graph input and output
 FULL = "full"  # component: the whole per-slice graph, uint8 tiles → logits, labels
 HEAD = "head"  # component: everything after the encoders
-PRECISIONS = ("fp32", "fp16")  # what a package's graphs compute in (fp16 = mixed, with FP32 islands)
+# What a package's graphs compute in: fp16 = mixed, with FP32 islands; int8 = QDQ matmuls and convolutions
+# (export/int8.py); fp32-fused = fp32 with ONNX Runtime's fused attention (export/fused.py). The last two run
+# in ONNX Runtime only (TensorRT builds engines of ORT_ONLY_PRECISIONS' graphs neither).
+# fp8 = FP8 E4M3 Q/DQ matmuls and convolutions for TensorRT for RTX engines on sm89+ (export/fp8.py; ONNX Runtime
+# runs it too, dequantising in float).
+PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8")
+ORT_ONLY_PRECISIONS = ("int8", "fp32-fused")
 POINT_PROMPTS = ("point_coords", "point_labels")  # the full graph's prompt inputs (POINT_PROMPTED_FAMILIES)
 MAX_TILE = 8192  # the largest tile side a manifest may declare (SAM's is 1024)
 MAX_BATCH = 4096  # the largest batch_max a manifest or engine record may declare
@@ -130,6 +136,7 @@ class EngineRecord:
     batch_max: int
     build_seconds: float
     bytes: int
+    precision: str = ""  # the package's precision when it was built ('fp8', ...); '' in records written before
 
     @classmethod
     def from_dict(cls, root: Path, component: str, raw: Mapping[str, Any]) -> EngineRecord:
@@ -143,6 +150,7 @@ class EngineRecord:
             batch_max=int(raw["batch_max"]),
             build_seconds=float(raw.get("build_seconds", 0.0)),
             bytes=int(raw.get("bytes", 0)),
+            precision=str(raw.get("precision", "")),
         )
 
 

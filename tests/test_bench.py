@@ -27,11 +27,11 @@ def test_measure_latency_warms_up_then_times_each_call():
     assert 0 <= stats.median_s <= stats.p90_s
 
 
-def run_bench_cli(tmp_path, name: str, models: str, backends: str) -> dict:
+def run_bench_cli(tmp_path, name: str, models: str, backends: str, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
     result = subprocess.run(
         [*CLI, "bench", "--size", "tiny", "--models", models, "--backends", backends, "--device", "cpu",
-         "--iters", "2", "--warmup", "1", "--no-breakdown", "--quiet",
+         "--iters", "2", "--warmup", "1", "--no-breakdown", "--quiet", *extra,
          "--json", str(out), "--markdown", str(tmp_path / f"{name}.md"), "--plot", str(tmp_path / f"{name}.png")],
         capture_output=True, text=True, timeout=900,
     )
@@ -72,7 +72,7 @@ def test_bench_tiny_cli_writes_a_record_per_model_and_backend(tmp_path):
     """Every Table-5 row on the eager backend (and tensorrt, unavailable here); the exported-package backend on
     one row (every family's export and parity are tested in test_export.py, test_sam2.py, test_samda.py)."""
     rows = [FAMILY_OF_METHOD[method] for method in PAPER_TABLE5]
-    report = run_bench_cli(tmp_path, "rows", ",".join(rows), "torch-eager-fp32,tensorrt")
+    report = run_bench_cli(tmp_path, "rows", ",".join(rows), "torch-eager-fp32,tensorrt", "--no-agreement")
     assert report["machine"]["device"] == "cpu" and report["machine"]["libraries"]["torch"]
     packaged = run_bench_cli(tmp_path, "packaged", "scsam", "torch-eager-fp32,onnxruntime")
     records = {(r["model"], r["backend"]): r for r in report["records"] + packaged["records"]}
@@ -144,11 +144,15 @@ def test_bench_times_the_backend_segment_runs(tmp_path):
                                                                               "onnxruntime"),
                                    warmup=0, iters=1, device="cpu", breakdown=False))
     bench_identity = {r["backend"]: r["backend_identity"] for r in result.records}
-    assert set(result.matmul_tflops) == {"fp32", "bf16"}  # the CPU's measured ceilings, one per precision
+    agreement = {r["backend"]: r["label_agreement_vs_fp32"] for r in result.records if r["status"] == "ok"}
+    assert agreement["torch-eager-fp32"]["agreement"] == 1.0  # the fp32 reference against itself
+    assert agreement["onnxruntime"]["agreement"] >= 0.995 and agreement["onnxruntime"]["logits_rel_error"] < 1e-4
+    rates = set(result.matmul_tflops)  # the CPU's measured ceilings, one per precision (int8: where torch has one)
+    assert {"fp32", "bf16"} <= rates <= {"fp32", "bf16", "int8"}
     best = result.matmul_tflops  # one ceiling per precision: the best of the start's and every record's
     for record in (r for r in result.records if r["status"] == "ok"):
         here = record["matmul_tflops_here"]
-        assert set(here) == {"fp32", "bf16"} == set(record["fraction_of_matmul_rates"])
+        assert set(here) == rates == set(record["fraction_of_matmul_rates"])
         assert all(best[name] >= max(rate, result.matmul_tflops_start[name]) for name, rate in here.items())
         assert record["fraction_of_matmul_peak"] == record["achieved_tflops"] / best[record["precision"]]
         assert record["fraction_of_matmul_rates"]["bf16"] == record["achieved_tflops"] / best["bf16"]
@@ -162,3 +166,14 @@ def test_bench_times_the_backend_segment_runs(tmp_path):
         report = segment_volume(src, tmp_path / f"{name}.zarr", backend=engine)
         assert report.backend_identity == bench_identity[name], name
         assert report.per_tile_seconds > 0
+
+
+def test_bench_auto_on_a_cpu_times_every_cpu_path():
+    """`--backends auto` on a CPU: eager, torch fp32, ONNX Runtime fp32, fused attention and int8, and torch bf16
+    exactly where the CPU computes bf16 natively (issue 30.5)."""
+    from emseg_rt.bench.runners import default_backends
+    from emseg_rt.runtime.backends.torch_backend import cpu_has_bf16
+
+    auto = default_backends("cpu")
+    assert {"torch-eager-fp32", "torch-fp32", "onnxruntime", "onnxruntime-fp32-fused", "onnxruntime-int8"} <= set(auto)
+    assert ("torch-bf16" in auto) == cpu_has_bf16() and "tensorrt" not in auto

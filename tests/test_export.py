@@ -264,8 +264,8 @@ def test_unwritable_or_occupied_out_dir(tmp_path):
     with pytest.raises(EmsegError, match="not empty"):
         export_package("sam-star-tiny", occupied)
     assert (occupied / "keep.txt").read_text() == "mine"
-    with pytest.raises(EmsegError, match="--precision 'int8'"):
-        export_package("sam-star-tiny", tmp_path / "p", precision="int8")
+    with pytest.raises(EmsegError, match="--precision 'int4'"):
+        export_package("sam-star-tiny", tmp_path / "p", precision="int4")
 
 
 def test_parity_miss_writes_nothing_unless_allowed(tmp_path, monkeypatch):

@@ -119,9 +119,13 @@ def _measurements(result: BenchResult) -> list[str]:
              "this run measured (at its start and right after every record's timed calls), for the "
              "record's own precision and for each measured precision.",
              "",
+             "Labels vs fp32: agreement with `torch-eager-fp32` on phantom tiles (bench/agreement.py), raw (all "
+             "pixels) / decided (pixels whose fp32 margin exceeds the backend's largest logit error, and their "
+             "share); with random weights the class logits are nearly tied and raw measures the weights.",
+             "",
              "| model | backend | precision | batch | median s/slice | p90 s/slice | slices/s | peak host MB | "
-             "peak device MB | achieved TFLOP/s | fraction of matmul peak | fraction by precision |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak device MB | achieved TFLOP/s | fraction of matmul peak | fraction by precision | labels vs fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ok:
         device_mb = "–" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:.0f}"
         fraction = "–" if r["fraction_of_matmul_peak"] is None else f"{r['fraction_of_matmul_peak']:.3f}"
@@ -130,9 +134,24 @@ def _measurements(result: BenchResult) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {_seconds(r['median_s_per_slice'])} | "
             f"{_seconds(r['p90_s_per_slice'])} | {r['throughput_slices_per_s']:.3f} | {r['peak_host_mb']:.0f} | "
-            f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} | {by_precision} |"
+            f"{device_mb} | {r['achieved_tflops']:.4f} | {fraction} | {by_precision} | "
+            f"{agreement_text(r.get('label_agreement_vs_fp32'))} |"
         )
     return lines
+
+
+def agreement_text(numbers: dict | None) -> str:
+    """'99.95 % / 100.00 % (of 71 %)': raw / decided (share of pixels decided) label agreement; '–' if none."""
+    if not numbers:
+        return "–"
+    if "error" in numbers:
+        return f"failed: {numbers['error']}"
+    decided = numbers.get("agreement_decided")
+    text = f"{100 * numbers['agreement']:.2f} %"
+    if "decided_fraction" in numbers:
+        text += (f" / {100 * decided:.2f} %" if decided is not None else " / n/a") + \
+            f" (of {100 * numbers['decided_fraction']:.0f} %)"
+    return text
 
 
 def _breakdown(result: BenchResult) -> list[str]:

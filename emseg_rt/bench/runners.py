@@ -9,6 +9,8 @@ A bench backend name is a (backend, precision, torch mode) choice that `segment`
     torch-fp16         --backend torch --precision fp16 (the GPU's fast path)
     onnxruntime        --backend onnxruntime --precision fp32 (the cached fp32 package's full graph)
     onnxruntime-fp16   --backend onnxruntime --precision fp16 (the cached mixed-fp16 package)
+    onnxruntime-int8   --backend onnxruntime --precision int8 (the cached int8 QDQ package, calibrated on phantoms)
+    onnxruntime-fp32-fused  --backend onnxruntime --precision fp32-fused (fp32 with fused attention)
     tensorrt           --backend tensorrt on the cached fp16 package, with its engine for this GPU (built on
                        first use: `load_backend(..., build_engine=True)`)
 
@@ -31,7 +33,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.models import build
 from emseg_rt.onnx_session import providers_for
 from emseg_rt.runtime.backends.base import Backend
-from emseg_rt.runtime.backends.torch_backend import fast_precision
+from emseg_rt.runtime.backends.torch_backend import cpu_has_bf16, fast_precision
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.slab import segment_slab, takes_device_path
 from emseg_rt.tiling import plan_tiles
@@ -39,10 +41,18 @@ from emseg_rt.tiling import plan_tiles
 BACKENDS = BENCH_BACKENDS
 
 
+CPU_PATHS = ("torch-eager-fp32", "torch-fp32", "torch-bf16", "onnxruntime", "onnxruntime-fp32-fused",
+             "onnxruntime-int8")  # every path a CPU runs (torch-bf16 only where it has bf16 instructions)
+
+
 def default_backends(device: str) -> tuple[str, ...]:
-    """The Table 5 columns for a device: eager baseline, the device's fast torch path (fp16 on CUDA, bf16 on
-    a CPU with bf16 instructions, else fp32), ONNX Runtime, TensorRT."""
-    return ("torch-eager-fp32", f"torch-{fast_precision(device)}", "onnxruntime", "tensorrt")
+    """What `--backends auto` times on a device. On CUDA the Table 5 columns: eager baseline, the fast torch path
+    (fp16), ONNX Runtime, TensorRT. On a CPU every path it can run (issue 30.5): eager, torch fp32, torch bf16
+    where the CPU computes bf16 natively (`cpu_has_bf16`; emulated bf16 is slower than fp32), ONNX Runtime fp32,
+    fused attention and int8."""
+    if device.startswith("cuda"):
+        return ("torch-eager-fp32", f"torch-{fast_precision(device)}", "onnxruntime", "tensorrt")
+    return tuple(name for name in CPU_PATHS if name != "torch-bf16" or cpu_has_bf16())
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from emseg_rt.bench.agreement import Reference, agreement_with, reference_output
 from emseg_rt.bench.breakdown import scsam_stage_breakdown
 from emseg_rt.bench.machine import machine_record
 from emseg_rt.bench.runners import BACKENDS, BenchTarget, default_backends, load_target, prepare
@@ -61,6 +62,7 @@ class BenchConfig:
     iters: int = 20
     device: str = "cuda"
     breakdown: bool = True
+    agreement: bool = True  # each record's label agreement with torch-eager-fp32 on phantom tiles (bench/agreement.py)
 
     @property
     def backend_names(self) -> tuple[str, ...]:
@@ -96,13 +98,21 @@ class BenchResult:
     matmul_tflops_start: dict[str, float] = field(default_factory=dict)  # the run's first measurement
     records: list[dict[str, object]] = field(default_factory=list)
     breakdown: list[dict[str, object]] = field(default_factory=list)
+    references: dict[str, Reference] = field(default_factory=dict)  # per model name: fp32 labels (not in the JSON)
+
+    def reference(self, model_name: str) -> Reference:
+        """The fp32 reference of `model_name` on the agreement tiles, computed on first use."""
+        if model_name not in self.references:
+            self.references[model_name] = reference_output(model_name, self.config.device)
+        return self.references[model_name]
 
     def to_dict(self) -> dict[str, object]:
         cfg = self.config
         return {
             "benchmark": "scsam-table5",
             "config": {"models": list(cfg.models), "size": cfg.size, "backends": list(cfg.backend_names),
-                       "batches": list(cfg.batches), "warmup": cfg.warmup, "iters": cfg.iters, "device": cfg.device},
+                       "batches": list(cfg.batches), "warmup": cfg.warmup, "iters": cfg.iters, "device": cfg.device,
+                       "agreement": cfg.agreement},
             "machine": self.machine,
             "matmul_tflops": self.matmul_tflops,
             "matmul_tflops_start": self.matmul_tflops_start,
@@ -124,8 +134,19 @@ def _reset_peaks(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def _agreement(backend: object, reference: Callable[[], Reference] | None) -> dict[str, object] | None:
+    """The record's label agreement with fp32 (bench/agreement.py); None when not asked for; {'error': line}
+    when it could not be measured (the timing stands)."""
+    if reference is None:
+        return None
+    try:
+        return agreement_with(backend, reference())  # type: ignore[arg-type]
+    except (EmsegError, RuntimeError, MemoryError, ValueError) as exc:
+        return {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+
+
 def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg: BenchConfig,
-             gflops: float) -> dict[str, object]:
+             gflops: float, reference: Callable[[], Reference] | None = None) -> dict[str, object]:
     record: dict[str, object] = {"model": family, "model_name": model_name, "backend": target.name, "batch": batch,
                                  "device": cfg.device, "gflops_per_slice": gflops,
                                  "paper_s": PAPER_TABLE5_SECONDS.get(family)}
@@ -136,6 +157,7 @@ def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg:
         _reset_peaks(cfg.device)
         stats = measure_latency(prepared.run, cfg.device, cfg.warmup, cfg.iters)
         peak_device = _peak_device_bytes(cfg.device)
+        agreement = _agreement(backend, reference)
     finally:
         backend.close()
     # The ceilings again, right after the timed calls: on a shared machine the matmul rate drifts (measured
@@ -158,6 +180,7 @@ def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg:
         "peak_device_mb": None if peak_device is None else peak_device / 2**20,
         "achieved_tflops": achieved,
         "matmul_tflops_here": rates_here,
+        "label_agreement_vs_fp32": agreement,
     })
     return record
 
@@ -177,7 +200,8 @@ def _fractions(result: BenchResult) -> None:
             continue
         achieved = record["achieved_tflops"]
         record["fraction_of_matmul_rates"] = {name: achieved / rate for name, rate in best.items()}
-        record["fraction_of_matmul_peak"] = record["fraction_of_matmul_rates"].get(record["precision"])
+        own = "fp32" if record["precision"] == "fp32-fused" else record["precision"]  # fused: fp32 matmuls
+        record["fraction_of_matmul_peak"] = record["fraction_of_matmul_rates"].get(own)
 
 
 def _speedups(records: list[dict[str, object]]) -> None:
@@ -275,8 +299,9 @@ def _bench_backend(result: BenchResult, target: BenchTarget, say: Say, progress:
                 result.records.append({**base, "status": "unavailable", "reason": reason})
             else:
                 progress.update(progress.done, status=f"{model_name} · {target.name} · batch {batch}")
+                reference = (lambda name=model_name: result.reference(name)) if cfg.agreement else None
                 try:
-                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops))
+                    result.records.append(_measure(target, family, model_name, batch, cfg, gflops, reference))
                 except (EmsegError, RuntimeError, MemoryError) as exc:
                     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     result.records.append({**base, "status": "failed", "reason": message[:300]})

@@ -82,15 +82,31 @@ def peak_host_memory_bytes() -> int | None:
 def peak_matmul_rates(device: str) -> dict[str, float]:
     """Measured dense matmul rates (TFLOP/s) by precision name, the ceilings each record's 'fraction of
     matmul peak' is taken against, each from its fastest call (a ceiling is the best the device did, and on a
-    shared machine the median is noise): fp32, fp16 and bf16 on CUDA (8192², 20 calls); fp32 and bf16 on a
-    CPU (2048², 3 calls after 1 warm-up, at this process's torch thread count; bf16 is emulated where the CPU
-    has no bf16 instructions, and then slower than fp32)."""
+    shared machine the median is noise): fp32, fp16 and bf16 on CUDA (8192², 20 calls); fp32, bf16 and int8 on
+    a CPU (2048², 3 calls after 1 warm-up, at this process's torch thread count; bf16 is emulated where the CPU
+    has no bf16 instructions, and then slower than fp32; int8 is `torch._int_mm`, oneDNN's int8 GEMM with VNNI
+    where the CPU has it, in tera-ops per second, absent where this torch has no CPU int8 GEMM)."""
     if device.startswith("cuda"):
         dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
         return {name: matmul_tflops(device, dtype, best=True) for name, dtype in dtypes.items()}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    return {name: matmul_tflops(device, dtype, size=2048, iters=3, warmup=1, best=True)
-            for name, dtype in dtypes.items()}
+    rates = {name: matmul_tflops(device, dtype, size=2048, iters=3, warmup=1, best=True)
+             for name, dtype in dtypes.items()}
+    int8 = int8_matmul_tops()
+    return {**rates, "int8": int8} if int8 is not None else rates
+
+
+def int8_matmul_tops(size: int = 2048, iters: int = 3, warmup: int = 1) -> float | None:
+    """Measured int8 × int8 → int32 matmul rate on the CPU (tera-ops/s, fastest call), or None where this torch
+    has no CPU `torch._int_mm`."""
+    a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+    b = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+    try:
+        torch._int_mm(a, b)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+    stats = measure_latency(lambda: torch._int_mm(a, b), "cpu", warmup=warmup, iters=iters)
+    return 2 * size**3 / min(stats.samples_s) / 1e12
 
 
 def matmul_tflops(device: str, dtype: torch.dtype, size: int = 8192, iters: int = 20, best: bool = False,

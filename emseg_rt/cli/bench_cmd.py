@@ -25,7 +25,9 @@ def bench_command(
     models: str = typer.Option(",".join(TABLE5_ROWS), help="Comma-separated families (Table 5 rows)."),
     size: str = typer.Option("vit-h", help="Model size: vit-h (the paper's), vit-b or tiny."),
     backends: str = typer.Option("auto", help="Comma-separated bench backends (" + ", ".join(BENCH_BACKENDS) + "); "
-                                 "auto: torch-eager-fp32, the device's fast torch path, onnxruntime, tensorrt."),
+                                 "auto: on CUDA torch-eager-fp32, torch-fp16, onnxruntime, tensorrt; on a CPU every "
+                                 "path it runs: eager, torch fp32, torch bf16 (where native), onnxruntime fp32, "
+                                 "fp32-fused and int8."),
     batch: str = typer.Option("1", help="Comma-separated batch sizes; latency is reported per slice."),
     warmup: int = typer.Option(3, help="Warm-up calls before timing."),
     iters: int = typer.Option(20, help="Timed calls per measurement."),
@@ -33,6 +35,7 @@ def bench_command(
     cache_dir: Path = typer.Option(None, help="Where exported model packages are cached (default: $EMSEG_RT_CACHE, "
                                    "else ~/.cache/emseg-rt; the same cache `segment` uses)."),
     breakdown: bool = typer.Option(True, help="Also time ScSAM stage by stage."),
+    agreement: bool = typer.Option(True, help="Also measure each backend's agreement with fp32 (phantom tiles)."),
     json_path: Path = typer.Option(None, "--json", help="Write every record as JSON here."),
     markdown_path: Path = typer.Option(None, "--markdown", help="Write the markdown table here."),
     plot_path: Path = typer.Option(None, "--plot", help="Write a PNG bar chart here (.pdf, .svg: that format)."),
@@ -64,7 +67,8 @@ def bench_command(
     if cache_dir is not None:  # the export cache is located by the environment, for this process
         os.environ["EMSEG_RT_CACHE"] = str(cache_dir)
     config = BenchConfig(models=families, size=size, backends=backend_names,
-                         batches=batches, warmup=warmup, iters=iters, device=resolved_device, breakdown=breakdown)
+                         batches=batches, warmup=warmup, iters=iters, device=resolved_device, breakdown=breakdown,
+                         agreement=agreement)
     config.validate()  # a bad option is one line, before any bar is drawn
     say = _silent if quiet else _say
     # A bar on a terminal, else a line every 10 s on stderr; one step per measurement.

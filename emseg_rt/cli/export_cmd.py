@@ -10,6 +10,7 @@ from rich.table import Table
 
 from emseg_rt.cli.app import app
 from emseg_rt.cli.tables import out_console, print_table
+from emseg_rt.errors import EmsegError
 
 
 def _say(message: str) -> None:
@@ -19,9 +20,18 @@ def _say(message: str) -> None:
 @app.command("export")
 def export_command(
     model: str = typer.Argument(..., help="Registered model name (see `emseg-rt models`)."),
-    out: Path = typer.Option(..., "--out", help="Package directory to write (must be empty or absent)."),
-    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="Checkpoint(s), loaded in order."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or fp16 (mixed: FP16 compute, FP32 islands)."),
+    out: Path | None = typer.Option(None, "--out", help="Package directory to write (must be empty or absent)."),
+    bioimageio: Path | None = typer.Option(None, "--bioimageio", help="Write a bioimage.io model package (OUT.zip, "
+                                           "model spec 0.5: the full ONNX graph, test tensors, card) instead of --out."),
+    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="Checkpoint(s) or official weights names "
+                                          "(emseg-rt weights list), loaded in order."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed: FP16 compute, FP32 islands); int8 "
+                                  "(QDQ matmuls and convolutions, ONNX Runtime); fp32-fused (fused attention, ONNX "
+                                  "Runtime); fp8 (E4M3 Q/DQ matmuls for TensorRT for RTX engines, sm89 and newer)."),
+    calibration: Path = typer.Option(None, "--calibration", help="With int8 or fp8: a uint8 volume whose tiles calibrate "
+                                     "the quantisation and measure its parity (default: synthetic phantoms)."),
+    calibration_tiles: int = typer.Option(None, "--calibration-tiles", help="With int8 or fp8: tiles to calibrate on "
+                                          "(default 8)."),
     batch_max: int = typer.Option(8, "--batch-max", help="Largest batch the graphs and engines accept."),
     fp16_head: bool = typer.Option(False, "--fp16-head", help="With fp16, run the head in FP16 too."),
     allow_parity_failure: bool = typer.Option(False, "--allow-parity-failure",
@@ -37,13 +47,22 @@ def export_command(
     from emseg_rt.io.outputs import check_folder_of  # deferred: CLI start-up
     from emseg_rt.package import load_package  # deferred: CLI start-up
     from emseg_rt.progress import Progress  # deferred: CLI start-up
+    from emseg_rt.weights.fetch import resolve_checkpoints  # deferred: CLI start-up
 
-    check_folder_of(out, "--out")  # the folder --out goes into exists and is writable (the rest: export_package)
+    if (out is None) == (bioimageio is None):
+        raise EmsegError("emseg-rt export: pass one of --out DIR (a model package) or --bioimageio OUT.zip")
+    if out is not None:
+        check_folder_of(out, "--out")  # the folder --out goes into exists and is writable (the rest: export_package)
+    checkpoint = resolve_checkpoints(checkpoint, say=_say)  # official weights names → verified files in the cache
+    if bioimageio is not None:
+        return _export_bioimageio(model, bioimageio, checkpoint, precision, batch_max, force,
+                                  aoti or bool(component) or fp16_head or allow_parity_failure)
     with Progress("export", None, unit="steps", say=_say) as progress:  # a bar, or each step and every 10 s a line
         path = export_package(model, out, precision=precision, checkpoints=checkpoint, batch_max=batch_max,
                               allow_parity_failure=allow_parity_failure, overwrite=force, fp16_head=fp16_head,
                               progress=progress.step, components=component or None,
-                              aoti_device=aoti_device if aoti else None)
+                              aoti_device=aoti_device if aoti else None, calibration=calibration,
+                              calibration_tiles=calibration_tiles)
     package = load_package(path)
     typer.echo(f"{path}: {package.name} {package.precision}, parity "
                f"{'passed' if package.parity['passed'] else 'FAILED (' + parity_summary(package.parity) + ')'}")
@@ -51,6 +70,22 @@ def export_command(
         aoti_parity = record["parity"]
         typer.echo(f"{path / record['file']}: AOTInductor ({record['device']}, torch {record['torch']}), parity "
                    f"{'passed' if aoti_parity['passed'] else 'FAILED (' + parity_summary(aoti_parity) + ')'}")
+
+
+def _export_bioimageio(model: str, out_zip: Path, checkpoint: list[Path], precision: str, batch_max: int,
+                       overwrite: bool, directory_only: bool) -> None:
+    """`export --bioimageio OUT.zip`: the package cache's full graph as a bioimage.io model package."""
+    from emseg_rt.export.bioimageio import export_bioimageio  # deferred: CLI start-up
+    from emseg_rt.progress import Progress  # deferred: CLI start-up
+
+    if directory_only:
+        raise EmsegError("--bioimageio writes the full graph as exported for the package cache: --aoti, --component, "
+                         "--fp16-head and --allow-parity-failure apply to --out only")
+    with Progress("export", None, unit="steps", say=_say) as progress:
+        path = export_bioimageio(model, out_zip, precision, checkpoint, batch_max, overwrite=overwrite,
+                                 progress=progress.step)
+    typer.echo(f"{path}: bioimage.io model package ({model}, {precision}); check it with "
+               f"`bioimageio test {path}`, run it with `emseg-rt segment VOLUME --model {path}`")
 
 
 @app.command("build")
@@ -69,7 +104,7 @@ def build_command(
         records = build_engines(package_dir, targets=target, flavour=engine_backend, components=component or None,
                                 batch_max=batch_max, progress=progress.step)
     for record in records:
-        typer.echo(f"{record.file}: {record.flavour} {record.trt_version}, {record.target}, "
+        typer.echo(f"{record.file}: {record.flavour} {record.trt_version}, {record.target}, {record.precision}, "
                    f"{record.bytes / (1 << 20):.1f} MiB, built in {record.build_seconds:.1f} s")
 
 

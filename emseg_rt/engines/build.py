@@ -40,6 +40,7 @@ from emseg_rt.package import (
 __all__ = ["FLAVOURS", "RTX_TARGETS", "build_engine", "build_engines", "parse_targets"]
 
 ENGINE_DIR = "engines"
+FP8_MIN_TARGET = 89  # FP8 tensor cores: Ada (sm89) and newer; TensorRT refuses fp8 graphs for older targets
 
 
 def target_items(text: str | Sequence[str]) -> list[str]:
@@ -167,6 +168,10 @@ def _build_locked(package_dir: str | Path, target_list: list[str], flavour: str,
     names = list(components) if components else list(package.components)
     for name in names:
         package.component(name)
+    older = [t for t in target_list if int(t[2:]) < FP8_MIN_TARGET]
+    if package.precision == "fp8" and older:
+        raise EmsegError(f"--target {','.join(older)}: an fp8 package builds engines for sm89 (RTX 40) and newer only "
+                         "(FP8 tensor cores); export --precision fp16 for older GPUs")
     batch = batch_max or package.batch_max
     if batch < 1:
         raise EmsegError(f"--batch-max {batch}: must be at least 1")
@@ -185,6 +190,7 @@ def _build_locked(package_dir: str | Path, target_list: list[str], flavour: str,
             try:
                 record = build_engine(component, target, flavour, batch, engine_dir / f"{name}.{target}.engine",
                                       package_root=package.root)
+                record["precision"] = package.precision  # strongly typed: the graph's (fp8: its Q/DQ matmuls)
                 manifest.setdefault("engines", {}).setdefault(name, {})[target] = record
                 manifest["files"][record["file"]] = sha256_file(package.root / record["file"])
                 manifest.setdefault("toolchain", {})[flavour.replace("-", "_")] = record["trt_version"]

@@ -12,8 +12,11 @@ the whole batch). For the label output, two agreements:
   whichever is smaller) exceeds the largest logit error measured in the same comparison
   (`tie_tolerance`, the logits' max abs error). `decided_fraction` says how many pixels that is.
 
-Targets (issue 3): fp32 relative error ≤ 1e-4 and raw agreement ≥ 99.5 %; fp16 relative error ≤ 2e-2 and
-decided agreement ≥ 99.5 %. Why decided for fp16: with random weights the class logits are nearly tied
+Targets (issue 3): fp32 (and fp32-fused, issue 30) relative error ≤ 1e-4 and raw agreement ≥ 99.5 %; fp16
+relative error ≤ 2e-2 and decided agreement ≥ 99.5 %; int8 (issue 30) relative error ≤ 5e-2 and decided
+agreement ≥ 99.5 %, measured on held-out tiles of its calibration source (phantoms or the user's volume):
+a graph calibrated on EM-like tiles is clipped on uniform noise, which no user segments (the trained default
+model: 0.7 % relative error on phantom tiles, 13 % on noise). Why decided for fp16: with random weights the class logits are nearly tied
 (median top-2 gap ~1e-4 on the tiny models), so an fp16 logit error far inside the relative-error target
 flips the argmax of pixels whose decision was arbitrary to begin with; raw agreement then measures the
 weights, not the export. The raw number stays in the manifest, and the test of the trained default model
@@ -36,9 +39,11 @@ from torch import nn
 from emseg_rt.models.class_merge import ClassMerge
 from emseg_rt.onnx_session import OnnxGraph
 
-REL_TARGET = {"fp32": 1e-4, "fp16": 2e-2}
-LABEL_AGREEMENT_TARGET = {"fp32": 0.995, "fp16": 0.995}
-LABEL_METRIC = {"fp32": "agreement", "fp16": "agreement_decided"}  # which agreement the gate uses
+REL_TARGET = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2, "fp32-fused": 1e-4, "fp8": 5e-2}
+LABEL_AGREEMENT_TARGET = {"fp32": 0.995, "fp16": 0.995, "int8": 0.995, "fp32-fused": 0.995, "fp8": 0.995}
+# which agreement the gate uses (int8: decided, for fp16's reason; its raw agreement is in the manifest too)
+LABEL_METRIC = {"fp32": "agreement", "fp16": "agreement_decided", "int8": "agreement_decided",
+                "fp32-fused": "agreement", "fp8": "agreement_decided"}
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ def measure_package_parity(
     precision: str,
     parity_batch: int | None = None,
     parity_seed: int | None = None,
+    tiles: np.ndarray | None = None,
+    targets: ParityTargets | None = None,
 ) -> dict[str, Any]:
     """Run every component of the package at `root` in ONNX Runtime (CPU) on fresh random inputs and
     compare it with the PyTorch FP32 `model`.
@@ -156,12 +163,17 @@ def measure_package_parity(
     components:   the manifest's component records ({name: {"file", "outputs": [{"name"}, ...]}}).
     parity_batch: batch of the inputs (default 2 for tiles ≤ 256, else 1); parity_seed: their seed (drawn
                   fresh when None, and recorded).
+    tiles:        (B, 1, T, T) uint8 tiles to use instead of random ones (int8: held-out calibration tiles);
+                  the batch is then theirs.
+    targets:      instead of the precision's targets (`ParityTargets.for_precision`).
     returns the manifest's "parity" record: {"passed", "targets", "seed", "batch", "components": ...}.
     """
     seed = secrets.randbits(31) if parity_seed is None else parity_seed
-    batch = parity_batch or (2 if model.config.tile <= 256 else 1)
-    targets = ParityTargets.for_precision(precision)
+    batch = len(tiles) if tiles is not None else parity_batch or (2 if model.config.tile <= 256 else 1)
+    targets = targets or ParityTargets.for_precision(precision)
     inputs = model.example_inputs(batch=batch, seed=seed)
+    if tiles is not None:
+        inputs["tiles"] = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.uint8))
     with torch.no_grad():
         embeddings = model.embed(inputs["tiles"])
         prompts = {name: inputs[name] for name in model.prompt_names}
@@ -179,6 +191,7 @@ def measure_package_parity(
         "passed": all(r["passed"] for r in results.values()),
         "precision": precision,
         "reference": "PyTorch fp32 eager (CPU)",
+        "inputs": "random uint8 tiles" if tiles is None else "given tiles",
         "runtime": "ONNX Runtime CPUExecutionProvider",
         "targets": targets.to_dict(),
         "label_threshold": threshold,

@@ -20,7 +20,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -29,11 +29,15 @@ import torch
 from torch import nn
 
 from emseg_rt import __version__
+from emseg_rt.checks import URL_SCHEME
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.aoti import check_aoti_options, write_aoti
-from emseg_rt.export.fp16 import convert_to_mixed_fp16
+from emseg_rt.export.fp16 import convert_to_mixed_fp16, nodes_in_scope
+from emseg_rt.export.fused import fuse_attention
+from emseg_rt.export.fp8 import FP8_OPSET, quantize_to_fp8
+from emseg_rt.export.int8 import CALIBRATION_BATCH, CALIBRATION_TILES, calibration_tiles, quantize_to_int8
 from emseg_rt.export.onnx_io import OPSET, graph_io, save_onnx
-from emseg_rt.export.parity import measure_package_parity, parity_summary
+from emseg_rt.export.parity import ParityTargets, measure_package_parity, parity_summary
 from emseg_rt.export.trace import Progress, TracedGraphs, _quiet, _resolve_model, trace_model
 from emseg_rt.io.outputs import NO_SPACE, write_failure
 from emseg_rt.package import (
@@ -52,6 +56,7 @@ from emseg_rt.package import (
 if TYPE_CHECKING:
     from typing import Unpack  # type checkers only (Python 3.11+); nothing imports it at run time
 
+CALIBRATED = ("int8", "fp8")  # precisions calibrated on tiles (export/int8.py, export/fp8.py), their head float
 TRACE_DIR = ".trace"  # inside the staging directory: export_package's own FP32 trace, moved out and removed
 
 
@@ -67,6 +72,10 @@ class PackageOptions(TypedDict, total=False):
                           the encoders hold > 90 % of the FLOPs, and an FP16 head flips labels where class logits
                           are close (measured on the tiny models: 94.6 % label agreement vs 100 % with an FP32 head).
     progress:             receives one line per step.
+    calibration:          with int8, a uint8 volume (any format `io.open_volume` reads) whose tiles calibrate the
+                          quantisation and measure parity (held out); None: synthetic phantoms (export/int8.py).
+    calibration_tiles:    with int8, how many tiles to calibrate on (default `int8.CALIBRATION_TILES`).
+    rel_error_target, label_agreement_target: parity bars instead of the precision's (export/parity.py).
     """
 
     parity_batch: int | None
@@ -75,6 +84,10 @@ class PackageOptions(TypedDict, total=False):
     overwrite: bool
     fp16_head: bool
     progress: Progress | None
+    calibration: str | Path | None
+    calibration_tiles: int | None
+    rel_error_target: float | None
+    label_agreement_target: float | None
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,9 @@ class _WriteOptions:
     aoti_device: str | None = None  # --aoti: also compile the full graph with AOTInductor for this device
     overwrite: bool = False
     say: Progress = _quiet
+    calibration: str | Path | None = None  # int8: the calibration volume (None: phantoms)
+    calibration_tiles: int = CALIBRATION_TILES
+    targets: dict[str, float] | None = None  # parity bars instead of the precision's: rel_error, label_agreement
 
 
 def export_package(
@@ -104,7 +120,9 @@ def export_package(
 
     model_name_or_module: a registry name ('scsam-vit-b'; built by `models.build_model`) or a built
                    `SegmentationPipeline`.
-    precision:     'fp32', or 'fp16' for a mixed graph (FP16 compute, FP32 islands, FP32/uint8 I/O).
+    precision:     'fp32'; 'fp16' for a mixed graph (FP16 compute, FP32 islands, FP32/uint8 I/O); 'int8' for a
+                   QDQ graph calibrated on phantoms or `calibration` (export/int8.py); 'fp32-fused' for fp32 with
+                   fused attention (export/fused.py). The last two run in ONNX Runtime only.
     checkpoints:   loaded in order before export (see emseg_rt.models.checkpoint).
     batch_max:     largest batch the graphs (and later the engines' optimisation profile) accept.
     components:    the graphs to include (e.g. ('full',), all the runtime runs); None: every component.
@@ -158,10 +176,21 @@ def _options(caller: str, precision: str, batch_max: int, options: PackageOption
         raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if batch_max < 1:
         raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
-    fp32_modules = () if options.get("fp16_head", False) or precision != "fp16" else (HEAD,)
+    fp32_modules = (HEAD,) if precision in CALIBRATED or (precision == "fp16" and not options.get("fp16_head")) else ()
+    calibration, count = options.get("calibration"), options.get("calibration_tiles") or CALIBRATION_TILES
+    if precision not in CALIBRATED and (calibration is not None or options.get("calibration_tiles") is not None):
+        raise EmsegError(f"--calibration applies to --precision int8 or fp8, not {precision}")
+    if count < 1:
+        raise EmsegError(f"--calibration-tiles {count}: must be at least 1")
+    if calibration is not None and isinstance(calibration, (str, os.PathLike)) \
+            and not URL_SCHEME.match(str(calibration)) and not Path(calibration).exists():
+        raise EmsegError(f"--calibration {calibration}: does not exist")  # before the slow trace
+    targets = {key: float(options[name]) for key, name in (("rel_error", "rel_error_target"),  # type: ignore[literal-required]
+               ("label_agreement", "label_agreement_target")) if options.get(name) is not None}
     return _WriteOptions(precision, options.get("parity_batch"), options.get("parity_seed"),
                          options.get("allow_parity_failure", False), fp32_modules, aoti_device,
-                         options.get("overwrite", False), options.get("progress") or _quiet)
+                         options.get("overwrite", False), options.get("progress") or _quiet, calibration, count,
+                         targets or None)
 
 
 # ------------------------------------------------------------------------------------ destination
@@ -260,12 +289,18 @@ def _write_package_into(staging: Path, traced: TracedGraphs, options: _WriteOpti
                  instead of copying them (a trace shared between packages).
     """
     started = time.perf_counter()
-    components, seconds = _write_graphs(staging, traced, options, say, move_graphs)
+    seed = secrets.randbits(31) if options.parity_seed is None else options.parity_seed
+    calibration = _calibration(traced, options, seed, say) if options.precision in CALIBRATED else None
+    components, seconds = _write_graphs(staging, traced, options, say, move_graphs, calibration)
     if move_graphs:
         traced.cleanup()
     say("measuring parity with ONNX Runtime")
+    targets = ParityTargets.for_precision(options.precision)
+    targets = replace(targets, **options.targets) if options.targets else targets
     parity = measure_package_parity(traced.model, staging, components, options.precision, options.parity_batch,
-                                    options.parity_seed)
+                                    seed, None if calibration is None else calibration.held_out, targets)
+    if calibration is not None:
+        parity["inputs"] = f"held-out tiles of the calibration source: {calibration.source}"
     if not parity["passed"]:
         summary = parity_summary(parity)
         if not options.allow_parity_failure:
@@ -297,8 +332,39 @@ def _write_aoti(staging: Path, traced: TracedGraphs, options: _WriteOptions, com
     return record
 
 
+@dataclass(frozen=True)
+class _Calibration:
+    """int8: tiles (N, 1, T, T) uint8 to calibrate on, held-out tiles for parity, and where they came from."""
+
+    tiles: Any
+    held_out: Any
+    source: str
+    prompts: dict[str, Any]  # the graphs' other inputs (prompted families): fixed example prompts
+
+
+def _calibration(traced: TracedGraphs, options: _WriteOptions, seed: int, say: Progress) -> _Calibration:
+    model = traced.model
+    held_out = options.parity_batch or (2 if model.config.tile <= 256 else 1)
+    say(f"reading {options.calibration_tiles} calibration tiles")
+    tiles, parity_tiles, source = calibration_tiles(model.config.tile, options.calibration_tiles, held_out,
+                                                    options.calibration, seed)
+    example = model.example_inputs(batch=CALIBRATION_BATCH, seed=seed)
+    prompts = {name: example[name].numpy() for name in model.prompt_names}
+    return _Calibration(tiles, parity_tiles, source, prompts)
+
+
+def _write_int8(traced_path: Path, path: Path, traced: TracedGraphs, calibration: _Calibration) -> list[str]:
+    """Quantise one traced graph into `path` (export/int8.py), its head nodes kept float; returns the names
+    of its external data files."""
+    head_nodes = nodes_in_scope(onnx.load(str(traced_path), load_external_data=False), HEAD)
+    large = bool(traced.external_data.get(path.stem))
+    before = set(path.parent.iterdir())
+    quantize_to_int8(traced_path, path, calibration.tiles, calibration.prompts, head_nodes, external_data=large)
+    return sorted(p.name for p in set(path.parent.iterdir()) - before if p != path)
+
+
 def _write_graphs(staging: Path, traced: TracedGraphs, options: _WriteOptions, say: Progress,
-                  move_graphs: bool) -> tuple[dict[str, Any], dict[str, float]]:
+                  move_graphs: bool, calibration: _Calibration | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Write every traced graph into `staging` at the options' precision and check it with onnx.checker.
 
     returns the manifest's component records {name: {role, file, external_data, inputs, outputs}} and the
@@ -316,6 +382,18 @@ def _write_graphs(staging: Path, traced: TracedGraphs, options: _WriteOptions, s
             converted = convert_to_mixed_fp16(onnx.load(str(traced_path)), fp32_modules=options.fp32_modules)
             external = save_onnx(converted, path)
             del converted
+        elif options.precision == "int8" and calibration is not None and graph.role != HEAD:
+            say(f"quantising {graph.name} to int8 (calibrated on {calibration.source})")
+            external = _write_int8(traced_path, path, traced, calibration)
+        elif options.precision == "fp8" and calibration is not None and graph.role != HEAD:
+            say(f"quantising {graph.name} to fp8 (E4M3 Q/DQ, calibrated on {calibration.source})")
+            head_nodes = nodes_in_scope(onnx.load(str(traced_path), load_external_data=False), HEAD)
+            external = quantize_to_fp8(traced_path, path, calibration.tiles, calibration.prompts, head_nodes)
+        elif options.precision == "fp32-fused":
+            say(f"fusing {graph.name}'s attention for ONNX Runtime")
+            fused = fuse_attention(onnx.load(str(traced_path)))
+            external = save_onnx(fused, path)
+            del fused
         else:
             external = list(traced.external_data.get(graph.name, ()))
             for name in (traced_path.name, *external):
@@ -353,7 +431,7 @@ def _manifest(staging: Path, traced: TracedGraphs, options: _WriteOptions, compo
         "precision": options.precision,
         "fp32_modules": list(options.fp32_modules),
         "batch_max": traced.batch_max,
-        "opset": OPSET,
+        "opset": FP8_OPSET if options.precision == "fp8" else OPSET,  # float8 Q/DQ need opset 19
         "input": {
             "name": "tiles", "dtype": "uint8", "shape": [BATCH_DIM, 1, tile, tile], "layout": "NCHW",
             "normalisation": normalisation_record(config),

@@ -15,9 +15,11 @@ import numpy as np
 from emseg_rt.errors import EmsegError
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # what --backend accepts
-PRECISIONS = ("fp32", "fp16", "bf16")  # what --precision accepts
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp32-fused", "fp8")  # what --precision accepts
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtypes the torch backend runs
-PACKAGE_PRECISIONS = ("fp32", "fp16")  # ONNX packages (and so onnxruntime and tensorrt) come in these
+# ONNX packages come in these (package.PRECISIONS; literals here, so this module loads no onnx)
+PACKAGE_PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8")
+ORT_PRECISIONS = ("int8", "fp32-fused")  # packages ONNX Runtime runs and TensorRT does not (package.ORT_ONLY_PRECISIONS)
 
 
 @dataclass(frozen=True)
