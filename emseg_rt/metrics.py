@@ -23,6 +23,19 @@ voxels labelled k in the prediction and the ground truth.
   PQ = Σ_TP IoU / (|TP| + ½|FP| + ½|FN|) = SQ · RQ (NaN when both are empty).
   Mean AJI and mean PQ average the foreground classes that are not NaN.
 
+- CellMap segmentation challenge scores, per class (`cellmap_semantic`, `cellmap_instance`; the challenge's
+  evaluation code, janelia-cellmap/cellmap-segmentation-challenge, src/cellmap_segmentation_challenge/evaluate.py
+  at commit 05c134271d0db55398c40c1c0d4d6810b78811f3, and the F1 of utils/eval_utils/scoring.py at
+  039964995d34ec89113201ca4a2d99d20008f0dd). Semantic: IoU and Dice of the class masks, 1 when both are empty.
+  Instance: the predicted instances are split into their connected components (full connectivity, as cc3d
+  does); predicted and true instances are matched one to one by an optimal assignment minimising
+  Σ (1 − IoU) over pairs that overlap, every true instance matched when it can be (each left unmatched costs
+  more than any pair); accuracy = the fraction of all voxels whose true instance ID equals the prediction's
+  after matched predictions take their partner's ID; per true instance the Hausdorff distance (physical units,
+  capped at |voxel| · ln(10⁴)/ln(1.01)) to its matched prediction (the cap when it has none); HD = their mean
+  (0 when nothing is matched at all: the challenge then has no distance to average), normalised 1.01^(−HD / |voxel size|); combined = √(accuracy · normalised HD); F1 = 2TP / (2TP + FP + FN)
+  over the matched pairs. More than 10 predictions per true instance scores 0 (HD infinite), as the challenge.
+
 `evaluate_labels` takes the class names each side's metadata gives (label value → name). When both sides
 name their classes, classes are matched by name (prediction value v and truth value w are one class when
 their names are equal), both arrays are remapped onto the shared classes 1..K, and classes named on one
@@ -36,7 +49,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from scipy.spatial import distance as spatial_distance
 
 from emseg_rt.constants import DEFAULT_CLASSES
 from emseg_rt.errors import EmsegError
@@ -99,7 +114,14 @@ def _overlaps(true_ids: np.ndarray, n_true: int, pred_ids: np.ndarray, n_pred: i
 
 
 def _consecutive(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Instance IDs (any integers, 0 = background) renumbered 1..n → (int32 ids, n)."""
+    """Instance IDs (any integers, 0 = background) renumbered 1..n in the order of their values → (int32 ids, n)."""
+    ids = np.asarray(ids)
+    if ids.size and ids.dtype != bool and 0 <= int(ids.min()) and int(ids.max()) < 2**26:  # a lookup, no sort
+        present = np.zeros(int(ids.max()) + 1, bool)
+        present[ids.ravel()] = True
+        present[0] = False
+        lookup = np.cumsum(present, dtype=np.int64).astype(np.int32)
+        return lookup[ids], int(lookup[-1])
     values, inverse = np.unique(ids, return_inverse=True)
     if values.size and values[0] == 0:
         return inverse.reshape(ids.shape).astype(np.int32), int(values.size - 1)
@@ -154,6 +176,123 @@ def panoptic_quality(pred_mask: np.ndarray, true_mask: np.ndarray, pred_ids: np.
     return _ratio(float((inter / union)[matched].sum()) if tp else 0.0, tp + 0.5 * fp + 0.5 * fn)
 
 
+# --- CellMap segmentation challenge (module docstring; constants of its evaluate.py at the commit cited there)
+CELLMAP_RATIO_CUTOFF = 10.0  # INSTANCE_RATIO_CUTOFF: more predictions per true instance are not scored
+CELLMAP_DISTANCE_EPS = 1e-4  # MAX_DISTANCE_CAP_EPS: the Hausdorff cap where 1.01^(-d/|v|) reaches 1e-4
+CELLMAP_COST_SCALE = 1_000_000  # MCMF_COST_SCALE: matching costs are int((1 - IoU) * scale)
+
+
+def cellmap_semantic(pred_mask: np.ndarray, true_mask: np.ndarray) -> tuple[float, float]:
+    """The challenge's `score_semantic` of two boolean masks (any shape) → (IoU, Dice); both 1 when both are
+    empty (scipy's Dice dissimilarity, as the challenge computes it)."""
+    p, g = np.asarray(pred_mask, bool).ravel(), np.asarray(true_mask, bool).ravel()
+    if not (p.any() or g.any()):
+        return 1.0, 1.0
+    return _ratio(np.count_nonzero(p & g), np.count_nonzero(p | g)), 1.0 - float(spatial_distance.dice(g, p))
+
+
+def full_components(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each instance of `ids` (integers, 0 = none) split into its connected components, full connectivity
+    (26-neighbour in 3D, as `cc3d.connected_components` labels a label image) → (int32 IDs 1..n by the order of
+    the instances' values, then scan order inside each; n)."""
+    ids = np.asarray(ids)
+    out, count = np.zeros(ids.shape, np.int32), 0
+    consecutive = _consecutive(ids)[0]
+    for value, box in enumerate(ndimage.find_objects(consecutive), start=1):
+        if box is None:
+            continue
+        parts, n = ndimage.label(consecutive[box] == value, structure=np.ones((3,) * ids.ndim, bool))
+        out[box][parts > 0] = parts[parts > 0] + count
+        count += n
+    return out, count
+
+
+def cellmap_match(true_ids: np.ndarray, n_true: int, pred_ids: np.ndarray, n_pred: int) -> dict[int, int]:
+    """The challenge's `match_instances`: predicted ID → true ID, one to one, minimising Σ int((1−IoU)·scale) over
+    matched pairs plus scale+1 per unmatched true instance (its min-cost flow, solved here as the equivalent
+    assignment with one private dummy per true instance: scipy's sparse Jonker–Volgenant solver).
+    IDs 1..n_true and 1..n_pred, 0 = background."""
+    if n_true == 0 or n_pred == 0:
+        return {}
+    _, _, ti, pi, inter, union = _overlaps(true_ids, n_true, pred_ids, n_pred)
+    if ti.size == 0:
+        return {}
+    cost = ((1.0 - (inter / union).astype(np.float32).astype(np.float64)) * CELLMAP_COST_SCALE).astype(np.int64)
+    rows = np.concatenate([ti, np.arange(n_true)])
+    cols = np.concatenate([pi, n_pred + np.arange(n_true)])
+    weights = np.concatenate([cost, np.full(n_true, CELLMAP_COST_SCALE + 1)]) + 1  # +1: no zero weights
+    graph = sparse.csr_array((weights.astype(np.float64), (rows, cols)), shape=(n_true, n_pred + n_true))
+    matched_rows, matched_cols = min_weight_full_bipartite_matching(graph)
+    return {int(c) + 1: int(r) + 1 for r, c in zip(matched_rows, matched_cols) if c < n_pred}
+
+
+def hausdorff(a: np.ndarray, b: np.ndarray, sampling: tuple[float, ...], cap: float) -> float:
+    """Symmetric Hausdorff distance of two boolean masks (same shape; physical units by `sampling`), capped at
+    `cap`; the cap when one is empty, 0 when both are (the challenge's `compute_hausdorff_distance_roi`)."""
+    if not a.any() and not b.any():
+        return 0.0
+    if not a.any() or not b.any():
+        return float(cap)
+    boxes = ndimage.find_objects((a | b).astype(np.uint8))[0]  # both sets lie inside: the transform is exact
+    a, b = a[boxes], b[boxes]
+    forward = ndimage.distance_transform_edt(~b, sampling=sampling)[a].max(initial=0.0)
+    backward = ndimage.distance_transform_edt(~a, sampling=sampling)[b].max(initial=0.0)
+    return float(min(max(forward, backward), cap))
+
+
+@dataclass(frozen=True)
+class CellMapInstanceScore:
+    """The challenge's instance scores of one class (module docstring); `f1` from its newer scoring.py."""
+
+    accuracy: float
+    hausdorff_distance: float
+    normalized_hausdorff_distance: float
+    combined_score: float
+    f1: float
+
+
+def cellmap_instance(pred_ids: np.ndarray, true_ids: np.ndarray, voxel_size: tuple[float, ...] | None = None
+                     ) -> CellMapInstanceScore:
+    """The challenge's `score_instance` of instance IDs pred_ids and true_ids (same shape, 0 = background;
+    true IDs as given, predicted split into full-connectivity components). voxel_size: per axis (default 1).
+
+    One difference, on purpose: the challenge keeps an unmatched prediction's own ID (its `remap` with
+    preserve_missing_labels), which counts as correct wherever it happens to equal the true ID; here an
+    unmatched prediction never equals a true instance."""
+    sampling = tuple(float(v) for v in (voxel_size or (1.0,) * true_ids.ndim))
+    norm = float(np.linalg.norm(sampling))
+    cap = norm * np.log(1.0 / CELLMAP_DISTANCE_EPS) / np.log(1.01)
+    true_ids, n_true = _consecutive(np.asarray(true_ids))
+    pred_ids, n_pred = full_components(pred_ids)
+    if n_true and n_pred / n_true > CELLMAP_RATIO_CUTOFF:
+        return CellMapInstanceScore(0.0, float("inf"), 0.0, 0.0, 0.0)
+    mapping = cellmap_match(true_ids, n_true, pred_ids, n_pred)
+    lookup = np.full(n_pred + 1, -1, np.int64)  # unmatched predictions: never a true ID
+    lookup[0] = 0
+    lookup[list(mapping)] = list(mapping.values())
+    remapped = lookup[pred_ids]
+    accuracy = float(np.count_nonzero(remapped == true_ids)) / max(true_ids.size, 1)
+    distances = []
+    if mapping:  # the challenge: no match at all → no distance, a mean of 0
+        true_boxes = ndimage.find_objects(true_ids)
+        all_pred_boxes = ndimage.find_objects(pred_ids)
+        pred_boxes = {t: all_pred_boxes[p - 1] for p, t in mapping.items()}
+        for label, box in enumerate(true_boxes, start=1):
+            region = _union_box(box, pred_boxes.get(label))
+            distances.append(hausdorff(true_ids[region] == label, remapped[region] == label, sampling, cap))
+    distance = float(np.mean(distances)) if distances else 0.0
+    normalized = float(1.01 ** (-distance / norm))
+    tp = len(mapping)
+    return CellMapInstanceScore(accuracy, distance, normalized, float(np.sqrt(accuracy * normalized)),
+                                _ratio(2.0 * tp, n_pred + n_true) if n_pred + n_true else 0.0)
+
+
+def _union_box(a: tuple[slice, ...], b: tuple[slice, ...] | None) -> tuple[slice, ...]:
+    if b is None:
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not np.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -175,14 +314,23 @@ class SegmentationScores:
     # class name → where AJI / PQ took the predicted instances from: "connected components" of the class mask,
     # or "instance label image" (a `segment --instances` output's <class>_instances)
     instance_source: dict[str, str] = field(default_factory=dict)
+    # the CellMap challenge's scores (module docstring): semantic IoU / Dice per class, instance scores per class
+    # (accuracy, hausdorff_distance, normalized_hausdorff_distance, combined_score, f1), and the means it ranks
+    # by: instance = mean combined score, semantic = mean IoU, overall = their geometric mean
+    cellmap_iou: dict[str, float] = field(default_factory=dict)
+    cellmap_dice: dict[str, float] = field(default_factory=dict)
+    cellmap_instance: dict[str, dict[str, float]] = field(default_factory=dict)
+    cellmap_instance_score: float = float("nan")
+    cellmap_semantic_score: float = float("nan")
+    cellmap_score: float = float("nan")
 
     def to_json(self) -> str:
-        """JSON with NaN written as null."""
+        """JSON with NaN and infinities written as null."""
 
         def clean(value):
             if isinstance(value, dict):
                 return {k: clean(v) for k, v in value.items()}
-            return None if isinstance(value, float) and np.isnan(value) else value
+            return None if isinstance(value, float) and not np.isfinite(value) else value
 
         return json.dumps(clean(asdict(self)), indent=2)
 
@@ -193,10 +341,12 @@ def evaluate(
     class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES,
     instance_metrics: bool = True,
     pred_instances: dict[str, np.ndarray] | None = None,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> SegmentationScores:
     """Score integer label arrays pred and truth (same shape, 2D or 3D) for classes 1..len(class_names).
-    pred_instances: class name → the prediction's instance IDs for that class (AJI and PQ use them instead
-    of the connected components of the class mask).
+    pred_instances: class name → the prediction's instance IDs for that class (AJI, PQ and the CellMap instance
+    scores use them instead of the connected components of the class mask). voxel_size: per axis, for the
+    CellMap Hausdorff distance (default 1).
 
     EmsegError for different shapes, non-integer dtypes, or a value outside 0..len(class_names)."""
     _check_pair(pred, truth)
@@ -206,20 +356,31 @@ def evaluate(
     for label, name in enumerate(class_names, start=1):
         scores.dice[name] = dice(pred, truth, label)
         scores.iou[name] = iou(pred, truth, label)
+        p, g = pred == label, truth == label
+        scores.cellmap_iou[name], scores.cellmap_dice[name] = cellmap_semantic(p, g)
         if instance_metrics:
-            p, g = pred == label, truth == label
-            ids = (pred_instances or {}).get(name)
-            if ids is not None and ids.shape != pred.shape:
-                raise EmsegError(f"the {name} instance IDs have shape {ids.shape}, not the prediction's {pred.shape}")
-            scores.aji[name] = aji(p, g, ids)
-            scores.pq[name] = panoptic_quality(p, g, ids)
-            scores.instance_source[name] = "connected components" if ids is None else "instance label image"
+            _score_instances(scores, name, p, g, (pred_instances or {}).get(name), voxel_size)
     scores.mean_dice = _nanmean(list(scores.dice.values()))
     scores.mean_iou = _nanmean(list(scores.iou.values()))
+    scores.cellmap_semantic_score = _nanmean(list(scores.cellmap_iou.values()))
     if instance_metrics:
         scores.mean_aji = _nanmean(list(scores.aji.values()))
         scores.mean_pq = _nanmean(list(scores.pq.values()))
+        scores.cellmap_instance_score = _nanmean([v["combined_score"] for v in scores.cellmap_instance.values()])
+        scores.cellmap_score = float(np.sqrt(scores.cellmap_instance_score * scores.cellmap_semantic_score))
     return scores
+
+
+def _score_instances(scores: SegmentationScores, name: str, p: np.ndarray, g: np.ndarray, ids: np.ndarray | None,
+                     voxel_size: tuple[float, ...] | None) -> None:
+    """AJI, PQ and the CellMap instance scores of one class into `scores`."""
+    if ids is not None and ids.shape != p.shape:
+        raise EmsegError(f"the {name} instance IDs have shape {ids.shape}, not the prediction's {p.shape}")
+    scores.aji[name] = aji(p, g, ids)
+    scores.pq[name] = panoptic_quality(p, g, ids)
+    scores.instance_source[name] = "connected components" if ids is None else "instance label image"
+    pred_ids = instances(p)[0] if ids is None else ids
+    scores.cellmap_instance[name] = asdict(cellmap_instance(pred_ids, instances(g)[0], voxel_size))
 
 
 def class_names_by_value(names: dict[int, str]) -> tuple[str, ...]:
@@ -289,18 +450,19 @@ def evaluate_labels(
     truth_names: dict[int, str] | None = None,
     instance_metrics: bool = True,
     pred_instances: dict[str, np.ndarray] | None = None,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> SegmentationScores:
     """Score integer label arrays pred and truth (same shape, 2D or 3D), classes matched by name when both
     sides name them, else by label value (module docstring); EmsegError as `evaluate`, and for a value the
-    names do not cover when matching by name."""
+    names do not cover when matching by name. voxel_size: per axis, the truth's (CellMap Hausdorff distance)."""
     _check_pair(pred, truth)
     if not (pred_names and truth_names):
         names = pred_names or truth_names
         return evaluate(pred, truth, class_names_by_value(names) if names else DEFAULT_CLASS_NAMES,
-                        instance_metrics, pred_instances)
+                        instance_metrics, pred_instances, voxel_size)
     match = match_classes(pred_names, truth_names)
     scores = evaluate(remap_labels(pred, match.pred_values, "prediction"),
                       remap_labels(truth, match.truth_values, "ground truth"), match.names, instance_metrics,
-                      pred_instances)
+                      pred_instances, voxel_size)
     scores.skipped = match.skipped
     return scores

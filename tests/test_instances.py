@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 from cli_helpers import assert_one_line, run_cli
+from instance_helpers import default_reference, first_appearance
 from ome_zarr_models import open_ome_zarr
 from ome_zarr_models.v05 import ImageLabel as ImageLabel05
 from scipy import ndimage
@@ -19,6 +20,7 @@ from scipy import ndimage
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import write_ome_image
 from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime.instance_rules import InstanceRule, rule_for
 from emseg_rt.runtime.instances import (
     WatershedSeeds,
     blockwise_instances,
@@ -40,31 +42,10 @@ def engine(one_torch_thread):
     return load_backend(MODEL, "torch")
 
 
-def first_appearance(ids: np.ndarray) -> np.ndarray:
-    """Nonzero IDs renumbered 1..N in the order they first appear in C (scan) order, written out here (not
-    `runtime.instances.relabel_by_first_appearance`, which is under test)."""
-    renumbered, order = np.zeros(ids.shape, np.uint32), {}
-    flat, out = ids.ravel(), renumbered.ravel()
-    for value in flat[np.sort(np.unique(flat, return_index=True)[1])]:
-        if value:
-            order[int(value)] = len(order) + 1
-    for value, new in order.items():
-        out[flat == value] = new
-    return renumbered
-
-
 def reference(mask: np.ndarray) -> np.ndarray:
     """Whole-volume connected components (scipy's `ndimage.label`, 3D, face connectivity), IDs by first
     appearance in scan order."""
     return first_appearance(ndimage.label(mask)[0])
-
-
-def assert_same_partition(ids: np.ndarray, expected: np.ndarray) -> None:
-    """The same objects (same voxel sets, same number), whatever their IDs: a bijection between the labels."""
-    np.testing.assert_array_equal(ids > 0, expected > 0)
-    pairs = np.unique(np.stack([ids[ids > 0], expected[ids > 0]]), axis=1)
-    assert pairs.shape[1] == len(np.unique(ids[ids > 0])) == len(np.unique(expected[expected > 0])), \
-        "an object of one is split or merged in the other"
 
 
 def watershed_reference(mask: np.ndarray, density: np.ndarray, threshold: float, kernel: int = 5) -> np.ndarray:
@@ -276,7 +257,7 @@ def phantom(tmp_path: Path) -> Path:
     return write_phantom(tmp_path / "cell.zarr", generate_phantom((5, 64, 64), seed=3))
 
 
-def test_segment_writes_instance_label_images_equal_to_whole_volume_components(tmp_path, engine):
+def test_segment_writes_instance_label_images_equal_to_the_whole_volume_rules(tmp_path, engine, monkeypatch):
     cell = phantom(tmp_path)
     out = tmp_path / "out.zarr"
     classes = ("mitochondria", "granules")
@@ -290,16 +271,23 @@ def test_segment_writes_instance_label_images_equal_to_whole_volume_components(t
         assert ome["image-label"] == {} and dict(group.attrs)["emseg_rt"]["status"] == "complete"
         ids = group["s0"][...]
         assert ids.dtype == np.uint32 and group["s0"].shards[0] == 2  # one shard per block
-        expected = reference(semantic == engine.spec.classes.index(name) + 1)
-        assert_same_partition(ids, ndimage.label(semantic == engine.spec.classes.index(name) + 1)[0])
-        np.testing.assert_array_equal(ids, expected)  # and the IDs by first appearance
+        # the class's default rule (holes, min size, split) on each whole-volume component, IDs in order
+        expected = default_reference(semantic, engine.spec.classes.index(name) + 1, name)
+        np.testing.assert_array_equal(ids, expected)
         assert report.instances[name] == int(expected.max()) > 0
         np.testing.assert_array_equal(group["s1"][...], ids[:, ::2, ::2])
     assert not (out / "nucleus_instances").exists()
     record = json.loads((out / ".emseg-rt" / "zarr.json").read_text())["attributes"]["emseg_rt_run"]
     assert record["config"]["instances"]["classes"] == list(classes)
+    assert record["config"]["instances"]["rules"] == {name: rule_for(name).to_config() for name in classes}
     with pytest.raises(EmsegError, match="different configuration"):  # other --instances: another run
         segment_volume(cell, out, backend=engine, block=2, levels=2, instances=("granules",), resume=True)
+    from emseg_rt.runtime import instance_rules
+
+    changed = dict(instance_rules.DEFAULT_RULES, granules=InstanceRule(min_size=5, split=False))
+    monkeypatch.setattr(instance_rules, "DEFAULT_RULES", changed)
+    with pytest.raises(EmsegError, match="different configuration"):  # other rules: another run
+        segment_volume(cell, out, backend=engine, block=2, levels=2, instances=classes, resume=True)
 
 
 def test_a_crash_in_the_relabel_pass_is_resumed_to_identical_bytes(tmp_path, engine, monkeypatch):
@@ -341,7 +329,7 @@ def test_into_input_registers_the_instance_label_image(tmp_path, engine):
     assert isinstance(open_ome_zarr(group), ImageLabel05)
     assert dict(group.attrs)["ome"]["image-label"]["source"] == {"image": "../../"}
     semantic = labels["organelles"]["s0"][...]
-    np.testing.assert_array_equal(group["s0"][...], reference(semantic == 3))
+    np.testing.assert_array_equal(group["s0"][...], default_reference(semantic, 3, "granules"))
 
 
 def test_unknown_instance_class_is_a_one_line_error(tmp_path, monkeypatch, capsys):
@@ -367,10 +355,12 @@ def test_eval_uses_the_instance_label_images_and_says_so(tmp_path, engine, monke
     assert scores["instance_source"] == {"nucleus": "connected components", "mitochondria": "instance label image",
                                          "granules": "connected components"}
     pred, truth = open_label_image(out, role="prediction"), open_label_image(cell, role="truth")
-    plain = evaluate_labels(pred.read(), truth.read(), pred.class_names, truth.class_names)
-    # the instance image holds exactly the components of the mask, so the scores agree
-    assert scores["pq"]["mitochondria"] == pytest.approx(plain.pq["mitochondria"], nan_ok=True)
-    assert scores["aji"]["mitochondria"] == pytest.approx(plain.aji["mitochondria"], nan_ok=True)
+    value = {n: v for v, n in pred.class_names.items()}["mitochondria"]
+    ruled = default_reference(pred.read(), value, "mitochondria")  # what the instance image must hold
+    expected = evaluate_labels(pred.read(), truth.read(), pred.class_names, truth.class_names,
+                               pred_instances={"mitochondria": ruled})
+    assert scores["pq"]["mitochondria"] == pytest.approx(expected.pq["mitochondria"], nan_ok=True)
+    assert scores["aji"]["mitochondria"] == pytest.approx(expected.aji["mitochondria"], nan_ok=True)
     # the instance image is what is scored: the ground truth's own mitochondria as instances score 1
     value = {n: v for v, n in truth.class_names.items()}["mitochondria"]
     zarr.open_array(str(out / "mitochondria_instances" / "s0"), mode="r+")[...] = ndimage.label(

@@ -1,4 +1,5 @@
-"""`emseg-rt eval`: score a predicted label volume against ground truth (Dice, IoU, mIoU, AJI, PQ)."""
+"""`emseg-rt eval`: score a predicted label volume against ground truth (Dice, IoU, mIoU, AJI, PQ, and the
+CellMap segmentation challenge's semantic and instance scores)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ def eval_command(
     pred_labels: str | None = typer.Option(None, "--pred-labels", help="Label image NAME under PRED/labels/."),
     gt_labels: str | None = typer.Option(None, "--gt-labels", help="Label image NAME under GT/labels/."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    no_instances: bool = typer.Option(False, "--no-instances", help="Skip AJI and PQ (faster on big volumes)."),
+    no_instances: bool = typer.Option(False, "--no-instances", help="Skip AJI, PQ and the CellMap instance "
+                                      "scores (faster on big volumes)."),
 ) -> None:
-    """Per-class Dice and IoU, mean IoU, and instance-level AJI and PQ (definitions: emseg_rt.metrics).
+    """Per-class Dice and IoU, mean IoU, instance-level AJI and PQ, and the CellMap challenge's scores: semantic
+    IoU / Dice and instance accuracy, Hausdorff distance (in the ground truth's units) and combined score
+    (definitions: emseg_rt.metrics). Predicted instances come from `segment --instances` label images
+    (<class>_instances) where the prediction has them, else from connected components.
 
     Classes are matched by name when both label images name them (image-label properties), else by value.
     """
@@ -39,8 +44,11 @@ def eval_command(
     check_same_shape(prediction, truth)
     pred_instances = {} if no_instances else {name: image.read() for name, image in
                                               instance_images(prediction).items()}
-    scores = evaluate_labels(prediction.read(), truth.read(), prediction.class_names, truth.class_names,
-                             instance_metrics=not no_instances, pred_instances=pred_instances)
+    truth_labels = truth.read()
+    voxel_size = tuple(truth.volume.voxel_size)
+    scores = evaluate_labels(prediction.read(), truth_labels, prediction.class_names, truth.class_names,
+                             instance_metrics=not no_instances, pred_instances=pred_instances,
+                             voxel_size=voxel_size if len(voxel_size) == truth_labels.ndim else None)
     print_skipped(scores.skipped)
     if as_json:
         typer.echo(scores.to_json())
@@ -75,15 +83,24 @@ def print_scores(scores) -> None:
     def fmt(value: float) -> str:
         return "—" if math.isnan(value) else f"{value:.3f}"
 
+    def cellmap(name: str, key: str) -> str:
+        return fmt(scores.cellmap_instance.get(name, {}).get(key, float("nan")))
+
     table = Table(title="segmentation scores")
-    for column in ("class", "Dice", "IoU", "AJI", "PQ"):
+    columns = ("class", "Dice", "IoU", "AJI", "PQ", "CellMap acc", "CellMap HD", "CellMap F1", "CellMap inst")
+    for column in columns:
         table.add_column(column, justify="left" if column == "class" else "right")
     for name in scores.dice:
         table.add_row(name, fmt(scores.dice[name]), fmt(scores.iou[name]),
-                      fmt(scores.aji.get(name, float("nan"))), fmt(scores.pq.get(name, float("nan"))))
-    table.add_row("mean", fmt(scores.mean_dice), fmt(scores.mean_iou), fmt(scores.mean_aji), fmt(scores.mean_pq))
+                      fmt(scores.aji.get(name, float("nan"))), fmt(scores.pq.get(name, float("nan"))),
+                      cellmap(name, "accuracy"), cellmap(name, "hausdorff_distance"), cellmap(name, "f1"),
+                      cellmap(name, "combined_score"))
+    table.add_row("mean", fmt(scores.mean_dice), fmt(scores.mean_iou), fmt(scores.mean_aji), fmt(scores.mean_pq),
+                  "", "", "", fmt(scores.cellmap_instance_score))
+    table.caption = (f"CellMap: semantic {fmt(scores.cellmap_semantic_score)} (mean IoU), instance "
+                     f"{fmt(scores.cellmap_instance_score)}, overall {fmt(scores.cellmap_score)}")
     from_images = [n for n, source in scores.instance_source.items() if source == "instance label image"]
     if from_images:
-        table.caption = (f"AJI/PQ instances: {', '.join(from_images)} from <class>_instances label images, "
-                         "others from connected components")
+        table.caption += (f"; instances: {', '.join(from_images)} from <class>_instances label images, "
+                          "others from connected components")
     print_table(table)

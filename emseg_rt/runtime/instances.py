@@ -34,12 +34,27 @@ before setting the block's `provisional` marker, the table (`offsets`, `table`) 
 the relabel pass one `relabelled` marker per block and the pyramid one marker. The instance label image's
 root says `"status": "incomplete"` until all of it is written (set through `OutputStore.set_status`), and
 the run's root is marked complete only after every class's instance stage. `write_instances` is the stage.
+
+Without a density head, each class has a rule (`runtime.instance_rules.InstanceRule`, defaults by class name,
+recorded in the run configuration): holes are filled per plane before the components pass (block-local, so
+the components are still exact), the relabel pass writes the components to the run-state array `components`
+(uint32, planes first) instead of the instance image, a bounding-box pass (one read of `components`, per block;
+marker `bbox-done`, array `bbox`) finds each component's box, and the split pass takes the components in ID
+order: each is cut from its box (plus a voxel), removed below the rule's min_size or split by the
+distance-transform watershed (`instance_rules.split_component`), and its pieces get final IDs, consecutive over
+the components in their order, pieces by first appearance inside their component. The result equals the rule
+applied to each component of `ndimage.label` of the hole-filled whole mask. The split pass keeps the write
+blocks it touches in memory (components come in order of their first plane, so a block is final once the next
+component starts below it) and writes each whole block once: a read-modify-write of each component's crop
+would rewrite a block-deep shard per component. Its one marker is `split-done` (with the count in
+`split-count`): a resume redoes the split pass whole, and writes the same bytes.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +68,7 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.io.label_images import INSTANCE_SUFFIX
 from emseg_rt.io.ome_zarr import LabelImageSpec, create_ome_group
 from emseg_rt.io.pyramid import write_lower_levels
+from emseg_rt.runtime.instance_rules import InstanceRule, fill_plane_holes, rule_for, split_component
 from emseg_rt.runtime.output import DoneMarkers, OutputStore
 from emseg_rt.runtime.prompts import peak_points
 
@@ -283,12 +299,15 @@ class InstanceStage:
 
     store:     the run's output: this stage's markers and arrays live in its run state, in the group
                `instances-<hash>-<class>/` (`namespace`): markers `provisional` and `relabelled` (one per
-               block), `table-done` and `pyramid` (one each); arrays `counts`, `pairs-<k>`, `offsets`, `table`.
+               block), `table-done` and `pyramid` (one each); arrays `counts`, `pairs-<k>`, `offsets`, `table`;
+               with a `rule`, also `components`, `bbox`, `split-count` and the markers `bbox-done`, `split-done`.
     value:     the class's label value in `semantic`, the run's s0 label array (read only).
     image:     where the instance label image goes; spec: its LabelImageSpec (uint32, the run's levels).
     blocks:    (index, first plane, end plane) write blocks; axis_index: the segmenting axis.
     run_hash:  the run's configuration hash (names the state group, recorded on the instance image).
     density:   the run's stored density (uint8, value/255), read with `seeds` (the marker watershed).
+    rule:      holes, minimum size and split of a model without a density head (None with `seeds`);
+    sampling:  the voxel size, planes first (the distance transform of `rule.split`).
     """
 
     store: OutputStore
@@ -302,6 +321,8 @@ class InstanceStage:
     run_hash: str
     density: Any = None
     seeds: WatershedSeeds | None = None
+    rule: InstanceRule | None = None
+    sampling: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     @property
     def namespace(self) -> str:
@@ -320,19 +341,29 @@ class InstanceStage:
     def _region(self, b0: int, b1: int) -> tuple[slice, ...]:
         return tuple(slice(b0, b1) if i == self.axis_index else slice(None) for i in range(3))
 
+    def _planes(self, array: Any, b0: int, b1: int) -> np.ndarray:
+        """Planes b0..b1-1 of a (Z, Y, X) array of the run, segmenting axis first."""
+        return np.moveaxis(np.asarray(array[self._region(b0, b1)]), self.axis_index, 0)
+
     def _local_ids(self, b0: int, b1: int) -> tuple[np.ndarray, int, np.ndarray]:
         """Block planes b0..b1-1 → (local IDs, count, the voxels that link across planes) (`block_ids`)."""
-        region = self._region(b0, b1)
-        mask = np.moveaxis(np.asarray(self.semantic[region]), self.axis_index, 0) == self.value
+        labels = self._planes(self.semantic, b0, b1)
+        mask = labels == self.value
+        if self.rule is not None and self.rule.fill_holes:
+            mask = fill_plane_holes(mask, labels == 0)
         density = None
         if self.seeds is not None:
-            density = np.moveaxis(np.asarray(self.density[region]), self.axis_index, 0).astype(np.float32) / 255
+            density = self._planes(self.density, b0, b1).astype(np.float32) / 255
         return block_ids(mask, density, self.seeds)
 
     def _attrs(self, status: str) -> dict:
         method = "connected components" if self.seeds is None else self.seeds.describe()
-        return {"status": status, "instances_of": self.class_name, "connectivity": "face",
-                "method": method, "config_hash": self.run_hash}
+        attrs = {"status": status, "instances_of": self.class_name, "connectivity": "face",
+                 "method": method, "config_hash": self.run_hash}
+        if self.rule is not None:
+            attrs.update(method="connected components of the hole-filled mask, then per component: minimum size"
+                         + (", distance-transform watershed" if self.rule.split else ""), rule=self.rule.to_config())
+        return attrs
 
     # -- passes
     def open(self) -> None:
@@ -344,7 +375,13 @@ class InstanceStage:
                          extra_attributes={"emseg_rt": self._attrs("incomplete")})
         blocks = max(len(self.blocks), 1)
         self._new_array("counts", (blocks,), np.int64, (1,))
-        for name, length in (("provisional", blocks), ("relabelled", blocks), ("table-done", 1), ("pyramid", 1)):
+        if self.rule is not None:
+            dims = [int(s) for s in self.semantic.shape]
+            shape = (dims.pop(self.axis_index), *dims)  # planes first
+            depth = max(b1 - b0 for _, b0, b1 in self.blocks) if self.blocks else 1
+            self._new_array("components", shape, np.uint32, (depth, min(shape[1], 1024), min(shape[2], 1024)))
+        for name, length in (("provisional", blocks), ("relabelled", blocks), ("table-done", 1), ("bbox-done", 1),
+                             ("split-done", 1), ("pyramid", 1)):
             self._markers(name).create(length)  # "pyramid" last: its presence says all exist
 
     def provisional_pass(self) -> None:
@@ -378,15 +415,55 @@ class InstanceStage:
         return offsets, table
 
     def relabel_pass(self, offsets: np.ndarray, table: np.ndarray) -> None:
-        target = self.store.open_level0(self.image, mode="r+")
+        """The components, by block: into the instance image, or with a rule into the `components` state."""
+        target = self._array("components") if self.rule is not None else self.store.open_level0(self.image, "r+")
         markers = self._markers("relabelled")
         done = markers.done()
         for index, b0, b1 in self.blocks:
             if index in done:
                 continue
             ids = relabel_block(self._local_ids(b0, b1)[0], int(offsets[index]), table)
-            target[self._region(b0, b1)] = np.moveaxis(ids, 0, self.axis_index)
+            if self.rule is not None:
+                target[b0:b1] = ids
+            else:
+                target[self._region(b0, b1)] = np.moveaxis(ids, 0, self.axis_index)
             markers.mark(index)
+
+    def bbox_pass(self, count: int) -> np.ndarray:
+        """Each component's bounding box (count, 6) int64: first and end plane, row, column (planes first)."""
+        if self._markers("bbox-done").done():
+            return np.asarray(self._array("bbox")[...])
+        components = self._array("components")
+        boxes = component_boxes(((b0, np.asarray(components[b0:b1])) for _, b0, b1 in self.blocks), count)
+        self._new_array("bbox", boxes.shape, np.int64, (max(min(count, 2**16), 1), 6))[...] = boxes
+        self._markers("bbox-done").mark(0)
+        return boxes
+
+    def split_pass(self, boxes: np.ndarray) -> int:
+        """Final IDs of every component by the rule (`split_component`), written block by block → their number.
+        One marker for the whole pass: a resume after a kill in it redoes it whole (every block it writes is
+        written whole, with the same bytes). Memory: the blocks spanned by the largest component, twice."""
+        if self._markers("split-done").done():
+            return int(self._array("split-count")[0])
+        window = BlockWindow(self.blocks, self._array("components"), self._write_block)
+        next_id = 1
+        for index, box in enumerate(boxes):
+            crop = crop_box(box, window.shape)
+            window.flush_before(crop[0].start)  # later crops start here or below: blocks above it are final
+            pieces, count = split_component(window.components(crop) == index + 1, self.sampling, self.rule)
+            if count:
+                window.place(crop, np.where(pieces > 0, pieces.astype(np.int64) + next_id - 1, 0))
+            next_id += count
+        window.flush_before(window.shape[0])
+        if next_id - 1 > MAX_ID:
+            raise EmsegError(f"{next_id - 1} instances do not fit uint32 IDs")
+        self._new_array("split-count", (1,), np.int64, (1,))[...] = next_id - 1
+        self._markers("split-done").mark(0)  # after every block is written
+        return next_id - 1
+
+    def _write_block(self, b0: int, b1: int, ids: np.ndarray) -> None:
+        target = self.store.open_level0(self.image, mode="r+")
+        target[self._region(b0, b1)] = np.moveaxis(ids, 0, self.axis_index)
 
     def finish(self) -> None:
         pyramid = self._markers("pyramid")
@@ -401,31 +478,133 @@ class InstanceStage:
         self.provisional_pass()
         offsets, table = self.table()
         self.relabel_pass(offsets, table)
+        count = int(table.max(initial=0))
+        if self.rule is not None:
+            count = self.split_pass(self.bbox_pass(count))
         self.finish()
-        return int(table.max(initial=0))
+        return count
+
+
+def component_boxes(blocks: Iterable[tuple[int, np.ndarray]], count: int) -> np.ndarray:
+    """Bounding boxes of components 1..count from their IDs given block by block: (first plane, IDs (n, H, W))
+    → (count, 6) int64 rows (p0, p1, y0, y1, x0, x1), ends exclusive."""
+    boxes = np.zeros((count, 6), np.int64)
+    boxes[:, 0::2] = np.iinfo(np.int64).max
+    for b0, ids in blocks:
+        present = ids[ids > 0]
+        if present.size == 0:
+            continue
+        low = int(present.min())
+        local = np.where(ids > 0, ids.astype(np.int64) - low + 1, 0)
+        for offset, found in enumerate(ndimage.find_objects(local)):
+            if found is None:
+                continue
+            row = boxes[low - 1 + offset]
+            starts, stops = (found[0].start + b0, found[1].start, found[2].start), (found[0].stop + b0,
+                                                                                   found[1].stop, found[2].stop)
+            row[0::2] = np.minimum(row[0::2], starts)
+            row[1::2] = np.maximum(row[1::2], stops)
+    return boxes
+
+
+def crop_box(box: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A bounding box (p0, p1, y0, y1, x0, x1) grown by one voxel on every side, clipped to `shape`."""
+    return tuple(slice(max(int(box[2 * a]) - 1, 0), min(int(box[2 * a + 1]) + 1, shape[a])) for a in range(3))
+
+
+class BlockWindow:
+    """The write blocks the split pass works in, in memory: each block's component IDs (read once) and its
+    final instance IDs (written once, by `flush_before`, when no later component can touch it).
+
+    blocks: (index, b0, b1) contiguous write blocks; components: the (depth, H, W) `components` array;
+    write(b0, b1, ids): stores one block's final IDs (n, H, W)."""
+
+    def __init__(self, blocks: Sequence[tuple[int, int, int]], components: Any, write: Any) -> None:
+        self.blocks, self.source, self.write = list(blocks), components, write
+        self.starts = [b0 for _, b0, _ in self.blocks]
+        self.shape = tuple(int(s) for s in components.shape)
+        self.loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # block index → (component IDs, final IDs)
+
+    def _spanned(self, p0: int, p1: int) -> list[int]:
+        """Indices (into `blocks`) of the blocks holding planes p0..p1-1, loaded if not yet."""
+        spanned = list(range(bisect.bisect_right(self.starts, p0) - 1, bisect.bisect_left(self.starts, p1)))
+        for k in spanned:
+            if k not in self.loaded:
+                _, b0, b1 = self.blocks[k]
+                ids = np.asarray(self.source[b0:b1])
+                self.loaded[k] = (ids, np.zeros(ids.shape, np.uint32))
+        return spanned
+
+    def components(self, crop: tuple[slice, ...]) -> np.ndarray:
+        """The component IDs in `crop` (planes, rows, columns)."""
+        parts = []
+        for k in self._spanned(crop[0].start, crop[0].stop):
+            b0, b1 = self.blocks[k][1:]
+            lo, hi = max(crop[0].start, b0) - b0, min(crop[0].stop, b1) - b0
+            parts.append(self.loaded[k][0][lo:hi, crop[1], crop[2]])
+        return np.concatenate(parts)
+
+    def place(self, crop: tuple[slice, ...], ids: np.ndarray) -> None:
+        """Set the final IDs of `crop` where `ids` (its shape) is nonzero."""
+        for k in self._spanned(crop[0].start, crop[0].stop):
+            b0, b1 = self.blocks[k][1:]
+            lo, hi = max(crop[0].start, b0), min(crop[0].stop, b1)
+            part = ids[lo - crop[0].start:hi - crop[0].start]
+            view = self.loaded[k][1][lo - b0:hi - b0, crop[1], crop[2]]
+            view[part > 0] = part[part > 0]
+
+    def flush_before(self, plane: int) -> None:
+        """Write and drop the loaded blocks that end at or before `plane`."""
+        for k in sorted(self.loaded):
+            _, b0, b1 = self.blocks[k]
+            if b1 <= plane:
+                self.write(b0, b1, self.loaded.pop(k)[1])
+
+
+def _planes_first(values: Sequence[float], axis_index: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values) if len(values) == 3 else (1.0, 1.0, 1.0)
+    return (values[axis_index],) + tuple(v for i, v in enumerate(values) if i != axis_index)
 
 
 def instance_stage(store: OutputStore, class_name: str, blocks: Sequence[tuple[int, int, int]], axis_index: int,
-                   run_hash: str, seeds: WatershedSeeds | None = None) -> InstanceStage:
+                   run_hash: str, seeds: WatershedSeeds | None = None, rule: InstanceRule | None = None
+                   ) -> InstanceStage:
     """The InstanceStage of `class_name` for the run writing `store`: it reads the run's s0 (and, with `seeds`,
-    the stored density) and writes `<class>_instances` beside the semantic label image, with its levels."""
+    the stored density) and writes `<class>_instances` beside the semantic label image, with its levels.
+    Without `seeds`, the class's `rule` (default: `instance_rules.rule_for(class_name)`) applies."""
     layout = store.layout
     spec = dataclasses.replace(layout.label_spec(), name=instance_label_name(class_name), classes=(),
                                dtype=np.dtype(np.uint32), colors=())
     parent = store.root.parent if layout.nested else store.root
     semantic = store.open_level0(store.root)
     density = zarr.open_array(str(store.density_path), mode="r") if seeds is not None else None
+    if seeds is None and rule is None:
+        rule = rule_for(class_name)
     return InstanceStage(store, class_name, list(layout.classes).index(class_name) + 1, semantic, parent / spec.name,
-                         spec, blocks, axis_index, run_hash, density, seeds)
+                         spec, blocks, axis_index, run_hash, density, seeds, None if seeds is not None else rule,
+                         _planes_first(layout.voxel_size, axis_index))
 
 
 def write_instances(store: OutputStore, classes: Sequence[str], blocks: Sequence[tuple[int, int, int]],
-                    axis_index: int, run_hash: str, seeds: WatershedSeeds | None = None) -> dict[str, int]:
+                    axis_index: int, run_hash: str, seeds: WatershedSeeds | None = None,
+                    rules: Mapping[str, InstanceRule] | None = None) -> dict[str, int]:
     """The instance stage of a run: every requested class's instance label image (`InstanceStage.run`), after
     the semantic blocks and pyramid, before the root is marked complete; resumes from the stage's markers.
 
     blocks: (index, first plane, end plane) write blocks along `axis_index`, the segmenting axis.
-    seeds:  the marker watershed on the stored density (a model with a density head); None: components.
+    seeds:  the marker watershed on the stored density (a model with a density head); None: components and
+            each class's rule (`rules`, default `instance_rules.rule_for`; they must be the ones the run's
+            configuration records: `instance_config`).
     Returns the number of instances per class, in the order of `classes`.
     """
-    return {name: instance_stage(store, name, blocks, axis_index, run_hash, seeds).run() for name in classes}
+    return {name: instance_stage(store, name, blocks, axis_index, run_hash, seeds, (rules or {}).get(name)).run()
+            for name in classes}
+
+
+def instance_config(classes: Sequence[str], seeds: WatershedSeeds | None) -> dict[str, Any]:
+    """The run configuration's `instances` entry (a resume refuses other classes, seeds or rules)."""
+    if seeds is not None:  # density models: their watershed and its density store
+        return {"classes": list(classes), "method": "marker watershed", "peak_threshold": seeds.threshold,
+                "nms_kernel": seeds.kernel, "density_blend": "gaussian"}
+    return {"classes": list(classes), "method": "connected components, face; per-class rules",
+            "rules": {name: rule_for(name).to_config() for name in classes}}
