@@ -74,10 +74,11 @@ def test_rescaled_phantom_segments_as_the_uint8_one(dtype, engine, uint8_run):
 
 def test_a_contrast_stretch_fails_the_same_bar(engine, uint8_run):
     """The mapping before reference windows (the percentiles stretched onto 0..255, now `--window p0.5,p99.5`)
-    misses the bar by far: the test above measures the mapping, not a model that ignores intensities."""
+    misses the bar: the test above measures the mapping, not a model that ignores intensities. (The retrained
+    default model saw contrast augmentation: 97.3 % agreement here, where the first one had under 95 %.)"""
     phantom, uint8_labels = uint8_run
     labels = segment_labels(RESCALES["uint16"](phantom.image), backend=engine, window="p0.5,p99.5")
-    assert (labels == uint8_labels).mean() < 0.95
+    assert (labels == uint8_labels).mean() < 0.99
 
 
 def test_the_default_model_records_its_reference_window(engine):
