@@ -23,7 +23,7 @@ blending bit-equal on a CPU: the same float32 products and sums in the same tile
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -175,6 +175,23 @@ def padded_batches(tiles: np.ndarray | torch.Tensor,
         yield start, real, chunk
 
 
+def active_tiles(mask: np.ndarray, plan: TilePlan, windows: bool) -> np.ndarray:
+    """Which tiles of each plane can change a voxel of `mask` (`segment --mask`).
+
+    mask:    (P, H, W) bool, the planes' voxels to segment.
+    windows: True: a tile counts when its window (clipped to the plane) holds a mask voxel (Gaussian
+             blending spreads a tile over its window); False: when its core does (centre crop).
+    returns  (P, N) bool in plan order; the others need not run: they change no mask voxel.
+    """
+    h, w = plan.plane_shape
+    t = plan.tile
+    out = np.zeros((mask.shape[0], plan.num_tiles), dtype=bool)
+    for k, ((y, x), core) in enumerate(zip(plan.origins.tolist(), plan.cores.tolist())):
+        y0, y1, x0, x1 = (max(y, 0), min(y + t, h), max(x, 0), min(x + t, w)) if windows else core
+        out[:, k] = mask[:, y0:y1, x0:x1].any(axis=(1, 2))
+    return out
+
+
 def _core_windows(plan: TilePlan) -> list[tuple[slice, slice, slice, slice]]:
     """Per tile, in plan order: (plane rows, plane cols, tile rows, tile cols) of its core."""
     windows = []
@@ -228,19 +245,35 @@ class PlaneAccumulator:
         """Tiles of the unfinished plane received so far (0 between planes)."""
         return self._next_tile
 
-    def add(self, tile_outputs: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    def add(self, tile_outputs: torch.Tensor,
+            positions: Sequence[int] | None = None) -> list[tuple[int, torch.Tensor]]:
         """The next B tiles' outputs → the planes they finish (none, one or more, in order), each as
-        (plane index counted from 0 in the order planes arrive, a new tensor)."""
+        (plane index counted from 0 at this accumulator's first plane, a new tensor).
+
+        positions: each tile's place in plane-major plan order counted over all planes (plane p, tile t:
+        p·num_tiles + t), increasing; None: the tiles that follow the last one. Tiles left out (`segment
+        --mask`: tiles that see no mask voxel) add nothing: their pixels stay 0 (their Gaussian weight still
+        counts), a plane with a gap is finished by a later plane's tile or by `flush`, and a plane none of
+        whose tiles came is never returned."""
         self._check(tile_outputs)
+        n = self.plan.num_tiles
         finished = []
-        for tile_output in tile_outputs:
+        for k, tile_output in enumerate(tile_outputs):
+            where = self.planes_done * n + self._next_tile if positions is None else int(positions[k])
+            plane, tile = divmod(where, n)
+            if self._plane is not None and plane != self.planes_done:
+                finished.append((self.planes_done, self._finish()))
             if self._plane is None:
-                self._plane = self._new_plane(tile_output)
-            self._put(tile_output, self._windows[self._next_tile])
-            self._next_tile += 1
-            if self._next_tile == self.plan.num_tiles:
+                self.planes_done, self._plane = plane, self._new_plane(tile_output)
+            self._put(tile_output, self._windows[tile])
+            self._next_tile = tile + 1
+            if self._next_tile == n:
                 finished.append((self.planes_done, self._finish()))
         return finished
+
+    def flush(self) -> list[tuple[int, torch.Tensor]]:
+        """The plane being assembled, finished although tiles of it never came (none: an empty list)."""
+        return [] if self._plane is None else [(self.planes_done, self._finish())]
 
     def _check(self, tile_outputs: torch.Tensor) -> None:
         ndims = (3, 4) if self.blend == "center" else (4,)
@@ -253,8 +286,8 @@ class PlaneAccumulator:
 
     def _new_plane(self, tile_output: torch.Tensor) -> torch.Tensor:
         lead = tuple(tile_output.shape[:-2])
-        if self.blend == "center":
-            return torch.empty(lead + tuple(self.plan.plane_shape), dtype=tile_output.dtype, device=self.device)
+        if self.blend == "center":  # zeros: pixels of tiles left out stay 0
+            return torch.zeros(lead + tuple(self.plan.plane_shape), dtype=tile_output.dtype, device=self.device)
         (top, bottom), (left, right) = self.plan.padding
         h, w = self.plan.plane_shape
         return torch.zeros(lead + (h + top + bottom, w + left + right), dtype=torch.float32, device=self.device)

@@ -9,7 +9,7 @@ Floors, lowest first (a module may import its own floor and the floors below, ne
     4  engines
     5  runtime
     6  bench, training, clustering
-    7  cli, demo, __main__
+    7  cli, demo, __main__, napari (the napari plugin: a user interface like the CLI, on the library's API)
 
 Three rules, each failure naming the file, the line and the rule:
 
@@ -57,7 +57,7 @@ FLOORS: dict[str, int] = {
     "engines": 4,
     "runtime": 5,
     "bench": 6, "training": 6, "clustering": 6,
-    "cli": 7, "demo": 7, "__main__": 7,
+    "cli": 7, "demo": 7, "__main__": 7, "napari": 7,
 }
 
 # Third-party (or platform) modules emseg_rt may import inside a function: the pyproject extras, and fcntl
@@ -65,6 +65,7 @@ FLOORS: dict[str, int] = {
 OPTIONAL_DEPENDENCIES: dict[str, str] = {
     "tensorrt_rtx": "[rtx]", "tensorrt": "[rtx]", "tensorstore": "[n5]", "h5py": "[hdf5]", "tifffile": "[tiff]",
     "imagecodecs": "[tiff]", "fsspec": "[remote]", "triton": "[kernels]", "fcntl": "POSIX only",
+    "bioimageio": "[bioimageio]",
 }
 
 OPTIONAL_COMMENT = re.compile(r"#.*\boptional\b", re.IGNORECASE)
@@ -302,6 +303,15 @@ def _report(problems: list[str]) -> str:
 def test_every_import_runs_down_the_floors():
     problems = floor_violations(SOURCE_ROOT)
     assert not problems, _report(problems)
+
+
+def test_the_napari_plugin_uses_the_library_not_the_cli():
+    """The napari plugin shares floor 7 with the CLI but runs the library's API, never a CLI command."""
+    _, imports = read_imports(SOURCE_ROOT)
+    uses_cli = [f"{_where(imp, SOURCE_ROOT)}: {imp.importer} imports {imp.target}" for imp in imports
+                if imp.importer.startswith(f"{PACKAGE}.napari") and imp.target.split(".")[:2] in
+                ([PACKAGE, "cli"], [PACKAGE, "demo"], [PACKAGE, "__main__"])]
+    assert not uses_cli, "\n".join(uses_cli)
 
 
 def test_no_modules_import_each_other_round_a_circle():

@@ -114,3 +114,35 @@ def test_status_command(tmp_path, volume, engine, monkeypatch, capsys):
     group.attrs[STATUS_KEY] = {**group.attrs[STATUS_KEY], "state": "running", "pid": int(gone.stdout), "error": None}
     code, text, _ = run_cli(monkeypatch, capsys, "status", failed)
     assert code == 0 and "is gone" in text.splitlines()[0] and "--resume" in text.splitlines()[0]
+
+
+def test_a_real_sigkill_leaves_a_status_that_says_so_and_a_resume_finishes(tmp_path, engine, monkeypatch, capsys):
+    """The CLI in its own process, killed with SIGKILL once a block is done: no handler runs, the status stays
+    "running" with the dead pid, `emseg-rt status` says the process is gone, and --resume gives the bytes of an
+    uninterrupted run."""
+    import signal
+    import time
+
+    from emseg_rt.runtime.output import done_markers
+
+    data = np.random.default_rng(30).integers(0, 256, (24, 160, 160), dtype=np.uint8)
+    src = write_ome_image(tmp_path / "in.zarr", data)
+    out, reference = tmp_path / "out.zarr", tmp_path / "ref.zarr"
+    args = [sys.executable, "-m", "emseg_rt", "segment", str(src), "--out", str(out), "--model", "scsam-tiny",
+            "--backend", "torch", "--block", "1", "--quiet"]
+    child = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline and not (out.is_dir() and done_markers(out)):
+        time.sleep(0.05)
+    assert child.poll() is None, child.stderr.read().decode()  # still running: the kill lands mid-run
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    code, text, _ = run_cli(monkeypatch, capsys, "status", out)
+    first = text.splitlines()[0]
+    assert code == 0 and f"process {child.pid} is gone" in first and "--resume" in first
+    assert 0 < len(done_markers(out)) < 24
+    segment_volume(src, out, backend=engine, block=1, resume=True)
+    segment_volume(src, reference, backend=engine, block=1)
+    assert np.array_equal(zarr.open_array(str(out / "s0"))[:], zarr.open_array(str(reference / "s0"))[:])
+    assert read_status(out).state == "complete"

@@ -71,7 +71,8 @@ def test_resume_with_another_roi_is_refused(tmp_path, volume, engine):
 
 @pytest.mark.parametrize(("roi", "message"), [
     ("1:3,0:10", "give 3 ranges"), ("3:1,:,:", "is empty"), ("0:2,0:500,:", "y 0:500 is outside"),
-    ("a:b,:,:", "expected start:stop"), ("0:2,:,:,:", "give 3 ranges"),
+    ("a:b,:,:", "expected start:stop"), ("0:2,:,:,:", "give 3 ranges"), ("1.5:3,:,:", "is not a voxel index"),
+    ("1parsec:3parsec,:,:", "unknown unit"), ("90nm:30nm,:,:", "is empty"),
 ])
 def test_a_bad_roi_is_one_line_and_writes_nothing(tmp_path, volume, monkeypatch, capsys, roi, message):
     src, _ = volume
@@ -79,3 +80,17 @@ def test_a_bad_roi_is_one_line_and_writes_nothing(tmp_path, volume, monkeypatch,
                      "--backend", "torch", "--roi", roi)
     assert_one_line(result, "--roi", message)
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_box_in_physical_units_is_the_same_box_in_voxels(tmp_path, volume, engine):
+    """Voxel size (30, 8, 4) nm: 30nm:120nm is z 1:4, 0.128um:640nm is y 16:80, 32nm:288nm is x 8:72."""
+    src, _ = volume
+    segment_volume(src, tmp_path / "voxels.zarr", backend=engine, roi="1:4,16:80,8:72")
+    segment_volume(src, tmp_path / "physical.zarr", backend=engine, roi="30nm:120nm,0.128um:640nm,32nm:288nm")
+    assert np.array_equal(labels(tmp_path / "physical.zarr"), labels(tmp_path / "voxels.zarr"))
+
+
+def test_physical_units_need_an_input_with_units(tmp_path, engine):
+    src = write_ome_image(tmp_path / "plain.zarr", np.zeros((2, 40, 40), np.uint8), units=None)
+    with pytest.raises(EmsegError, match="has no length unit on z; give that range in voxels"):
+        segment_volume(src, tmp_path / "o.zarr", backend=engine, roi="1nm:2nm,:,:")

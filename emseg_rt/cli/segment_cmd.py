@@ -34,24 +34,33 @@ WINDOW = typer.Option(None, "--window", help="How intensities become the model's
 MODEL = typer.Option(None, "--model", "-m", help="Registry name or model package directory "
     "(default: the embedded default model).")
 CHECKPOINT = typer.Option(None, "--checkpoint", "-c", help="Weights for a registry "
-    "model (SAM, MAE or emseg-rt state dicts); repeatable, "
-    "loaded in order.")
+    "model (SAM, MAE or emseg-rt state dicts), or an official weights name (emseg-rt weights list: fetched and "
+    "verified); repeatable, loaded in order.")
 BACKEND = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt (auto prints "
     "which it chose and why).")
 DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else the CPU; "
     "says which), cpu, cuda or cuda:N.")
-PRECISION = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (bf16: torch backend only; "
-    "fp16 on onnxruntime/tensorrt runs the mixed-fp16 package).")
+PRECISION = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 | int8 | fp32-fused | fp8 (bf16: torch "
+    "backend only; fp16 on onnxruntime/tensorrt runs the mixed-fp16 package; int8 (QDQ, calibrated on phantoms) and "
+    "fp32-fused (fused attention) run their packages in ONNX Runtime; fp8: an exported package, in ONNX Runtime or "
+    "as RTX 40/50 engines).")
 BATCH = typer.Option(4, "--batch", help="Tiles per backend call.")
 HALO = typer.Option(None, "--halo", help="Context pixels per tile side (default: tile/8).")
 BLEND = typer.Option("center", "--blend", help="center (crop) | gaussian (weighted logits)")
 AXIS = typer.Option("z", "--axis", help="Slice perpendicular to z | y | x.")
+PLANES = typer.Option(None, "--planes", help="Orthoplane fusion: segment along each of these plane orientations "
+    "(xy, xz, yz; e.g. xy,xz,yz) and label the mean of their class probabilities (one pass each; isotropic voxels).")
 BLOCK = typer.Option(8, "--block", help="Slices per write block (= output shard or chunk depth, resume unit).")
 KEY = typer.Option(None, "--key", help="Array inside a zarr group.")
 LEVEL = typer.Option(None, "--level", help="OME-Zarr multiscale level (default 0).")
-ROI = typer.Option(None, "--roi", help="Segment only this box of the input, in voxels: z0:z1,y0:y1,x0:x1 (y0:y1,x0:x1 "
-    "for a 2D image; an empty bound is the edge, e.g. 100:300,:,:). The label image has the box's shape and starts "
-    "at its first voxel; intensities are mapped as for the whole volume.")
+ROI = typer.Option(None, "--roi", help="Segment only this box of the input: z0:z1,y0:y1,x0:x1 in voxels or with "
+    "a unit (0.4um:1.2um) (y0:y1,x0:x1 for a 2D image; an empty bound is the edge, e.g. 100:300,:,:). The label "
+    "image has the box's shape and starts at its first voxel; intensities are mapped as for the whole volume.")
+MASK = typer.Option(None, "--mask", help="Segment only inside this label or binary image (nonzero = inside; "
+    "zarr / OME-Zarr, N5, HDF5, TIFF), at any resolution: mapped onto the input by its scale and translation, "
+    "or by proportion where either has none. Blocks and tiles without a mask voxel are skipped; labels are 0 "
+    "outside it.")
+MASK_LEVEL = typer.Option(None, "--mask-level", help="The --mask image's multiscale level (default 0).")
 LABEL_NAME = typer.Option(DEFAULT_LABEL_NAME, "--label-name", help="Label image name (its labels/ name with --into-input).")
 RESUME = typer.Option(False, "--resume", help="Finish an interrupted run of the same configuration.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
@@ -74,14 +83,24 @@ TTA = typer.Option(False, "--tta", help="Rotation test-time augmentation: each t
     "degrees, logits averaged (4x the compute).")
 INSTANCES = typer.Option(None, "--instances", help="Also write instances of these classes "
     "(CLASS[,CLASS]) as a uint32 label image <class>_instances beside "
-    "the semantic one, IDs unique across blocks: connected components, or "
-    "a watershed seeded by density peaks on prompt-das-* models.")
+    "the semantic one, IDs unique across blocks: per class, holes filled, "
+    "specks removed and touching round objects (granules) split by a "
+    "distance-transform watershed; on prompt-das-* models a watershed "
+    "seeded by density peaks.")
 PART = typer.Option(None, "--part", help="Folder or pattern input: segment only share K of N of the "
     "sorted files (K/N, e.g. 1/4), to split them over N jobs.")
 SHARDS = typer.Option(True, "--shards/--no-shards", help="Zarr v3 outputs: one shard file per write block "
     "(labels, levels, probabilities, run state), holding 1 x 256 x 256 chunks for viewers (default); "
     "--no-shards: one file per chunk, as before.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary.")
+
+
+def _weights_files(checkpoint: Optional[list[Path]], quiet: bool) -> list[Path]:
+    """--checkpoint values as files: official weights names (emseg-rt weights list) fetched and verified."""
+    from emseg_rt.weights.fetch import resolve_checkpoints  # deferred: CLI start-up
+
+    return resolve_checkpoints(checkpoint or (), say=None if quiet else lambda line: typer.echo(line, err=True),
+                               progress=not quiet)
 
 
 @app.command("segment")
@@ -100,10 +119,13 @@ def segment_command(
     halo: Optional[int] = HALO,
     blend: str = BLEND,
     axis: str = AXIS,
+    planes: Optional[str] = PLANES,
     block: int = BLOCK,
     key: Optional[str] = KEY,
     level: Optional[int] = LEVEL,
     roi: Optional[str] = ROI,
+    mask: Optional[str] = MASK,
+    mask_level: Optional[int] = MASK_LEVEL,
     label_name: str = LABEL_NAME,
     resume: bool = RESUME,
     overwrite: bool = OVERWRITE,
@@ -125,10 +147,11 @@ def segment_command(
     from emseg_rt.runtime.batch import folder_inputs, parse_part  # deferred
 
     choices = dict(
-        model=model, checkpoints=checkpoint or (), backend=backend, device=device, precision=precision,
+        model=model, checkpoints=_weights_files(checkpoint, quiet), backend=backend, device=device, precision=precision,
         batch=batch, halo=halo, blend=blend, axis=axis, block=block, resume=resume, overwrite=overwrite,
-        probabilities=probabilities, key=key, level=level, roi=roi, label_name=label_name, levels=levels,
-        into_input=into_input, window=window, progress=not quiet, report=report,
+        probabilities=probabilities, key=key, level=level, roi=roi, mask=mask, mask_level=mask_level,
+        **({} if planes is None else {"planes": planes}),
+        label_name=label_name, levels=levels, into_input=into_input, window=window, progress=not quiet, report=report,
         say=None if quiet else (lambda message: typer.echo(message, err=True)), dask=dask,
         allow_missing_chunks=allow_missing_chunks, tta=tta, instances=instances, peak_threshold=peak_threshold,
         prompts=None if prompts is None else (prompts if prompts == "auto" else Path(prompts)), shards=shards)

@@ -25,9 +25,12 @@ from emseg_rt.io import open_volume, source_name
 from emseg_rt.io.volume import as_plane_stack, crop_volume
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.fingerprint import block_digest
+from emseg_rt.runtime.mask import VoxelMask, masked_digest
+from emseg_rt.runtime.planes import PlanePass, fuse
 from emseg_rt.runtime.region import Range, roi_box
 from emseg_rt.runtime.normalise import Normalisation, check_dtype, check_finite, to_uint8
 from emseg_rt.runtime.slab import PromptMode, SlabSettings, segment_planes
+from emseg_rt.tiling import active_tiles
 
 Block = tuple[int, int, int]  # (index, first plane, end plane)
 
@@ -58,7 +61,7 @@ def open_input(source: Any, key: str | None, level: int | None,
         raise EmsegError(f"{where} has an empty axis (shape {volume.shape}); nothing to segment")
     check_dtype(volume.dtype, where)
     if roi is not None:
-        volume = crop_volume(volume, roi_box(roi, volume.shape, volume.planar, where))
+        volume = crop_volume(volume, roi_box(roi, volume, where))
     return volume, where
 
 
@@ -80,11 +83,14 @@ def slab_of(raw: np.ndarray, start: int, stop: int, axis_index: int, axis: str, 
 
 @dataclass
 class BlockInput:
-    """A block's input as the driver read it: slab (N, H, W) uint8, normalised, and the digest of the raw values
-    it came from (`fingerprint.block_digest`, recorded in the block's done-marker)."""
+    """A block's input as the driver read it: slab (N, H, W) uint8, normalised (None: a masked run's block with
+    no mask voxel, not read), the digest recorded in the block's done-marker (`fingerprint.block_digest` of the
+    raw values; with a mask `mask.masked_digest`), and the mask (N, H, W) bool or None."""
 
-    slab: np.ndarray
+    slab: np.ndarray | None
     digest: bytes
+    mask: np.ndarray | None = None
+    fused: list[np.ndarray] = field(default_factory=list)  # --planes: each pass's (K, N, H, W) uint8
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ class BlockJob:
     axis_index / axis: the slicing axis; norm: the run's intensity mapping to uint8; where: the input's name in
     messages; slab: tile plan, batch, blend, labels dtype, probabilities, TTA; mode: how tiles are prompted;
     classes: the model's class count; density: also blend the density (the instance watershed of density
-    models)."""
+    models); mask: segment only inside it (`runtime.mask`); fuse: `--planes` passes whose probabilities are
+    averaged with this run's before the class merge (`runtime.planes`)."""
 
     axis_index: int
     axis: str
@@ -104,6 +111,14 @@ class BlockJob:
     mode: PromptMode
     classes: int
     density: bool = False
+    mask: VoxelMask | None = None
+    fuse: tuple[PlanePass, ...] = ()
+
+    def block_mask(self, start: int, stop: int) -> np.ndarray | None:
+        """The mask of planes start..stop-1 as (N, H, W) bool, plane-major; None without a mask."""
+        if self.mask is None:
+            return None
+        return np.moveaxis(self.mask.planes(start, stop, self.axis_index), self.axis_index, 0)
 
 
 @dataclass
@@ -143,6 +158,15 @@ def store_sink(store: Any, axis_index: int) -> Sink:
     return write
 
 
+def pass_sink(plane_pass: PlanePass) -> Sink:
+    """Write each block's probabilities into a `--planes` pass (its shard whole, then its marker)."""
+    def write(result: BlockResult) -> None:
+        index, start, stop = result.block
+        plane_pass.write(index, start, region_of(start, stop, plane_pass.axis_index), result.probabilities,
+                         result.input_digest)
+    return write
+
+
 def array_sink(out: np.ndarray, axis_index: int) -> Sink:
     """Put each block's labels into `out` (Z, Y, X), the whole volume's labels in memory."""
     def write(result: BlockResult) -> None:
@@ -167,30 +191,54 @@ class BlockDriver:
         return result
 
     def read(self, block: Block) -> BlockInput:
-        """The block's planes as a (N, H, W) uint8 slab, with the digest of what was read."""
+        """The block's planes as a (N, H, W) uint8 slab, with the digest of what was read (with a mask: nothing
+        is read for a block that holds no mask voxel)."""
         _, start, stop = block
         t0 = time.perf_counter()
         job = self.job
-        raw = read_raw(self.array, start, stop, job.axis_index, job.axis, job.where)
-        read = BlockInput(slab_of(raw, start, stop, job.axis_index, job.axis, job.norm, job.where), block_digest(raw))
+        mask = job.block_mask(start, stop)
+        if mask is not None and not mask.any():
+            read = BlockInput(None, masked_digest(None, mask), mask)
+        else:
+            raw = read_raw(self.array, start, stop, job.axis_index, job.axis, job.where)
+            digest = block_digest(raw) if mask is None else masked_digest(block_digest(raw), mask)
+            read = BlockInput(slab_of(raw, start, stop, job.axis_index, job.axis, job.norm, job.where), digest, mask)
+            region, axis = region_of(start, stop, job.axis_index), job.axis_index
+            read.fused = [np.moveaxis(plane_pass.read(region), axis + 1, 1) for plane_pass in job.fuse]
         self.timings["read"] += time.perf_counter() - t0
         return read
 
     def input_unchanged(self, block: Block, recorded: bytes) -> bool:
-        """Whether the block's planes still hold the values whose digest is `recorded` (a finished block, on
-        resume)."""
+        """Whether the block's planes (and mask) still hold the values whose digest is `recorded` (a finished
+        block, on resume)."""
         _, start, stop = block
         job = self.job
-        return block_digest(read_raw(self.array, start, stop, job.axis_index, job.axis, job.where)) == recorded
+        mask = job.block_mask(start, stop)
+        if mask is not None and not mask.any():
+            return masked_digest(None, mask) == recorded
+        digest = block_digest(read_raw(self.array, start, stop, job.axis_index, job.axis, job.where))
+        return (digest if mask is None else masked_digest(digest, mask)) == recorded
 
     def compute(self, block: Block, read: BlockInput) -> BlockResult:
-        """Segment a block's input (its slab (N, H, W) uint8) into its `BlockResult`."""
+        """Segment a block's input (its slab (N, H, W) uint8) into its `BlockResult`; with a mask, only the tiles
+        that can change a mask voxel run and every voxel outside it is 0."""
         index, start, stop = block
-        job, timings, counts, slab = self.job, self.timings, {}, read.slab
-        density = np.empty(slab.shape, np.float32) if job.density else None
-        labels, probs, tiles = segment_planes(self.backend, slab, job.slab, job.mode, start=start,
-                                              axis=job.axis_index, timings=timings, counts=counts,
-                                              density_out=density)
+        job, timings, counts, slab, mask = self.job, self.timings, {}, read.slab, read.mask
+        shape = slab.shape if slab is not None else mask.shape
+        density = np.zeros(shape, np.float32) if job.density else None
+        if slab is None:  # no mask voxel: nothing runs
+            labels, tiles = np.zeros(shape, job.slab.label_type), 0
+            probs = np.zeros((job.classes,) + shape, np.uint8) if job.slab.probabilities else None
+        else:
+            active = None if mask is None else active_tiles(mask, job.slab.plan, job.slab.blend == "gaussian"
+                                                            or job.density)
+            labels, probs, tiles = segment_planes(self.backend, slab, job.slab, job.mode, start=start,
+                                                  axis=job.axis_index, timings=timings, counts=counts,
+                                                  density_out=density, active=active)
+            if read.fused:  # --planes: the mean of this run's and the passes' probabilities, merged
+                labels, probs = fuse([probs] + read.fused, self.backend.spec.threshold, job.slab.label_type)
+            if mask is not None:
+                _zero_outside(mask, labels, probs, density)
         bins = job.classes + 1  # background and each class
         label_counts = np.bincount(labels.ravel(), minlength=bins)[:bins]
         summary = BlockSummary(index, stop - start, tiles, label_counts.tolist(), counts)
@@ -204,3 +252,13 @@ class BlockDriver:
         t0 = time.perf_counter()
         self.sink(result)
         self.timings["write"] += time.perf_counter() - t0
+
+
+def _zero_outside(mask: np.ndarray, labels: np.ndarray, probs: np.ndarray | None, density: np.ndarray | None) -> None:
+    """0 outside `mask` (N, H, W) in labels (N, H, W), probabilities (K, N, H, W) and density (N, H, W)."""
+    outside = ~mask
+    labels[outside] = 0
+    if probs is not None:
+        probs[:, outside] = 0
+    if density is not None:
+        density[outside] = 0

@@ -23,9 +23,10 @@ from distributed import Client, LocalCluster, as_completed, get_worker
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.runtime.backends.base import Backend, cpu_threads
-from emseg_rt.runtime.block import Block, BlockDriver, BlockJob, BlockSummary, open_input, store_sink
+from emseg_rt.runtime.block import Block, BlockDriver, BlockJob, BlockSummary, open_input, pass_sink, store_sink
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.output import OutputLayout, OutputStore
+from emseg_rt.runtime.planes import PlanePass
 
 TASK_RETRIES = 3  # a block whose worker died is resubmitted this many times
 # Every block of a Dask run is computed on one CPU thread (a worker runs as many blocks at once as it has
@@ -83,6 +84,7 @@ class BlockTask:
     layout: OutputLayout
     run_hash: str
     roi: tuple[tuple[int | None, int | None], ...] | None = None  # the region the driver segments (--roi)
+    plane_pass: PlanePass | None = None  # --planes: a pass's blocks, written into it instead of the output
 
 
 def run_block_task(task: BlockTask, block: Block) -> BlockSummary:
@@ -95,9 +97,13 @@ def run_block_task(task: BlockTask, block: Block) -> BlockSummary:
     if threads is not None and task.threads is not None and threads != task.threads:
         torch.set_num_threads(task.threads)  # this worker process computes the run's blocks, and nothing else
     volume, _ = open_input(task.source, task.key, task.level, task.roi)  # as the driver opened it (2D: one plane)
-    store = OutputStore(Path(task.target), task.layout, task.run_hash)
-    store.attach()
-    driver = BlockDriver(backend, volume.array, task.job, store_sink(store, task.job.axis_index))
+    if task.plane_pass is not None:
+        sink = pass_sink(task.plane_pass)
+    else:
+        store = OutputStore(Path(task.target), task.layout, task.run_hash)
+        store.attach()
+        sink = store_sink(store, task.job.axis_index)
+    driver = BlockDriver(backend, volume.array, task.job, sink)
     summary = driver.run(block).summary
     summary.timings = {stage: driver.timings[stage] for stage in ("compute", "stitch")}
     return summary
@@ -139,7 +145,7 @@ def run_blocks_on_cluster(address: str, task: BlockTask, pending: Sequence[Block
     client, cluster = open_client(address, say)
     try:
         futures = [client.submit(run_block_task, task, block, retries=TASK_RETRIES, pure=False,
-                                 key=f"emseg-block-{task.run_hash[:12]}-{block[0]}")
+                                 key=f"emseg-block-{task.run_hash[:12]}-{task.job.axis}-{block[0]}")
                    for block in pending]
         for future in as_completed(futures):
             on_block(future.result())  # re-raises the task's EmsegError (one line) or a bug

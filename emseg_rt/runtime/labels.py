@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from emseg_rt.io.volume import whole_array
+from emseg_rt.progress import Progress
 from emseg_rt.runtime.block import BlockDriver, array_sink, open_input
+from emseg_rt.runtime.mask import open_mask
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.plan import RunPlan
 from emseg_rt.runtime.prompts import check_points_inside
@@ -21,7 +23,8 @@ from emseg_rt.runtime.request import SegmentRequest, check_against, open_backend
 
 # segment_volume's keywords that mean something for labels held in memory (the others write or schedule)
 IN_MEMORY_CHOICES = frozenset({"model", "checkpoints", "backend", "device", "precision", "batch", "halo", "blend",
-                               "axis", "block", "key", "level", "window", "say", "prompts", "tta", "peak_threshold"})
+                               "axis", "block", "key", "level", "window", "say", "prompts", "tta", "peak_threshold",
+                               "roi", "mask", "mask_level", "progress", "on_progress"})
 
 
 def segment_labels(input: Any, **choices: Any) -> np.ndarray:
@@ -29,8 +32,10 @@ def segment_labels(input: Any, **choices: Any) -> np.ndarray:
 
     input:   a numpy / dask / zarr array (Z, Y, X), or any path or URL `segment_volume` reads.
     choices: model, checkpoints, backend (a name or a loaded Backend), device (default 'cpu'), precision,
-             batch, halo, blend, axis, block, key, level, window, say, prompts (with "auto"), tta and
-             peak_threshold, meaning what they mean for `segment_volume` (`SegmentRequest`).
+             batch, halo, blend, axis, block, key, level, window, say, prompts (with "auto"), tta,
+             peak_threshold, roi, mask and mask_level, meaning what they mean for `segment_volume`
+             (`SegmentRequest`); progress (a bar, or lines through `say`) and on_progress(planes done, planes in
+             all), called after each block (an exception it raises stops the run: a GUI's Cancel).
     Holds the whole label volume in memory.
     """
     unknown = sorted(set(choices) - IN_MEMORY_CHOICES)
@@ -51,11 +56,15 @@ def labels_of(request: SegmentRequest) -> np.ndarray:
                                  reference=reference_window(request.model, request.backend))
     engine, owns_backend, _ = open_backend(request, request.note)
     try:
-        run = RunPlan(engine, volume, request.options, norm, where, check_against(engine, request, instances=False))
+        run = RunPlan(engine, volume, request.options, norm, where, check_against(engine, request, instances=False),
+                      mask=open_mask(request.mask, request.mask_level, volume))
         out = np.zeros(volume.shape, run.label_type)
         driver = BlockDriver(engine, volume.array, run.job, array_sink(out, run.axis_index))
-        for block in run.blocks:
-            driver.run(block)
+        with Progress("segment", run.depth, say=request.say, enabled=request.progress,
+                      listener=request.on_progress) as progress:
+            for block in run.blocks:
+                driver.run(block)
+                progress.advance(block[2] - block[1])
         return out[0] if volume.planar else out  # a 2D image: its (Y, X) labels
     finally:
         if owns_backend:

@@ -2,12 +2,15 @@
 `segment`, `segment_labels`, the Dask workers and `emseg-rt bench` share.
 
 --model is a registry name (built in PyTorch; for ONNX Runtime exported once, through the export layer,
-into a cached model package keyed by model + weights + precision) or a model package directory from
-`emseg-rt export` (ONNX graphs, maybe engines). Without it, the embedded default model.
+into a cached model package keyed by model + weights + precision), a model package directory from
+`emseg-rt export` (ONNX graphs, maybe engines), or a bioimage.io package (.zip) from `emseg-rt export
+--bioimageio`, run as the package directory `export.bioimageio.open_bioimageio` rebuilds from it. Without it,
+the embedded default model.
 
 `auto` picks, and says in one line what it picked and why it skipped anything:
-a package → its TensorRT engine for this GPU, else ONNX Runtime; a registry name on the CPU in fp32 →
-ONNX Runtime (the cached package's full graph), otherwise → the torch fast path. `auto` never changes the
+a package → its TensorRT engine for this GPU, else ONNX Runtime; a registry name on the CPU in fp32, or in
+int8 or fp32-fused anywhere (packages only ONNX Runtime runs: export/int8.py, export/fused.py) → ONNX Runtime
+(the cached package's full graph), otherwise → the torch fast path. `auto` never changes the
 precision asked for (fp32 by default): it never trades fp32 for an emulated, slower bf16.
 
 `--precision bf16` on a CPU without native bf16 (AVX-512 BF16 or AMX: torch emulates it, slower than fp32)
@@ -30,16 +33,18 @@ from torch import nn
 
 from emseg_rt.engines import build_engines, current_target, engine_flavour_for
 from emseg_rt.errors import EmsegError
+from emseg_rt.export.bioimageio import is_bioimageio_zip, open_bioimageio
 from emseg_rt.export.cache import cached_package
 from emseg_rt.models import build_model
 from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.models.default_model import default_model_name
 from emseg_rt.package import FULL, ModelPackage, load_package
-from emseg_rt.runtime.backends.base import BACKENDS, PACKAGE_PRECISIONS, PRECISIONS, Backend
+from emseg_rt.runtime.backends.base import BACKENDS, ORT_PRECISIONS, PACKAGE_PRECISIONS, PRECISIONS, Backend
 from emseg_rt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from emseg_rt.runtime.backends.tensorrt_backend import TensorRTBackend
 from emseg_rt.runtime.backends.torch_backend import TorchBackend, cpu_has_bf16
 from emseg_rt.runtime.devices import resolve_device
+from emseg_rt.weights.fetch import resolve_checkpoints
 
 Say = Callable[[str], None]
 
@@ -105,7 +110,14 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
         if checkpoints:
             raise EmsegError(f"--checkpoint applies to registry models; the package {path} already holds its "
                              "weights (pass --checkpoint to `emseg-rt export` instead)")
+        if is_bioimageio_zip(path):
+            return _from_bioimageio(path, backend, device, precision, say)
         return _from_package(path, backend, device, precision, say)
+    if precision == "fp8":  # engines for RTX 40/50 GPUs, built from an exported Q/DQ package (export/fp8.py)
+        raise EmsegError(f"--precision fp8 runs an fp8 model package: `emseg-rt export {model} --precision fp8 --out PKG` "
+                         "(then `emseg-rt build PKG --target sm89`), and pass --model PKG")
+    if backend == "tensorrt" and precision in ORT_PRECISIONS:
+        raise EmsegError(f"--precision {precision}: {_ORT_ONLY.format(precision=precision)}")
     if backend == "tensorrt":
         if not build_engine:
             raise EmsegError(f"--backend tensorrt needs a model package with engines: run `emseg-rt export "
@@ -128,7 +140,9 @@ def _from_package(path: Path, backend: str, device: str, precision: str, say: Sa
     if backend == "tensorrt":
         return _tensorrt(package, device)
     skipped = ""
-    if backend == "auto":
+    if backend == "auto" and package.precision in ORT_PRECISIONS:
+        skipped = f"; tensorrt skipped: {_ORT_ONLY.format(precision=package.precision)}"
+    elif backend == "auto":
         try:
             chosen = _tensorrt(package, device)
             say(f"backend: tensorrt (auto: engine {chosen.spec.details['target']} for this GPU)")
@@ -141,12 +155,27 @@ def _from_package(path: Path, backend: str, device: str, precision: str, say: Sa
     return chosen
 
 
+def _from_bioimageio(path: Path, backend: str, device: str, precision: str, say: Say) -> Backend:
+    """A bioimage.io zip, run as the model package directory rebuilt from it (export/bioimageio.py); its
+    refusals name the zip the user gave."""
+    package_dir = open_bioimageio(path)
+    try:
+        return _from_package(package_dir, backend, device, precision, say)
+    except EmsegError as exc:
+        raise EmsegError(str(exc).replace(str(package_dir), str(path))) from None
+
+
 def _tensorrt_device(device: str) -> None:
     if not device.startswith("cuda"):
         raise EmsegError("--backend tensorrt runs on a GPU; pass --device cuda")
 
 
+_ORT_ONLY = "a {precision} package runs in ONNX Runtime only (--backend onnxruntime)"
+
+
 def _tensorrt(package: ModelPackage, device: str) -> Backend:
+    if package.precision in ORT_PRECISIONS:
+        raise EmsegError(f"{package.root}: {_ORT_ONLY.format(precision=package.precision)}")
     _tensorrt_device(device)
     return TensorRTBackend.from_package(package)
 
@@ -186,7 +215,8 @@ def _check_package_precision(backend: str, precision: str) -> None:
 
 def _from_registry(name: str, backend: str, device: str, precision: str, checkpoints: Sequence[str | Path],
                    fast: bool, batch_max: int, say: Say) -> Backend:
-    torch_model = build_model(name, checkpoints)
+    # official weights names (`emseg-rt weights list`) → verified files, for library calls as for the CLI
+    torch_model = build_model(name, resolve_checkpoints(checkpoints, say=say, progress=False))
     if backend == "auto":
         backend, why = _auto_for_registry(device, precision)
         say(f"backend: {backend} (auto: {why})")
@@ -199,6 +229,8 @@ def _from_registry(name: str, backend: str, device: str, precision: str, checkpo
 
 def _auto_for_registry(device: str, precision: str) -> tuple[str, str]:
     """(backend, reason) for `auto` with a registry model."""
+    if precision in ORT_PRECISIONS:
+        return "onnxruntime", f"{precision}: the exported package's graph, which only ONNX Runtime runs"
     if device.startswith("cuda"):
         return "torch", "CUDA GPU; TensorRT needs an exported package with engines (emseg-rt export + build)"
     if precision == "fp32":

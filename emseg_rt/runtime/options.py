@@ -22,6 +22,8 @@ class SegmentOptions:
     tta:    rotation test-time augmentation: every tile run turned by 0, 90, 180 and 270°, logits averaged.
     shards: zarr v3 outputs hold one shard file per write block (of chunks viewers read); False: one file per
             chunk (`--no-shards`; zarr v2 outputs never shard).
+    planes: orthoplane fusion (`runtime.planes`): "xy,xz,yz" as given, or the axes the planes are
+            perpendicular to once the request is checked (the first is `axis`); () or one: no fusion.
     """
 
     batch: int = 4
@@ -38,6 +40,7 @@ class SegmentOptions:
     into_input: bool = False
     tta: bool = False
     shards: bool = True
+    planes: str | tuple[str, ...] = ()
 
     def validate(self) -> SegmentOptions:
         """EmsegError naming the option when one is out of range; returns self."""
@@ -59,6 +62,11 @@ class SegmentOptions:
             raise EmsegError("--resume and --overwrite contradict each other (--resume finishes the existing output, "
                              "--overwrite replaces it); pass one of them")
         return self
+
+    @property
+    def extra_planes(self) -> tuple[str, ...]:
+        """The axes of the passes fused into this run's own (`--planes` after the first)."""
+        return tuple(self.planes[1:]) if isinstance(self.planes, tuple) else ()
 
     def halo_for(self, tile: int) -> int:
         return tile // 8 if self.halo is None else int(self.halo)

@@ -6,6 +6,7 @@ whose hash keys the done-markers (a `--resume` continues only a run of the same 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.io.volume import RegionView
 from emseg_rt.runtime.backends.base import Backend
 from emseg_rt.runtime.block import Block, BlockJob, plan_blocks, region_of
+from emseg_rt.runtime.mask import VoxelMask
 from emseg_rt.runtime.normalise import Normalisation
 from emseg_rt.runtime.options import AXES, SegmentOptions
+from emseg_rt.runtime.claim import RUN_DIR
+from emseg_rt.runtime.instances import instance_config
 from emseg_rt.runtime.output import UNRECORDED, OutputLayout, OutputStore, config_hash
+from emseg_rt.runtime.planes import PlanePass, check_isotropic, pass_chunking, plane_name
 from emseg_rt.runtime.prompts import NMS_KERNEL
 from emseg_rt.runtime.report import SegmentReport
 from emseg_rt.runtime.request import ModelChoices
@@ -37,9 +42,11 @@ class RunPlan:
     """The tile plan, blocks, layout, block job and configuration of one run of `engine` over `volume`."""
 
     def __init__(self, engine: Backend, volume: Any, options: SegmentOptions, norm: Normalisation, where: str,
-                 choices: ModelChoices, target: OutputTarget | None = None, threads: int | None = None) -> None:
+                 choices: ModelChoices, target: OutputTarget | None = None, threads: int | None = None,
+                 mask: VoxelMask | None = None) -> None:
         """threads: the CPU threads each block is computed with, where the numbers depend on it
-        (`backends.base.cpu_threads`; None on a GPU); part of the run's configuration."""
+        (`backends.base.cpu_threads`; None on a GPU); part of the run's configuration. mask: segment only
+        inside it (`runtime.mask`)."""
         spec = engine.spec
         self.engine, self.options, self.norm, self.choices = engine, options, norm, choices
         self.threads = threads
@@ -55,11 +62,15 @@ class RunPlan:
         self.tile_plan = plan_tiles(self.plane_shape, spec.tile, self.halo)  # EmsegError for a bad halo
         self.blocks: list[Block] = plan_blocks(self.depth, options.block)
         self.label_type = label_dtype(len(spec.classes))
+        if options.extra_planes:  # --planes: the passes' planes must show square pixels
+            check_isotropic(tuple(volume.voxel_size), options.planes, tuple(volume.units), where)
+        self.volume = volume
         settings = SlabSettings(self.tile_plan, batch=options.batch, blend=options.blend, label_type=self.label_type,
-                                probabilities=options.probabilities and target is not None, tta=options.tta)
+                                probabilities=(options.probabilities and target is not None)
+                                or bool(options.extra_planes), tta=options.tta)
         self.job = BlockJob(axis_index=self.axis_index, axis=options.axis, norm=norm, where=where, slab=settings,
                             mode=choices.mode, classes=len(spec.classes),
-                            density=choices.seeds is not None and target is not None)
+                            density=choices.seeds is not None and target is not None, mask=mask)
         if target is not None:
             self.layout = _layout(volume, options, self.shape, self.axis_index, tuple(spec.classes), target,
                                   len(self.blocks), density=choices.seeds is not None)
@@ -83,8 +94,27 @@ class RunPlan:
             backend_identity=spec.identity, backend_choice=choice, blocks_total=len(self.blocks),
             normalisation=self.norm.to_dict())
 
+    def plane_passes(self, target: Path) -> tuple[PlanePass, ...]:
+        """The extra passes of `--planes` (none without it), their state under the output `target`."""
+        group = target / RUN_DIR / f"planes-{self.hash[:16]}"
+        return tuple(PlanePass(group, axis, "zyx".index(axis), self.options.block, self.layout.zarr_format)
+                     for axis in self.options.extra_planes)
+
+    def pass_plan(self, plane_pass: PlanePass) -> RunPlan:
+        """The plan of one extra pass: this run's choices with blocks along the pass's axis, computing
+        probabilities (no output of its own: `PlanePass` holds what it writes)."""
+        options = replace(self.options, axis=plane_pass.axis, planes=(), probabilities=True)
+        plan = RunPlan(self.engine, self.volume, options, self.norm, self.job.where, self.choices, None, self.threads,
+                       self.job.mask)
+        plan.job = replace(plan.job, slab=replace(plan.job.slab, probabilities=True))
+        chunks, shards = pass_chunking(self.shape, len(self.engine.spec.classes), plan.axis_index, self.options.block,
+                                       self.axis_index, self.options.block)
+        plane_pass.create((len(self.engine.spec.classes),) + self.shape, chunks, shards, len(plan.blocks))
+        return plan
+
     def open_store(self, target: Path, resumable: bool, fingerprint: str) -> OutputStore:
         """The output at `target`: created, or reopened for `--resume` (refused when its run differs)."""
+        self.job = replace(self.job, fuse=self.plane_passes(target))
         store = OutputStore(target, self.layout, self.hash)
         spec = self.engine.spec
         root_attrs = {
@@ -140,17 +170,18 @@ def run_config(run: RunPlan, dtype: np.dtype) -> dict[str, Any]:
                                          "density_blend": "gaussian"}
     if run.roi is not None:  # --roi runs only
         config["roi"] = [list(r) for r in run.roi]
+    if run.job.mask is not None:  # --mask runs only
+        config["mask"] = run.job.mask.config()
+    if options.extra_planes:  # --planes with more than one orientation only
+        config["planes"] = {"planes": [plane_name(a) for a in options.planes], "fusion": "mean probability, uint8"}
     if options.tta:
         config["tta"] = "rot90x4"
     if run.planar:  # a 2D image: its label image is 2D
         config["planar"] = True
     if run.layout.shards is not None:  # sharded outputs (zarr v3, the default): a resume never mixes layouts
         config["shards"] = {"shard": list(run.layout.shards), "chunks": list(run.layout.chunks)}
-    if choices.instances:  # runs with --instances only
-        config["instances"] = {"classes": list(choices.instances), "method": "connected components, face"}
-        if choices.seeds is not None:  # density models: their watershed and its density store
-            config["instances"].update(method="marker watershed", peak_threshold=choices.seeds.threshold,
-                                       nms_kernel=choices.seeds.kernel, density_blend="gaussian")
+    if choices.instances:  # runs with --instances only: classes, and the density watershed or the class rules
+        config["instances"] = instance_config(choices.instances, choices.seeds)
     return config
 
 

@@ -58,6 +58,7 @@ class SegmentReport:
     instances: dict = field(default_factory=dict)  # class → instance count (--instances)
     auto_points: int = 0  # --prompts auto: density peaks that became prompts in the blocks computed
     instance_seconds: float = 0.0
+    plane_seconds: dict[str, float] = field(default_factory=dict)  # --planes: seconds of each extra pass
     complete: bool = False
 
     @property

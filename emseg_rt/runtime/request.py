@@ -25,6 +25,7 @@ from emseg_rt.runtime.distributed import check_address
 from emseg_rt.runtime.instances import WatershedSeeds, parse_instance_classes
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.options import SegmentOptions
+from emseg_rt.runtime.planes import parse_planes, plane_name
 from emseg_rt.runtime.prompts import NMS_KERNEL, PEAK_THRESHOLD, PointSet, load_points, points_per_window
 from emseg_rt.runtime.region import Range, parse_roi
 from emseg_rt.runtime.slab import PromptMode
@@ -44,8 +45,12 @@ class SegmentRequest:
     output:  new directory that becomes the label image; refuses an existing one unless `options.resume` (finish
              what is missing) or `options.overwrite`. None with `options.into_input`: INPUT/labels/<label_name>.
              None for `segment_labels` (nothing written).
-    roi:     segment only this box of the input, "z0:z1,y0:y1,x0:x1" in voxels (`runtime.region`); the label
+    roi:     segment only this box of the input, "z0:z1,y0:y1,x0:x1" in voxels or physical units ("0.4um:1.2um",
+             `runtime.region`); the label
              image has the box's shape and starts at its first voxel.
+    mask:    segment only inside this label or binary volume (a path, URL or array; nonzero = inside) at its
+             level `mask_level` (default 0), mapped onto the input by its transform (`runtime.mask`): blocks
+             and tiles without a mask voxel are skipped, every voxel outside it is 0.
     model:   registry name or model package directory; None → the embedded default model.
     checkpoints: weights loaded in order into a registry model (emseg_rt.models.checkpoint formats).
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
@@ -60,10 +65,13 @@ class SegmentRequest:
              "auto": per slab, a prompt-free pass gives the blended density, its peaks (`peak_threshold`,
              default 125/255 as the Prompt-DAS code; NMS kernel 5) are the positive points of a second pass.
     instances: class names (or "a,b"): also write each class's instances as a uint32 label image
-             `<class>_instances` beside the semantic one (`runtime.instances`): connected components, or for a
+             `<class>_instances` beside the semantic one (`runtime.instances`): connected components under the
+             class's rule (`runtime.instance_rules`: holes, minimum size, distance-transform split), or for a
              model with a density output (prompt-das-*) a marker watershed seeded by the density's peaks.
     progress: a bar on a terminal, else a line every 10 s through `say`; report: write the JSON report there.
     say:     receives one-line notes (which backend `auto` chose and why, progress when not on a terminal).
+    on_progress: called as on_progress(planes done, planes in all) after each block (`progress.Progress`'s
+             listener, with or without `progress`); an exception it raises stops the run between blocks.
     """
 
     input: Any
@@ -77,6 +85,8 @@ class SegmentRequest:
     key: str | None = None
     level: int | None = None
     roi: str | None = None
+    mask: Any = None
+    mask_level: int | None = None
     window: str | None = None
     allow_missing_chunks: bool = False
     dask: str | None = None
@@ -86,6 +96,7 @@ class SegmentRequest:
     progress: bool = False
     report: str | Path | None = None
     say: Say | None = field(default=None, compare=False)
+    on_progress: Callable[[int, int | None], None] | None = field(default=None, compare=False)
     points: PointSet | None = field(default=None, init=False, compare=False)  # the loaded prompts (validate)
     region: tuple[Range, ...] | None = field(default=None, init=False, compare=False)  # the parsed roi (validate)
     checked: bool = field(default=False, init=False, compare=False)  # validate() ran
@@ -131,6 +142,7 @@ class SegmentRequest:
     def validate(self) -> SegmentRequest:
         """EmsegError naming the option for a choice that no model could run; loads the point prompts."""
         self.options.validate()
+        self._check_planes()
         self._check_names()
         self._check_peak_threshold()
         if self.device != "auto":  # a GPU that is not there: refused before anything is read or claimed
@@ -139,6 +151,8 @@ class SegmentRequest:
         if self.report is not None:  # a report that cannot be written is refused before the run, not after it
             check_output_file(self.report, "--report", overwrite=True)
         object.__setattr__(self, "region", None if self.roi is None else parse_roi(self.roi))
+        if self.mask_level is not None and (self.mask is None or self.mask_level < 0):
+            raise EmsegError(f"--mask-level {self.mask_level}: give a level >= 0 of the image --mask names")
         if self.region is not None and self.options.into_input:
             raise EmsegError("--roi writes a label image of the region's shape, which cannot go into the input "
                              "image's labels/; use --out")
@@ -149,6 +163,19 @@ class SegmentRequest:
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "checked", True)
         return self
+
+    def _check_planes(self) -> None:
+        """--planes xy,xz,yz → the axes in `options.planes`, the first one the run's own `axis`."""
+        if not isinstance(self.options.planes, str):
+            return
+        axes = parse_planes(self.options.planes)
+        if self.options.axis not in ("z", axes[0]):
+            raise EmsegError(f"--axis {self.options.axis} and --planes {self.options.planes}: the first plane is the "
+                             f"run's own ({plane_name(axes[0])}, --axis {axes[0]}); drop --axis")
+        if len(axes) > 1 and self.prompts is not None:
+            raise EmsegError("--planes with point prompts: prompts are placed on the run's own planes only; segment "
+                             "one orientation, or drop --prompts")
+        object.__setattr__(self, "options", replace(self.options, planes=axes, axis=axes[0]))
 
     def _check_names(self) -> None:
         """--model and --instances name something when given: an empty value is a typo, never the default."""

@@ -28,8 +28,10 @@ from emseg_rt.runtime.claim import OutputClaim, claim_output
 from emseg_rt.runtime.distributed import WORKER_THREADS, BackendRecipe, BlockTask, run_blocks_on_cluster
 from emseg_rt.runtime.fingerprint import check_no_missing_chunks, input_fingerprint
 from emseg_rt.runtime.instances import instance_label_name, write_instances
+from emseg_rt.runtime.mask import open_mask
 from emseg_rt.runtime.normalise import dataset_normalisation, parse_window
 from emseg_rt.runtime.output import OutputStore
+from emseg_rt.runtime.passes import run_plane_passes
 from emseg_rt.runtime.plan import RunPlan
 from emseg_rt.runtime.prompts import PointSet, check_points_inside, fractional_note
 from emseg_rt.runtime.reference import reference_window
@@ -75,12 +77,17 @@ def segment_volume(
     peak_threshold: float | None = None,
     shards: bool = True,
     roi: str | None = None,
+    mask: Any = None,
+    mask_level: int | None = None,
+    planes: str | None = None,
 ) -> SegmentReport:
     """Segment a 3D volume plane by plane into an OME-Zarr label image and return a SegmentReport (a 2D image:
     as one plane, into a 2D label image, axes y, x). Many files, one output each: `runtime.batch.segment_files`.
 
     The keywords are the fields of `SegmentRequest` (documented there); batch, halo, blend, axis, block, resume,
-    overwrite, probabilities, label_name, levels, into_input, prefetch, tta and shards are its `SegmentOptions`. What
+    overwrite, probabilities, label_name, levels, into_input, prefetch, tta and shards are its `SegmentOptions`.
+    `mask` / `mask_level`: segment only inside a label or binary volume (`runtime.mask`); `planes`
+    ("xy,xz,yz"): orthoplane fusion (`runtime.planes`). What
     `overwrite`, `resume` and the output lock guarantee: `runtime.claim`. In-memory labels: `segment_labels`.
     """
     return run_segment(SegmentRequest.from_keywords(
@@ -89,7 +96,8 @@ def segment_volume(
         probabilities=probabilities, key=key, level=level, label_name=label_name, levels=levels,
         into_input=into_input, window=window, progress=progress, report=report, prefetch=prefetch, say=say,
         allow_missing_chunks=allow_missing_chunks, dask=dask, prompts=prompts, tta=tta, instances=instances,
-        peak_threshold=peak_threshold, shards=shards, roi=roi))
+        peak_threshold=peak_threshold, shards=shards, roi=roi, mask=mask, mask_level=mask_level,
+        **({} if planes is None else {"planes": planes})))
 
 
 def run_segment(request: SegmentRequest) -> SegmentReport:
@@ -141,7 +149,8 @@ def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, r
     try:
         threads = cpu_threads(engine)  # on a CPU: this process's threads, or each Dask worker's one
         threads = WORKER_THREADS if threads is not None and request.dask is not None else threads
-        run = RunPlan(engine, volume, request.options, *read_as, check_against(engine, request), target, threads)
+        run = RunPlan(engine, volume, request.options, *read_as, check_against(engine, request), target, threads,
+                      open_mask(request.mask, request.mask_level, volume))
         if fraction := fractional_note(request.points):
             note(fraction)
         run.check_memory(volume.dtype.itemsize, available_memory())
@@ -149,15 +158,21 @@ def _segment_claimed(request: SegmentRequest, claim: OutputClaim, volume: Any, r
                          " ".join(notes))
         store = run.open_store(claim.target, claim.resumable, input_fingerprint(volume))
         check_finished_inputs(run, store, volume.array, note)
-        tally = _Tally(run, store, rep, request, status)
         if request.dask is None:
+            _plane_passes(run, store, volume.array, request, rep)
+            tally = _Tally(run, store, rep, request, status)
             tally.timed(lambda pending: _run_on_threads(engine, volume.array, run, store, tally, pending))
     finally:
         if owns_backend:
             engine.close()
     if request.dask is not None:
+        _plane_passes(run, store, volume.array, request, rep, (request.dask, _block_task(request, run, store)))
+        tally = _Tally(run, store, rep, request, status)
         tally.timed(lambda pending: _run_on_cluster(request, run, store, tally, pending))
     rep.complete = store.mark_complete_if_done(len(run.blocks), lambda: _instance_stage(run, store, rep))
+    if rep.complete:
+        for plane_pass in run.job.fuse:  # --planes: the passes' probabilities are not part of the output
+            plane_pass.remove()
     rep.finish(tally.timings, tally.loop_seconds, time.perf_counter() - t_start)
     rep.setup_seconds = tally.setup_done - t_start
     return rep
@@ -198,7 +213,7 @@ class _Tally:
         pending_planes = sum(b1 - b0 for _, b0, b1 in self.pending)
         self.progress = Progress("segment", run.depth, done=run.depth - pending_planes, say=request.say,
                                  enabled=request.progress and bool(self.pending),
-                                 per_unit=(run.plane_voxels / 1e6, "Mvox"))
+                                 per_unit=(run.plane_voxels / 1e6, "Mvox"), listener=request.on_progress)
         status.start(run.hash, (len(run.blocks) - len(self.pending), len(run.blocks)),
                      (run.depth - pending_planes, run.depth))
 
@@ -257,17 +272,28 @@ def _run_on_threads(engine: Backend, array: Any, run: RunPlan, store: OutputStor
     run_stream(pending, driver.read, driver.compute, write, run.options.prefetch)
 
 
+def _block_task(request: SegmentRequest, run: RunPlan, store: OutputStore) -> BlockTask:
+    """What a Dask worker needs to compute any block of this run (`runtime.distributed.BlockTask`)."""
+    recipe = BackendRecipe(request.model, str(request.backend), request.device, request.precision,
+                           tuple(str(c) for c in request.checkpoints))
+    return BlockTask(recipe=recipe, identity=run.engine.spec.identity, threads=run.threads,
+                     source=str(request.source), key=request.key, level=request.level, job=run.job,
+                     target=str(store.root), layout=run.layout, run_hash=run.hash, roi=request.region)
+
+
+def _plane_passes(run: RunPlan, store: OutputStore, array: Any, request: SegmentRequest, rep: SegmentReport,
+                  cluster: tuple[str, BlockTask] | None = None) -> None:
+    """`--planes`: the extra passes, before the run's own blocks (which read them); none when those are all
+    done already."""
+    if run.job.fuse and len(store.done_blocks()) < len(run.blocks):
+        rep.plane_seconds = run_plane_passes(run, array, request.progress, request.say, cluster)
+
+
 def _run_on_cluster(request: SegmentRequest, run: RunPlan, store: OutputStore, tally: _Tally,
                     pending: list[Block]) -> None:
     """The Dask scheduler: every pending block as one task (`runtime.distributed`)."""
-    recipe = BackendRecipe(request.model, str(request.backend), request.device, request.precision,
-                           tuple(str(c) for c in request.checkpoints))
-    task = BlockTask(recipe=recipe, identity=run.engine.spec.identity, threads=run.threads,
-                     source=str(request.source),
-                     key=request.key, level=request.level, job=run.job, target=str(store.root), layout=run.layout,
-                     run_hash=run.hash, roi=request.region)
     if pending:
-        run_blocks_on_cluster(request.dask, task, pending, request.note, tally.add)
+        run_blocks_on_cluster(request.dask, _block_task(request, run, store), pending, request.note, tally.add)
 
 
 def _instance_stage(run: RunPlan, store: OutputStore, rep: SegmentReport) -> None:

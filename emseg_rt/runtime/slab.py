@@ -34,12 +34,24 @@ class TileBatch:
     real: int
     tiles: np.ndarray
 
+    @property
+    def positions(self) -> range:
+        """The real tiles' places among the slab's tiles (`tiling.PlaneAccumulator.add`)."""
+        return range(self.start, self.start + self.real)
 
-def tile_batches(slab: np.ndarray, plan: TilePlan, batch: int) -> Iterator[TileBatch]:
-    """Cut a slab (N, H, W) uint8 into full batches of `batch` tiles (N·plan.num_tiles tiles in all)."""
+
+def tile_batches(slab: np.ndarray, plan: TilePlan, batch: int,
+                 active: np.ndarray | None = None) -> Iterator[TileBatch]:
+    """Cut a slab (N, H, W) uint8 into full batches of `batch` tiles (N·plan.num_tiles tiles in all).
+
+    active: (N, num_tiles) bool: only the batches holding an active tile (`segment --mask`). A batch runs whole
+    or not at all, so every tile that runs has the same neighbours in its backend call as in a run of all the
+    tiles, and the same numbers (a backend's arithmetic may depend on a tile's place in its batch)."""
     tiles = extract_tiles(slab, plan).reshape(-1, 1, plan.tile, plan.tile)  # (N·n, 1, T, T), plane-major
+    flags = None if active is None else active.ravel()
     for start, real, chunk in padded_batches(tiles, batch):
-        yield TileBatch(start, real, chunk)
+        if flags is None or flags[start:start + real].any():
+            yield TileBatch(start, real, chunk)
 
 
 def batch_prompts(prompts: Mapping[str, np.ndarray] | None, item: TileBatch) -> dict[str, np.ndarray] | None:
@@ -95,7 +107,8 @@ def takes_device_path(backend: Backend) -> bool:
 def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: int, blend: str,
                  probabilities: bool, label_type: np.dtype, timings: dict | None = None,
                  prompts: Mapping[str, np.ndarray] | None = None, tta: bool = False,
-                 density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+                 density_out: np.ndarray | None = None,
+                 active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Segment a slab of planes.
 
     slab:    (N, H, W) uint8 planes.
@@ -105,6 +118,9 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
     density_out: (N, H, W) float32, filled with each plane's density (a model with a 'density' extra output:
              Prompt-DAS), its tiles always Gaussian-blended (`tiling.PlaneAccumulator`; with `tta`: each
              tile's mean of the four turned back).
+    active:  (N, num_tiles) bool: run only the batches holding one of these tiles (`segment --mask`,
+             `tiling.active_tiles`; `tile_batches`); pixels that only tiles left out cover are 0 (labels,
+             probabilities, density).
     returns  labels (N, H, W) label_type, probabilities (K, N, H, W) uint8 or None, and the number of tiles run.
     `timings` (optional) accumulates 'compute' (backend calls) and 'stitch' seconds.
     A backend with `run_planes` (torch, onnxruntime) tiles, stitches and merges on its device when the call
@@ -112,7 +128,9 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
     plan, tile order and batches.
     """
     n_planes, per_plane = slab.shape[0], plan.num_tiles
-    if takes_device_path(backend) and not prompts and not tta and density_out is None and not probabilities:
+    active = None if active is None or active.all() else active
+    if (takes_device_path(backend) and not prompts and not tta and density_out is None and not probabilities
+            and active is None):
         labels = backend.run_planes(slab, plan, batch=batch, blend=blend, label_type=label_type,
                                     threshold=backend.spec.threshold, timings=timings)
         return labels, None, n_planes * per_plane
@@ -121,17 +139,20 @@ def segment_slab(backend: Backend, slab: np.ndarray, plan: TilePlan, *, batch: i
                          density_out)
     outputs = ("density",) if density_out is not None else ()
     compute_s = stitch_s = 0.0
-    for item in tile_batches(slab, plan, batch):
+    ran = 0
+    for item in tile_batches(slab, plan, batch, active):
+        ran += item.real
         t0 = time.perf_counter()
         out = _run_batch(backend, item, prompts, tta=tta, want_logits=want_logits, outputs=outputs)
         compute_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        planes.add(out, item.real)
+        planes.add(out, item.real, item.positions)
         stitch_s += time.perf_counter() - t0
+    planes.flush()
     if timings is not None:
         timings["compute"] = timings.get("compute", 0.0) + compute_s
         timings["stitch"] = timings.get("stitch", 0.0) + stitch_s
-    return planes.labels, planes.probabilities, n_planes * per_plane
+    return planes.labels, planes.probabilities, ran
 
 
 def _run_batch(backend: Backend, item: TileBatch, prompts: Mapping[str, np.ndarray] | None, *, tta: bool,
@@ -159,18 +180,19 @@ class SlabSettings:
     tta: bool = False
 
     def segment(self, backend: Backend, slab: np.ndarray, timings: dict | None = None,
-                prompts: Mapping[str, np.ndarray] | None = None,
-                density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+                prompts: Mapping[str, np.ndarray] | None = None, density_out: np.ndarray | None = None,
+                active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
         """`segment_slab` with these settings."""
         return segment_slab(backend, slab, self.plan, batch=self.batch, blend=self.blend,
                             probabilities=self.probabilities, label_type=self.label_type, timings=timings,
-                            prompts=prompts, tta=self.tta, density_out=density_out)
+                            prompts=prompts, tta=self.tta, density_out=density_out, active=active)
 
 
 def segment_slab_auto(backend: Backend, slab: np.ndarray, settings: SlabSettings, *, start: int, axis: str | int,
                       max_points: int, peak_threshold: float, timings: dict | None = None,
                       counts: dict[str, int] | None = None, kernel: int = NMS_KERNEL,
-                      density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int, PointSet]:
+                      density_out: np.ndarray | None = None,
+                      active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int, PointSet]:
     """`--prompts auto` on one slab (planes start.. along `axis` of the volume): Prompt-DAS's detection →
     segmentation loop at inference.
 
@@ -182,11 +204,12 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, settings: SlabSettings
     returns  labels, probabilities (or None) of the prompted pass, the number of tiles run (both passes) and
              the points found. `counts` accumulates window_prompts' counters and 'auto_points'.
     density_out: (N, H, W) float32, filled with the density of the pass that gave the labels.
+    active: (N, num_tiles) bool, the tiles both passes run (`segment_slab`); None: all.
     """
     plan = settings.plan
-    density = np.empty((slab.shape[0],) + plan.plane_shape, np.float32)
+    density = np.zeros((slab.shape[0],) + plan.plane_shape, np.float32)
     no_points = slab_prompts(None, start, start + slab.shape[0], axis, plan, max_points)
-    first = settings.segment(backend, slab, timings, no_points, density)
+    first = settings.segment(backend, slab, timings, no_points, density, active)
     t0 = time.perf_counter()
     points = peaks_to_points(density, start, axis, peak_threshold, kernel)
     if timings is not None:
@@ -198,7 +221,7 @@ def segment_slab_auto(backend: Backend, slab: np.ndarray, settings: SlabSettings
             density_out[...] = density
         return first[0], first[1], first[2], points
     prompts = slab_prompts(points, start, start + slab.shape[0], axis, plan, max_points, counts)
-    labels, probs, n_tiles = settings.segment(backend, slab, timings, prompts, density_out)
+    labels, probs, n_tiles = settings.segment(backend, slab, timings, prompts, density_out, active)
     return labels, probs, first[2] + n_tiles, points
 
 
@@ -214,17 +237,19 @@ class PromptMode:
 
 def segment_planes(backend: Backend, slab: np.ndarray, settings: SlabSettings, mode: PromptMode, *, start: int,
                    axis: str | int, timings: dict | None = None, counts: dict[str, int] | None = None,
-                   density_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+                   density_out: np.ndarray | None = None,
+                   active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Planes start.. of the volume along `axis` → labels, probabilities, tiles run: the one place that picks
     `segment_slab` with the slab's prompts or `segment_slab_auto` (the block driver of every scheduler).
-    density_out: (N, H, W) float32 to fill with the blended density of the labels' pass (density models)."""
+    density_out: (N, H, W) float32 to fill with the blended density of the labels' pass (density models).
+    active: (N, num_tiles) bool, the tiles to run (`segment --mask`); None: all."""
     if mode.auto_threshold is not None:
         return segment_slab_auto(backend, slab, settings, start=start, axis=axis, max_points=mode.max_points,
                                  peak_threshold=mode.auto_threshold, timings=timings, counts=counts,
-                                 density_out=density_out)[:3]
+                                 density_out=density_out, active=active)[:3]
     prompts = None if mode.max_points is None else slab_prompts(
         mode.points, start, start + slab.shape[0], axis, settings.plan, mode.max_points, counts)
-    return settings.segment(backend, slab, timings, prompts, density_out)
+    return settings.segment(backend, slab, timings, prompts, density_out, active)
 
 
 def _host_tensor(array: np.ndarray) -> torch.Tensor:
@@ -249,19 +274,27 @@ class _HostPlanes:
                  n_planes: int, probabilities: bool, density_out: np.ndarray | None) -> None:
         self.want_logits, self.threshold, self.label_type = want_logits, threshold, label_type
         self.want_probabilities, self.density_out = probabilities, density_out
-        self.labels = np.empty((n_planes,) + tuple(plan.plane_shape), dtype=label_type)
+        self.labels = np.zeros((n_planes,) + tuple(plan.plane_shape), dtype=label_type)  # 0 where no tile ran
         self.probabilities: np.ndarray | None = None
         self.tiles = PlaneAccumulator(plan, blend)
         self.densities = None if density_out is None else PlaneAccumulator(plan, "gaussian")
 
-    def add(self, out: Mapping[str, np.ndarray], real: int) -> None:
-        """out: one batch's backend outputs, of which the first `real` tiles are the slab's."""
+    def add(self, out: Mapping[str, np.ndarray], real: int, positions: Sequence[int] | None = None) -> None:
+        """out: one batch's backend outputs, of which the first `real` tiles are the slab's (at `positions`
+        among its tiles when only some run)."""
         tiles = out["logits" if self.want_logits else "labels"][:real]
-        for index, plane in self.tiles.add(_host_tensor(tiles)):
+        self._planes(self.tiles.add(_host_tensor(tiles), positions), None if self.densities is None else
+                     self.densities.add(_host_tensor(out["density"][:real]), positions))
+
+    def flush(self) -> None:
+        """Finish the planes whose last tiles did not run."""
+        self._planes(self.tiles.flush(), None if self.densities is None else self.densities.flush())
+
+    def _planes(self, labels: list, densities: list | None) -> None:
+        for index, plane in labels:
             self._finish_plane(index, plane)
-        if self.densities is not None:
-            for index, plane in self.densities.add(_host_tensor(out["density"][:real])):
-                self.density_out[index] = plane[0].numpy()
+        for index, plane in densities or ():
+            self.density_out[index] = plane[0].numpy()
 
     def _finish_plane(self, index: int, plane: torch.Tensor) -> None:
         if not self.want_logits:
@@ -272,7 +305,7 @@ class _HostPlanes:
             logits = plane.numpy()
             if self.probabilities is None:
                 shape = (logits.shape[0], self.labels.shape[0]) + logits.shape[1:]
-                self.probabilities = np.empty(shape, dtype=np.uint8)
+                self.probabilities = np.zeros(shape, dtype=np.uint8)  # 0 in planes where no tile ran
             self.probabilities[:, index] = probabilities_uint8(logits)
 
 
