@@ -118,6 +118,14 @@ def test_int8_package_is_refused_by_tensorrt_in_one_line(packages):
         load_backend(str(int8), backend="tensorrt", device="cpu", precision="int8")
 
 
+@pytest.mark.parametrize("which", [1, 2])
+def test_build_refuses_an_onnxruntime_only_package_in_one_line(packages, monkeypatch, capsys, which):
+    package = packages[which]  # int8, fp32-fused: TensorRT parses neither (QDQ int8 activations, com.microsoft ops)
+    result = run_cli(monkeypatch, capsys, "build", package, "--target", "sm86")
+    assert_one_line(result, "runs in ONNX Runtime only", "fp32, fp16 or fp8")
+    assert not (package / "engines").exists()
+
+
 def test_fused_package_has_every_attention_fused_and_fp32_parity(packages):
     traced, _, fused, _ = packages
     original = onnx.load(str(traced.path("full")))

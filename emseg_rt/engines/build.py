@@ -27,6 +27,7 @@ from emseg_rt.engines.trt import FLAVOURS, RTX_TARGETS, flavour_version, import_
 from emseg_rt.checks import split_items
 from emseg_rt.errors import EmsegError
 from emseg_rt.package import (
+    ORT_ONLY_PRECISIONS,
     TARGET_NAME,
     ComponentSpec,
     EngineRecord,
@@ -168,6 +169,9 @@ def _build_locked(package_dir: str | Path, target_list: list[str], flavour: str,
     names = list(components) if components else list(package.components)
     for name in names:
         package.component(name)
+    if package.precision in ORT_ONLY_PRECISIONS:
+        raise EmsegError(f"package {package.root} is {package.precision}, which runs in ONNX Runtime only; build "
+                         "engines from an fp32, fp16 or fp8 package (emseg-rt export --precision ...)")
     older = [t for t in target_list if int(t[2:]) < FP8_MIN_TARGET]
     if package.precision == "fp8" and older:
         raise EmsegError(f"--target {','.join(older)}: an fp8 package builds engines for sm89 (RTX 40) and newer only "
