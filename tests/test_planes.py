@@ -98,3 +98,9 @@ def test_anisotropic_voxels_and_bad_planes_are_one_line(tmp_path, monkeypatch, c
     assert_one_line(run_cli(monkeypatch, capsys, *base, "--planes", "xy,zz"), "--planes", "xy, xz, yz")
     assert_one_line(run_cli(monkeypatch, capsys, *base, "--planes", "xy,xz", "--axis", "x"), "drop --axis")
     assert not (tmp_path / "o.zarr").exists()
+    image = tmp_path / "section.zarr"
+    zarr.save_array(str(image), np.ones((40, 40), np.uint8))
+    result = run_cli(monkeypatch, capsys, "segment", image, "--out", tmp_path / "o2.zarr", "--model", "scsam-tiny",
+                     "--backend", "torch", "--planes", "xy,xz")
+    assert_one_line(result, "a 2D image has only its xy plane")
+    assert not (tmp_path / "o2.zarr").exists()

@@ -62,6 +62,8 @@ class RunPlan:
         self.tile_plan = plan_tiles(self.plane_shape, spec.tile, self.halo)  # EmsegError for a bad halo
         self.blocks: list[Block] = plan_blocks(self.depth, options.block)
         self.label_type = label_dtype(len(spec.classes))
+        if options.extra_planes and self.planar:
+            raise EmsegError("--planes: a 2D image has only its xy plane; drop --planes")
         if options.extra_planes:  # --planes: the passes' planes must show square pixels
             check_isotropic(tuple(volume.voxel_size), options.planes, tuple(volume.units), where)
         self.volume = volume
