@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from emseg_rt.bench.machine import machine_record
+from emseg_rt.runtime.devices import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -96,15 +97,6 @@ def measure(launchers: dict[str, list[str]], runs: int) -> dict[str, dict[str, d
     return results
 
 
-def cpu_flags() -> dict[str, bool]:
-    try:
-        flags = set(next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("flags")), ":").split(":", 1)[1].split())
-    except OSError:
-        flags = set()
-    return {flag: flag in flags for flag in CPU_FLAGS}
-
-
 def git_state() -> dict[str, object]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -115,7 +107,7 @@ def git_state() -> dict[str, object]:
 def records(launchers: dict[str, list[str]], sources: dict[str, str], runs: int) -> dict[str, dict[str, object]]:
     """Label → its record (machine, load, code measured, commands), all labels measured in one round-robin."""
     machine = machine_record("cpu")
-    machine.update({"python": platform.python_version(), "cpu_flags": cpu_flags(),
+    machine.update({"python": platform.python_version(), "cpu_flags": cpu_flags(CPU_FLAGS),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]})
     results = measure(launchers, runs)
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

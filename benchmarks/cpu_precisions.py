@@ -23,18 +23,9 @@ from emseg_rt.bench import BenchConfig, run_bench
 from emseg_rt.bench.machine import cpu_model, machine_record, save_result
 from emseg_rt.bench.report import markdown_table
 from emseg_rt.bench.runners import default_backends
+from emseg_rt.runtime.devices import cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def cpu_flags() -> dict[str, bool]:
-    """Which of the instruction sets that matter for bf16 and int8 this CPU reports in /proc/cpuinfo."""
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        words = set()
-    return {flag: flag in words for flag in FLAGS}
 
 
 def load_average() -> float:

@@ -172,7 +172,7 @@ def test_bench_auto_on_a_cpu_times_every_cpu_path():
     """`--backends auto` on a CPU: eager, torch fp32, ONNX Runtime fp32, fused attention and int8, and torch bf16
     exactly where the CPU computes bf16 natively (issue 30.5)."""
     from emseg_rt.bench.runners import default_backends
-    from emseg_rt.runtime.backends.torch_backend import cpu_has_bf16
+    from emseg_rt.runtime.devices import cpu_has_bf16
 
     auto = default_backends("cpu")
     assert {"torch-eager-fp32", "torch-fp32", "onnxruntime", "onnxruntime-fp32-fused", "onnxruntime-int8"} <= set(auto)

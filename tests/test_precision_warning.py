@@ -12,7 +12,7 @@ import torch
 from cli_helpers import run_cli
 from emseg_rt.data.phantom import generate_phantom, write_phantom
 from emseg_rt.runtime import loader
-from emseg_rt.runtime.backends.torch_backend import cpu_has_bf16
+from emseg_rt.runtime.devices import cpu_has_bf16
 
 WARNING = "--precision bf16: this CPU has no native bf16"
 

@@ -142,7 +142,7 @@ def test_torch_fast_path_is_what_the_torch_backend_runs(tmp_path):
 
 def test_auto_says_which_backend_it_chose_and_why(tmp_path):
     notes: list[str] = []
-    chosen = load_backend(MODEL, "auto", say=notes.append)
+    chosen = load_backend(MODEL, "auto", precision="fp32", say=notes.append)  # 'auto' precision: test_cpu_choice.py
     assert chosen.name == "onnxruntime"
     assert len(notes) == 1 and notes[0].startswith("backend: onnxruntime (auto:") and "CPU" in notes[0]
     notes.clear()

@@ -11,18 +11,9 @@ from pathlib import Path
 
 import torch
 
+from emseg_rt.runtime.devices import cpu_model
+
 LIBRARIES = ("torch", "onnx", "onnxruntime", "tensorrt_rtx", "tensorrt", "segment-anything", "timm", "emseg-rt")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: str) -> str:

@@ -33,7 +33,8 @@ from emseg_rt.errors import EmsegError
 from emseg_rt.models import build
 from emseg_rt.onnx_session import providers_for
 from emseg_rt.runtime.backends.base import Backend
-from emseg_rt.runtime.backends.torch_backend import cpu_has_bf16, fast_precision
+from emseg_rt.runtime.backends.torch_backend import fast_precision
+from emseg_rt.runtime.devices import cpu_has_bf16
 from emseg_rt.runtime.loader import load_backend
 from emseg_rt.runtime.slab import segment_slab, takes_device_path
 from emseg_rt.tiling import plan_tiles

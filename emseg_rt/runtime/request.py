@@ -55,7 +55,9 @@ class SegmentRequest:
     checkpoints: weights loaded in order into a registry model (emseg_rt.models.checkpoint formats).
     backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt', or an already loaded Backend.
     device:  'auto' (a CUDA GPU when torch sees one, else the CPU; `runtime.devices`), 'cpu', 'cuda[:N]'.
-    precision: 'fp32', 'fp16' or 'bf16' (bf16 on the torch backend only).
+    precision: 'auto' (a package's own; on a CPU with native bf16, `--backend auto`, the faster of ONNX Runtime
+             fp32 and torch bf16 that keeps the labels: `runtime.cpu_choice`; else fp32), 'fp32', 'fp16', 'bf16'
+             (torch backend only), 'int8', 'fp32-fused', 'fp8' (packages).
     options: tiling, batching, blocks, shards, pyramid levels and resume (`SegmentOptions`).
     allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
     dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),
@@ -80,7 +82,7 @@ class SegmentRequest:
     checkpoints: tuple[str | Path, ...] = ()
     backend: str | Backend = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     options: SegmentOptions = SegmentOptions()
     key: str | None = None
     level: int | None = None
@@ -213,7 +215,8 @@ def open_backend(request: SegmentRequest, note: Say) -> tuple[Backend, bool, str
     if not isinstance(request.backend, str):
         return request.backend, False, request.device
     device = resolve_device(request.device, note)
-    engine = load_backend(request.model, request.backend, device, request.precision, request.checkpoints, say=note)
+    engine = load_backend(request.model, request.backend, device, request.precision, request.checkpoints,
+                          batch=request.options.batch, say=note)
     return engine, True, device
 
 

@@ -50,7 +50,7 @@ def segment_volume(
     checkpoints: Sequence[str | Path] = (),
     backend: str | Backend = "auto",
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     batch: int = 4,
     halo: int | None = None,
     blend: str = "center",
@@ -274,7 +274,8 @@ def _run_on_threads(engine: Backend, array: Any, run: RunPlan, store: OutputStor
 
 def _block_task(request: SegmentRequest, run: RunPlan, store: OutputStore) -> BlockTask:
     """What a Dask worker needs to compute any block of this run (`runtime.distributed.BlockTask`)."""
-    recipe = BackendRecipe(request.model, str(request.backend), request.device, request.precision,
+    # the precision this process resolved ('auto' measures on a CPU): every worker loads the same path
+    recipe = BackendRecipe(request.model, str(request.backend), request.device, run.engine.spec.precision,
                            tuple(str(c) for c in request.checkpoints))
     return BlockTask(recipe=recipe, identity=run.engine.spec.identity, threads=run.threads,
                      source=str(request.source), key=request.key, level=request.level, job=run.job,

@@ -15,7 +15,9 @@ import numpy as np
 from emseg_rt.errors import EmsegError
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # what --backend accepts
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp32-fused", "fp8")  # what --precision accepts
+# what --precision accepts; 'auto' (the default) is resolved by runtime.loader: a package's own precision, on a CPU
+# the fastest path that keeps the labels (runtime/cpu_choice.py), else fp32
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "fp32-fused", "fp8")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtypes the torch backend runs
 # ONNX packages come in these (package.PRECISIONS; literals here, so this module loads no onnx)
 PACKAGE_PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8")

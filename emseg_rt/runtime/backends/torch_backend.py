@@ -16,7 +16,6 @@ Precision names what runs: 'fp32', 'fp16' (autocast float16: the fast choice on 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,20 +26,10 @@ from emseg_rt.models.attention import use_sdpa_attention
 from emseg_rt.models.checkpoint import state_dict_digest
 from emseg_rt.runtime.backends.base import TORCH_PRECISIONS, BackendSpec, check_outputs
 from emseg_rt.runtime.device_path import DevicePath
+from emseg_rt.runtime.devices import cpu_has_bf16
 from emseg_rt.tiling import TilePlan
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Without it torch emulates bf16 and
-    autocast is slower than fp32 (measured 2.3x slower on a Xeon with AVX-512 but no BF16:
-    benchmarks/results/bench_vs_segment.md)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def fast_precision(device: str) -> str:
