@@ -22,7 +22,6 @@ matmul's output, Q/DQ pairs TensorRT then has to fold; writing the pairs with `o
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -31,13 +30,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from emseg_rt.export.onnx_io import save_onnx
-from emseg_rt.onnx_session import OnnxGraph
+from emseg_rt.export.calibrate import tensor_ranges
 
 FP8_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Conv")  # what gets Q/DQ; every other op computes in float
 FP8_INPUTS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0, 1)}  # the operands (never a bias)
 E4M3_MAX = 448.0  # the largest finite FLOAT8E4M3FN value
 FP8_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8 zero points
-CALIBRATION_BATCH = 2  # tiles per calibration run (1 above 256²)
 
 
 def fp8_operands(model: onnx.ModelProto, keep_float_nodes: Iterable[str] = ()) -> dict[str, list[str]]:
@@ -54,31 +52,8 @@ def fp8_operands(model: onnx.ModelProto, keep_float_nodes: Iterable[str] = ()) -
 
 def activation_amax(model: onnx.ModelProto, names: Sequence[str], tiles: np.ndarray,
                     extra_inputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Largest |value| of each named float tensor over the calibration tiles.
-
-    tiles: (N, 1, T, T) uint8, fed to the graph's 'tiles' input (or its first) in batches of CALIBRATION_BATCH
-    (1 above 256²); extra_inputs: the other graph inputs, batch first with at least CALIBRATION_BATCH rows.
-    """
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in known)
-    input_names = [value.name for value in model.graph.input]
-    input_name = "tiles" if "tiles" in input_names else input_names[0]
-    batch = CALIBRATION_BATCH if tiles.shape[-1] <= 256 else 1
-    amax = dict.fromkeys(names, 0.0)
-    with tempfile.TemporaryDirectory(prefix="emseg-fp8-") as work:
-        path = Path(work) / "probe.onnx"
-        save_onnx(probe, path)
-        del probe
-        graph = OnnxGraph(path, device="cpu")
-        for start in range(0, len(tiles), batch):
-            chunk = tiles[start:start + batch]
-            feeds = {input_name: chunk, **{n: np.asarray(extra_inputs[n])[:len(chunk)]
-                                          for n in input_names if n != input_name}}
-            for name, value in graph.run(feeds, list(names)).items():
-                amax[name] = max(amax[name], float(np.abs(value).max(initial=0.0)))
-    return amax
+    """Largest |value| of each named float tensor over the calibration tiles (`calibrate.tensor_ranges`)."""
+    return {name: max(-low, high) for name, (low, high) in tensor_ranges(model, names, tiles, extra_inputs).items()}
 
 
 def fp8_scale(amax: float) -> float:

@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import MinMaxCalibrater, TensorsData, save_tensors_data
 
 from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.errors import EmsegError
+from emseg_rt.export.calibrate import tensor_ranges
 from emseg_rt.io.readers import open_volume
 from emseg_rt.io.volume import as_plane_stack
 
 INT8_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Conv")  # what gets Q/DQ; every other op computes in float
 CALIBRATION_TILES = 8  # tiles calibrated on by default (MinMax ranges settle within a few tiles)
-CALIBRATION_BATCH = 2  # tiles per calibration run of the graph (1 above 256², as segment's memory allows)
 
 
 def calibration_tiles(tile: int, count: int, held_out: int, source: str | Path | None = None,
@@ -80,19 +82,6 @@ def _volume_tiles(source: str | Path, tile: int, total: int, seed: int) -> np.nd
     return tiles
 
 
-class _TileReader(CalibrationDataReader):
-    """Feeds calibration tiles in batches of `CALIBRATION_BATCH`; other graph inputs (prompts) are fixed."""
-
-    def __init__(self, tiles: np.ndarray, extra: Mapping[str, np.ndarray], input_name: str) -> None:
-        batch = CALIBRATION_BATCH if tiles.shape[-1] <= 256 else 1
-        self._batches: Iterator[dict[str, np.ndarray]] = iter([
-            {input_name: tiles[i:i + batch], **{name: value[:len(tiles[i:i + batch])] for name, value in extra.items()}}
-            for i in range(0, len(tiles), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 @contextlib.contextmanager
 def _quiet_quantiser() -> Iterator[None]:
     """The quantiser logs advice ('consider pre-processing') on the root logger: not for our users."""
@@ -113,12 +102,20 @@ def quantize_to_int8(source: Path, target: Path, tiles: np.ndarray, extra_inputs
     extra_inputs:     the graph's other inputs (prompts), batch first with at least CALIBRATION_BATCH rows.
     keep_float_nodes: names of nodes that stay float even when their op type is in INT8_OPS (the head).
     external_data:    save the weights beside the graph (graphs over protobuf's 2 GB limit).
+
+    The MinMax ranges are `export.calibrate.tensor_ranges`' (bounded memory) of the tensors ONNX Runtime's
+    calibrator would pick (its own selection rule), handed to `quantize_static` as its calibration cache.
     """
-    names = [value.name for value in onnx.load(str(source), load_external_data=False).graph.input]
-    input_name = "tiles" if "tiles" in names else names[0]
-    extra = {name: np.asarray(extra_inputs[name]) for name in names if name != input_name}
-    with _quiet_quantiser():
-        quantize_static(str(source), str(target), _TileReader(tiles, extra, input_name),
+    calibrator = MinMaxCalibrater(str(source), op_types_to_calibrate=list(INT8_OPS))
+    names, _ = calibrator.select_tensors_to_calibrate(calibrator.model)
+    ranges = tensor_ranges(calibrator.model, sorted(names), tiles, extra_inputs)
+    del calibrator
+    data = TensorsData(CalibrationMethod.MinMax, {name: (np.array([low], np.float32), np.array([high], np.float32))
+                                                  for name, (low, high) in ranges.items()})
+    with tempfile.TemporaryDirectory(prefix="emseg-int8-") as work, _quiet_quantiser():
+        cache = Path(work) / "ranges.json"
+        save_tensors_data(data, cache)
+        quantize_static(str(source), str(target), None, calibration_cache_path=str(cache),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(keep_float_nodes), use_external_data_format=external_data)

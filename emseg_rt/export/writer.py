@@ -35,7 +35,8 @@ from emseg_rt.export.aoti import check_aoti_options, write_aoti
 from emseg_rt.export.fp16 import convert_to_mixed_fp16, nodes_in_scope
 from emseg_rt.export.fused import fuse_attention
 from emseg_rt.export.fp8 import FP8_OPSET, quantize_to_fp8
-from emseg_rt.export.int8 import CALIBRATION_BATCH, CALIBRATION_TILES, calibration_tiles, quantize_to_int8
+from emseg_rt.export.calibrate import CALIBRATION_BATCH
+from emseg_rt.export.int8 import CALIBRATION_TILES, calibration_tiles, quantize_to_int8
 from emseg_rt.export.onnx_io import OPSET, graph_io, save_onnx
 from emseg_rt.export.parity import ParityTargets, measure_package_parity, parity_summary
 from emseg_rt.export.trace import Progress, TracedGraphs, _quiet, _resolve_model, trace_model
