@@ -10,6 +10,17 @@ def _deterministic_torch():
 
 
 @pytest.fixture(scope="module")
+def engine():
+    """scsam-tiny on the torch backend (CPU), loaded once per test module: the backend most runtime tests
+    segment with. A module that needs another model or one torch thread defines its own `engine`."""
+    from emseg_rt.runtime.loader import load_backend  # deferred: conftest loads before the tests' own imports
+
+    backend = load_backend("scsam-tiny", "torch", "cpu")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for the module: small models run many times slower with two threads when
     the 2-core machine is shared."""

@@ -409,13 +409,6 @@ def test_missing_inputs_and_unknown_formats_are_one_line_errors(tmp_path):
         assert expected in one_line_error(excinfo), source
 
 
-@pytest.fixture(scope="module")
-def engine():
-    from emseg_rt.runtime import load_backend
-
-    return load_backend("scsam-tiny", "torch")
-
-
 @pytest.mark.parametrize("dtype", ["uint8", "int16"])
 def test_each_format_segments_to_the_labels_of_the_same_voxels_as_zarr(tmp_path, engine, dtype):
     from emseg_rt.runtime import segment_volume

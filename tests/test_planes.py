@@ -16,16 +16,11 @@ import zarr
 
 from cli_helpers import assert_one_line, run_cli
 from emseg_rt.io import write_ome_image
-from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime import segment_volume
 from emseg_rt.runtime import planes as planes_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHAPE = (20, 36, 44)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return load_backend("scsam-tiny", "torch")
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,13 @@ import pytest
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.label_images import open_label_image
 from emseg_rt.progress import Progress
-from emseg_rt.runtime import SegmentRequest, load_backend, run_segment, segment_labels
+from emseg_rt.runtime import SegmentRequest, run_segment, segment_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Stop(Exception):
     """What a Cancel raises from the listener."""
-
-
-@pytest.fixture(scope="module")
-def engine():
-    backend = load_backend("scsam-tiny", "torch", "cpu")
-    yield backend
-    backend.close()
 
 
 @pytest.fixture

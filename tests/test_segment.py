@@ -16,16 +16,11 @@ import zarr
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import open_volume, read_label_metadata, read_volume, write_ome_image
-from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime import segment_volume
 from emseg_rt.runtime.output import done_markers
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "scsam-tiny"
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return load_backend(MODEL, "torch")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import zarr
 
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import read_volume, write_ome_image
-from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime import segment_volume
 from emseg_rt.runtime import output as output_module
 from emseg_rt.runtime.claim import claim_output
 from emseg_rt.runtime.output import read_run_record
@@ -30,11 +30,6 @@ MODEL = "scsam-tiny"
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return load_backend(MODEL, "torch")
 
 
 @pytest.fixture

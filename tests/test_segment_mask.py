@@ -15,16 +15,11 @@ import zarr
 from cli_helpers import assert_one_line, run_cli
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import write_ome_image
-from emseg_rt.runtime import load_backend, segment_labels, segment_volume
+from emseg_rt.runtime import segment_labels, segment_volume
 from emseg_rt.runtime import output as output_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHAPE = (8, 200, 208)  # scsam-tiny: tile 128, halo 16 → 3 × 3 tiles per plane
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return load_backend("scsam-tiny", "torch")
 
 
 @pytest.fixture(scope="module")

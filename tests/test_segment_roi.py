@@ -14,14 +14,9 @@ import zarr
 from cli_helpers import assert_one_line, run_cli
 from emseg_rt.errors import EmsegError
 from emseg_rt.io import write_ome_image
-from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime import segment_volume
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return load_backend("scsam-tiny", "torch")
 
 
 @pytest.fixture(scope="module")

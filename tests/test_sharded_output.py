@@ -19,18 +19,13 @@ from ome_zarr_models import open_ome_zarr
 from ome_zarr_models.v05 import ImageLabel as ImageLabel05
 
 from emseg_rt.io import read_volume, write_ome_image
-from emseg_rt.runtime import load_backend, segment_volume
+from emseg_rt.runtime import segment_volume
 from emseg_rt.runtime.plan import output_chunking
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "scsam-tiny"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return load_backend(MODEL, "torch")
 
 
 @pytest.fixture(scope="module")
