@@ -162,14 +162,16 @@ def segment_case(shape: tuple[int, int, int] = PHANTOM_SHAPE, **options) -> Call
 
 
 def cli_default_options(work: Path) -> dict[str, str]:
-    """`emseg-rt segment cell.zarr --out out.zarr --device cpu --quiet --report r.json`: the default model, the
-    `auto` backend (onnxruntime on the CPU: exports the package into $EMSEG_RT_CACHE first) and every other
-    option at its default. Every case runs on the CPU, GPU present or not."""
+    """`emseg-rt segment cell.zarr --out out.zarr --device cpu --precision fp32 --quiet --report r.json`: the
+    default model, the `auto` backend (onnxruntime on the CPU: exports the package into $EMSEG_RT_CACHE first)
+    and every other option at its default. Every case runs on the CPU, GPU present or not. The precision is
+    pinned: its default, `auto`, measures torch bf16 against ONNX Runtime fp32 on a CPU with native bf16 and
+    takes the faster (runtime/cpu_choice.py), so which one runs, and so the bytes, depend on the machine."""
     from emseg_rt.cli import main
 
     out, report = work / "out.zarr", work / "r.json"
-    argv = ["emseg-rt", "segment", str(phantom_input(work)), "--out", str(out), "--device", "cpu", "--quiet",
-            "--report", str(report)]
+    argv = ["emseg-rt", "segment", str(phantom_input(work)), "--out", str(out), "--device", "cpu",
+            "--precision", "fp32", "--quiet", "--report", str(report)]
     saved = sys.argv
     sys.argv = argv
     try:
