@@ -6,8 +6,10 @@ from emseg_rt.data.phantom import generate_phantom
 from emseg_rt.metrics import evaluate
 from emseg_rt.models import get_config, list_models
 from emseg_rt.models.default_model import default_model_name, default_weights_path, load_default_model
+from emseg_rt.runtime import segment_labels
 from emseg_rt.runtime.backends.torch_backend import TorchBackend
 from emseg_rt.runtime.slab import segment_array
+from emseg_rt.tiling import plan_tiles
 
 HELD_OUT_SEED = 42  # training uses seeds >= 900
 
@@ -49,11 +51,6 @@ def test_a_tile_core_inside_a_large_nucleus_is_nucleus():
     background (on this phantom: 29 % and 34 % nucleus in two of the three such cores). The retrained model was
     shown such tiles (scripts/train_default.py, nucleus-centred crops); the runtime's defaults (128² tiles, halo
     16) are unchanged, as benchmarks/results/quality_3d.md measured larger halos to cost 2-7x for nothing."""
-    import numpy as np
-
-    from emseg_rt.runtime import segment_labels
-    from emseg_rt.tiling import plan_tiles
-
     phantom = generate_phantom((4, 512, 512), seed=3)
     nucleus = phantom.labels == 1
     plan = plan_tiles((512, 512), 128, 16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from PIL import Image
 
 from cli_helpers import assert_one_line, run_cli
 from emseg_rt.errors import EmsegError
@@ -116,20 +117,22 @@ def test_a_masked_run_resumes_and_refuses_a_changed_mask(tmp_path, engine, data)
         segment_volume(src, out, backend=engine, block=2, resume=True)  # the mask is part of the run
 
 
-@pytest.mark.parametrize(("mask", "message"), [
-    ("missing.zarr", "does not exist"),
-    ("float.zarr", "dtype float32; a mask is a label or binary image"),
-    ("far.zarr", "does not overlap"),
+@pytest.mark.parametrize(("mask", "message", "options"), [
+    ("missing.zarr", "does not exist", ()),
+    ("float.zarr", "dtype float32; a mask is a label or binary image", ()),
+    ("far.zarr", "does not overlap", ()),
+    ("plane.png", "plane.png is a single 2D image: it has no key or pyramid level", ("--mask-level", "1")),
 ])
-def test_a_bad_mask_is_one_line(tmp_path, monkeypatch, capsys, data, mask, message):
+def test_a_bad_mask_is_one_line(tmp_path, monkeypatch, capsys, data, mask, message, options):
     src = write_ome_image(tmp_path / "in.zarr", data[:2])
     zarr.save_array(str(tmp_path / "float.zarr"), np.ones((2, 200, 208), np.float32))
+    Image.fromarray(np.ones((200, 208), np.uint8)).save(tmp_path / "plane.png")
     far = zarr.open_group(str(write_ome_image(tmp_path / "far.zarr", np.ones((2, 10, 10), np.uint8))), mode="r+")
     ome = far.attrs["ome"]
     ome["multiscales"][0]["datasets"][0]["coordinateTransformations"].append(
         {"type": "translation", "translation": [0.0, 5000.0, 0.0]})  # far beyond the input's 200 voxels of y
     far.attrs["ome"] = ome
     result = run_cli(monkeypatch, capsys, "segment", src, "--out", tmp_path / "o.zarr", "--model", "scsam-tiny",
-                     "--backend", "torch", "--mask", tmp_path / mask)
+                     "--backend", "torch", "--mask", tmp_path / mask, *options)
     assert_one_line(result, "--mask", message)
     assert not (tmp_path / "o.zarr").exists()

@@ -29,7 +29,7 @@ def image_volume(path: Path, key: str | None = None, level: int | None = None) -
     """Open a PNG or JPEG file as a 2D Volume (Y, X), decoded into memory. EmsegError (one line) for a file Pillow
     cannot read, a colour image, or one too large for the memory available."""
     if key or level not in (None, 0):
-        raise EmsegError(f"--key / --level given but {path} is a single 2D image")
+        raise EmsegError(f"input {path} is a single 2D image: it has no key or pyramid level to choose")
     limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # the memory check below takes the place of Pillow's bomb limit
