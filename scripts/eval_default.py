@@ -6,7 +6,7 @@
 
 Writing the default JSON also rewrites the tables of models/scsam-phantom.md between its
 `<!-- eval_default.py: begin -->` and `<!-- eval_default.py: end -->` markers, so every number there comes
-from models/scsam-phantom.eval.json (and the first model's from models/scsam-phantom.stage1.eval.json).
+from models/scsam-phantom.eval.json (and earlier weights' from models/scsam-phantom.stage{1,3}.eval.json).
 
 The held-out phantoms are seeds 2000–2006 (no test, script, demo or training run uses them: training uses
 1000–1199, validation 900–901, tests and the demo 0–99), of several sizes — the 384² and 512² ones have a
@@ -98,15 +98,17 @@ def card_tables(record: dict) -> str:
 
 CARD = REPO / "models" / "scsam-phantom.md"
 EVAL_JSON = REPO / "models" / "scsam-phantom.eval.json"
-STAGE1_JSON = REPO / "models" / "scsam-phantom.stage1.eval.json"  # the first shipped weights, same phantoms
+# earlier shipped weights, scored by this script on the same phantoms: (name in the card, record)
+EARLIER_JSON = [("first (stage 1)", REPO / "models" / "scsam-phantom.stage1.eval.json"),
+                ("stage 3, no pixel refinement", REPO / "models" / "scsam-phantom.stage3.eval.json")]
 BEGIN, END = "<!-- eval_default.py: begin -->", "<!-- eval_default.py: end -->"
 
 
-def comparison_table(before: dict, after: dict) -> str:
-    """Mean Dice per class and mean PQ of the first shipped weights (`before`) and the current ones (`after`)."""
+def comparison_table(records: list[tuple[str, dict]]) -> str:
+    """Mean Dice per class and mean PQ of each (name, record): earlier shipped weights, then the current ones."""
     lines = ["| weights | Dice nucleus | Dice mitochondria | Dice granules | mean Dice | PQ nucleus | PQ mitochondria "
              "| PQ granules |", "|---|---|---|---|---|---|---|---|"]
-    for name, record in (("first (stage 1)", before), ("current", after)):
+    for name, record in records:
         dice = " | ".join(f"{record['mean_dice'][c]:.3f}" for c in CLASS_NAMES)
         pq = " | ".join(f"{record['mean_pq'][c]:.2f}" for c in CLASS_NAMES)
         lines.append(f"| {name} `{record['weights_sha256'][:12]}` | {dice} | {record['mean_dice']['mean']:.3f} "
@@ -115,12 +117,13 @@ def comparison_table(before: dict, after: dict) -> str:
 
 
 def update_card() -> None:
-    """Rewrite the card's tables between BEGIN and END from EVAL_JSON (and STAGE1_JSON where present)."""
+    """Rewrite the card's tables between BEGIN and END from EVAL_JSON (and EARLIER_JSON where present)."""
     record = json.loads(EVAL_JSON.read_text())
     text = card_tables(record)
-    if STAGE1_JSON.is_file():
-        text += "\n\nThe first shipped weights on the same phantoms, same path:\n\n"
-        text += comparison_table(json.loads(STAGE1_JSON.read_text()), record)
+    earlier = [(name, json.loads(path.read_text())) for name, path in EARLIER_JSON if path.is_file()]
+    if earlier:
+        text += "\n\nEarlier shipped weights on the same phantoms, same path:\n\n"
+        text += comparison_table([*earlier, ("current", record)])
     card = CARD.read_text()
     if BEGIN not in card or END not in card:
         raise SystemExit(f"{CARD} has no {BEGIN} … {END} markers")

@@ -1,13 +1,14 @@
-"""Train the embedded default model `scsam-phantom` on synthetic phantoms (reproducible, three stages).
+"""Train the embedded default model `scsam-phantom` on synthetic phantoms (reproducible, four stages).
 
 Stage 1 (from random init; the first shipped run):
 
     python scripts/train_default.py --stage 1 --out stage1.pt   # 3500 steps, 12 phantoms 24×256×256, lr 1e-3
 
-Stages 2 and 3 (fine-tune; stage 3's best is the shipped weights since issue 27):
+Stages 2 to 4 (fine-tune; stage 4's best is the shipped weights):
 
     python scripts/train_default.py --stage 2 --init stage1.pt --out stage2.pt  # varied phantoms, nucleus crops
-    python scripts/train_default.py --stage 3 --init stage2.pt    # the same data, lr 1e-4, BCE weight 2
+    python scripts/train_default.py --stage 3 --init stage2.pt --out stage3.pt  # the same data, lr 1e-4, BCE 2
+    python scripts/train_default.py --stage 4 --init stage3.pt --threads 2      # + the pixel refinement
 
 What it does (and what the model card reports):
 - data, stage 1: 12 phantoms from seeds 1000.. (24×256×256, noise drawn in [0.6, 1.6], anisotropy in
@@ -25,6 +26,10 @@ What it does (and what the model card reports):
 - loss: ScSAM eq. 9, 0.2·L_cos + L_NTX + L_Dice, plus a per-pixel BCE term (weight 1; 2 in stage 3) that makes training
   from scratch converge faster (ScSAM trains heads on frozen pretrained encoders and needs none).
 - stage 3: stage 2's phantoms, crops and augmentation, lr 1e-4, BCE weight 2, 1,500 steps.
+- stage 4: the config's pixel refinement (`PixelRefineConfig`: a pixel encoder and a residual on the logits at
+  full resolution, its last convolution zero) added to stage 3's weights and trained alone, everything else
+  frozen; stage 3's data, crops and BCE weight, lr 2e-3, 1,500 steps; the loss's Dice and BCE terms are
+  summed over the decoder's and the refined logits (only the refined ones have a gradient here).
 - optimiser: Adam, lr 1e-3 (stage 1, ScSAM §4.2), 3e-4 (stage 2) or 1e-4 (stage 3) (stages 2, 3: after a
   linear warm-up of 100 steps), cosine decay to 1% of it over the steps;
   batch 8; gradient norm clipped to 1; torch.manual_seed(0), one intra-op thread.
@@ -64,7 +69,9 @@ STAGES = {  # stage → (first training seed, phantom shapes cycled through, noi
     1: (1000, [(24, 256, 256)], (0.6, 1.6), (1.0, 1.5, 2.0), 1e-3, 3500, 1.0),
     2: (*_VARIED, 3e-4, 2000, 1.0),
     3: (*_VARIED, 1e-4, 1500, 2.0),
+    4: (*_VARIED, 2e-3, 1500, 2.0),  # the pixel refinement alone, on stage 3's frozen weights
 }
+REFINEMENT_KEYS = ("encoders.pixel_encoder.", "head.refiner.")  # new in stage 4: absent from older weights
 VALIDATION = [(900, (16, 256, 256), slice(2, 16, 4)), (901, (8, 512, 512), slice(2, 8, 3))]
 
 
@@ -147,13 +154,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, choices=sorted(STAGES), default=2)
     parser.add_argument("--init", type=Path, default=None, help="weights to start from (the previous stage's)")
-    parser.add_argument("--steps", type=int, default=None, help="default: 3500, 2000, 1500 (stages 1, 2, 3)")
-    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3, 3e-4, 1e-4 (stages 1, 2, 3)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 3500, 2000, 1500, 1500 (stages 1-4)")
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3, 3e-4, 1e-4, 2e-3 (stages 1-4)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--phantoms", type=int, default=None, help="default: 12 (stage 1), 20 (stages 2, 3)")
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--bce-weight", type=float, default=None, help="default: 1, 1, 2 (stages 1, 2, 3)")
+    parser.add_argument("--bce-weight", type=float, default=None, help="default: 1, 1, 2, 2 (stages 1-4)")
     parser.add_argument("--out", type=Path, default=REPO / "emseg_rt" / "weights" / WEIGHTS_FILE)
     parser.add_argument("--record", type=Path, default=None,
                         help="default: models/scsam-phantom.training.json (stage 1), .stage<N>.training.json")
@@ -176,6 +183,26 @@ def make_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def trainable_parameters(model: torch.nn.Module, stage: int) -> list[torch.nn.Parameter]:
+    """Every parameter, except in stage 4: the pixel refinement's only (the rest frozen, so no gradient flows
+    through the encoders: a probe that also fine-tuned them for 1,000 steps scored no better)."""
+    if stage < 4:
+        return list(model.parameters())
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(REFINEMENT_KEYS))
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def load_init(model: torch.nn.Module, path: Path) -> None:
+    """Load the previous stage's weights; weights from before stage 4 lack only the pixel refinement (which
+    then starts as built: its last convolution zero, the identity on the decoder's logits)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    other = [key for key in missing if not key.startswith(REFINEMENT_KEYS)]
+    if unexpected or other:
+        raise SystemExit(f"{path} does not fit {DEFAULT_MODEL}: unexpected {unexpected[:3]}, missing {other[:3]}")
+
+
 def save(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -193,10 +220,12 @@ def main() -> None:
     phantom_seconds = round(time.time() - t0, 1)
     print(f"phantoms ready in {phantom_seconds:.0f}s", flush=True)
 
-    model = build(DEFAULT_MODEL, checkpoint=args.init) if args.init else build(DEFAULT_MODEL)
+    model = build(DEFAULT_MODEL)
+    if args.init:
+        load_init(model, args.init)
     sampler = (TileSampler(volumes, model.config.tile, seed=0) if args.stage == 1
                else StageTwoSampler(volumes, model.config.tile, seed=0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(trainable_parameters(model, args.stage), lr=args.lr)
     schedule = make_schedule(optimizer, args.steps, 0 if args.stage == 1 else 100)
     record = {"model": DEFAULT_MODEL, "args": {k: str(v) for k, v in vars(args).items()},
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",

@@ -50,7 +50,7 @@ def test_a_tile_core_inside_a_large_nucleus_is_nucleus():
     """Issue 27's square hole: the first default model called a tile whose whole window lay inside a nucleus
     background (on this phantom: 29 % and 34 % nucleus in two of the three such cores). The retrained model was
     shown such tiles (scripts/train_default.py, nucleus-centred crops); the runtime's defaults (128² tiles, halo
-    16) are unchanged, as benchmarks/results/quality_3d.md measured larger halos to cost 2-7x for nothing."""
+    16) are unchanged, as benchmarks/results/quality_3d.md measured larger halos to cost 2-8x for nothing."""
     phantom = generate_phantom((4, 512, 512), seed=3)
     nucleus = phantom.labels == 1
     plan = plan_tiles((512, 512), 128, 16)

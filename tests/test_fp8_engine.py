@@ -48,7 +48,7 @@ def test_fp8_package_meets_its_parity_bar_in_onnxruntime(fp8_package):
     full = parity["components"]["full"]["outputs"]
     assert 0 < full["logits"]["rel_error"] <= 5e-2  # FP8 rounding is there, and within the bar
     assert full["labels"]["agreement"] >= 0.995 and full["labels"]["agreement_decided"] >= 0.995
-    assert package.manifest["fp32_modules"] == ["head"] and package.manifest["opset"] >= 19
+    assert package.manifest["fp32_modules"] == ["head", "pixel_encoder"] and package.manifest["opset"] >= 19
 
 
 def test_fp8_graph_has_e4m3_qdq_on_matmul_operands_only(fp8_package):
@@ -60,7 +60,8 @@ def test_fp8_graph_has_e4m3_qdq_on_matmul_operands_only(fp8_package):
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
     initializers = {init.name: init for init in graph.initializer}
     dequantizers = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
-    head = set(nodes_in_scope(model, "head"))
+    head = set(nodes_in_scope(model, "head")) | set(nodes_in_scope(model, "pixel_encoder"))  # both stay float
+    assert any(n.op_type == "Conv" for n in graph.node if n.name in nodes_in_scope(model, "pixel_encoder"))
     encoder_matmuls = [n for n in graph.node if n.op_type in FP8_OPS and n.name not in head]
     assert any(n.op_type == "MatMul" for n in encoder_matmuls)
     for node in encoder_matmuls:  # both operands (never the bias) come through an E4M3 DequantizeLinear
@@ -69,7 +70,7 @@ def test_fp8_graph_has_e4m3_qdq_on_matmul_operands_only(fp8_package):
             assert zero_point.data_type == TensorProto.FLOAT8E4M3FN, node.name
     readers = {name: [n for n in graph.node if name in n.input] for name in dequantizers}
     assert all(r.op_type in FP8_OPS and r.name not in head for rs in readers.values() for r in rs)
-    for node in graph.node:  # LayerNorm, softmax, the class merge and the head read float tensors
+    for node in graph.node:  # LayerNorm, softmax, the class merge, the head and the pixel encoder read floats
         if node.op_type in ("LayerNormalization", "Softmax", "ArgMax", "Resize") or node.name in head:
             assert not any(name in dequantizers for name in node.input), node.name
     # Weights: FP8 initializers, one scale per tensor = amax / 448 of the FP32 weight the trace holds.

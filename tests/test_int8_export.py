@@ -43,7 +43,7 @@ def test_int8_package_meets_its_parity_bar_on_held_out_phantom_tiles(packages):
     assert full["logits"]["rel_error"] <= 5e-2
     # The trained model's raw agreement (every pixel), not only the gate's decided pixels.
     assert full["labels"]["agreement"] >= 0.995 and full["labels"]["agreement_decided"] >= 0.995
-    assert package.manifest["fp32_modules"] == ["head"]
+    assert package.manifest["fp32_modules"] == ["head", "pixel_encoder"]
 
 
 def test_int8_graph_quantises_matmuls_and_keeps_norms_softmax_and_merge_float(packages):
@@ -58,7 +58,7 @@ def test_int8_graph_quantises_matmuls_and_keeps_norms_softmax_and_merge_float(pa
         for name in node.input:
             users.setdefault(name, []).append(node.op_type)
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    head = set(nodes_in_scope(model, "head"))
+    head = set(nodes_in_scope(model, "head")) | set(nodes_in_scope(model, "pixel_encoder"))  # both stay float
     matmuls = ("MatMul", "Gemm", "Conv")
 
     def reads_int8(node: onnx.NodeProto) -> bool:

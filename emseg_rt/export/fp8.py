@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from emseg_rt.export.onnx_io import save_onnx
 from emseg_rt.export.calibrate import tensor_ranges
+from emseg_rt.export.onnx_io import save_onnx
 
 FP8_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Conv")  # what gets Q/DQ; every other op computes in float
 FP8_INPUTS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0, 1)}  # the operands (never a bias)

@@ -19,6 +19,7 @@ from emseg_rt.models.configs import (
     MaskDecoderConfig,
     MaskedPretrainConfig,
     PipelineConfig,
+    PixelRefineConfig,
     PromptDasHeadConfig,
     Sam2DecoderConfig,
     Sam2EncoderConfig,
@@ -226,6 +227,7 @@ PHANTOM_CONFIG = PipelineConfig(
     fafm=FafmConfig(alignment=AlignmentConfig(hidden_dim=64), gn_groups=8, cam_reduction=4),
     class_prompt=ClassPromptConfig(dense_hidden=32, sparse_hidden=32, residual_hidden=32),
     mask_decoder=MaskDecoderConfig(mlp_dim=256, num_heads=4, iou_head_hidden_dim=64),
+    pixel_refine=PixelRefineConfig(width=16),  # ours (issue 27): outlines at full resolution from the pixels
     # ours: p0.5, p99.5 of the 12 training phantoms (scripts/train_default.py), sampled as `segment` samples a
     # volume and pooled; recomputed by benchmarks/dtype_equivalence.py
     reference_window=(52.0, 185.0),

@@ -9,8 +9,10 @@ from torch import nn
 from emseg_rt.models.class_merge import ClassMerge
 from emseg_rt.models.class_prompt_encoder import ClassPromptEncoder
 from emseg_rt.models.configs import AlignmentConfig, FafmConfig, PipelineConfig
+from emseg_rt.kernels.class_merge import upsample_class_logits
 from emseg_rt.models.fafm import AlignmentMlp, Fafm
 from emseg_rt.models.mask_decoder import BatchedMaskDecoder
+from emseg_rt.models.pixel_refine import LogitRefiner
 
 
 class SamFusion(nn.Module):
@@ -56,7 +58,8 @@ def build_fusion(config: PipelineConfig) -> nn.Module:
 
 
 class ClassPromptedHead(nn.Module):
-    """Embeddings → fused V_f → class prompts → SAM decoder for all K classes at once → class merge."""
+    """Embeddings → fused V_f → class prompts → SAM decoder for all K classes at once → class merge; with a
+    `pixel_refine` config the decoder's logits are refined at full resolution before the merge."""
 
     can_skip_logits = True  # forward(..., want_logits=False): labels only (emseg_rt.kernels.class_merge)
 
@@ -72,6 +75,8 @@ class ClassPromptedHead(nn.Module):
         )
         self.mask_decoder = BatchedMaskDecoder(config.prompt_dim, config.mask_decoder)
         self.class_merge = ClassMerge(config.tile, config.num_classes)
+        self.tile = config.tile
+        self.refiner = None if config.pixel_refine is None else LogitRefiner(config.num_classes, config.pixel_refine)
 
     def image_pe(self) -> torch.Tensor:
         """(1, N, H, W) dense positional encoding of the embedding grid (SAM's get_dense_pe)."""
@@ -84,11 +89,21 @@ class ClassPromptedHead(nn.Module):
         masks, _ = self.mask_decoder(fused, self.image_pe(), sparse, dense)
         return masks.reshape(b, self.num_classes, masks.shape[-2], masks.shape[-1])
 
-    def forward(self, *, want_logits: bool = True, **embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+    def refined_logits(self, low_res: torch.Tensor, pixel_embedding: torch.Tensor) -> torch.Tensor:
+        """low_res (B, K, 4H, 4W), pixel_embedding (B, W, T, T) → refined class logits (B, K, T, T)."""
+        assert self.refiner is not None
+        return self.refiner(pixel_embedding, upsample_class_logits(low_res, self.tile))
+
+    def forward(self, *, want_logits: bool = True, pixel_embedding: torch.Tensor | None = None,
+                **embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Segment from encoder embeddings.
 
-        embeddings:  sam_embedding (B, C_s, H, W) and/or mae_embedding (B, C_m, H, W), as the pipeline has.
-        want_logits: False returns labels only (no tile-size logits are built).
-        returns      logits (B, K, T, T) float32 (unless want_logits is False) and labels (B, T, T) uint8.
+        embeddings:      sam_embedding (B, C_s, H, W) and/or mae_embedding (B, C_m, H, W), as the pipeline has.
+        pixel_embedding: (B, W, T, T), the pixel encoder's features, where the config has `pixel_refine`.
+        want_logits:     False returns labels only (no tile-size logits are built without a refiner).
+        returns          logits (B, K, T, T) float32 (unless want_logits is False) and labels (B, T, T) uint8.
         """
-        return self.class_merge(self.low_res_logits(self.fusion(**embeddings)), want_logits=want_logits)
+        logits = self.low_res_logits(self.fusion(**embeddings))
+        if self.refiner is not None:
+            logits = self.refined_logits(logits, pixel_embedding)
+        return self.class_merge(logits, want_logits=want_logits)

@@ -329,6 +329,18 @@ class SamdaConfig:
 
 
 @dataclass(frozen=True)
+class PixelRefineConfig:
+    """Ours (issue 27), not in any seed paper: a refinement of the class logits at the tile's full resolution,
+    from the tile's own pixels. SAM's decoder sees only the embedding grid (one token per patch), so object
+    outlines come from bilinear upsampling; a `pixel_encoder` (two 3×3 convolutions on the tile) gives each
+    pixel `width` features, and the head adds to the upsampled logits a residual computed from those features
+    and the logits (three 3×3 convolutions, the middle one dilated 2, the last initialised to zero: a new
+    refinement starts as the identity)."""
+
+    width: int = 16  # ours: the features per pixel and the refinement's width
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """One registry entry: which encoders, which head, and the widths that tie them together.
 
@@ -360,6 +372,7 @@ class PipelineConfig:
     sam2_encoder: Sam2EncoderConfig | None = None  # vanilla-sam2
     sam2_decoder: Sam2DecoderConfig | None = None  # vanilla-sam2
     samda: SamdaConfig | None = None  # samda: U-Net + projector (+ MobileSAM encoder)
+    pixel_refine: PixelRefineConfig | None = None  # ours: full-resolution logits from the tile's pixels
     reference_window: tuple[float, float] | None = None  # uint8 p0.5, p99.5 of the training data, when known
     description: str = ""
 

@@ -11,6 +11,7 @@ from emseg_rt.models.cluster_head import ClusterHead
 from emseg_rt.models.configs import PipelineConfig
 from emseg_rt.models.fov_encoder import FovEncoder
 from emseg_rt.models.mae_encoder import MaeImageEncoder
+from emseg_rt.models.pixel_refine import PixelEncoder
 from emseg_rt.models.prompt_das import DinoEncoder, PromptDasHead
 from emseg_rt.models.sam2_decoder import VanillaSam2Head
 from emseg_rt.models.sam2_encoder import Sam2ImageEncoder
@@ -58,7 +59,8 @@ class SegmentationPipeline(nn.Module):
         return bool(getattr(self.head, "can_skip_logits", False))
 
     def embed(self, tiles: torch.Tensor) -> dict[str, torch.Tensor]:
-        """tiles (B, 1, T, T) uint8 → {'sam_embedding': (B, C_s, H, W), 'mae_embedding': (B, C_m, H, W), ...}."""
+        """tiles (B, 1, T, T) uint8 → {'sam_embedding': (B, C_s, H, W), 'mae_embedding': (B, C_m, H, W), ...};
+        with a pixel refinement also 'pixel_embedding' (B, W, T, T)."""
         return {embedding_name(name): encoder(tiles) for name, encoder in self.encoders.items()}
 
     def forward(self, tiles: torch.Tensor, **prompts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,5 +120,9 @@ def build_pipeline(config: PipelineConfig) -> SegmentationPipeline:
     if config.sam_encoder is not None and config.mae_encoder is not None:
         if config.sam_encoder.grid != config.mae_encoder.grid:
             raise ValueError(f"{config.name}: SAM grid {config.sam_encoder.grid} != MAE grid {config.mae_encoder.grid}")
+    if config.pixel_refine is not None:
+        if config.family == "vanilla-sam":
+            raise ValueError(f"{config.name}: pixel_refine needs a class-prompted head")
+        encoders["pixel_encoder"] = PixelEncoder(config.pixel_refine)
     head: nn.Module = VanillaSamHead(config) if config.family == "vanilla-sam" else ClassPromptedHead(config)
     return SegmentationPipeline(config, encoders, head)

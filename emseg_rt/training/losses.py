@@ -58,8 +58,9 @@ def scsam_loss(
 ) -> LossTerms:
     """ScSAM eq. 9 for a class-prompted head with FAFM fusion, on one batch.
 
-    head:        a ClassPromptedHead (`.fusion.fafm`, `.class_prompt_encoder`, `.low_res_logits`).
-    embeddings:  sam_embedding (B, C_s, H, W), mae_embedding (B, C_m, H, W).
+    head:        a ClassPromptedHead (`.fusion.fafm`, `.class_prompt_encoder`, `.low_res_logits`); with a
+                 pixel refiner the Dice and BCE terms are summed over the decoder's and the refined logits.
+    embeddings:  sam_embedding (B, C_s, H, W), mae_embedding (B, C_m, H, W) [, pixel_embedding (B, W, T, T)].
     labels:      (B, T, T) integer ground truth, 0 = background, k = class k.
     bce_weight:  an extra per-pixel binary cross-entropy term (0 = the paper's loss exactly).
     returns      LossTerms (total and each term).
@@ -77,7 +78,16 @@ def scsam_loss(
     ntx = ntxent_loss(encoder.prototypes, class_emb, class_ids, encoder.config.ntxent_temperature)
     low_res = head.low_res_logits(fused)
     logits = F.interpolate(low_res, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    dice = dice_loss(logits, masks)
-    bce = F.binary_cross_entropy_with_logits(logits, masks) if bce_weight > 0 else logits.sum() * 0.0
+    dice, bce = _mask_terms(logits, masks, bce_weight)
+    if getattr(head, "refiner", None) is not None:  # a pixel refinement: the same terms on its logits too
+        refined_dice, refined_bce = _mask_terms(head.refined_logits(low_res, embeddings["pixel_embedding"]), masks,
+                                                bce_weight)
+        dice, bce = dice + refined_dice, bce + refined_bce
     total = cos_weight * cos + ntx + dice + bce_weight * bce
     return LossTerms(total=total, cos=cos, ntx=ntx, dice=dice, bce=bce)
+
+
+def _mask_terms(logits: torch.Tensor, masks: torch.Tensor, bce_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Dice loss, BCE) of logits (B, K, T, T) against class masks (B, K, T, T); BCE is 0 when not weighted."""
+    bce = F.binary_cross_entropy_with_logits(logits, masks) if bce_weight > 0 else logits.sum() * 0.0
+    return dice_loss(logits, masks), bce
