@@ -80,3 +80,11 @@ def test_a_vanilla_sam_head_refuses_a_pixel_refinement():
     config = dataclasses.replace(get_config("vanilla-sam-tiny"), pixel_refine=PixelRefineConfig())
     with pytest.raises(ValueError, match="pixel_refine needs a class-prompted head"):
         build_pipeline(config)
+
+
+def test_a_refining_head_without_the_pixel_embedding_says_what_it_needs():
+    model = build_pipeline(TINY).eval()
+    embeddings = model.embed(model.example_inputs(batch=1, seed=2)["tiles"])
+    embeddings.pop("pixel_embedding")
+    with torch.no_grad(), pytest.raises(ValueError, match="pixel_embedding"):
+        model.head(**embeddings)

@@ -6,10 +6,10 @@ import torch
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
+from emseg_rt.kernels.class_merge import upsample_class_logits
 from emseg_rt.models.class_merge import ClassMerge
 from emseg_rt.models.class_prompt_encoder import ClassPromptEncoder
 from emseg_rt.models.configs import AlignmentConfig, FafmConfig, PipelineConfig
-from emseg_rt.kernels.class_merge import upsample_class_logits
 from emseg_rt.models.fafm import AlignmentMlp, Fafm
 from emseg_rt.models.mask_decoder import BatchedMaskDecoder
 from emseg_rt.models.pixel_refine import LogitRefiner
@@ -89,9 +89,10 @@ class ClassPromptedHead(nn.Module):
         masks, _ = self.mask_decoder(fused, self.image_pe(), sparse, dense)
         return masks.reshape(b, self.num_classes, masks.shape[-2], masks.shape[-1])
 
-    def refined_logits(self, low_res: torch.Tensor, pixel_embedding: torch.Tensor) -> torch.Tensor:
+    def refined_logits(self, low_res: torch.Tensor, pixel_embedding: torch.Tensor | None) -> torch.Tensor:
         """low_res (B, K, 4H, 4W), pixel_embedding (B, W, T, T) → refined class logits (B, K, T, T)."""
-        assert self.refiner is not None
+        if self.refiner is None or pixel_embedding is None:
+            raise ValueError("a pixel refinement needs the head's refiner and the pixel encoder's pixel_embedding")
         return self.refiner(pixel_embedding, upsample_class_logits(low_res, self.tile))
 
     def forward(self, *, want_logits: bool = True, pixel_embedding: torch.Tensor | None = None,
