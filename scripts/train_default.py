@@ -165,6 +165,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--record", type=Path, default=None,
                         help="default: models/scsam-phantom.training.json (stage 1), .stage<N>.training.json")
     args = parser.parse_args()
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: no such file")  # before the phantoms are generated
     args.steps = args.steps or STAGES[args.stage][5]
     args.lr = args.lr or STAGES[args.stage][4]
     args.bce_weight = STAGES[args.stage][6] if args.bce_weight is None else args.bce_weight

@@ -43,7 +43,10 @@ def _check_merge_inputs(low_res: torch.Tensor, tile: int, labels_dtype: torch.dt
 
 
 def upsample_class_logits(low_res: torch.Tensor, tile: int) -> torch.Tensor:
-    """low_res (B, K, h, w) float → (B, K, T, T) float32 logits, bilinear as SAM's postprocess."""
+    """low_res (B, K, h, w) float → (B, K, T, T) float32 logits, bilinear as SAM's postprocess; logits already
+    at the tile's size (a pixel refinement's) are returned as they are (bilinear at scale 1 is the identity)."""
+    if tuple(low_res.shape[-2:]) == (tile, tile):
+        return low_res.float()
     return F.interpolate(low_res.float(), size=(tile, tile), mode="bilinear", align_corners=False)
 
 

@@ -80,8 +80,8 @@ def scsam_loss(
     logits = F.interpolate(low_res, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     dice, bce = _mask_terms(logits, masks, bce_weight)
     if getattr(head, "refiner", None) is not None:  # a pixel refinement: the same terms on its logits too
-        refined_dice, refined_bce = _mask_terms(head.refined_logits(low_res, embeddings["pixel_embedding"]), masks,
-                                                bce_weight)
+        refined = head.refiner(embeddings["pixel_embedding"], logits)  # logits: already at the tile's size
+        refined_dice, refined_bce = _mask_terms(refined, masks, bce_weight)
         dice, bce = dice + refined_dice, bce + refined_bce
     total = cos_weight * cos + ntx + dice + bce_weight * bce
     return LossTerms(total=total, cos=cos, ntx=ntx, dice=dice, bce=bce)
