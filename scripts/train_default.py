@@ -4,11 +4,12 @@ Stage 1 (from random init; the first shipped run):
 
     python scripts/train_default.py --stage 1 --out stage1.pt   # 3500 steps, 12 phantoms 24×256×256, lr 1e-3
 
-Stages 2 to 4 (fine-tune; stage 4's best is the shipped weights):
+Stages 2 to 5 (fine-tune; stage 5's best is the shipped weights):
 
     python scripts/train_default.py --stage 2 --init stage1.pt --out stage2.pt  # varied phantoms, nucleus crops
     python scripts/train_default.py --stage 3 --init stage2.pt --out stage3.pt  # the same data, lr 1e-4, BCE 2
-    python scripts/train_default.py --stage 4 --init stage3.pt --threads 2      # + the pixel refinement
+    python scripts/train_default.py --stage 4 --init stage3.pt --threads 2 --out stage4.pt  # + pixel refinement
+    python scripts/train_default.py --stage 5 --init stage4.pt --threads 2      # + cubes, every axis, end to end
 
 What it does (and what the model card reports):
 - data, stage 1: 12 phantoms from seeds 1000.. (24×256×256, noise drawn in [0.6, 1.6], anisotropy in
@@ -20,7 +21,8 @@ What it does (and what the model card reports):
   large nuclei); mild intensity augmentation (contrast, brightness, gamma) on a quarter of the crops.
 - validation: phantoms 900 (16×256×256, 4 slices) and 901 (8×512×512, 2 slices, a nucleus wider than a
   tile), segmented by `emseg_rt.runtime.slab.segment_array` (the runtime's tiler and torch backend).
-  Seeds 0–99 (tests, demo) and 2000–2006 (scripts/eval_default.py's held-out set) are never used here.
+  Seeds 0–99 (tests, demo), 2000–2006 (scripts/eval_default.py's held-out set) and 3000–3003
+  (benchmarks/quality_3d.py) are never used here.
 - model: `scsam-phantom` (emseg_rt/models/default_model.py); no pretrained encoders exist here, so the SAM
   and MAE encoders are trained too: end to end, all parameters.
 - loss: ScSAM eq. 9, 0.2·L_cos + L_NTX + L_Dice, plus a per-pixel BCE term (weight 1; 2 in stage 3) that makes training
@@ -30,9 +32,16 @@ What it does (and what the model card reports):
   full resolution, its last convolution zero) added to stage 3's weights and trained alone, everything else
   frozen; stage 3's data, crops and BCE weight, lr 2e-3, 1,500 steps; the loss's Dice and BCE terms are
   summed over the decoder's and the refined logits (only the refined ones have a gradient here).
-- optimiser: Adam, lr 1e-3 (stage 1, ScSAM §4.2), 3e-4 (stage 2) or 1e-4 (stage 3) (stages 2, 3: after a
-  linear warm-up of 100 steps), cosine decay to 1% of it over the steps;
-  batch 8; gradient norm clipped to 1; torch.manual_seed(0), one intra-op thread.
+- stage 5: end to end again (every parameter), lr 1e-4, 2,000 steps, BCE weight 2, on stage 2's phantoms plus
+  20 near-cubes (`CUBES`: seeds 1200.., 64×160×160, 56×192×192, 64×128×224, noise in [0.5, 1.8], three in four
+  isotropic). In a cube the nucleus ends inside the volume, and its z-caps (small double-membraned discs in xy)
+  were called mitochondria; training phantoms 24 slices deep never showed one. A quarter of each batch is runtime
+  tiles (`emseg_rt.training.sampling.runtime_tile`): the tiler's own cut of a random plane, with its reflect
+  padding, along z for every phantom and along y or x too for the isotropic ones, the planes `--planes
+  xy,xz,yz` feeds the model. Validation adds phantom 902 (64×160×160, 6 slices).
+- optimiser: Adam, lr 1e-3 (stage 1, ScSAM §4.2), 3e-4 (stage 2), 1e-4 (stages 3, 5) or 2e-3 (stage 4)
+  (stages 2-5: after a linear warm-up of 100 steps), cosine decay to 1% of it over the steps;
+  batch 8; gradient norm clipped to 1; torch.manual_seed(0), one intra-op thread (`--threads 2` in stages 4, 5).
 - keeps the weights of the best validation mean Dice (checked every `--val-every` steps), written to
   `--out` at every improvement (a run stopped early leaves its best so far), plus a JSON training record
   (loss curve and validation scores) next to the model card. Stage 1's validation was seed 900 alone.
@@ -62,7 +71,7 @@ from emseg_rt.models.default_model import DEFAULT_MODEL, WEIGHTS_FILE
 from emseg_rt.runtime.backends.torch_backend import TorchBackend
 from emseg_rt.runtime.slab import segment_array
 from emseg_rt.training.losses import scsam_loss
-from emseg_rt.training.sampling import TileSampler
+from emseg_rt.training.sampling import TileSampler, runtime_tile
 
 _VARIED = (1100, [(24, 256, 256), (16, 320, 448), (12, 384, 384), (8, 512, 512)], (0.5, 1.8), (1.0, 1.5, 2.0, 2.5))
 STAGES = {  # stage → (first training seed, phantom shapes cycled through, noise range, anisotropies, lr, steps, BCE)
@@ -70,9 +79,14 @@ STAGES = {  # stage → (first training seed, phantom shapes cycled through, noi
     2: (*_VARIED, 3e-4, 2000, 1.0),
     3: (*_VARIED, 1e-4, 1500, 2.0),
     4: (*_VARIED, 2e-3, 1500, 2.0),  # the pixel refinement alone, on stage 3's frozen weights
+    5: (*_VARIED, 1e-4, 2000, 2.0),  # end to end, stage 2's phantoms plus CUBES, runtime tiles of every axis
 }
+# stage 5's extra phantoms: (first seed, shapes cycled, noise range, anisotropies): near-cubes whose nuclei end
+# inside the volume (their z-caps look like mitochondria in xy) and whose xz / yz planes are isotropic
+CUBES = (1200, [(64, 160, 160), (56, 192, 192), (64, 128, 224)], (0.5, 1.8), (1.0, 1.0, 1.0, 1.5))
 REFINEMENT_KEYS = ("encoders.pixel_encoder.", "head.refiner.")  # new in stage 4: absent from older weights
 VALIDATION = [(900, (16, 256, 256), slice(2, 16, 4)), (901, (8, 512, 512), slice(2, 8, 3))]
+VALIDATION_CUBE = (902, (64, 160, 160), slice(4, 64, 10))  # stage 5 on: a cube, nucleus caps included
 
 
 class StageTwoSampler(TileSampler):
@@ -124,17 +138,59 @@ class StageTwoSampler(TileSampler):
         return tiles, labels
 
 
-def make_training_volumes(stage: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The stage's training phantoms: [(image, labels)], shapes cycled, noise and anisotropy from rng(0)."""
-    seed0, shapes, (noise_lo, noise_hi), anisotropies = STAGES[stage][:4]
-    rng = np.random.default_rng(0)
-    volumes = []
+class StageFiveSampler(StageTwoSampler):
+    """StageTwoSampler plus runtime tiles: a share of each batch (after the nucleus crops) is one tile of the
+    runtime's own plan (`emseg_rt.training.sampling.runtime_tile`: reflect padding at the plane's edges) of a
+    random plane: xy of any volume, xz or yz as well of isotropic ones (what `--planes xy,xz,yz` feeds the
+    model)."""
+
+    def __init__(self, volumes: list[tuple[np.ndarray, np.ndarray]], tile: int, isotropic: list[bool],
+                 seed: int = 0, runtime_fraction: float = 0.25) -> None:
+        super().__init__(volumes, tile, seed)
+        self.isotropic, self.runtime_fraction = isotropic, runtime_fraction
+
+    def _runtime_tile(self) -> tuple[np.ndarray, np.ndarray]:
+        v = int(self.rng.integers(len(self.volumes)))
+        image, truth = self.volumes[v]
+        axis = int(self.rng.integers(3)) if self.isotropic[v] else 0
+        return runtime_tile(image, truth, axis, int(self.rng.integers(image.shape[axis])), self.tile, self.rng)
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ tiles (B, 1, T, T) uint8 and labels (B, T, T) uint8: nucleus crops, then runtime tiles, then
+        random crops."""
+        tiles, labels = super().sample(batch)
+        first = int(round(batch * self.nucleus_fraction)) if self.nucleus_slices else 0
+        for i in range(first, min(batch, first + int(round(batch * self.runtime_fraction)))):
+            crop, crop_labels = self._runtime_tile()
+            k = int(self.rng.integers(4))
+            crop, crop_labels = np.rot90(crop, k), np.rot90(crop_labels, k)
+            if self.rng.random() < self.augment_fraction:
+                crop = self._augment(np.ascontiguousarray(crop))
+            tiles[i, 0] = torch.from_numpy(np.ascontiguousarray(crop))
+            labels[i] = torch.from_numpy(np.ascontiguousarray(crop_labels))
+        return tiles, labels
+
+
+def make_phantoms(seed0: int, shapes: list, noise_range: tuple, anisotropies: tuple, count: int,
+                  rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """`count` phantoms [(image, labels, anisotropy)] from seeds seed0.., shapes cycled, noise and anisotropy
+    drawn from `rng`."""
+    phantoms = []
     for i in range(count):
-        noise = float(rng.uniform(noise_lo, noise_hi))
+        noise = float(rng.uniform(*noise_range))
         anisotropy = float(rng.choice(list(anisotropies)))
         p = generate_phantom(shapes[i % len(shapes)], seed=seed0 + i, noise=noise, anisotropy=anisotropy)
-        volumes.append((p.image, p.labels))
-    return volumes
+        phantoms.append((p.image, p.labels, anisotropy))
+    return phantoms
+
+
+def make_training_volumes(stage: int, count: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The stage's training phantoms [(image, labels, anisotropy)]: `count` from the stage's seeds (the draws
+    from rng(0), as every stage made them), and from stage 5 on `count` CUBES too (drawn from rng(1))."""
+    phantoms = make_phantoms(*STAGES[stage][:4], count, np.random.default_rng(0))
+    if stage >= 5:
+        phantoms += make_phantoms(*CUBES, count, np.random.default_rng(1))
+    return phantoms
 
 
 def validate(model: torch.nn.Module, step: int, phantoms: list) -> dict:
@@ -154,13 +210,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, choices=sorted(STAGES), default=2)
     parser.add_argument("--init", type=Path, default=None, help="weights to start from (the previous stage's)")
-    parser.add_argument("--steps", type=int, default=None, help="default: 3500, 2000, 1500, 1500 (stages 1-4)")
-    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3, 3e-4, 1e-4, 2e-3 (stages 1-4)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 3500, 2000, 1500, 1500, 2000 (stages 1-5)")
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3, 3e-4, 1e-4, 2e-3, 1e-4 (stages 1-5)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--phantoms", type=int, default=None, help="default: 12 (stage 1), 20 (stages 2, 3)")
+    parser.add_argument("--phantoms", type=int, default=None, help="default: 12 (stage 1), 20 (stages 2-5; stage 5 adds as many cubes)")
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--bce-weight", type=float, default=None, help="default: 1, 1, 2, 2 (stages 1-4)")
+    parser.add_argument("--bce-weight", type=float, default=None, help="default: 1, 1, 2, 2, 2 (stages 1-5)")
     parser.add_argument("--out", type=Path, default=REPO / "emseg_rt" / "weights" / WEIGHTS_FILE)
     parser.add_argument("--record", type=Path, default=None,
                         help="default: models/scsam-phantom.training.json (stage 1), .stage<N>.training.json")
@@ -188,7 +244,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> 
 def trainable_parameters(model: torch.nn.Module, stage: int) -> list[torch.nn.Parameter]:
     """Every parameter, except in stage 4: the pixel refinement's only (the rest frozen, so no gradient flows
     through the encoders: a probe that also fine-tuned them for 1,000 steps scored no better)."""
-    if stage < 4:
+    if stage != 4:
         return list(model.parameters())
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(REFINEMENT_KEYS))
@@ -217,16 +273,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
-    volumes = make_training_volumes(args.stage, args.phantoms)
-    phantoms = [(seed, generate_phantom(shape, seed=seed), slices) for seed, shape, slices in VALIDATION]
+    training = make_training_volumes(args.stage, args.phantoms)
+    volumes, isotropic = [(image, labels) for image, labels, _ in training], [a == 1.0 for *_, a in training]
+    validation = VALIDATION + ([VALIDATION_CUBE] if args.stage >= 5 else [])
+    phantoms = [(seed, generate_phantom(shape, seed=seed), slices) for seed, shape, slices in validation]
     phantom_seconds = round(time.time() - t0, 1)
     print(f"phantoms ready in {phantom_seconds:.0f}s", flush=True)
 
     model = build(DEFAULT_MODEL)
     if args.init:
         load_init(model, args.init)
-    sampler = (TileSampler(volumes, model.config.tile, seed=0) if args.stage == 1
-               else StageTwoSampler(volumes, model.config.tile, seed=0))
+    tile = model.config.tile
+    sampler = (TileSampler(volumes, tile, seed=0) if args.stage == 1 else
+               StageTwoSampler(volumes, tile, seed=0) if args.stage < 5 else
+               StageFiveSampler(volumes, tile, isotropic, seed=0))
     optimizer = torch.optim.Adam(trainable_parameters(model, args.stage), lr=args.lr)
     schedule = make_schedule(optimizer, args.steps, 0 if args.stage == 1 else 100)
     record = {"model": DEFAULT_MODEL, "args": {k: str(v) for k, v in vars(args).items()},

@@ -158,3 +158,31 @@ def test_the_loop_records_saves_resumes_and_reports(tmp_path, capsys):
                       on_step=lambda at, total, terms: seen.append((at, total)), say=quiet_lines.append)
     assert (second.start, second.end, seen, quiet_lines) == (5, 6, [(6, 6)], [])
     assert second.losses[-1] == {"step": 6, "total": 6.0} and torch.load(out, weights_only=True)["w"].item() == 6.0
+
+
+def test_runtime_tile_is_the_tilers_cut_of_any_axis():
+    """An xz plane (20×150) of a thin volume is smaller than a tile: the training tile is that plane
+    reflect-padded as the runtime pads it (brute force: np.pad around the plan's tile origins), labels alike."""
+    from emseg_rt.tiling import plan_tiles
+    from emseg_rt.training.sampling import runtime_tile
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (20, 40, 150), dtype=np.uint8)
+    labels = (image // 64).astype(np.uint8)
+    for axis, index in ((1, 7), (0, 3), (2, 100)):
+        plane, plane_labels = np.take(image, index, axis), np.take(labels, index, axis)
+        origins = plan_tiles(plane.shape, 64, 8).origins.tolist()
+        seen = set()
+        for seed in range(12):
+            tile, tile_labels = runtime_tile(image, labels, axis, index, 64, np.random.default_rng(seed))
+            matches = [(y, x) for y, x in origins if np.array_equal(tile, _reflect_crop(plane, y, x, 64))]
+            assert len(matches) == 1, (axis, seed)
+            assert np.array_equal(tile_labels, _reflect_crop(plane_labels, *matches[0], 64))
+            seen.add(matches[0])
+        assert len(seen) >= min(2, len(origins))
+
+
+def _reflect_crop(plane: np.ndarray, y: int, x: int, tile: int) -> np.ndarray:
+    """The tile at origin (y, x) of `plane` padded by numpy's 'reflect' (repeated for pads wider than it)."""
+    pad = 2 * tile
+    return np.pad(plane, pad, mode="reflect")[y + pad:y + pad + tile, x + pad:x + pad + tile]

@@ -7,6 +7,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from emseg_rt.tiling import extract_tiles, plan_tiles
+
+
+def runtime_tile(image: np.ndarray, labels: np.ndarray, axis: int, index: int, tile: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random tile of plane `index` along `axis` of a volume, exactly as the runtime feeds it to the model:
+    the tiler's own plan (`emseg_rt.tiling.plan_tiles`, halo T/8) and cutting, so edge tiles carry its reflect
+    padding and a plane smaller than a tile is padded to one (an xz plane of a thin volume). The labels are
+    cut by the same plan, so padding is labelled as it looks.
+
+    image, labels: (Z, Y, X), the same shape; axis 0 gives an xy plane, 1 an xz plane (Z, X), 2 yz (Z, Y).
+    returns        (tile (T, T) of image's dtype, labels (T, T)).
+    """
+    if image.shape != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ")
+    plane, plane_labels = np.take(image, index, axis), np.take(labels, index, axis)
+    plan = plan_tiles(plane.shape, tile, tile // 8)
+    n = int(rng.integers(plan.num_tiles))
+    return extract_tiles(plane, plan)[n], extract_tiles(plane_labels, plan)[n]
+
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets of crops of side `tile` every `stride` covering [0, length), all inside it (the last one
