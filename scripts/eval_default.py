@@ -6,10 +6,10 @@
 
 Writing the default JSON also rewrites the tables of models/scsam-phantom.md between its
 `<!-- eval_default.py: begin -->` and `<!-- eval_default.py: end -->` markers, so every number there comes
-from models/scsam-phantom.eval.json (and earlier weights' from models/scsam-phantom.stage{1,3}.eval.json).
+from models/scsam-phantom.eval.json (and earlier weights' from models/scsam-phantom.stage{1,3,4}.eval.json).
 
 The held-out phantoms are seeds 2000–2006 (no test, script, demo or training run uses them: training uses
-1000–1199, validation 900–901, tests and the demo 0–99), of several sizes — the 384² and 512² ones have a
+1000–1219, validation 900–902, tests and the demo 0–99), of several sizes — the 384² and 512² ones have a
 nucleus wider than a 128² tile, where a tile's core can lie entirely inside it (2005 and 2006 are where the
 first default model left tile-sized holes in the nucleus) — and several noise levels and anisotropies.
 Each is written as OME-Zarr and segmented by `segment_volume`, the path `emseg-rt segment`
@@ -100,7 +100,8 @@ CARD = REPO / "models" / "scsam-phantom.md"
 EVAL_JSON = REPO / "models" / "scsam-phantom.eval.json"
 # earlier shipped weights, scored by this script on the same phantoms: (name in the card, record)
 EARLIER_JSON = [("first (stage 1)", REPO / "models" / "scsam-phantom.stage1.eval.json"),
-                ("stage 3, no pixel refinement", REPO / "models" / "scsam-phantom.stage3.eval.json")]
+                ("stage 3, no pixel refinement", REPO / "models" / "scsam-phantom.stage3.eval.json"),
+                ("stage 4, refinement trained alone", REPO / "models" / "scsam-phantom.stage4.eval.json")]
 BEGIN, END = "<!-- eval_default.py: begin -->", "<!-- eval_default.py: end -->"
 
 
