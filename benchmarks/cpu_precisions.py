@@ -40,12 +40,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="default: results/cpu-<cpu>-precisions")
+    parser.add_argument("--weights", type=Path, action="append", default=[],
+                        help="checkpoint(s) for the one model of --models, loaded in order by every path and by "
+                             "the fp32 reference (as `emseg-rt bench --weights`)")
     args = parser.parse_args()
     backends = default_backends("cpu") if args.backends == "auto" else tuple(args.backends.split(","))
     runs, tables = [], []
     for size in args.sizes.split(","):
         config = BenchConfig(models=tuple(args.models.split(",")), size=size, backends=backends, batches=(1,),
-                             warmup=args.warmup, iters=args.iters, device="cpu", breakdown=False)
+                             warmup=args.warmup, iters=args.iters, device="cpu", breakdown=False,
+                             checkpoints=tuple(str(path) for path in args.weights))
         before = load_average()
         result = run_bench(config, say=print)
         load = {"before": before, "after": load_average(), "cpu_count": os.cpu_count()}
@@ -62,7 +66,8 @@ def _save(args: argparse.Namespace, runs: list[dict], tables: list[str]) -> None
     header = (f"# emseg-rt CPU paths on {cpu_model()}\n\nCPU flags: "
               + ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in flags.items())
               + f". Written by `benchmarks/cpu_precisions.py --sizes {args.sizes} --models {args.models} --backends "
-              f"{args.backends}`; sizes measured: {', '.join(run['config']['size'] for run in runs)}.\n\n")
+              f"{args.backends}{''.join(f' --weights {p.name}' for p in args.weights)}`; sizes measured: "
+              f"{', '.join(run['config']['size'] for run in runs)}.\n\n")
     save_result(out, {"benchmark": "cpu-precisions", "machine": machine_record("cpu"), "cpu_flags": flags,
                       "runs": runs}, header + "\n".join(tables))
 

@@ -118,7 +118,9 @@ def _assert_times_follow_from_samples(record: dict) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [(("--size", "vit-x"), "--size 'vit-x'"), (("--backends", "warp-drive"), "unknown warp-drive"),
-     (("--batch", "one"), "--batch 'one'"), (("--models", "scsam2"), "no scsam2-tiny")],
+     (("--batch", "one"), "--batch 'one'"), (("--models", "scsam2"), "no scsam2-tiny"),
+     (("--weights", "no-such-head.pt"), "no-such-head.pt"),
+     (("--models", "scsam,vanilla-sam", "--weights", "emseg_rt/weights/scsam-phantom.pt"), "apply to one model")],
 )
 def test_bench_bad_options_fail_with_one_line(args, message, monkeypatch, capsys):
     options = {"--size": "tiny", "--device": "cpu", "--backends": "torch-eager-fp32", **dict(zip(args[::2], args[1::2]))}
@@ -177,3 +179,35 @@ def test_bench_auto_on_a_cpu_times_every_cpu_path():
     auto = default_backends("cpu")
     assert {"torch-eager-fp32", "torch-fp32", "onnxruntime", "onnxruntime-fp32-fused", "onnxruntime-int8"} <= set(auto)
     assert ("torch-bf16" in auto) == cpu_has_bf16() and "tensorrt" not in auto
+
+
+def test_bench_weights_load_into_every_backend_and_the_agreement_reference(tmp_path):
+    """--weights: a scsam-tiny whose head is re-drawn (another seed) is what both the benched backends and the
+    fp32 reference of the label agreement run: torch-fp32 agrees with eager on it, the records name its digest,
+    and the labels differ from the seeded model's (so a reference left on the seeded weights could not agree)."""
+    import hashlib
+
+    import torch
+
+    from emseg_rt.models import build_model
+    from emseg_rt.runtime.agreement import agreement_tiles
+
+    model = build_model("scsam-tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(12345)
+        for parameter in model.head.parameters():
+            parameter.data.normal_(0.0, 0.2)
+    weights = tmp_path / "redrawn.pt"
+    torch.save(model.state_dict(), weights)
+    tiles = torch.from_numpy(agreement_tiles(model.config.tile, 2))
+    with torch.no_grad():
+        redrawn, seeded = model(tiles), build_model("scsam-tiny")(tiles)
+    assert not torch.equal(redrawn["labels"], seeded["labels"])  # the weights change the labels
+
+    report = run_bench_cli(tmp_path, "weights", "scsam", "torch-eager-fp32,torch-fp32", "--weights", str(weights))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert report["config"]["checkpoints"] == [{"file": "redrawn.pt", "sha256": digest}]
+    assert f"`redrawn.pt` (sha256 `{digest[:16]}…`)" in (tmp_path / "weights.md").read_text()
+    for record in report["records"]:
+        assert record["status"] == "ok", record
+        assert record["label_agreement_vs_fp32"]["agreement"] >= 0.999, record["label_agreement_vs_fp32"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from emseg_rt.bench.table5 import PAPER_TABLE5_SECONDS, BenchResult
+from emseg_rt.bench.table5 import PAPER_TABLE5_SECONDS, BenchResult, weights_record
 from emseg_rt.errors import EmsegError
 from emseg_rt.io.outputs import check_distinct, check_output_file, write_file_atomic
 
@@ -72,6 +72,9 @@ def markdown_table(result: BenchResult) -> str:
         "(RTX 3090, PyTorch 1.11, ViT-H). Speed-up is against `torch-eager-fp32` in this same run.",
         "",
     ]
+    if cfg.checkpoints:  # named with their digests, so a reader knows which weights the agreement measured
+        weights = [f"`{w['file']}` (sha256 `{w['sha256'][:16]}…`)" for w in map(weights_record, cfg.checkpoints)]
+        lines += [f"Weights: {', '.join(weights)}, loaded by every backend and by the fp32 reference.", ""]
     header = ["model", "paper (s)"] + [f"{b} (s)" for b in cfg.backend_names] + ["best speed-up vs eager"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += [_paper_row(result, family) for family in cfg.models]

@@ -21,7 +21,7 @@ makes (the backend's device path where it has one). Nothing here opens a session
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,10 +102,12 @@ class PreparedBatch:
     details: dict[str, object] = field(default_factory=dict)
 
 
-def load_target(target: BenchTarget, model_name: str, device: str, batch_max: int) -> Backend:
-    """The backend `segment --model <model_name> --backend ... --precision ...` runs, from `load_backend`
-    (for tensorrt: the cached fp16 package with this GPU's engine, what `segment --model <package>` runs)."""
-    return load_backend(model_name, target.backend, device, target.precision, fast=target.fast,
+def load_target(target: BenchTarget, model_name: str, device: str, batch_max: int,
+                checkpoints: Sequence[str] = ()) -> Backend:
+    """The backend `segment --model <model_name> --weights ... --backend ... --precision ...` runs, from
+    `load_backend` (for tensorrt: the cached fp16 package with this GPU's engine, what `segment --model
+    <package>` runs); `checkpoints` as segment's --weights (() the model's own: shipped or seeded random)."""
+    return load_backend(model_name, target.backend, device, target.precision, checkpoints, fast=target.fast,
                         batch_max=batch_max, build_engine=True)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -63,6 +65,7 @@ class BenchConfig:
     device: str = "cuda"
     breakdown: bool = True
     agreement: bool = True  # each record's label agreement with torch-eager-fp32 on phantom tiles (bench/agreement.py)
+    checkpoints: tuple[str, ...] = ()  # weights for the one model (`load_backend`'s checkpoints); () its own
 
     @property
     def backend_names(self) -> tuple[str, ...]:
@@ -86,6 +89,15 @@ class BenchConfig:
             raise EmsegError("--iters must be >= 1 and --warmup >= 0")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise EmsegError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+        self._validate_checkpoints()
+
+    def _validate_checkpoints(self) -> None:
+        if self.checkpoints and len(self.models) != 1:
+            raise EmsegError(f"--weights apply to one model; --models names {len(self.models)} "
+                             f"({', '.join(self.models)}): bench them one at a time")
+        missing = [str(path) for path in self.checkpoints if not Path(path).is_file()]
+        if missing:
+            raise EmsegError(f"--weights {missing[0]}: no such file")
 
 
 @dataclass
@@ -103,7 +115,7 @@ class BenchResult:
     def reference(self, model_name: str) -> Reference:
         """The fp32 reference of `model_name` on the agreement tiles, computed on first use."""
         if model_name not in self.references:
-            self.references[model_name] = reference_output(model_name, self.config.device)
+            self.references[model_name] = reference_output(model_name, self.config.device, self.config.checkpoints)
         return self.references[model_name]
 
     def to_dict(self) -> dict[str, object]:
@@ -112,7 +124,7 @@ class BenchResult:
             "benchmark": "scsam-table5",
             "config": {"models": list(cfg.models), "size": cfg.size, "backends": list(cfg.backend_names),
                        "batches": list(cfg.batches), "warmup": cfg.warmup, "iters": cfg.iters, "device": cfg.device,
-                       "agreement": cfg.agreement},
+                       "agreement": cfg.agreement, "checkpoints": [weights_record(p) for p in cfg.checkpoints]},
             "machine": self.machine,
             "matmul_tflops": self.matmul_tflops,
             "matmul_tflops_start": self.matmul_tflops_start,
@@ -120,6 +132,11 @@ class BenchResult:
             "records": self.records,
             "scsam_breakdown": self.breakdown,
         }
+
+
+def weights_record(path: str) -> dict[str, str]:
+    """A checkpoint as the JSON names it: its file name and sha256 (the path is this machine's)."""
+    return {"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def _peak_device_bytes(device: str) -> int | None:
@@ -151,7 +168,8 @@ def _measure(target: BenchTarget, family: str, model_name: str, batch: int, cfg:
                                  "device": cfg.device, "gflops_per_slice": gflops,
                                  "paper_s": PAPER_TABLE5_SECONDS.get(family)}
     # Loading (and any export or engine build) stays out of the timings and the memory peaks.
-    backend = load_target(target, model_name, cfg.device, batch_max=max(8, max(cfg.batches)))
+    backend = load_target(target, model_name, cfg.device, batch_max=max(8, max(cfg.batches)),
+                          checkpoints=cfg.checkpoints)
     try:
         prepared = prepare(backend, model_name, batch)
         _reset_peaks(cfg.device)

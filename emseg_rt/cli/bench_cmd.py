@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -32,6 +33,10 @@ def bench_command(
     warmup: int = typer.Option(3, help="Warm-up calls before timing."),
     iters: int = typer.Option(20, help="Timed calls per measurement."),
     device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when torch sees a GPU)."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", "--weights", "-c", help="Weights for "
+                                                    "the one model of --models, as segment's --checkpoint: every "
+                                                    "backend and the fp32 reference of the label agreement load "
+                                                    "them (default: the model's own, random for most)."),
     cache_dir: Path = typer.Option(None, help="Where exported model packages are cached (default: $EMSEG_RT_CACHE, "
                                    "else ~/.cache/emseg-rt; the same cache `segment` uses)."),
     breakdown: bool = typer.Option(True, help="Also time ScSAM stage by stage."),
@@ -51,6 +56,7 @@ def bench_command(
     from emseg_rt.io.outputs import check_output_folder  # deferred: CLI start-up
     from emseg_rt.progress import Progress  # deferred: CLI start-up
     from emseg_rt.runtime.devices import resolve_device  # deferred: CLI start-up
+    from emseg_rt.weights.fetch import resolve_checkpoints  # deferred: CLI start-up
 
     try:  # comma-separated lists: '1, 2' is two items, '1,,2' is refused in one line
         batches = tuple(int(b) for b in split_items(batch, "--batch", "1,2,4"))
@@ -64,11 +70,12 @@ def bench_command(
     if cache_dir is not None:
         check_output_folder(cache_dir, "--cache-dir")
     resolved_device = resolve_device(device)
+    weights = resolve_checkpoints(checkpoint or (), say=None if quiet else _say, progress=not quiet)
     if cache_dir is not None:  # the export cache is located by the environment, for this process
         os.environ["EMSEG_RT_CACHE"] = str(cache_dir)
     config = BenchConfig(models=families, size=size, backends=backend_names,
                          batches=batches, warmup=warmup, iters=iters, device=resolved_device, breakdown=breakdown,
-                         agreement=agreement)
+                         agreement=agreement, checkpoints=tuple(str(path) for path in weights))
     config.validate()  # a bad option is one line, before any bar is drawn
     say = _silent if quiet else _say
     # A bar on a terminal, else a line every 10 s on stderr; one step per measurement.
