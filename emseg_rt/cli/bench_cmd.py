@@ -21,6 +21,17 @@ def _silent(message: str) -> None:
     pass
 
 
+def _lists(batch: str, models: str, backends: str) -> tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]:
+    """--batch, --models and --backends as lists: '1, 2' is two items, '1,,2' is refused in one line."""
+    try:
+        batches = tuple(int(b) for b in split_items(batch, "--batch", "1,2,4"))
+    except ValueError:
+        raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
+    families = split_items(models, "--models", ",".join(TABLE5_ROWS[:2]))
+    backend_names = () if backends == "auto" else split_items(backends, "--backends", ",".join(BENCH_BACKENDS[:2]))
+    return batches, families, tuple(backend_names)
+
+
 @app.command("bench")
 def bench_command(
     models: str = typer.Option(",".join(TABLE5_ROWS), help="Comma-separated families (Table 5 rows)."),
@@ -58,12 +69,7 @@ def bench_command(
     from emseg_rt.runtime.devices import resolve_device  # deferred: CLI start-up
     from emseg_rt.weights.fetch import resolve_checkpoints  # deferred: CLI start-up
 
-    try:  # comma-separated lists: '1, 2' is two items, '1,,2' is refused in one line
-        batches = tuple(int(b) for b in split_items(batch, "--batch", "1,2,4"))
-    except ValueError:
-        raise EmsegError(f"--batch {batch!r}: give comma-separated integers") from None
-    families = split_items(models, "--models", ",".join(TABLE5_ROWS[:2]))
-    backend_names = () if backends == "auto" else split_items(backends, "--backends", ",".join(BENCH_BACKENDS[:2]))
+    batches, families, backend_names = _lists(batch, models, backends)
     # Every output is checked before the run (folder exists, not a directory, no file replaced without
     # --overwrite): a long run never ends in a lost table.
     check_report_paths(json_path, markdown_path, plot_path, overwrite)
@@ -82,9 +88,6 @@ def bench_command(
     with Progress("bench", None, unit="measurements", say=say, enabled=not quiet) as progress:
         result = run_bench(config, say=say, progress=progress)
     print_markdown(markdown_table(result))  # first: a write that fails (disk full) loses no numbers; plain in logs
-    if json_path:
-        write_json(result, json_path)
-    if markdown_path:
-        write_markdown(result, markdown_path)
-    if plot_path:
-        write_plot(result, plot_path)
+    for path, write in ((json_path, write_json), (markdown_path, write_markdown), (plot_path, write_plot)):
+        if path:
+            write(result, path)
