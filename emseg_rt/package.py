@@ -39,7 +39,7 @@ All of this happens before TensorRT or ONNX Runtime sees a graph. Problems a use
 Manifest schema (format_version 1), keys the runtime relies on::
 
     {"format": "emseg-rt-package", "format_version": 1,
-     "name", "family", "size", "classes": [...], "tile": T, "grid": G, "precision": "fp32"|"fp16"|"int8"|"fp32-fused"|"fp8",
+     "name", "family", "size", "classes": [...], "tile": T, "grid": G, "precision": "fp32"|"fp16"|"int8"|"fp32-fused"|"fp8"|"int8-wo",
      "batch_max": N, "opset": 18,
      "input": {"name": "tiles", "dtype": "uint8", "shape": ["batch", 1, T, T], "layout": "NCHW",
                "normalisation": {"inside_graph": true, "<encoder>": {...}}},
@@ -93,7 +93,7 @@ HEAD = "head"  # component: everything after the encoders
 # in ONNX Runtime only (TensorRT builds engines of ORT_ONLY_PRECISIONS' graphs neither).
 # fp8 = FP8 E4M3 Q/DQ matmuls and convolutions for TensorRT for RTX engines on sm89+ (export/fp8.py; ONNX Runtime
 # runs it too, dequantising in float).
-PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8", "int8-wo")
 ORT_ONLY_PRECISIONS = ("int8", "fp32-fused")
 POINT_PROMPTS = ("point_coords", "point_labels")  # the full graph's prompt inputs (POINT_PROMPTED_FAMILIES)
 MAX_TILE = 8192  # the largest tile side a manifest may declare (SAM's is 1024)

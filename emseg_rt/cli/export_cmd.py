@@ -27,7 +27,9 @@ def export_command(
                                           "(emseg-rt weights list), loaded in order."),
     precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed: FP16 compute, FP32 islands); int8 "
                                   "(QDQ matmuls and convolutions, ONNX Runtime); fp32-fused (fused attention, ONNX "
-                                  "Runtime); fp8 (E4M3 Q/DQ matmuls for TensorRT for RTX engines, sm89 and newer)."),
+                                  "Runtime); fp8 (E4M3 Q/DQ matmuls for TensorRT for RTX engines, sm89 and newer); "
+                                  "int8-wo (int8 matmul weights, float activations: weight-only engines, sm86 and "
+                                  "newer)."),
     calibration: Path = typer.Option(None, "--calibration", help="With int8 or fp8: a uint8 volume whose tiles calibrate "
                                      "the quantisation and measure its parity (default: synthetic phantoms)."),
     calibration_tiles: int = typer.Option(None, "--calibration-tiles", help="With int8 or fp8: tiles to calibrate on "

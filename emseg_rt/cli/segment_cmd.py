@@ -40,12 +40,12 @@ BACKEND = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | t
     "which it chose and why).")
 DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else the CPU; "
     "says which), cpu, cuda or cuda:N.")
-PRECISION = typer.Option("auto", "--precision", help="auto | fp32 | fp16 | bf16 | int8 | fp32-fused | fp8 (auto: a "
-    "package's own; on a CPU with native bf16 and --backend auto, torch bf16 where it is measured faster than "
+PRECISION = typer.Option("auto", "--precision", help="auto | fp32 | fp16 | bf16 | int8 | fp32-fused | fp8 | int8-wo "
+    "(auto: a package's own; on a CPU with native bf16 and --backend auto, torch bf16 where it is measured faster than "
     "ONNX Runtime fp32 and keeps >= 99.5 % of its labels (once per model and machine, cached); else fp32. bf16: torch "
     "backend only; fp16 on onnxruntime/tensorrt runs the mixed-fp16 package; int8 (QDQ, calibrated on phantoms) and "
     "fp32-fused (fused attention) run their packages in ONNX Runtime; fp8: an exported package, in ONNX Runtime or "
-    "as RTX 40/50 engines).")
+    "as RTX 40/50 engines; int8-wo: an exported weight-only package, in ONNX Runtime or as RTX 30+ engines).")
 BATCH = typer.Option(4, "--batch", help="Tiles per backend call.")
 HALO = typer.Option(None, "--halo", help="Context pixels per tile side (default: tile/8).")
 BLEND = typer.Option("center", "--blend", help="center (crop) | gaussian (weighted logits)")

@@ -7,7 +7,7 @@
     EngineRunner(package, component="full")  # needs a GPU; see runner.py
 """
 
-from emseg_rt.engines.build import build_engines, parse_targets
+from emseg_rt.engines.build import QUANTISED_MIN_TARGET, build_engines, parse_targets
 from emseg_rt.engines.runner import EngineRunner
 from emseg_rt.engines.select import (
     check_engine_compatible,
@@ -20,6 +20,6 @@ from emseg_rt.engines.select import (
 from emseg_rt.engines.trt import FLAVOURS, RTX_TARGETS
 
 __all__ = [
-    "FLAVOURS", "RTX_TARGETS", "EngineRunner", "build_engines", "check_engine_compatible", "current_target",
+    "FLAVOURS", "QUANTISED_MIN_TARGET", "RTX_TARGETS", "EngineRunner", "build_engines", "check_engine_compatible", "current_target",
     "engine_flavour_for", "gpu_target", "parse_targets", "select_engine", "trt_versions_compatible",
 ]

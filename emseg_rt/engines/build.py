@@ -38,10 +38,12 @@ from emseg_rt.package import (
     write_manifest,
 )
 
-__all__ = ["FLAVOURS", "RTX_TARGETS", "build_engine", "build_engines", "parse_targets"]
+__all__ = ["FLAVOURS", "QUANTISED_MIN_TARGET", "RTX_TARGETS", "build_engine", "build_engines", "parse_targets"]
 
 ENGINE_DIR = "engines"
-FP8_MIN_TARGET = 89  # FP8 tensor cores: Ada (sm89) and newer; TensorRT refuses fp8 graphs for older targets
+# the oldest GPU each explicitly quantised package builds for: FP8 tensor cores from Ada (sm89; TensorRT refuses
+# fp8 graphs for older targets), INT8 weight-only GEMMs from Ampere RTX 30 (sm86)
+QUANTISED_MIN_TARGET = {"fp8": 89, "int8-wo": 86}
 
 
 def target_items(text: str | Sequence[str]) -> list[str]:
@@ -172,10 +174,11 @@ def _build_locked(package_dir: str | Path, target_list: list[str], flavour: str,
     if package.precision in ORT_ONLY_PRECISIONS:
         raise EmsegError(f"package {package.root} is {package.precision}, which runs in ONNX Runtime only; build "
                          "engines from an fp32, fp16 or fp8 package (emseg-rt export --precision ...)")
-    older = [t for t in target_list if int(t[2:]) < FP8_MIN_TARGET]
-    if package.precision == "fp8" and older:
-        raise EmsegError(f"--target {','.join(older)}: an fp8 package builds engines for sm89 (RTX 40) and newer only "
-                         "(FP8 tensor cores); export --precision fp16 for older GPUs")
+    oldest = QUANTISED_MIN_TARGET.get(package.precision, 0)
+    older = [t for t in target_list if int(t[2:]) < oldest]
+    if older:
+        raise EmsegError(f"--target {','.join(older)}: an {package.precision} package builds engines for sm{oldest} "
+                         "and newer only; export --precision fp16 for older GPUs")
     batch = batch_max or package.batch_max
     if batch < 1:
         raise EmsegError(f"--batch-max {batch}: must be at least 1")

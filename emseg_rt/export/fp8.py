@@ -106,20 +106,20 @@ def quantize_model_fp8(model: onnx.ModelProto, operands: Mapping[str, Sequence[s
                 if index < len(node.input) and node.input[index] in renamed:
                     node.input[index] = renamed[node.input[index]]
     quantized_weights = {name for name in operands if name in weights}
-    kept = [init for init in graph.initializer if init.name not in quantized_weights or _read_elsewhere(model, init.name)]
+    kept = [init for init in graph.initializer if init.name not in quantized_weights or read_elsewhere(model, init.name)]
     del graph.initializer[:]
     graph.initializer.extend([*kept, *constants])
-    _insert_before_readers(graph, nodes)
-    _set_opset(model, FP8_OPSET)
+    insert_before_readers(graph, nodes)
+    set_opset(model, FP8_OPSET)
     return model
 
 
-def _read_elsewhere(model: onnx.ModelProto, name: str) -> bool:
+def read_elsewhere(model: onnx.ModelProto, name: str) -> bool:
     """Whether any node still reads the float tensor `name` (a weight shared with a kept-float node)."""
     return any(name in node.input for node in model.graph.node)
 
 
-def _insert_before_readers(graph: onnx.GraphProto, chains: list[list[onnx.NodeProto]]) -> None:
+def insert_before_readers(graph: onnx.GraphProto, chains: list[list[onnx.NodeProto]]) -> None:
     """Place each chain of new nodes (Q → DQ) just before the first node that reads its last output, so the
     graph stays topologically sorted."""
     first_reader: dict[str, int] = {}
@@ -138,7 +138,7 @@ def _insert_before_readers(graph: onnx.GraphProto, chains: list[list[onnx.NodePr
     graph.node.extend(ordered)
 
 
-def _set_opset(model: onnx.ModelProto, version: int) -> None:
+def set_opset(model: onnx.ModelProto, version: int) -> None:
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < version:
             opset.version = version

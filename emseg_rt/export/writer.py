@@ -35,6 +35,7 @@ from emseg_rt.export.aoti import check_aoti_options, write_aoti
 from emseg_rt.export.calibrate import CALIBRATION_BATCH
 from emseg_rt.export.fp16 import convert_to_mixed_fp16, nodes_in_scope
 from emseg_rt.export.fp8 import FP8_OPSET, quantize_to_fp8
+from emseg_rt.export.int8_weights import quantize_to_int8_weights
 from emseg_rt.export.fused import fuse_attention
 from emseg_rt.export.graphs import ComponentGraph
 from emseg_rt.export.int8 import CALIBRATION_TILES, calibration_tiles, quantize_to_int8
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from typing import Unpack  # type checkers only (Python 3.11+); nothing imports it at run time
 
 CALIBRATED = ("int8", "fp8")  # precisions calibrated on tiles (export/int8.py, export/fp8.py), their head float
+QUANTISED = (*CALIBRATED, "int8-wo")  # precisions whose head and FLOAT_COMPONENTS stay float (int8-wo: weights only)
 # Components (and their nodes in the full graph) that stay float at every calibrated precision, as the head does:
 # the pixel encoder (the default model's pixel refinement) convolves raw pixels, whose differences between
 # neighbours FP8's 3-bit mantissa erases (its FP8 embedding: relative error 1.06); it is 0.03 % of the model's
@@ -183,7 +185,7 @@ def _options(caller: str, precision: str, batch_max: int, options: PackageOption
         raise EmsegError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if batch_max < 1:
         raise EmsegError(f"--batch-max {batch_max}: must be at least 1")
-    fp32_modules = (HEAD,) if precision in CALIBRATED or (precision == "fp16" and not options.get("fp16_head")) else ()
+    fp32_modules = (HEAD,) if precision in QUANTISED or (precision == "fp16" and not options.get("fp16_head")) else ()
     calibration, count = options.get("calibration"), options.get("calibration_tiles") or CALIBRATION_TILES
     if precision not in CALIBRATED and (calibration is not None or options.get("calibration_tiles") is not None):
         raise EmsegError(f"--calibration applies to --precision int8 or fp8, not {precision}")
@@ -361,7 +363,7 @@ def _calibration(traced: TracedGraphs, options: _WriteOptions, seed: int, say: P
 
 
 def _quantised(graph: ComponentGraph) -> bool:
-    """Whether a calibrated precision quantises this component (not the head, not FLOAT_COMPONENTS)."""
+    """Whether a quantised precision quantises this component (not the head, not FLOAT_COMPONENTS)."""
     return graph.role != HEAD and graph.name not in FLOAT_COMPONENTS
 
 
@@ -407,6 +409,9 @@ def _write_graphs(staging: Path, traced: TracedGraphs, options: _WriteOptions, s
             say(f"quantising {graph.name} to fp8 (E4M3 Q/DQ, calibrated on {calibration.source})")
             external = quantize_to_fp8(traced_path, path, calibration.tiles, calibration.prompts,
                                        float_nodes(traced_path))
+        elif options.precision == "int8-wo" and _quantised(graph):
+            say(f"storing {graph.name}'s matmul weights as int8 (weight-only, per output channel)")
+            external = quantize_to_int8_weights(traced_path, path, float_nodes(traced_path))
         elif options.precision == "fp32-fused":
             say(f"fusing {graph.name}'s attention for ONNX Runtime")
             fused = fuse_attention(onnx.load(str(traced_path)))
@@ -447,7 +452,7 @@ def _manifest(staging: Path, traced: TracedGraphs, options: _WriteOptions, compo
         "tile": tile,
         "grid": config.grid,
         "precision": options.precision,
-        "fp32_modules": [*options.fp32_modules, *(name for name in FLOAT_COMPONENTS if options.precision in CALIBRATED
+        "fp32_modules": [*options.fp32_modules, *(name for name in FLOAT_COMPONENTS if options.precision in QUANTISED
                                                    and name in getattr(traced.model, "encoders", {}))],
         "batch_max": traced.batch_max,
         "opset": FP8_OPSET if options.precision == "fp8" else OPSET,  # float8 Q/DQ need opset 19

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from torch import nn
 
-from emseg_rt.engines import build_engines, current_target, engine_flavour_for
+from emseg_rt.engines import QUANTISED_MIN_TARGET, build_engines, current_target, engine_flavour_for
 from emseg_rt.errors import EmsegError
 from emseg_rt.export.bioimageio import is_bioimageio_zip, open_bioimageio
 from emseg_rt.export.cache import cached_package
@@ -122,9 +122,11 @@ def load_backend(model: str | None = None, backend: str = "auto", device: str = 
     if precision == "auto" and backend == "auto" and device == "cpu" and cpu_has_bf16():
         return _fastest_on_cpu(model, checkpoints, fast, batch_max, batch, say)
     precision = "fp32" if precision == "auto" else precision
-    if precision == "fp8":  # engines for RTX 40/50 GPUs, built from an exported Q/DQ package (export/fp8.py)
-        raise EmsegError(f"--precision fp8 runs an fp8 model package: `emseg-rt export {model} --precision fp8 --out PKG` "
-                         "(then `emseg-rt build PKG --target sm89`), and pass --model PKG")
+    if precision in QUANTISED_MIN_TARGET:  # engines for RTX GPUs, built from an exported Q/DQ package
+        target = f"sm{QUANTISED_MIN_TARGET[precision]}"
+        raise EmsegError(f"--precision {precision} runs an {precision} model package: `emseg-rt export {model} "
+                         f"--precision {precision} --out PKG` (then `emseg-rt build PKG --target {target}`), and pass "
+                         "--model PKG")
     if backend == "tensorrt" and precision in ORT_PRECISIONS:
         raise EmsegError(f"--precision {precision}: {_ORT_ONLY.format(precision=precision)}")
     if backend == "tensorrt":

@@ -57,7 +57,7 @@ class SegmentRequest:
     device:  'auto' (a CUDA GPU when torch sees one, else the CPU; `runtime.devices`), 'cpu', 'cuda[:N]'.
     precision: 'auto' (a package's own; on a CPU with native bf16, `--backend auto`, the faster of ONNX Runtime
              fp32 and torch bf16 that keeps the labels: `runtime.cpu_choice`; else fp32), 'fp32', 'fp16', 'bf16'
-             (torch backend only), 'int8', 'fp32-fused', 'fp8' (packages).
+             (torch backend only), 'int8', 'fp32-fused', 'fp8', 'int8-wo' (packages).
     options: tiling, batching, blocks, shards, pyramid levels and resume (`SegmentOptions`).
     allow_missing_chunks: read never-written input chunks as the array's fill value instead of refusing.
     dask:    'local:N' or a scheduler address: one task per block on a Dask cluster (`runtime.distributed`),

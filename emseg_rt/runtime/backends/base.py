@@ -17,10 +17,10 @@ from emseg_rt.errors import EmsegError
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # what --backend accepts
 # what --precision accepts; 'auto' (the default) is resolved by runtime.loader: a package's own precision, on a CPU
 # the fastest path that keeps the labels (runtime/cpu_choice.py), else fp32
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "fp32-fused", "fp8")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "fp32-fused", "fp8", "int8-wo")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast dtypes the torch backend runs
 # ONNX packages come in these (package.PRECISIONS; literals here, so this module loads no onnx)
-PACKAGE_PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8")
+PACKAGE_PRECISIONS = ("fp32", "fp16", "int8", "fp32-fused", "fp8", "int8-wo")
 ORT_PRECISIONS = ("int8", "fp32-fused")  # packages ONNX Runtime runs and TensorRT does not (package.ORT_ONLY_PRECISIONS)
 
 
