@@ -40,3 +40,12 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: one worker per core, so one thread per worker
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the CLI subprocesses it starts
+
+
+@pytest.fixture(scope="session")
+def phantom_full_trace(tmp_path_factory):
+    """The FP32 trace of the trained default model's full graph, made once per test process and shared by the
+    quantised-package tests (int8, fp8, int8-wo): `write_package` copies from a trace and leaves it as it is."""
+    from emseg_rt.export import trace_graphs  # deferred: conftest loads before the tests' own imports
+
+    return trace_graphs("scsam-phantom", tmp_path_factory.mktemp("phantom-trace"), components=("full",))

@@ -17,20 +17,19 @@ from onnx import TensorProto, numpy_helper
 
 from emseg_rt.engines import build_engines
 from emseg_rt.errors import EmsegError
-from emseg_rt.export import load_package, trace_graphs, write_package
+from emseg_rt.export import load_package, write_package
 from emseg_rt.export.fp16 import nodes_in_scope
 from emseg_rt.export.fp8 import E4M3_MAX, FP8_OPS
 
-MODEL = "scsam-phantom"
 HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 NEEDS_RTX = pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx (TensorRT for RTX) is not installed")
 
 
 @pytest.fixture(scope="module")
-def fp8_package(tmp_path_factory):
+def fp8_package(tmp_path_factory, phantom_full_trace):
     """(FP32 trace, fp8 package dir with its sm89 engine when TensorRT for RTX is installed), built once."""
     root = tmp_path_factory.mktemp("fp8")
-    traced = trace_graphs(MODEL, root / "trace", components=("full",))
+    traced = phantom_full_trace
     package = write_package(traced, root / "fp8", "fp8", parity_seed=3, calibration_tiles=4)
     if HAVE_RTX:
         build_engines(package, targets="sm89", components=["full"])

@@ -13,7 +13,7 @@ import torch
 
 from emseg_rt.data.phantom import generate_phantom, write_phantom
 from emseg_rt.errors import EmsegError
-from emseg_rt.export import load_package, trace_graphs, write_package
+from emseg_rt.export import load_package, write_package
 from emseg_rt.export.fp16 import nodes_in_scope
 from emseg_rt.io import open_volume
 from emseg_rt.runtime import load_backend, segment_labels
@@ -23,10 +23,10 @@ MODEL = "scsam-phantom"
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
+def packages(tmp_path_factory, phantom_full_trace):
     """(traced graphs, int8 package dir, fp32-fused package dir, work dir), written once for the module."""
     root = tmp_path_factory.mktemp("int8")
-    traced = trace_graphs(MODEL, root / "trace", components=("full",))
+    traced = phantom_full_trace
     int8 = write_package(traced, root / "int8", "int8", parity_seed=3, calibration_tiles=4)
     fused = write_package(traced, root / "fused", "fp32-fused", parity_seed=3)
     return traced, int8, fused, root

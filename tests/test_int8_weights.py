@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper
 
 from emseg_rt.engines import build_engines
 from emseg_rt.errors import EmsegError
-from emseg_rt.export import load_package, trace_graphs, write_package
+from emseg_rt.export import load_package, write_package
 from emseg_rt.export.fp16 import nodes_in_scope
 from emseg_rt.runtime import load_backend
 
@@ -26,10 +26,10 @@ NEEDS_RTX = pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx (TensorRT for 
 
 
 @pytest.fixture(scope="module")
-def woq_package(tmp_path_factory):
+def woq_package(tmp_path_factory, phantom_full_trace):
     """(FP32 trace, int8-wo package dir with its sm86 engine when TensorRT for RTX is installed), built once."""
     root = tmp_path_factory.mktemp("woq")
-    traced = trace_graphs(MODEL, root / "trace", components=("full",))
+    traced = phantom_full_trace
     package = write_package(traced, root / "int8-wo", "int8-wo", parity_seed=3)
     if HAVE_RTX:
         build_engines(package, targets="sm86", components=["full"])
