@@ -120,7 +120,8 @@ def _assert_times_follow_from_samples(record: dict) -> None:
     [(("--size", "vit-x"), "--size 'vit-x'"), (("--backends", "warp-drive"), "unknown warp-drive"),
      (("--batch", "one"), "--batch 'one'"), (("--models", "scsam2"), "no scsam2-tiny"),
      (("--weights", "no-such-head.pt"), "no-such-head.pt"),
-     (("--models", "scsam,vanilla-sam", "--weights", "emseg_rt/weights/scsam-phantom.pt"), "apply to one model")],
+     (("--models", "scsam,vanilla-sam", "--weights", "emseg_rt/weights/scsam-phantom.pt"), "apply to one model"),
+     (("--models", "scsam", "--weights", "pyproject.toml"), "not a readable weights-only torch checkpoint")],
 )
 def test_bench_bad_options_fail_with_one_line(args, message, monkeypatch, capsys):
     options = {"--size": "tiny", "--device": "cpu", "--backends": "torch-eager-fp32", **dict(zip(args[::2], args[1::2]))}

@@ -24,6 +24,7 @@ from emseg_rt.bench.timing import (
 from emseg_rt.constants import TABLE5_ROWS
 from emseg_rt.errors import EmsegError
 from emseg_rt.models import list_models
+from emseg_rt.models.checkpoint import read_state_dict
 from emseg_rt.models.info import model_info
 from emseg_rt.progress import Progress, format_duration
 
@@ -98,6 +99,8 @@ class BenchConfig:
         missing = [str(path) for path in self.checkpoints if not Path(path).is_file()]
         if missing:
             raise EmsegError(f"--weights {missing[0]}: no such file")
+        for path in self.checkpoints:  # a corrupt or unsafe file is one line now, not a failed record per backend
+            read_state_dict(path)
 
 
 @dataclass
